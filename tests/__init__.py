@@ -1,0 +1,1 @@
+"""twistproxy's tests."""

@@ -1,0 +1,1 @@
+"""End-to-end tests: real sockets on 127.0.0.1."""

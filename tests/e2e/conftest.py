@@ -1,0 +1,126 @@
+"""
+Fixtures for the end-to-end tests: an origin and a proxy listening on
+127.0.0.1 (port 0) in the test's reactor, and clients that talk to them
+through real sockets.  Blocking socket clients run in threads so the reactor
+keeps serving the proxy and the origin meanwhile.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.e2e.origin import OriginFactory
+from twistproxy.proxy import ProxyFactory
+from twistproxy.service import ProxyService
+
+pytestmark = pytest.mark.e2e
+
+
+class Running:
+    """A listening server: its port number and its factory."""
+
+    def __init__(self, port: Any, factory: Any) -> None:
+        self.listening = port
+        self.port = port.getHost().port
+        self.factory = factory
+
+
+@pytest_twisted.async_yield_fixture
+async def origin() -> AsyncIterator[Running]:
+    """An origin server on 127.0.0.1."""
+    factory = OriginFactory()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    yield Running(port, factory)
+    await port.stopListening()
+
+
+@pytest.fixture
+def start_proxy() -> Any:
+    """
+    Start proxies with the given ProxyFactory keyword arguments; each is
+    stopped at the end of the test.
+    """
+    services: list[ProxyService] = []
+
+    async def start(**kwargs: Any) -> Running:
+        factory = ProxyFactory(reactor=reactor, **kwargs)
+        service = ProxyService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), factory)
+        service.startService()
+        port = await service.when_listening()
+        services.append(service)
+        return Running(port, factory)
+
+    yield start
+    for service in services:
+        pytest_twisted.blockon(Deferred.fromCoroutine(_stop(service)))
+
+
+async def _stop(service: ProxyService) -> None:
+    await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy(start_proxy: Any) -> AsyncIterator[Running]:
+    """A proxy with no addons on 127.0.0.1."""
+    yield await start_proxy()
+
+
+def exchange(
+    port: int,
+    data: bytes,
+    *,
+    until: Callable[[bytes], bool] | None = None,
+    timeout: float = 10.0,
+    shutdown: bool = False,
+) -> bytes:
+    """
+    Blocking: connect to 127.0.0.1:*port*, send *data*, and read until the
+    connection closes (or *until* says enough).  Run it in a thread.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shutdown:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while time.monotonic() < deadline:
+            try:
+                piece = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            received += piece
+            if until is not None and until(received):
+                break
+        return received
+
+
+def raw(port: int, data: bytes, **kwargs: Any) -> Deferred[bytes]:
+    """:func:`exchange` in a thread."""
+    return deferToThread(exchange, port, data, **kwargs)
+
+
+CURL = shutil.which("curl")
+
+
+async def curl(*args: str) -> tuple[bytes, bytes, int]:
+    """Run curl with *args*; returns stdout, stderr and the exit code."""
+    assert CURL is not None
+    out, err, code = await getProcessOutputAndValue(CURL, ("--silent", "--show-error", *args))
+    return out, err, code
+
+
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")

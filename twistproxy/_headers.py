@@ -1,0 +1,200 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Header rules for relaying a message: what is hop-by-hop, and how the
+forwarded message is framed.
+
+Both directions work on wire fields, a sequence of ``(name, value)`` byte
+pairs in the order and case they arrived.  Hop-by-hop fields are removed, the
+rest keep their order and case, and the framing headers (``Content-Length``,
+``Transfer-Encoding``) are always written by the proxy itself, so a message
+goes on with exactly one unambiguous framing.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+Fields = Sequence[tuple[bytes, bytes]]
+"""Header fields as they are on the wire: ``(name, value)`` pairs."""
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+"""Lower-cased names never forwarded (RFC 9110 section 7.6.1, plus the
+legacy ``Proxy-Connection`` and the proxy's own authentication fields)."""
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+VIA = b"1.1 twistproxy"
+"""The token this proxy adds to the ``Via`` header of forwarded requests."""
+
+CHUNKED = -1
+"""Framing value: send the body with chunked transfer coding."""
+
+NO_BODY = -2
+"""Framing value: the message has no body and no framing header."""
+
+UNTIL_CLOSE = -3
+"""Framing value: the body ends when the connection closes (HTTP/1.0)."""
+
+
+def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """
+    The lower-cased tokens of every ``Connection`` field in *fields*: the
+    names of further hop-by-hop fields, and ``close``/``keep-alive``.
+    """
+    tokens: set[bytes] = set()
+    for name, value in fields:
+        if len(name) == 10 and name.lower() == b"connection":
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token:
+                    tokens.add(token)
+    return frozenset(tokens)
+
+
+def _end_to_end(
+    fields: Fields, framing: int, replace: dict[bytes, bytes], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """
+    Copy the end-to-end fields of *fields* in order, with the framing header
+    *framing* asks for (a length, :data:`CHUNKED`, :data:`NO_BODY` or
+    :data:`UNTIL_CLOSE`) where the first framing field stood, or appended.
+
+    :param replace: lower-cased names whose first field gets a new value (the
+        others of that name are dropped); names not present are appended.
+    :param drop: further lower-cased names to remove.
+    """
+    named = connection_tokens(fields) if _has(fields, b"connection") else frozenset()
+    out: list[tuple[bytes, bytes]] = []
+    placed: set[bytes] = set()
+    framed = framing in (NO_BODY, UNTIL_CLOSE)
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _FRAMING:
+            if not framed:
+                framed = True
+                out.append(_framing_field(framing))
+            continue
+        if lower in HOP_BY_HOP or lower in named or lower in drop:
+            continue
+        if lower in replace:
+            if lower not in placed:
+                placed.add(lower)
+                out.append((name, replace[lower]))
+            continue
+        out.append((name, value))
+    if not framed:
+        out.append(_framing_field(framing))
+    for lower, value in replace.items():
+        if lower not in placed:
+            out.append((_CANONICAL.get(lower, lower), value))
+    return out
+
+
+_CANONICAL = {b"host": b"Host", b"via": b"Via", b"connection": b"Connection"}
+
+
+def _has(fields: Fields, lower_name: bytes) -> bool:
+    size = len(lower_name)
+    for name, _ in fields:
+        if len(name) == size and name.lower() == lower_name:
+            return True
+    return False
+
+
+def _framing_field(framing: int) -> tuple[bytes, bytes]:
+    if framing == CHUNKED:
+        return (b"Transfer-Encoding", b"chunked")
+    return (b"Content-Length", b"%d" % (framing,))
+
+
+def request_fields(
+    fields: Fields, *, authority: bytes, framing: int, via: bytes | None = VIA
+) -> list[tuple[bytes, bytes]]:
+    """
+    The header fields to send upstream for a request.
+
+    Hop-by-hop fields and ``Expect`` (the proxy answers ``100-continue``
+    itself) are removed; ``Host`` becomes *authority*, in place when the
+    client sent one, first otherwise; *via* is added as a ``Via`` field.
+
+    :param fields: The client's fields, in order and original case.
+    :param authority: The ``Host`` value, from the request-target.
+    :param framing: The body's length, :data:`CHUNKED` or :data:`NO_BODY`.
+    :param via: The ``Via`` entry to add, or ``None`` for none.
+    """
+    if _has(fields, b"host"):
+        out = _end_to_end(fields, framing, {b"host": authority}, _REQUEST_DROP)
+    else:
+        out = _end_to_end(fields, framing, {}, _REQUEST_DROP)
+        out.insert(0, (b"Host", authority))
+    if via is not None:
+        out.append((b"Via", via))
+    return out
+
+
+_REQUEST_DROP = frozenset({b"expect"})
+
+
+def response_fields(fields: Fields, *, framing: int, close: bool) -> list[tuple[bytes, bytes]]:
+    """
+    The header fields to send the client for a response.
+
+    :param fields: The origin's fields, in order and original case.
+    :param framing: The body's length, :data:`CHUNKED`, :data:`NO_BODY` (no
+        framing header at all: HEAD, 1xx, 204, 304, whose ``Content-Length``
+        the origin chose is kept as it is) or :data:`UNTIL_CLOSE`.
+    :param close: Add ``Connection: close`` because the client connection
+        ends after this response.
+    """
+    if framing == NO_BODY:
+        out = _keep_length(fields)
+    else:
+        out = _end_to_end(fields, framing, {}, frozenset())
+    if close:
+        out.append((b"Connection", b"close"))
+    return out
+
+
+def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
+    """
+    End-to-end fields of a bodiless response, keeping ``Content-Length`` (it
+    describes the representation, e.g. for HEAD) but no transfer coding.
+    """
+    named = connection_tokens(fields) if _has(fields, b"connection") else frozenset()
+    return [
+        (name, value)
+        for name, value in fields
+        if (lower := name.lower()) not in HOP_BY_HOP and lower not in named
+    ]
+
+
+def body_framing(fields: Fields) -> tuple[bool, int | None]:
+    """
+    How a received message's body is framed, from its fields.
+
+    :returns: ``(chunked, length)``: whether the last transfer coding is
+        chunked, and the declared ``Content-Length`` (or ``None``).
+    """
+    chunked = False
+    length: int | None = None
+    for name, value in fields:
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            value = value.strip()
+            if value.isdigit():
+                length = int(value)
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+    return chunked, length

@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.test_target -*-
+"""
+Request-target parsing: where a proxied request goes.
+
+A forward proxy receives ``GET http://example.com:8080/a?b=1 HTTP/1.1``
+(absolute form, RFC 9112 section 3.2.2); this module turns that target into a
+:class:`Target` naming the scheme, host, port, the origin-form path to send
+upstream and the authority to put in its ``Host`` header.  It does no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from twistproxy.errors import BadRequestTarget
+
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
+"""The port each supported scheme uses when the authority names none."""
+
+# A reg-name (RFC 3986 section 3.2.2): unreserved, pct-encoded, sub-delims.
+_REG_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
+_IPV6 = re.compile(rb"[0-9A-Fa-f:.]+\Z")
+
+
+@attrs.frozen(slots=True)
+class Target:
+    """
+    Where a proxied request goes.
+
+    :ivar scheme: ``"http"`` or ``"https"``.
+    :ivar host: A host name or IP literal, without brackets.
+    :ivar port: The TCP port, the scheme's default when the URI names none.
+    :ivar path: The origin-form request-target to send upstream (path and
+        query, never empty, no fragment).
+    :ivar authority: The authority exactly as the URI spelt it, without
+        userinfo: the value of the ``Host`` header sent upstream.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: bytes
+    authority: bytes
+
+
+def parse_absolute_form(uri: bytes) -> Target:
+    """
+    Parse an absolute-form request-target.
+
+    :param uri: The request-target from the request line.
+    :returns: The parsed target.
+    :raises BadRequestTarget: if *uri* is not an ``http`` or ``https`` URI
+        with a usable host and port.
+    """
+    scheme_end = uri.find(b"://")
+    if scheme_end <= 0:
+        raise BadRequestTarget(
+            "this is a proxy: the request-target must be an absolute URI "
+            "such as http://example.com/"
+        )
+    scheme = uri[:scheme_end].lower()
+    if scheme == b"http":
+        scheme_name = "http"
+    elif scheme == b"https":
+        scheme_name = "https"
+    else:
+        raise BadRequestTarget(f"unsupported scheme {scheme.decode('ascii', 'replace')!r}")
+    rest = uri[scheme_end + 3 :]
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        index = rest.find(delimiter)
+        if index != -1 and index < end:
+            end = index
+    authority = rest[:end]
+    path = rest[end:]
+    fragment = path.find(b"#")
+    if fragment != -1:
+        path = path[:fragment]
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    host, port = parse_authority(authority, DEFAULT_PORTS[scheme_name])
+    return Target(scheme=scheme_name, host=host, port=port, path=path, authority=authority)
+
+
+def parse_authority(authority: bytes, default_port: int) -> tuple[str, int]:
+    """
+    Split an authority (``host[:port]``) into its host and port.
+
+    :param authority: The authority, without userinfo.
+    :param default_port: The port to use when the authority names none.
+    :returns: The host (IPv6 literals without brackets) and the port.
+    :raises BadRequestTarget: if the authority has userinfo, an empty or
+        malformed host, or a port outside 1-65535.
+    """
+    if b"@" in authority:
+        raise BadRequestTarget("userinfo in the request-target is not allowed")
+    if authority[:1] == b"[":
+        close = authority.find(b"]")
+        if close == -1:
+            raise BadRequestTarget("unterminated IPv6 literal in the request-target")
+        host = authority[1:close]
+        port_part = authority[close + 1 :]
+        if not _IPV6.match(host) or b":" not in host:
+            raise BadRequestTarget("malformed IPv6 literal in the request-target")
+        if port_part and port_part[:1] != b":":
+            raise BadRequestTarget("malformed authority in the request-target")
+        port_text = port_part[1:]
+    else:
+        host, colon, port_text = authority.partition(b":")
+        if not host or not _REG_NAME.match(host):
+            raise BadRequestTarget("missing or malformed host in the request-target")
+        if not colon:
+            port_text = b""
+    if not port_text:
+        port = default_port
+    elif port_text.isdigit() and len(port_text) <= 5 and 0 < int(port_text) < 65536:
+        port = int(port_text)
+    else:
+        raise BadRequestTarget(f"invalid port {port_text.decode('ascii', 'replace')!r}")
+    return host.decode("ascii"), port

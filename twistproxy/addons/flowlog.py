@@ -1,0 +1,67 @@
+# -*- test-case-name: tests.test_flowlog -*-
+"""
+One log line per completed flow: client, method, URL, status, size and time.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow
+
+
+class FlowLog(Addon):
+    """
+    Logs each flow once, when it ends, at level info::
+
+        127.0.0.1:50312 GET http://example.com/ -> 200 1.2 KiB 14 ms
+
+    A failed flow logs its error instead of a status.  The twistd plugin loads
+    this addon unless ``--quiet`` is given; embedding applications add it to
+    their addons when they want the lines.
+
+    :ivar log: The logger the lines go to.
+    """
+
+    log = Logger(namespace="twistproxy.flow")
+
+    def response(self, flow: HTTPFlow) -> None:
+        """Log a flow that ended with a response."""
+        self.log.info("{line}", line=format_flow(flow), flow_id=flow.id)
+
+    def error(self, flow: HTTPFlow) -> None:
+        """Log a flow that ended with an error."""
+        self.log.info("{line}", line=format_flow(flow), flow_id=flow.id)
+
+
+def format_flow(flow: HTTPFlow) -> str:
+    """
+    The log line for *flow*: who asked for what, and how it ended.
+    """
+    client = flow.client_conn.peername
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    request = flow.request
+    what = f"{request.method} {request.url}" if request is not None else "-"
+    response = flow.response
+    start = request.timestamp_start if request is not None else None
+    if flow.error is not None:
+        outcome = f"<< {flow.error.msg}"
+        end = flow.error.timestamp
+    elif response is not None:
+        outcome = f"{response.status_code} {_size(response.body_size)}"
+        end = response.timestamp_end
+    else:
+        outcome, end = "-", None
+    took = f" {(end - start) * 1000:.0f} ms" if start is not None and end is not None else ""
+    return f"{who} {what} -> {outcome}{took}"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"

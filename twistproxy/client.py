@@ -1,0 +1,431 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The upstream side: HTTP/1.1 connections to origin servers, and their pool.
+
+A :class:`ProxyClient` is one connection to an origin.  It carries one
+exchange at a time for a *receiver* (the :class:`~twistproxy.proxy.ProxyRequest`
+it serves), parses the response with httptools (llhttp) and reports the
+response to the receiver as it arrives.  :meth:`ProxyClient.handleResponseEnd`
+ends an exchange exactly once, whether the end of the message or the loss of
+the connection comes first.  Idle keep-alive connections wait in a
+:class:`ConnectionPool`, keyed by scheme, host and port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+from typing import Protocol as TypingProtocol
+
+import httptools
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from twistproxy.errors import UpstreamConnectionLost, UpstreamProtocolError, upstream_error
+from twistproxy.flow import Server
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+PoolKey = tuple[str, str, int]
+"""A pool key: scheme, host and port of an origin."""
+
+EndpointFactory = Callable[[str, str, int], IStreamClientEndpoint]
+"""Makes the endpoint for a new upstream connection: ``(scheme, host, port)``."""
+
+
+class IResponseReceiver(TypingProtocol):
+    """
+    What a :class:`ProxyClient` reports an exchange's response to.  Exactly
+    one of :meth:`response_ended` and :meth:`response_failed` is called for
+    every exchange, after any number of the others.
+    """
+
+    def response_started(
+        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """The response's status line and header fields have arrived."""
+
+    def response_data(self, data: bytes) -> None:
+        """A piece of the response body (transfer coding removed) arrived."""
+
+    def response_ended(self) -> None:
+        """The response is complete."""
+
+    def response_failed(self, reason: Failure) -> None:
+        """The exchange failed; *reason* holds a TwistProxyError where one fits."""
+
+
+class _SkipBody(Exception):
+    """
+    Raised inside the parser to end a response to HEAD at its headers:
+    httptools cannot be told that such a response has no body.
+    """
+
+
+class ProxyClient(Protocol):
+    """
+    One HTTP/1.1 connection to an origin server.
+
+    :ivar key: The pool key this connection belongs to.
+    :ivar father: The receiver of the exchange in progress, ``None`` between
+        exchanges; taken and cleared by :meth:`handleResponseEnd` and on
+        failure, so each exchange ends once.
+    :ivar reused: ``True`` once the connection has carried an exchange.
+    :ivar server: The connection record flows using this connection share.
+    """
+
+    father: IResponseReceiver | None = None
+    server: Server | None = None
+    reused = False
+    _pool: ConnectionPool | None = None
+    _started = False
+    _until_close = False
+    _request_sent = True
+    _head = False
+    _keep_alive = True
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self._parser = httptools.HttpResponseParser(self)
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+
+    # -- sending -----------------------------------------------------------
+
+    def send(
+        self,
+        father: IResponseReceiver,
+        data: Sequence[bytes],
+        *,
+        head: bool,
+        complete: bool = True,
+    ) -> None:
+        """
+        Start an exchange: write a request's head and whatever body is known.
+
+        :param father: Who receives the response.
+        :param data: The bytes to write (head, then body pieces).
+        :param head: The request method is HEAD, so the response has no body.
+        :param complete: *data* is the whole request; with ``False`` the
+            body follows through :meth:`write_body` and :meth:`end_body`.
+        """
+        assert self.father is None, "one exchange at a time"
+        self.father = father
+        self._head = head
+        self._started = False
+        self._until_close = False
+        self._request_sent = complete
+        self._fields = []
+        assert self.transport is not None
+        self.transport.writeSequence(data)
+
+    def write_body(self, data: Sequence[bytes]) -> None:
+        """Write more of a streamed request body."""
+        assert self.transport is not None
+        self.transport.writeSequence(data)
+
+    def end_body(self, data: Sequence[bytes] = ()) -> None:
+        """Write the end of a streamed request body."""
+        self._request_sent = True
+        if data:
+            assert self.transport is not None
+            self.transport.writeSequence(data)
+
+    # -- receiving ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Feed the parser; a malformed response fails the exchange."""
+        if self.father is None:
+            # Nothing is owed to anyone: a response nobody asked for.
+            self._abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _SkipBody):
+                self._parser = httptools.HttpResponseParser(self)
+                if not data.endswith(b"\r\n\r\n"):
+                    self._keep_alive = False  # bytes after a bodiless response
+                self.handleResponseEnd()
+            elif self.father is not None:
+                self._fail(Failure(UpstreamProtocolError(f"bad response: {e}")))
+            else:
+                raise
+        except httptools.HttpParserError as e:
+            self._fail(Failure(UpstreamProtocolError(f"bad response from the server: {e}")))
+
+    def on_status(self, reason: bytes) -> None:
+        """httptools callback: the reason phrase."""
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools callback: one header field."""
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """httptools callback: the head is complete; report it."""
+        parser = self._parser
+        status = parser.get_status_code()
+        fields, self._fields = self._fields, []
+        if status < 200:
+            if status == 101:
+                raise UpstreamProtocolError("the server switched protocols unasked")
+            return  # interim response (100 Continue, 103): not relayed
+        self._started = True
+        self._keep_alive = parser.should_keep_alive()
+        version = b"HTTP/" + parser.get_http_version().encode("ascii")
+        if not self._head and status != 204 and status != 304:
+            self._until_close = _until_close(fields)
+        father = self.father
+        assert father is not None
+        father.response_started(status, self._reason, version, fields)
+        if self._head and self.father is father:
+            raise _SkipBody()
+
+    def on_body(self, body: bytes) -> None:
+        """httptools callback: a piece of the body."""
+        father = self.father
+        if father is not None:
+            father.response_data(body)
+
+    def on_message_complete(self) -> None:
+        """httptools callback: a message is complete."""
+        if self._started:
+            self.handleResponseEnd()
+
+    def handleResponseEnd(self) -> None:
+        """
+        End the exchange in progress successfully: runs once per exchange,
+        whoever calls it first (the parser at the end of the message, or
+        :meth:`connectionLost` for a body delimited by the connection's end).
+        The connection goes back to the pool when it can carry another one.
+        """
+        father, self.father = self.father, None
+        if father is None:
+            return
+        self._started = False
+        self.reused = True
+        reusable = self._keep_alive and self._request_sent and not self._until_close
+        pool = self._pool
+        if reusable and pool is not None and self.transport is not None:
+            pool.release(self)
+        else:
+            self._abort()
+        father.response_ended()
+
+    def connectionMade(self) -> None:
+        """Send small requests without delay."""
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            setTcpNoDelay(True)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The connection ended: completes a close-delimited body, fails any
+        other exchange in progress, and leaves the pool.
+        """
+        if self._pool is not None:
+            self._pool.forget(self)
+            self._pool.disconnected(self)
+        if self.father is not None:
+            if self._started and self._until_close:
+                self._keep_alive = False
+                self.handleResponseEnd()
+            elif self._started:
+                self._fail(
+                    Failure(UpstreamConnectionLost("the server closed the connection mid-response"))
+                )
+            else:
+                self._fail(upstream_error(reason))
+
+    def _fail(self, reason: Failure) -> None:
+        father, self.father = self.father, None
+        self._abort()
+        if father is not None:
+            father.response_failed(reason)
+
+    def abandon(self) -> None:
+        """
+        Drop the exchange in progress without telling its receiver, and close
+        the connection: the receiver went away.
+        """
+        self.father = None
+        self._abort()
+
+    def _abort(self) -> None:
+        self._keep_alive = False
+        if self._pool is not None:
+            self._pool.forget(self)
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    @property
+    def peer(self) -> IAddress | None:
+        """The origin's address, once connected."""
+        return self.transport.getPeer() if self.transport is not None else None
+
+
+def _address(address: IAddress | None) -> tuple[str, int] | None:
+    """The ``(host, port)`` of an IPv4/IPv6 address, or ``None``."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return None
+    return (host, port)
+
+
+def _until_close(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response body with these fields lasts until the connection closes."""
+    for name, _ in fields:
+        lower = name.lower()
+        if lower == b"content-length" or lower == b"transfer-encoding":
+            return False
+    return True
+
+
+class ProxyClientFactory(ClientFactory):
+    """
+    Builds the :class:`ProxyClient` for one new upstream connection.
+
+    :ivar key: The pool key of the connection.
+    """
+
+    protocol = ProxyClient  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr: IAddress) -> ProxyClient:
+        """Make the connection's protocol, attached to the pool."""
+        client = ProxyClient(self.key)
+        client.factory = self
+        client._pool = self.pool
+        return client
+
+
+class ConnectionPool:
+    """
+    Idle keep-alive connections to origins, keyed by scheme, host and port.
+
+    :param reactor: Schedules the idle timeouts.
+    :param endpoint_factory: Makes the endpoint for a new connection.
+    :param max_idle_per_host: At most this many idle connections are kept per
+        key; a connection released beyond that is closed.
+    :param idle_timeout: Seconds an idle connection is kept before it is
+        closed.
+    :ivar on_disconnect: Called with each connection that closes, after it
+        has carried an exchange (the proxy runs ``server_disconnected``).
+    """
+
+    on_disconnect: Callable[[ProxyClient], object] | None = None
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorTime,
+        endpoint_factory: EndpointFactory,
+        max_idle_per_host: int = 10,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self.endpoint_factory = endpoint_factory
+        self.max_idle_per_host = max_idle_per_host
+        self.idle_timeout = idle_timeout
+        self._idle: dict[PoolKey, list[ProxyClient]] = {}
+        self._timers: dict[ProxyClient, IDelayedCall] = {}
+
+    def take_idle(self, key: PoolKey) -> ProxyClient | None:
+        """
+        An idle connection for *key*, removed from the pool, or ``None``.
+        The most recently used one is taken: it is the least likely to have
+        been closed by the server.
+        """
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        client = idle.pop()
+        if not idle:
+            del self._idle[key]
+        timer = self._timers.pop(client, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        return client
+
+    def connect(self, key: PoolKey) -> Deferred[ProxyClient]:
+        """
+        Open a new connection for *key*.
+
+        :returns: A Deferred firing with the connected :class:`ProxyClient`,
+            or failing with a :class:`~twistproxy.errors.TwistProxyError`
+            (refused, name not resolved, timed out).
+        """
+        scheme, host, port = key
+        endpoint = self.endpoint_factory(scheme, host, port)
+        d: Deferred[ProxyClient] = endpoint.connect(ProxyClientFactory(self, key))
+        d.addCallbacks(self._record, upstream_error)
+        return d
+
+    def _record(self, client: ProxyClient) -> ProxyClient:
+        transport = client.transport
+        assert transport is not None
+        client.server = Server(
+            address=(client.key[1], client.key[2]),
+            peername=_address(transport.getPeer()),
+            sockname=_address(transport.getHost()),
+            timestamp_start=self._reactor.seconds(),
+        )
+        return client
+
+    def disconnected(self, client: ProxyClient) -> None:
+        """A connection closed: stamp its record and tell :attr:`on_disconnect`."""
+        server = client.server
+        if server is not None and server.timestamp_end is None:
+            server.timestamp_end = self._reactor.seconds()
+            if self.on_disconnect is not None:
+                self.on_disconnect(client)
+
+    def release(self, client: ProxyClient) -> None:
+        """
+        Take back a connection whose exchange ended; it is kept idle, or
+        closed when the key already has :attr:`max_idle_per_host` idle ones.
+        """
+        idle = self._idle.setdefault(client.key, [])
+        if len(idle) >= self.max_idle_per_host or client in self._timers:
+            client.abandon()
+            return
+        idle.append(client)
+        transport = client.transport
+        if transport is not None:
+            transport.resumeProducing()  # type: ignore[attr-defined]
+        self._timers[client] = self._reactor.callLater(self.idle_timeout, client.abandon)
+
+    def forget(self, client: ProxyClient) -> None:
+        """Remove *client* from the pool (it closed or was closed)."""
+        timer = self._timers.pop(client, None)
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        idle = self._idle.get(client.key)
+        if idle is not None and client in idle:
+            idle.remove(client)
+            if not idle:
+                del self._idle[client.key]
+
+    def idle_count(self, key: PoolKey | None = None) -> int:
+        """How many idle connections are kept (for *key*, or in all)."""
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(idle) for idle in self._idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for idle in list(self._idle.values()):
+            for client in list(idle):
+                client.abandon()

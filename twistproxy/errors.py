@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Every failure twistproxy reports on purpose, one class per failure.
+
+Each class carries the HTTP status and reason phrase the proxy answers with
+when that failure ends a request before any response byte was sent.
+Transport errors (refused connections, DNS failures, timeouts) are translated
+into this vocabulary in one place, :func:`upstream_error`, and a failure is
+turned into a status line by :func:`error_status`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from twisted.internet import error as _ierror
+from twisted.python.failure import Failure
+
+
+class TwistProxyError(Exception):
+    """
+    Base class for every exception twistproxy raises on purpose.
+
+    :cvar status: The status code the proxy answers with.
+    :cvar phrase: The reason phrase of that status line.
+    """
+
+    status: ClassVar[int] = 500
+    phrase: ClassVar[bytes] = b"Internal Server Error"
+
+
+class BadRequestTarget(TwistProxyError):
+    """
+    The client's request-target cannot be proxied: it is not in absolute
+    form, names an unsupported scheme, or has no usable host or port.
+    """
+
+    status, phrase = 400, b"Bad Request"
+
+
+class UpstreamConnectFailed(TwistProxyError):
+    """
+    No connection could be made to the origin server (refused, unreachable).
+    """
+
+    status, phrase = 502, b"Bad Gateway"
+
+
+class UpstreamNameNotResolved(UpstreamConnectFailed):
+    """
+    The origin's host name could not be resolved.
+    """
+
+
+class UpstreamTimeout(TwistProxyError):
+    """
+    The origin did not accept the connection, or did not answer, in time.
+    """
+
+    status, phrase = 504, b"Gateway Timeout"
+
+
+class UpstreamConnectionLost(TwistProxyError):
+    """
+    The connection to the origin closed or was reset before its response was
+    complete.
+    """
+
+    status, phrase = 502, b"Bad Gateway"
+
+
+class UpstreamProtocolError(TwistProxyError):
+    """
+    The origin sent something that is not a valid HTTP/1.x response.
+    """
+
+    status, phrase = 502, b"Bad Gateway"
+
+
+class HookFailed(TwistProxyError):
+    """
+    An addon's hook raised an exception.
+
+    :ivar hook: The name of the hook that failed.
+    :ivar addon: A description of the addon whose hook failed.
+    :ivar cause: The failure the hook raised.
+    """
+
+    status, phrase = 500, b"Internal Server Error"
+
+    def __init__(self, hook: str, addon: str, cause: Failure) -> None:
+        super().__init__(f"hook {hook!r} of {addon} failed: {cause.getErrorMessage()}")
+        self.hook = hook
+        self.addon = addon
+        self.cause = cause
+
+    def __str__(self) -> str:
+        cause = self.cause.value
+        return (
+            f"hook {self.hook!r} of {self.addon} failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class AddonError(TwistProxyError):
+    """
+    An addon cannot be registered or loaded: a misspelt hook name, a hook
+    that is not callable, or an addon file that cannot be imported.
+    """
+
+
+class FlowKilled(TwistProxyError):
+    """
+    A hook killed the flow; the client connection is closed without an answer.
+    """
+
+    status, phrase = 502, b"Bad Gateway"
+
+
+def upstream_error(reason: Failure) -> Failure:
+    """
+    Translate a transport failure on the upstream side into twistproxy's
+    vocabulary; a failure that already is a :class:`TwistProxyError`, or that
+    is not a transport failure, comes back unchanged.
+
+    :param reason: The failure an endpoint or a connection reported.
+    :returns: A failure wrapping a :class:`TwistProxyError` where one fits.
+    """
+    error = reason.value
+    if isinstance(error, TwistProxyError):
+        return reason
+    translated: TwistProxyError
+    if isinstance(error, _ierror.DNSLookupError):
+        translated = UpstreamNameNotResolved(f"name not resolved: {_detail(error)}")
+    elif isinstance(error, _ierror.ConnectionRefusedError):
+        translated = UpstreamConnectFailed("connection refused")
+    elif isinstance(error, _ierror.TimeoutError):
+        translated = UpstreamTimeout("timed out connecting to the server")
+    elif isinstance(error, (_ierror.NoRouteError, _ierror.ConnectError)):
+        translated = UpstreamConnectFailed(f"could not connect: {_detail(error)}")
+    elif isinstance(error, _ierror.ConnectionLost):
+        translated = UpstreamConnectionLost("connection reset by the server")
+    elif isinstance(error, _ierror.ConnectionDone):
+        translated = UpstreamConnectionLost("connection closed by the server")
+    else:
+        return reason
+    return Failure(translated)
+
+
+def _detail(error: BaseException) -> str:
+    """
+    The most useful text of a Twisted connection error, without its class
+    boilerplate.
+    """
+    osError = getattr(error, "osError", None)
+    if osError:
+        return str(osError)
+    return " ".join(str(arg) for arg in error.args if arg) or type(error).__name__
+
+
+def error_status(failure: Failure) -> tuple[int, bytes]:
+    """
+    Choose the status line the proxy sends when *failure* ends a request.
+
+    :returns: The status code and reason phrase; 500 for anything that is not
+        a :class:`TwistProxyError`.
+    """
+    error = failure.value
+    if isinstance(error, TwistProxyError):
+        return error.status, error.phrase
+    return 500, b"Internal Server Error"

@@ -1,0 +1,536 @@
+# -*- test-case-name: tests.test_flow -*-
+"""
+The flow base model: one exchange through the proxy, its connections and its
+error, with interception and a versioned plain-data state.
+
+The semantics follow ``mitmproxy.flow``.  This module is core code: it reads
+no clock of its own (the time comes from the ``now`` callable a :class:`Flow`
+is given), opens no sockets and never touches the reactor.  The one piece of
+Twisted it uses is :class:`~twisted.internet.defer.Deferred`, handed out by
+:meth:`Flow.wait_for_resume`.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Self
+
+import attrs
+from twisted.internet import defer
+
+FLOW_STATE_VERSION: int = 1
+"""
+Version of the dict returned by :meth:`Flow.get_state`, bumped on every
+change of its shape.
+"""
+
+
+class FlowNotKillable(Exception):
+    """
+    :meth:`Flow.kill` was called on a flow that is not live, or was already
+    killed.
+    """
+
+
+def _new_id() -> str:
+    """
+    :returns: A random (version 4) UUID string, as ``str(uuid.uuid4())``
+        gives, at half the cost: one is made for every flow.
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _check_keys(state: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    """
+    Refuse a state dict whose keys are not exactly *known*.
+
+    :param state: The state dict to check.
+    :param known: Every key the state must have.
+    :param what: What the state describes, for the message.
+    :raises ValueError: naming the unknown or missing keys.
+    """
+    keys = set(state)
+    expected = set(known)
+    unknown = keys - expected
+    if unknown:
+        raise ValueError(f"unknown keys in {what} state: {sorted(unknown)!r}")
+    missing = expected - keys
+    if missing:
+        raise ValueError(f"missing keys in {what} state: {sorted(missing)!r}")
+
+
+def _address(value: Iterable[Any] | None) -> tuple[str, int] | None:
+    """
+    Turn an address from a state dict (a list after a JSON round trip) back
+    into a ``(host, port)`` tuple.
+
+    :raises ValueError: if *value* is not a pair.
+    """
+    if value is None:
+        return None
+    host, port = value
+    return (host, port)
+
+
+@attrs.define
+class Error:
+    """
+    Why a flow failed.
+
+    :ivar msg: A human-readable message.
+    :ivar timestamp: When the error happened (seconds since the epoch).
+    :cvar KILLED_MESSAGE: The message of the error :meth:`Flow.kill` sets.
+    """
+
+    KILLED_MESSAGE: ClassVar[str] = "Connection killed."
+
+    msg: str
+    timestamp: float
+
+    def __str__(self) -> str:
+        return self.msg
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This error as plain data.
+        """
+        return {"msg": self.msg, "timestamp": self.timestamp}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this error's fields with those of *state*.
+
+        :param state: A dict from :meth:`get_state`.
+        :raises ValueError: if *state* has unknown or missing keys.
+        """
+        _check_keys(state, ("msg", "timestamp"), "error")
+        self.msg = state["msg"]
+        self.timestamp = state["timestamp"]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """
+        Build an error from a dict made by :meth:`get_state`.
+
+        :raises ValueError: if *state* has unknown or missing keys.
+        """
+        _check_keys(state, ("msg", "timestamp"), "error")
+        return cls(state["msg"], state["timestamp"])
+
+
+_CONNECTION_KEYS = (
+    "id",
+    "peername",
+    "sockname",
+    "timestamp_start",
+    "timestamp_end",
+    "error",
+    "tls_established",
+    "sni",
+    "alpn",
+    "tls_version",
+)
+
+
+@attrs.define(kw_only=True, eq=False)
+class Connection:
+    """
+    What is known about one TCP connection (and the TLS on it).
+
+    Connections compare by identity: two records are the same connection
+    only if they are the same object.
+
+    :ivar id: A unique id (a UUID4 string).
+    :ivar peername: The remote ``(host, port)``, once connected.
+    :ivar sockname: The local ``(host, port)``, once connected.
+    :ivar timestamp_start: When the connection was established.
+    :ivar timestamp_end: When it closed.
+    :ivar error: Why it failed, if it did.
+    :ivar tls_established: Whether a TLS handshake completed on it.
+    :ivar sni: The TLS server name indication, if any.
+    :ivar alpn: The negotiated ALPN protocol, if any.
+    :ivar tls_version: The negotiated TLS version (``"TLSv1.3"``), if any.
+    """
+
+    id: str = attrs.field(factory=_new_id)
+    peername: tuple[str, int] | None = None
+    sockname: tuple[str, int] | None = None
+    timestamp_start: float | None = None
+    timestamp_end: float | None = None
+    error: str | None = None
+    tls_established: bool = False
+    sni: str | None = None
+    alpn: bytes | None = None
+    tls_version: str | None = None
+
+    _state_keys: ClassVar[tuple[str, ...]] = _CONNECTION_KEYS
+    _address_keys: ClassVar[tuple[str, ...]] = ("peername", "sockname")
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This record as plain data; addresses become lists.
+        """
+        state = {key: getattr(self, key) for key in self._state_keys}
+        for key in self._address_keys:
+            if state[key] is not None:
+                state[key] = list(state[key])
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this record's fields with those of *state*.
+
+        :param state: A dict from :meth:`get_state`; addresses may be lists.
+        :raises ValueError: if *state* has unknown or missing keys.
+        """
+        _check_keys(state, self._state_keys, type(self).__name__.lower())
+        values = dict(state)
+        for key in self._address_keys:
+            values[key] = _address(values[key])
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """
+        Build a record from a dict made by :meth:`get_state`.
+
+        :raises ValueError: if *state* has unknown or missing keys.
+        """
+        conn = cls()
+        conn.set_state(state)
+        return conn
+
+
+@attrs.define(kw_only=True, eq=False)
+class Client(Connection):
+    """
+    The connection from the client to the proxy.
+    """
+
+
+@attrs.define(kw_only=True, eq=False)
+class Server(Connection):
+    """
+    The connection from the proxy to the origin (or upstream proxy).
+
+    :ivar address: The ``(host, port)`` the proxy connects to.
+    """
+
+    address: tuple[str, int] | None = None
+
+    _state_keys: ClassVar[tuple[str, ...]] = (*_CONNECTION_KEYS, "address")
+    _address_keys: ClassVar[tuple[str, ...]] = ("peername", "sockname", "address")
+
+
+class Flow:
+    """
+    One exchange through the proxy.
+
+    A flow is *live* while the proxy is still working on it.  A hook may
+    :meth:`intercept` it (the proxy then holds it, see
+    :meth:`wait_for_resume`), :meth:`resume` it, or :meth:`kill` it.
+
+    :ivar id: A unique id (a UUID4 string).
+    :ivar client_conn: The client connection.
+    :ivar server_conn: The server connection.
+    :ivar error: Why the flow failed, or ``None``.
+    :ivar intercepted: Whether the flow is being held.
+    :ivar marked: A user marker (an emoji or a character); empty when unmarked.
+    :ivar is_replay: ``"request"`` or ``"response"`` when the flow is a
+        replay of that side, else ``None``.
+    :ivar live: Whether the proxy is still working on the flow.
+    :ivar timestamp_created: When the flow was made, from ``now``.
+    :ivar metadata: Free-form data addons attach to the flow.
+    :ivar comment: A user comment.
+    :cvar type: The flow's kind, stored in its state.
+    """
+
+    __slots__ = (
+        "id",
+        "client_conn",
+        "server_conn",
+        "error",
+        "intercepted",
+        "marked",
+        "is_replay",
+        "live",
+        "timestamp_created",
+        "metadata",
+        "comment",
+        "_now",
+        "_backup",
+        "_resume_waiters",
+    )
+
+    type: ClassVar[str] = "flow"
+
+    _state_keys: ClassVar[frozenset[str]] = frozenset(
+        {
+            "version",
+            "type",
+            "id",
+            "error",
+            "client_conn",
+            "server_conn",
+            "intercepted",
+            "marked",
+            "is_replay",
+            "live",
+            "timestamp_created",
+            "metadata",
+            "comment",
+        }
+    )
+
+    id: str
+    client_conn: Client
+    server_conn: Server
+    error: Error | None
+    intercepted: bool
+    marked: str
+    is_replay: str | None
+    live: bool
+    timestamp_created: float
+    metadata: dict[str, Any]
+    comment: str
+
+    def __init__(
+        self,
+        client_conn: Client,
+        server_conn: Server,
+        live: bool = False,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        :param client_conn: The client connection.
+        :param server_conn: The server connection.
+        :param live: Whether the proxy is working on this flow.
+        :param now: The clock: returns the current time in seconds since the
+            epoch.  It stamps :attr:`timestamp_created` and the error
+            :meth:`kill` sets.
+        """
+        self._now = now
+        self.id = _new_id()
+        self.client_conn = client_conn
+        self.server_conn = server_conn
+        self.error = None
+        self.intercepted = False
+        self.marked = ""
+        self.is_replay = None
+        self.live = live
+        self.timestamp_created = now()
+        self.metadata = {}
+        self.comment = ""
+        self._backup: dict[str, Any] | None = None
+        self._resume_waiters: list[defer.Deferred[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+    # State
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        This flow as plain data (str, int, float, bool, ``None``, bytes,
+        lists and dicts), for saving, backups and copies.
+
+        :returns: A new dict; ``"version"`` is :data:`FLOW_STATE_VERSION`.
+        """
+        return {
+            "version": FLOW_STATE_VERSION,
+            "type": self.type,
+            "id": self.id,
+            "error": self.error.get_state() if self.error is not None else None,
+            "client_conn": self.client_conn.get_state(),
+            "server_conn": self.server_conn.get_state(),
+            "intercepted": self.intercepted,
+            "marked": self.marked,
+            "is_replay": self.is_replay,
+            "live": self.live,
+            "timestamp_created": self.timestamp_created,
+            "metadata": _copy.deepcopy(self.metadata) if self.metadata else {},
+            "comment": self.comment,
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this flow's state with *state*.
+
+        Every key is checked before anything changes.  If *state* ends an
+        interception, the flow is resumed (waiters fire); if it starts one,
+        the flow is intercepted.
+
+        :param state: A dict made by :meth:`get_state` of this flow's class.
+        :raises ValueError: if the version or type differs, or a key is
+            unknown or missing.
+        """
+        version = state.get("version")
+        if version != FLOW_STATE_VERSION:
+            raise ValueError(
+                f"unsupported flow state version {version!r} (expected {FLOW_STATE_VERSION})"
+            )
+        if state.get("type") != self.type:
+            raise ValueError(
+                f"flow state of type {state.get('type')!r} given to a {self.type!r} flow"
+            )
+        _check_keys(state, self._state_keys, "flow")
+        self._apply_state(dict(state))
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        """
+        Set this flow's attributes from a checked state dict.  Subclasses
+        build their own parts first, then call this, then assign theirs, so
+        that a conversion error leaves the flow unchanged.
+
+        :param state: A copy of the state, with every key present.
+        """
+        error = Error.from_state(state["error"]) if state["error"] is not None else None
+        client_conn = Client.from_state(state["client_conn"])
+        server_conn = Server.from_state(state["server_conn"])
+        self.id = state["id"]
+        self.error = error
+        self.client_conn = client_conn
+        self.server_conn = server_conn
+        self.marked = state["marked"]
+        self.is_replay = state["is_replay"]
+        self.live = state["live"]
+        self.timestamp_created = state["timestamp_created"]
+        self.metadata = _copy.deepcopy(state["metadata"])
+        self.comment = state["comment"]
+        if state["intercepted"]:
+            self.intercept()
+        else:
+            self.resume()
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, now: Callable[[], float] = time.time) -> Self:
+        """
+        Build a flow (not live) from a dict made by :meth:`get_state`.
+
+        :param state: The state.
+        :param now: The clock for the new flow, as for :class:`Flow`.
+        :raises ValueError: as :meth:`set_state` does.
+        """
+        flow = cls(Client(), Server(), now=now)
+        flow.set_state(state)
+        return flow
+
+    def copy(self) -> Self:
+        """
+        Make an independent copy of this flow.
+
+        :returns: A flow with the same state and clock but a new id, not
+            live, not intercepted, with no resume waiters and deep-copied
+            metadata.
+        """
+        state = self.get_state()
+        state["id"] = _new_id()
+        state["live"] = False
+        state["intercepted"] = False
+        return type(self).from_state(state, now=self._now)
+
+    # Backups
+
+    def backup(self, force: bool = False) -> None:
+        """
+        Remember the current state so that :meth:`revert` can return to it.
+
+        :param force: Replace an existing backup; without it, an existing
+            backup is kept.
+        """
+        if self._backup is None or force:
+            self._backup = self.get_state()
+
+    def revert(self) -> None:
+        """
+        Return to the backed-up state, if there is one, and drop the backup.
+        """
+        if self._backup is not None:
+            backup, self._backup = self._backup, None
+            self.set_state(backup)
+
+    def modified(self) -> bool:
+        """
+        :returns: Whether there is a backup and the flow differs from it.
+        """
+        return self._backup is not None and self._backup != self.get_state()
+
+    # Control
+
+    @property
+    def killable(self) -> bool:
+        """
+        Whether :meth:`kill` may be called: the flow is live and not killed.
+        """
+        return self.live and not self.killed
+
+    @property
+    def killed(self) -> bool:
+        """
+        Whether the flow was killed (its error is the kill error).
+        """
+        return self.error is not None and self.error.msg == Error.KILLED_MESSAGE
+
+    def kill(self) -> None:
+        """
+        Kill the flow: set the kill :class:`Error` (stamped by ``now``) and,
+        if it is intercepted, resume it so that whoever waits sees the kill.
+        :attr:`live` is left as it is; the proxy clears it when the flow ends.
+
+        :raises FlowNotKillable: if the flow is not :attr:`killable`.
+        """
+        if not self.killable:
+            raise FlowNotKillable(f"flow {self.id} is not killable")
+        self.error = Error(Error.KILLED_MESSAGE, self._now())
+        self.resume()
+
+    def intercept(self) -> None:
+        """
+        Hold the flow until :meth:`resume` (or :meth:`kill`); does nothing if
+        it is already intercepted.
+        """
+        if not self.intercepted:
+            self.intercepted = True
+
+    def resume(self) -> None:
+        """
+        Release an intercepted flow and fire every Deferred from
+        :meth:`wait_for_resume`; does nothing if it is not intercepted.
+        """
+        if not self.intercepted:
+            return
+        self.intercepted = False
+        waiters, self._resume_waiters = self._resume_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def wait_for_resume(self) -> defer.Deferred[None]:
+        """
+        Wait until the flow is no longer intercepted.
+
+        :returns: A Deferred that fires with ``None`` when the flow is
+            resumed or killed; already fired if it is not intercepted.
+            Cancelling it stops the wait (it fails with
+            :exc:`~twisted.internet.defer.CancelledError`) and forgets it.
+        """
+        if not self.intercepted:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred(self._forget_waiter)
+        self._resume_waiters.append(waiter)
+        return waiter
+
+    def _forget_waiter(self, waiter: defer.Deferred[None]) -> None:
+        """
+        The canceller of :meth:`wait_for_resume`'s Deferreds.
+        """
+        if waiter in self._resume_waiters:
+            self._resume_waiters.remove(waiter)

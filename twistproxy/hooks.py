@@ -1,0 +1,699 @@
+# -*- test-case-name: tests.test_hooks -*-
+"""
+The hook contract between the proxy and its addons, and the chain that runs
+the hooks.
+
+:class:`IAddon` lists every hook and says when it fires and what it may
+change; :class:`Addon` is a do-nothing base class to subclass. Subclassing is
+optional: any object with some of the hook methods is an addon.
+:class:`HookChain` calls the hooks of a fixed list of addons in order, waits
+for any hook that returns a Deferred or a coroutine, holds the chain while a
+hook has intercepted the flow, and stops early once a hook has answered or
+killed it. :func:`validate_addon` rejects a misspelt hook at registration
+instead of letting it be ignored silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from twistproxy.errors import AddonError, HookFailed
+
+__all__ = [
+    "FLOW_HOOKS",
+    "HOOKS",
+    "Addon",
+    "HookChain",
+    "IAddon",
+    "validate_addon",
+]
+
+_log = Logger()
+
+HOOKS: tuple[str, ...] = (
+    "client_connected",
+    "client_disconnected",
+    "server_connected",
+    "server_disconnected",
+    "requestheaders",
+    "request",
+    "responseheaders",
+    "response",
+    "error",
+)
+"""Every hook name, in the order a proxied request meets them."""
+
+FLOW_HOOKS: frozenset[str] = frozenset(
+    {
+        "server_connected",
+        "server_disconnected",
+        "requestheaders",
+        "request",
+        "responseheaders",
+        "response",
+        "error",
+    }
+)
+"""
+The hooks that run while a request is being proxied, so that the proxy has a
+flow (and its per-request object) at hand. ``server_connected`` and
+``server_disconnected`` are among them: they receive the flow's server
+connection record, but happen during a request.
+"""
+
+# Hooks after which a flow with a response needs no further hooks: a hook
+# answered the request, so the origin is not contacted.
+_ANSWERING_HOOKS = frozenset({"requestheaders", "request"})
+
+
+class IAddon(Interface):
+    """
+    The hooks the proxy calls, each with a flow or a connection record.
+
+    Every hook may return ``None`` (or any other plain value, which is
+    ignored), a :class:`~twisted.internet.defer.Deferred` or a coroutine; the
+    proxy waits for it before calling the next addon. A hook that calls
+    ``flow.intercept()`` holds the flow until ``flow.resume()``; a hook that
+    calls ``flow.kill()`` ends the flow and no further hook of the chain runs.
+    A hook that raises is logged with the flow's id and the client is
+    answered 500.
+    """
+
+    def client_connected(client: Any) -> object:
+        """
+        A client has connected to the proxy.
+
+        :param client: The client connection record; it may be inspected but
+            there is nothing to change yet.
+        """
+
+    def client_disconnected(client: Any) -> object:
+        """
+        A client connection has closed, for whatever reason.
+
+        :param client: The client connection record, for bookkeeping only.
+        """
+
+    def server_connected(server: Any) -> object:
+        """
+        The proxy has connected to an origin server on behalf of a flow,
+        before the request is sent to it.
+
+        :param server: The flow's server connection record, for inspection.
+        """
+
+    def server_disconnected(server: Any) -> object:
+        """
+        A connection to an origin server has closed.
+
+        :param server: The server connection record, for bookkeeping only.
+        """
+
+    def requestheaders(flow: Any) -> object:
+        """
+        The request line and headers have been read; the body has not.
+
+        The hook may change ``flow.request``'s method, target and headers;
+        set ``flow.request.stream = True`` to pass the body through as it
+        arrives instead of buffering it for :meth:`request`; answer the
+        client by setting ``flow.response`` (the body is then discarded, no
+        further hook of this chain runs and the origin is not contacted);
+        kill or intercept the flow.
+
+        :param flow: The flow being proxied.
+        """
+
+    def request(flow: Any) -> object:
+        """
+        The whole request has been read: its body is buffered in
+        ``flow.request`` unless it is being streamed.
+
+        The hook may change ``flow.request`` in any way; answer the client
+        by setting ``flow.response`` (the origin is not contacted and no
+        further hook of this chain runs); kill or intercept the flow.
+
+        :param flow: The flow being proxied.
+        """
+
+    def responseheaders(flow: Any) -> object:
+        """
+        The origin's status line and headers have been read into
+        ``flow.response``; the body has not.
+
+        The hook may change the status and headers, or set
+        ``flow.response.stream = True`` to pass the body to the client as it
+        arrives instead of buffering it for :meth:`response`; it may kill or
+        intercept the flow.
+
+        :param flow: The flow being proxied.
+        """
+
+    def response(flow: Any) -> object:
+        """
+        The whole response has been read; its body is buffered in
+        ``flow.response``, or is ``None`` when it was streamed.
+
+        The hook may change ``flow.response`` in any way before it is sent
+        to the client; it may kill or intercept the flow.
+
+        :param flow: The flow being proxied.
+        """
+
+    def error(flow: Any) -> object:
+        """
+        The flow failed: ``flow.error`` says why (``flow.error.msg``). This
+        hook is called instead of :meth:`response`, for inspection and
+        logging; the outcome cannot be changed any more.
+
+        :param flow: The flow that failed.
+        """
+
+
+@implementer(IAddon)
+class Addon:
+    """
+    An addon whose hooks all do nothing. Subclass it and override the hooks
+    you need, as plain methods or as ``async def`` methods; the hooks left
+    alone cost nothing, because :class:`HookChain` does not call them.
+    """
+
+    def client_connected(self, client: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.client_connected`.
+        """
+        return None
+
+    def client_disconnected(self, client: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.client_disconnected`.
+        """
+        return None
+
+    def server_connected(self, server: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.server_connected`.
+        """
+        return None
+
+    def server_disconnected(self, server: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.server_disconnected`.
+        """
+        return None
+
+    def requestheaders(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.requestheaders`.
+        """
+        return None
+
+    def request(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.request`.
+        """
+        return None
+
+    def responseheaders(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.responseheaders`.
+        """
+        return None
+
+    def response(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.response`.
+        """
+        return None
+
+    def error(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.error`.
+        """
+        return None
+
+
+# Addon's own functions, to recognise a hook inherited unchanged.
+_NO_OP_HOOKS: dict[str, object] = {hook: vars(Addon)[hook] for hook in HOOKS}
+
+_HookCall = tuple[str, Callable[[Any], object]]
+
+
+class HookChain:
+    """
+    Runs each hook of a fixed list of addons, in order.
+
+    Which addons really implement which hook is worked out once, here, so
+    that asking about or running a hook nobody implements costs a dictionary
+    look-up and creates no Deferred.
+
+    :ivar addons: The addons, in the order their hooks run.
+    """
+
+    def __init__(self, addons: Sequence[object] = (), first_base: type | None = None) -> None:
+        """
+        :param addons: The addons; each is checked with
+            :func:`validate_addon`.
+        :param first_base: The base class of the objects passed as ``first``
+            to :meth:`run` (the proxy's per-request class). A ``first``
+            object's hooks are the hook-named methods its class defines
+            outside ``first_base`` and ``first_base``'s own bases, so that
+            the base class may define hook-named methods of its own without
+            their being called as hooks. ``None`` means every hook-named
+            method of a ``first`` object is a hook.
+        :raises AddonError: if an addon has a misspelt or uncallable hook.
+        """
+        for addon in addons:
+            validate_addon(addon)
+        self._addons = tuple(addons)
+        self._first_base = first_base
+        self._first_ignore: frozenset[str] = (
+            frozenset() if first_base is None else frozenset(dir(first_base))
+        )
+        self._first_hooks: dict[type, frozenset[str]] = {}
+        self._calls: dict[str, tuple[_HookCall, ...]] = {
+            hook: tuple(
+                (_describe(addon), method)
+                for addon in self._addons
+                if (method := _implementation(addon, hook)) is not None
+            )
+            for hook in HOOKS
+        }
+
+    @property
+    def addons(self) -> tuple[object, ...]:
+        """
+        The addons, in the order their hooks run.
+        """
+        return self._addons
+
+    def has(self, hook: str, first: object | None = None) -> bool:
+        """
+        Tell whether running *hook* would call anything.
+
+        :param hook: One of :data:`HOOKS`.
+        :param first: The object that would be passed as ``first`` to
+            :meth:`run`, if any.
+        :returns: ``True`` if an addon, or *first*'s class, implements *hook*.
+        :raises KeyError: if *hook* is not one of :data:`HOOKS`.
+        :raises AddonError: if *first*'s class, seen for the first time, has
+            a misspelt or uncallable hook.
+        """
+        if self._calls[hook]:
+            return True
+        return first is not None and hook in self._hooks_of(type(first))
+
+    def run(
+        self, hook: str, subject: object, *, first: object | None = None
+    ) -> Deferred[None] | None:
+        """
+        Call *hook* of *first* (if its class implements it) and then of every
+        addon that implements it, each with *subject*, one after the other.
+
+        A hook returning a Deferred or a coroutine is waited for before the
+        next one is called; so is a hook that leaves *subject* intercepted,
+        until it is resumed. The chain stops early, successfully, once
+        *subject* is killed or, for ``requestheaders`` and ``request``, once
+        ``subject.response`` is set; this is checked before every call, the
+        first one included.
+
+        :param hook: One of :data:`HOOKS`.
+        :param subject: The flow or connection record passed to every hook.
+        :param first: The per-request object whose own method named *hook*
+            runs before every addon's; see ``first_base`` in the constructor.
+        :returns: ``None`` when every hook called returned synchronously
+            without intercepting *subject* (nothing to wait for).
+            Otherwise a Deferred that fires with ``None`` when the chain is
+            done. It fails with :class:`~twistproxy.errors.HookFailed` if a
+            hook raised (synchronously or through its Deferred or
+            coroutine), which ends the chain and is logged; with whatever
+            ``subject.wait_for_resume()`` failed with, if it did; and with
+            :class:`~twisted.internet.defer.CancelledError` when it is
+            cancelled, which cancels whatever the chain was waiting for and
+            runs no further hook.
+        :raises KeyError: if *hook* is not one of :data:`HOOKS`.
+        :raises AddonError: if *first*'s class, seen for the first time, has
+            a misspelt or uncallable hook.
+        """
+        calls = self._calls[hook]
+        if first is not None and hook in self._hooks_of(type(first)):
+            calls = ((_describe(first), getattr(first, hook)), *calls)
+        if not calls:
+            return None
+        answering = hook in _ANSWERING_HOOKS
+        for index, (description, call) in enumerate(calls):
+            if _settled(subject, answering):
+                return None
+            try:
+                returned = call(subject)
+            except Exception:
+                return fail(_hook_failed(hook, description, subject, Failure()))
+            if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
+                return _PendingChain(hook, subject, calls, answering).start(index, returned)
+        return None
+
+    def _hooks_of(self, cls: type) -> frozenset[str]:
+        """
+        The hooks a ``first`` object of class *cls* implements, validating
+        *cls* the first time it is seen.
+
+        :raises AddonError: if *cls* has a misspelt or uncallable hook.
+        """
+        hooks = self._first_hooks.get(cls)
+        if hooks is None:
+            validate_addon(cls, ignore=self._first_ignore)
+            base = self._first_base
+            if base is None:
+                hooks = frozenset(hook for hook in HOOKS if callable(getattr(cls, hook, None)))
+            else:
+                inherited = set(base.__mro__)
+                hooks = frozenset(
+                    hook
+                    for klass in cls.__mro__
+                    if klass not in inherited
+                    for hook in HOOKS
+                    if hook in vars(klass)
+                )
+            self._first_hooks[cls] = hooks
+        return hooks
+
+
+class _PendingChain:
+    """
+    The rest of one run of a hook chain, once it has had to wait.
+
+    :ivar result: Fires when the chain is done; cancelling it cancels
+        ``_waiting``.
+    """
+
+    def __init__(
+        self, hook: str, subject: Any, calls: tuple[_HookCall, ...], answering: bool
+    ) -> None:
+        self._hook = hook
+        self._subject = subject
+        self._calls = calls
+        self._answering = answering
+        self._waiting: Deferred[Any] | None = None
+        self._cancelled = False
+        self.result: Deferred[None] = Deferred(self._cancel)
+
+    def start(self, index: int, returned: object) -> Deferred[None]:
+        """
+        Go on from the call at *index*, which returned *returned*.
+
+        :returns: :attr:`result`.
+        """
+        self._called(index, returned)
+        return self.result
+
+    def _called(self, index: int, returned: object) -> None:
+        """
+        Wait for what the call at *index* returned, if it is awaitable.
+        """
+        if isinstance(returned, Deferred):
+            waiting: Deferred[Any] = returned
+        elif inspect.iscoroutine(returned):
+            waiting = Deferred.fromCoroutine(returned)
+        elif inspect.isawaitable(returned):
+            waiting = Deferred.fromCoroutine(_await(returned))
+        else:
+            self._hook_done(None, index)
+            return
+        self._wait(waiting, self._hook_done, self._hook_raised, index)
+
+    def _wait(
+        self,
+        waiting: Deferred[Any],
+        done: Callable[[object, int], None],
+        failed: Callable[[Failure, int], None],
+        index: int,
+    ) -> None:
+        """
+        Go on with *done* or *failed* once *waiting* fires; until then,
+        cancelling :attr:`result` cancels *waiting*.
+        """
+        self._waiting = waiting
+        waiting.addCallbacks(done, failed, callbackArgs=(index,), errbackArgs=(index,))
+
+    def _hook_done(self, ignored: object, index: int) -> None:
+        """
+        The call at *index* has finished: hold the chain while the subject is
+        intercepted, then go on with the next call.
+        """
+        self._waiting = None
+        if self._cancelled:
+            return
+        if getattr(self._subject, "intercepted", False):
+            self._wait(self._subject.wait_for_resume(), self._resumed, self._resume_failed, index)
+        else:
+            self._call_from(index + 1)
+
+    def _resumed(self, ignored: object, index: int) -> None:
+        """
+        The subject was resumed after the call at *index*: go on with the
+        next call.
+        """
+        self._waiting = None
+        if not self._cancelled:
+            self._call_from(index + 1)
+
+    def _call_from(self, start: int) -> None:
+        """
+        Call the hooks from *start* on, until one has to be waited for or
+        the chain is over.
+        """
+        subject = self._subject
+        for index in range(start, len(self._calls)):
+            if _settled(subject, self._answering):
+                break
+            description, call = self._calls[index]
+            try:
+                returned = call(subject)
+            except Exception:
+                failed = _hook_failed(self._hook, description, subject, Failure())
+                if not self._cancelled:
+                    self.result.errback(failed)
+                return
+            if self._cancelled:
+                # The hook cancelled the chain itself, say by closing the
+                # client connection: abandon whatever it started.
+                _abandon(returned)
+                return
+            if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
+                self._called(index, returned)
+                return
+        self.result.callback(None)
+
+    def _hook_raised(self, reason: Failure, index: int) -> None:
+        """
+        The Deferred or coroutine of the call at *index* failed: end the
+        chain with :class:`HookFailed`, unless the chain was cancelled.
+        """
+        self._waiting = None
+        if self._cancelled:
+            return
+        description = self._calls[index][0]
+        self.result.errback(_hook_failed(self._hook, description, self._subject, reason))
+
+    def _resume_failed(self, reason: Failure, index: int) -> None:
+        """
+        Waiting for the subject to be resumed failed other than by
+        cancellation: log it and end the chain with that failure.
+        """
+        self._waiting = None
+        if self._cancelled:
+            return
+        _log.failure(
+            "Waiting for flow {flow_id} to be resumed after hook {hook!r} of {addon} failed",
+            reason,
+            level=LogLevel.error,
+            hook=self._hook,
+            addon=self._calls[index][0],
+            flow_id=getattr(self._subject, "id", "?"),
+        )
+        self.result.errback(reason)
+
+    def _cancel(self, result: Deferred[None]) -> None:
+        """
+        Cancel whatever the chain is waiting for, and run no further hook;
+        :attr:`result` then fails with ``CancelledError``.
+        """
+        self._cancelled = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+
+
+def _abandon(returned: object) -> None:
+    """
+    Cancel a Deferred, or close a coroutine, that a hook returned after the
+    chain was cancelled.
+    """
+    if isinstance(returned, Deferred):
+        returned.addErrback(_ignore_cancellation)
+        returned.cancel()
+    elif inspect.iscoroutine(returned):
+        returned.close()
+
+
+def _ignore_cancellation(reason: Failure) -> None:
+    """
+    Swallow the ``CancelledError`` of a Deferred :func:`_abandon` cancelled;
+    any other failure stays unhandled, to be logged as such.
+    """
+    reason.trap(CancelledError)
+
+
+async def _await(awaitable: Any) -> object:
+    """
+    Await an awaitable that is neither a Deferred nor a coroutine, so that
+    :meth:`Deferred.fromCoroutine` can drive it.
+    """
+    return await awaitable
+
+
+def _settled(subject: Any, answering: bool) -> bool:
+    """
+    Whether the chain should stop before its next call: *subject* was killed
+    or, for an answering hook, has a response.
+    """
+    if getattr(subject, "killed", False):
+        return True
+    return answering and getattr(subject, "response", None) is not None
+
+
+def _hook_failed(hook: str, description: str, subject: object, reason: Failure) -> Failure:
+    """
+    Log that *hook* of the addon *description* failed with *reason* and turn
+    it into a :class:`HookFailed` failure.
+    """
+    flow_id = getattr(subject, "id", "?")
+    _log.failure(
+        "Hook {hook!r} of {addon} failed for flow {flow_id}",
+        reason,
+        level=LogLevel.error,
+        hook=hook,
+        addon=description,
+        flow_id=flow_id,
+    )
+    return Failure(HookFailed(hook, description, reason))
+
+
+def _describe(addon: object) -> str:
+    """
+    Name *addon* in logs and errors: its class's qualified name, or the
+    ``repr`` of a module.
+    """
+    if isinstance(addon, ModuleType):
+        return repr(addon)
+    return type(addon).__qualname__
+
+
+def _implementation(addon: object, hook: str) -> Callable[[Any], object] | None:
+    """
+    The bound method *addon* implements *hook* with, or ``None`` if it lacks
+    one or only inherits :class:`Addon`'s no-op.
+    """
+    method = getattr(addon, hook, None)
+    if method is None:
+        return None
+    if getattr(type(addon), hook, None) is _NO_OP_HOOKS[hook] and hook not in getattr(
+        addon, "__dict__", {}
+    ):
+        return None
+    return method
+
+
+def _normalise(name: str) -> str:
+    """
+    Reduce a method name to compare it with the hooks' names: without a
+    leading ``on``/``on_``, without underscores, lowercase.
+    """
+    if name.startswith("on_"):
+        name = name[3:]
+    elif name.startswith("on") and name[2:3].isupper():
+        name = name[2:]
+    return name.replace("_", "").lower()
+
+
+_NORMALISED_HOOKS: dict[str, str] = {_normalise(hook): hook for hook in HOOKS}
+
+
+def _resembled_hook(name: str) -> str | None:
+    """
+    The hook *name* looks like a misspelling of, if any.
+    """
+    close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    normal = _normalise(name)
+    if normal in _NORMALISED_HOOKS:
+        return _NORMALISED_HOOKS[normal]
+    # Stricter than for the name as written: normalising shortens it, and
+    # helpers such as ``response_time`` or ``response_body`` must pass.
+    close = difflib.get_close_matches(normal, _NORMALISED_HOOKS, n=1, cutoff=0.85)
+    if close:
+        return _NORMALISED_HOOKS[close[0]]
+    return None
+
+
+def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
+    """
+    Check that *addon* has no misspelt hook and that its hooks are callable.
+
+    A public method (a callable attribute whose name does not start with
+    ``_``) whose name is close to a hook's name but is not one is taken for
+    a misspelling: ``reqeust``, ``Request``, ``request_headers``,
+    ``client_connect``, ``on_request``. Unrelated public methods are
+    accepted; name a helper that looks like a hook (``respond``) with a
+    leading underscore.
+
+    :param addon: The addon, or a class whose instances are to be used as
+        hooks.
+    :param ignore: Attribute names not to check, such as those of a base
+        class the addon is not responsible for.
+    :raises AddonError: naming the attribute and the hook it resembles, if
+        *addon* has a misspelt hook or a hook-named attribute that is not
+        callable.
+    """
+    skipped = frozenset(ignore)
+    for name in dir(addon):
+        if name.startswith("_") or name in skipped:
+            continue
+        if name in HOOKS:
+            suggestion: str | None = name
+        else:
+            suggestion = _resembled_hook(name)
+            if suggestion is None:
+                continue
+        try:
+            value = getattr(addon, name)
+        except AttributeError:
+            continue
+        if name == suggestion:
+            if not callable(value):
+                raise AddonError(
+                    f"{_name_of(addon)}.{name} is named like a hook but is not callable"
+                )
+        elif callable(value):
+            raise AddonError(
+                f"{_name_of(addon)}.{name} is not a hook; did you mean {suggestion!r}?"
+            )
+
+
+def _name_of(addon: object) -> str:
+    """
+    Name *addon* in a validation error: a class by its own name, anything
+    else as :func:`_describe` does.
+    """
+    if isinstance(addon, type):
+        return addon.__qualname__
+    return _describe(addon)

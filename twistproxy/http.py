@@ -1,0 +1,1167 @@
+# -*- test-case-name: tests.test_http -*-
+"""
+The HTTP models: :class:`Headers`, :class:`Request`, :class:`Response` and
+:class:`HTTPFlow`.
+
+The proxy builds one of each for every request it handles, so building them
+is cheap: nothing is parsed, validated per field or decoded on construction,
+and bodies are decoded only when :attr:`Message.content` or
+:attr:`Message.text` is read.
+
+Text conventions: header names and values and bodies are stored as bytes.
+The ``str`` API decodes them as UTF-8 with ``surrogateescape`` and encodes
+``str`` arguments the same way, so any byte survives a round trip through
+``str``.  Methods that take a header name or value accept ``str`` or
+``bytes``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping
+from http import HTTPStatus
+from typing import Any, ClassVar, Literal, Self, TypeVar, overload
+
+from twistproxy import _encoding
+from twistproxy.flow import Client, Flow, Server, _check_keys
+
+_T = TypeVar("_T")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# RFC 9110 field-name (token) and a field value without CR, LF or NUL: what
+# the str API accepts, so that no header set through it can split a message.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def _to_bytes(value: str | bytes) -> bytes:
+    """
+    Encode a ``str`` with UTF-8/``surrogateescape``; pass ``bytes`` through.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
+
+
+def _to_str(value: str | bytes) -> str:
+    """
+    Decode ``bytes`` with UTF-8/``surrogateescape``; pass ``str`` through.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
+
+
+def _field(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
+    """
+    Turn a name and value from the ``str`` API into a checked wire field.
+
+    :raises ValueError: if the name is not a token or the value contains
+        CR, LF or NUL.
+    """
+    bname = _to_bytes(name)
+    bvalue = _to_bytes(value)
+    if not _TOKEN.match(bname):
+        raise ValueError(f"invalid header name {bname!r}")
+    if _BAD_VALUE.search(bvalue):
+        raise ValueError(f"invalid header value {bvalue!r} for {bname!r}")
+    return (bname, bvalue)
+
+
+class Headers(MutableMapping[str, str]):
+    """
+    An ordered list of header fields that keeps every field, in order, with
+    its name spelt as received, and looks names up case-insensitively.
+
+    The mapping API works on ``str`` and sees one entry per distinct name:
+    reading joins repeated fields with ``", "``, :meth:`get_all` and
+    :meth:`set_all` work on every field of a name.  :meth:`get_raw` and
+    :meth:`get_all_raw` are the ``bytes`` API for the proxy's hot path, and
+    :attr:`fields` is the wire form.
+
+    Two :class:`Headers` are equal when their fields are, in the same order
+    and case.
+    """
+
+    __slots__ = ("_fields",)
+
+    _fields: list[tuple[bytes, bytes]]
+
+    def __init__(self, fields: Iterable[tuple[bytes, bytes]] = (), **headers: str | bytes) -> None:
+        """
+        :param fields: ``(name, value)`` byte pairs in wire order.  They are
+            copied as they are, without checks or decoding, so the proxy can
+            pass its parsed header list cheaply; they must be ``bytes``.
+        :param headers: More fields to append, checked, with ``_`` in each
+            name replaced by ``-`` (``content_type="text/html"``).
+        :raises ValueError: if a keyword field is not a valid header.
+        """
+        self._fields = list(fields)
+        for name, value in headers.items():
+            self._fields.append(_field(name.replace("_", "-"), value))
+
+    @property
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        """
+        Every field as ``(name, value)`` bytes, in order, names as received.
+        Setting it replaces all fields (unchecked, as for the constructor).
+        """
+        return tuple(self._fields)
+
+    @fields.setter
+    def fields(self, value: Iterable[tuple[bytes, bytes]]) -> None:
+        self._fields = list(value)
+
+    # The bytes API
+
+    def get_raw(self, name: bytes) -> bytes | None:
+        """
+        :param name: A header name, any case.
+        :returns: The first value of that header, or ``None``.
+        """
+        lname = name.lower()
+        for n, v in self._fields:
+            if n.lower() == lname:
+                return v
+        return None
+
+    def get_all_raw(self, name: bytes) -> list[bytes]:
+        """
+        :param name: A header name, any case.
+        :returns: Every value of that header, in order (maybe none).
+        """
+        lname = name.lower()
+        return [v for n, v in self._fields if n.lower() == lname]
+
+    # The str mapping API
+
+    def __getitem__(self, name: str | bytes) -> str:
+        """
+        :returns: Every value of *name* joined with ``", "``.
+        :raises KeyError: if there is no such header.
+        """
+        values = self.get_all_raw(_to_bytes(name))
+        if not values:
+            raise KeyError(name)
+        return _to_str(b", ".join(values))
+
+    def __setitem__(self, name: str | bytes, value: str | bytes) -> None:
+        """
+        Set *name* to the single value *value*: the first field of that name
+        keeps its place and spelling, later ones are removed; the field is
+        appended if there is none.
+
+        :raises ValueError: if the name or value is not a valid header.
+        """
+        self.set_all(name, (value,))
+
+    def __delitem__(self, name: str | bytes) -> None:
+        """
+        Remove every field of *name*.
+
+        :raises KeyError: if there is no such header.
+        """
+        lname = _to_bytes(name).lower()
+        kept = [f for f in self._fields if f[0].lower() != lname]
+        if len(kept) == len(self._fields):
+            raise KeyError(name)
+        self._fields = kept
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        return self.get_raw(_to_bytes(name)) is not None
+
+    def __len__(self) -> int:
+        """
+        :returns: The number of distinct header names.
+        """
+        return len({n.lower() for n, _ in self._fields})
+
+    def __iter__(self) -> Iterator[str]:
+        """
+        Iterate over the distinct names, in order of first appearance, spelt
+        as they first appear.
+        """
+        seen = set()
+        for n, _ in self._fields:
+            lname = n.lower()
+            if lname not in seen:
+                seen.add(lname)
+                yield _to_str(n)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return self._fields == other._fields
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"
+
+    @overload
+    def get(self, name: str | bytes, /) -> str | None: ...
+
+    @overload
+    def get(self, name: str | bytes, default: str, /) -> str: ...
+
+    @overload
+    def get(self, name: str | bytes, default: _T, /) -> str | _T: ...
+
+    def get(self, name: str | bytes, default: object = None, /) -> object:
+        """
+        :returns: The values of *name* joined with ``", "``, or *default*.
+        """
+        values = self.get_all_raw(_to_bytes(name))
+        if not values:
+            return default
+        return _to_str(b", ".join(values))
+
+    @overload
+    def items(self, multi: Literal[False] = False) -> ItemsView[str, str]: ...
+
+    @overload
+    def items(self, multi: Literal[True]) -> list[tuple[str, str]]: ...
+
+    def items(self, multi: bool = False) -> ItemsView[str, str] | list[tuple[str, str]]:
+        """
+        :param multi: Give every field rather than one entry per name.
+        :returns: With *multi*, a list of every ``(name, value)`` field in
+            order; otherwise a view of ``(name, joined values)`` per name.
+        """
+        if multi:
+            return [(_to_str(n), _to_str(v)) for n, v in self._fields]
+        return ItemsView(self)
+
+    def clear(self) -> None:
+        """
+        Remove every field.
+        """
+        self._fields = []
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        """
+        :returns: Every value of *name*, in order (maybe none).
+        """
+        return [_to_str(v) for v in self.get_all_raw(_to_bytes(name))]
+
+    def set_all(self, name: str | bytes, values: Iterable[str | bytes]) -> None:
+        """
+        Replace every field of *name* with one field per value.  The new
+        fields take the place (and spelling) of the first existing field of
+        that name, or are appended if there is none.  No values removes the
+        header.
+
+        :raises ValueError: if the name or a value is not a valid header.
+        """
+        new = [_field(name, value) for value in values]
+        bname = _to_bytes(name)
+        if not new:
+            _field(bname, b"")
+        lname = bname.lower()
+        fields = self._fields
+        for i, (n, _) in enumerate(fields):
+            if n.lower() == lname:
+                rest = [f for f in fields[i + 1 :] if f[0].lower() != lname]
+                self._fields = fields[:i] + [(n, v) for _, v in new] + rest
+                return
+        fields.extend(new)
+
+    def add(self, name: str | bytes, value: str | bytes) -> None:
+        """
+        Append a field, even if the header is already present.
+
+        :raises ValueError: if the name or value is not a valid header.
+        """
+        self._fields.append(_field(name, value))
+
+    def insert(self, index: int, name: str | bytes, value: str | bytes) -> None:
+        """
+        Insert a field before position *index* of :attr:`fields`.
+
+        :raises ValueError: if the name or value is not a valid header.
+        """
+        self._fields.insert(index, _field(name, value))
+
+    def copy(self) -> Headers:
+        """
+        :returns: An independent copy.
+        """
+        return Headers(self._fields)
+
+    def get_state(self) -> list[list[bytes]]:
+        """
+        :returns: The fields as plain data: ``[name, value]`` byte pairs.
+        """
+        return [[n, v] for n, v in self._fields]
+
+    @classmethod
+    def from_state(cls, state: Iterable[Iterable[bytes]]) -> Self:
+        """
+        Build headers from :meth:`get_state`'s output (pairs may be lists).
+
+        :raises ValueError: if an entry is not a pair of ``bytes``.
+        """
+        fields = []
+        for entry in state:
+            pair = tuple(entry)
+            if len(pair) != 2 or not all(isinstance(x, bytes) for x in pair):
+                raise ValueError(f"invalid header field in state: {entry!r}")
+            fields.append((pair[0], pair[1]))
+        return cls(fields)
+
+
+def _make_headers(headers: Headers | Mapping[str, str] | Iterable[tuple[bytes, bytes]]) -> Headers:
+    """
+    Build a new, checked :class:`Headers` for the ``make`` constructors.
+    """
+    if isinstance(headers, Headers):
+        return headers.copy()
+    result = Headers()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in pairs:
+        result.add(name, value)
+    return result
+
+
+def _content_type_params(content_type: str) -> tuple[str, dict[str, str]]:
+    """
+    Split a Content-Type value into its media type and its parameters
+    (names lower-cased, quotes removed).
+    """
+    media_type, *params = content_type.split(";")
+    parsed = {}
+    for param in params:
+        key, sep, value = param.partition("=")
+        if sep:
+            parsed[key.strip().lower()] = value.strip().strip('"')
+    return media_type.strip(), parsed
+
+
+def _with_charset(content_type: str, charset: str) -> str:
+    """
+    Return *content_type* with its ``charset`` parameter set to *charset*.
+    """
+    parts = [p for p in content_type.split(";") if p.partition("=")[0].strip().lower() != "charset"]
+    return "; ".join([parts[0].strip(), *(p.strip() for p in parts[1:]), f"charset={charset}"])
+
+
+class Message:
+    """
+    What requests and responses share: the HTTP version, the headers and
+    the body.
+
+    :ivar http_version: For example ``"HTTP/1.1"``.
+    :ivar headers: The header fields.
+    :ivar raw_content: The body as it travels on the wire (still
+        Content-Encoded), or ``None`` if it was streamed and not captured.
+    :ivar timestamp_start: When the first byte was seen, if known.
+    :ivar timestamp_end: When the last byte was seen, if known.
+    :ivar stream: Set by a ``requestheaders``/``responseheaders`` hook to
+        pass the body through unbuffered.
+    """
+
+    __slots__ = (
+        "http_version",
+        "headers",
+        "raw_content",
+        "timestamp_start",
+        "timestamp_end",
+        "stream",
+        "_decoded",
+        "_streamed_size",
+    )
+
+    http_version: str
+    headers: Headers
+    raw_content: bytes | None
+    timestamp_start: float | None
+    timestamp_end: float | None
+    stream: bool
+    # (raw_content, content-encoding, decoded): the last decoding, reused
+    # while neither the raw body (by identity) nor the coding changes.
+    _decoded: tuple[bytes, str, bytes] | None
+
+    def __init__(
+        self,
+        http_version: str | bytes,
+        headers: Headers | Iterable[tuple[bytes, bytes]],
+        content: bytes | None,
+        timestamp_start: float | None = None,
+        timestamp_end: float | None = None,
+    ) -> None:
+        """
+        :param http_version: For example ``"HTTP/1.1"``.
+        :param headers: A :class:`Headers` (used as is, not copied) or the
+            wire fields.
+        :param content: The raw (still encoded) body, or ``None``.
+        :param timestamp_start: When the first byte was seen.
+        :param timestamp_end: When the last byte was seen.
+        """
+        self.http_version = http_version if isinstance(http_version, str) else _to_str(http_version)
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.raw_content = content
+        self.timestamp_start = timestamp_start
+        self.timestamp_end = timestamp_end
+        self.stream = False
+        self._decoded = None
+        self._streamed_size: int | None = None
+
+    # Bodies
+
+    @property
+    def body_size(self) -> int | None:
+        """
+        How many body bytes the message had on the wire (transfer coding
+        removed): the length of :attr:`raw_content`, or for a streamed body
+        the count the proxy relayed; ``None`` when unknown.
+        """
+        if self.raw_content is not None:
+            return len(self.raw_content)
+        return self._streamed_size
+
+    @body_size.setter
+    def body_size(self, size: int | None) -> None:
+        self._streamed_size = size
+
+    def _content_encoding(self) -> str | None:
+        """
+        :returns: The Content-Encoding value (all fields joined), or
+            ``None`` if there is none.
+        """
+        values = self.headers.get_all_raw(b"content-encoding")
+        if not values:
+            return None
+        return b",".join(values).decode("latin-1")
+
+    def _update_content_length(self) -> None:
+        """
+        Set an existing Content-Length header to the raw body's length.
+        """
+        if self.raw_content is not None and b"content-length" in self.headers:
+            self.headers[b"Content-Length"] = str(len(self.raw_content))
+
+    def get_content(self, strict: bool = True) -> bytes | None:
+        """
+        The body with its Content-Encoding undone.
+
+        :param strict: Raise if the body does not decode; otherwise return
+            the raw body in that case.
+        :returns: The decoded body, or ``None`` if the body was not captured.
+        :raises ValueError: if *strict* and the coding is unknown or the body
+            is corrupt.
+        """
+        raw = self.raw_content
+        if raw is None:
+            return None
+        encoding = self._content_encoding()
+        if not encoding:
+            return raw
+        cached = self._decoded
+        if cached is not None and cached[0] is raw and cached[1] == encoding:
+            return cached[2]
+        try:
+            decoded = _encoding.decode(raw, encoding)
+        except ValueError:
+            if strict:
+                raise
+            return raw
+        self._decoded = (raw, encoding, decoded)
+        return decoded
+
+    def set_content(self, value: bytes | None) -> None:
+        """
+        Replace the body, encoding it with the current Content-Encoding.  If
+        that coding cannot be applied, the Content-Encoding header is removed
+        and the body is stored as given.  An existing Content-Length header
+        is updated to the new raw length.
+
+        :param value: The plain body, or ``None`` for "not captured".
+        :raises TypeError: if *value* is a ``str`` (use :attr:`text`).
+        """
+        if value is None:
+            self.raw_content = None
+            return
+        if isinstance(value, str):
+            raise TypeError("message content must be bytes, not str; use .text instead")
+        value = bytes(value)
+        encoding = self._content_encoding()
+        raw = value
+        if encoding:
+            try:
+                raw = _encoding.encode(value, encoding)
+            except ValueError:
+                del self.headers[b"content-encoding"]
+            else:
+                self._decoded = (raw, encoding, value)
+        self.raw_content = raw
+        self._update_content_length()
+
+    @property
+    def content(self) -> bytes | None:
+        """
+        The body with its Content-Encoding undone, or ``None`` if it was not
+        captured; reading raises :exc:`ValueError` if it does not decode
+        (see :meth:`get_content`).  Setting it encodes the new body (see
+        :meth:`set_content`).
+        """
+        return self.get_content()
+
+    @content.setter
+    def content(self, value: bytes | None) -> None:
+        self.set_content(value)
+
+    def _charset(self) -> str:
+        """
+        :returns: The codec for :attr:`text`: the Content-Type charset if
+            Python knows it (GB2312 and GBK read as their superset GB18030),
+            else UTF-8.
+        """
+        content_type = self.headers.get_raw(b"content-type")
+        if content_type:
+            _, params = _content_type_params(content_type.decode("latin-1"))
+            charset = params.get("charset")
+            if charset:
+                try:
+                    name = codecs.lookup(charset).name
+                except LookupError:
+                    return "utf-8"
+                return "gb18030" if name in ("gb2312", "gbk") else name
+        return "utf-8"
+
+    def get_text(self, strict: bool = True) -> str | None:
+        """
+        The decoded body as text, in the Content-Type's charset (UTF-8 if
+        there is none or Python does not know it), undecodable bytes kept as
+        surrogate escapes.
+
+        :param strict: As for :meth:`get_content`.
+        :returns: The text, or ``None`` if the body was not captured.
+        :raises ValueError: as :meth:`get_content` does.
+        """
+        content = self.get_content(strict)
+        if content is None:
+            return None
+        return content.decode(self._charset(), "surrogateescape")
+
+    def set_text(self, value: str | None) -> None:
+        """
+        Replace the body with *value* in the Content-Type's charset (as for
+        :meth:`get_text`).  If that charset cannot encode it, UTF-8 is used
+        and the Content-Type's charset changed to ``utf-8``.
+
+        :param value: The text, or ``None`` for "not captured".
+        :raises ValueError: if even UTF-8 cannot encode *value* (lone
+            surrogates other than escapes).
+        """
+        if value is None:
+            self.set_content(None)
+            return
+        charset = self._charset()
+        try:
+            content = value.encode(charset, "surrogateescape")
+        except UnicodeEncodeError:
+            if charset == "utf-8":
+                raise
+            content = value.encode("utf-8", "surrogateescape")
+            content_type = self.headers.get(b"content-type")
+            if content_type is not None:
+                self.headers[b"Content-Type"] = _with_charset(content_type, "utf-8")
+        self.set_content(content)
+
+    @property
+    def text(self) -> str | None:
+        """
+        The decoded body as text (see :meth:`get_text`); setting it encodes
+        the text (see :meth:`set_text`).
+        """
+        return self.get_text()
+
+    @text.setter
+    def text(self, value: str | None) -> None:
+        self.set_text(value)
+
+    def decode(self, strict: bool = True) -> None:
+        """
+        Undo the Content-Encoding for good: store the decoded body as the
+        raw body and remove the Content-Encoding header (updating an
+        existing Content-Length).  Does nothing if the body was not captured
+        or is not encoded.
+
+        :param strict: Raise if the body does not decode; otherwise leave the
+            message unchanged in that case.
+        :raises ValueError: if *strict* and the body does not decode.
+        """
+        if self.raw_content is None or not self._content_encoding():
+            return
+        try:
+            decoded = self.get_content(strict=True)
+        except ValueError:
+            if strict:
+                raise
+            return
+        del self.headers[b"content-encoding"]
+        self.raw_content = decoded
+        self._update_content_length()
+
+    def encode(self, encoding: str) -> None:
+        """
+        Encode the body with *encoding* (replacing any existing coding, which
+        is undone first) and set the Content-Encoding header; ``identity``
+        removes it.  An existing Content-Length is updated.
+
+        :param encoding: A coding :func:`twistproxy._encoding.available`
+            lists.
+        :raises ValueError: if the coding is unknown or unavailable, the
+            current body does not decode, or the body was not captured.
+        """
+        content = self.get_content(strict=True)
+        if content is None:
+            raise ValueError("cannot encode a body that was not captured")
+        raw = _encoding.encode(content, encoding)
+        encoding = encoding.strip()
+        if encoding.lower() == "identity":
+            if b"content-encoding" in self.headers:
+                del self.headers[b"content-encoding"]
+        else:
+            self.headers[b"Content-Encoding"] = encoding
+            self._decoded = (raw, encoding, content)
+        self.raw_content = raw
+        self._update_content_length()
+
+    # State
+
+    _message_keys: ClassVar[tuple[str, ...]] = (
+        "http_version",
+        "headers",
+        "content",
+        "timestamp_start",
+        "timestamp_end",
+    )
+
+    def _message_state(self) -> dict[str, Any]:
+        return {
+            "http_version": self.http_version,
+            "headers": self.headers.get_state(),
+            "content": self.raw_content,
+            "timestamp_start": self.timestamp_start,
+            "timestamp_end": self.timestamp_end,
+        }
+
+    def _set_message_state(self, state: Mapping[str, Any]) -> None:
+        content = state["content"]
+        if content is not None and not isinstance(content, bytes):
+            raise ValueError(f"message content in state must be bytes or None, not {content!r}")
+        headers = Headers.from_state(state["headers"])
+        self.http_version = _to_str(state["http_version"])
+        self.headers = headers
+        self.raw_content = content
+        self.timestamp_start = state["timestamp_start"]
+        self.timestamp_end = state["timestamp_end"]
+        self._decoded = None
+
+
+def _hostport(scheme: str, host: str, port: int) -> str:
+    """
+    :returns: ``host:port`` with IPv6 literals bracketed and the port left
+        out when it is the scheme's default.
+    """
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    if _DEFAULT_PORTS.get(scheme) == port:
+        return host
+    return f"{host}:{port}"
+
+
+def _split_authority(authority: str) -> tuple[str, int | None]:
+    """
+    Split ``host[:port]`` (IPv6 literals bracketed) into the host, without
+    brackets, and the port if there is a valid one.
+    """
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end != -1:
+            rest = authority[end + 1 :]
+            port = rest[1:] if rest.startswith(":") else ""
+            return authority[1:end], int(port) if port.isdigit() else None
+    host, sep, port = authority.rpartition(":")
+    if not sep or ":" in host:
+        return authority, None
+    return host, int(port) if port.isdigit() else None
+
+
+def _parse_url(url: str) -> tuple[str, str, int, str]:
+    """
+    Parse an absolute URL into scheme, host (without brackets), port and
+    path (with the query; without the fragment).
+
+    :raises ValueError: if there is no scheme or host, or no port and the
+        scheme has no default.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme
+    host = parts.hostname
+    if not scheme or not host:
+        raise ValueError(f"not an absolute URL: {url!r}")
+    port = parts.port  # raises ValueError when out of range
+    if port is None:
+        try:
+            port = _DEFAULT_PORTS[scheme]
+        except KeyError:
+            raise ValueError(f"no port in URL and no default for {scheme!r}: {url!r}") from None
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return scheme, host, port, path
+
+
+class Request(Message):
+    """
+    An HTTP request.
+
+    :ivar host: The host the request goes to (no brackets on IPv6
+        literals).
+    :ivar port: The port it goes to.
+    :ivar method: For example ``"GET"``.
+    :ivar scheme: ``"http"`` or ``"https"``.
+    :ivar authority: The request-target's authority for absolute-form and
+        CONNECT requests; empty for origin-form.
+    :ivar path: The request-target's path and query (``"/a?b=1"``); empty
+        for CONNECT.
+    """
+
+    __slots__ = ("host", "port", "method", "scheme", "authority", "path")
+
+    host: str
+    port: int
+    method: str
+    scheme: str
+    authority: str
+    path: str
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        method: str | bytes,
+        scheme: str | bytes,
+        authority: str | bytes,
+        path: str | bytes,
+        http_version: str | bytes,
+        headers: Headers | Iterable[tuple[bytes, bytes]],
+        content: bytes | None,
+        trailers: None = None,
+        timestamp_start: float | None = None,
+        timestamp_end: float | None = None,
+    ) -> None:
+        """
+        The parameters set the attributes of the same names; ``bytes`` are
+        decoded as UTF-8 with ``surrogateescape``.
+
+        :param headers: A :class:`Headers` (used as is, not copied) or the
+            wire fields.
+        :param content: The raw (still encoded) body, or ``None`` if it is
+            not captured.
+        :param trailers: Not supported yet; must be ``None``.
+        :raises ValueError: if *trailers* is given.
+        """
+        if trailers is not None:
+            raise ValueError("trailers are not supported")
+        self.host = host
+        self.port = port
+        self.method = method if isinstance(method, str) else _to_str(method)
+        self.scheme = scheme if isinstance(scheme, str) else _to_str(scheme)
+        self.authority = authority if isinstance(authority, str) else _to_str(authority)
+        self.path = path if isinstance(path, str) else _to_str(path)
+        Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url}>"
+
+    @classmethod
+    def make(
+        cls,
+        method: str,
+        url: str,
+        content: bytes | str = b"",
+        headers: Headers | Mapping[str, str] | Iterable[tuple[bytes, bytes]] = (),
+    ) -> Self:
+        """
+        Build an HTTP/1.1 request in origin form.
+
+        :param method: For example ``"POST"``.
+        :param url: An absolute URL.
+        :param content: The plain body; a ``str`` is encoded as UTF-8.  It
+            is encoded with the Content-Encoding in *headers*, if any.
+        :param headers: The headers (copied).  A Host header for *url* is put
+            first if there is none; Content-Length is set when there is a
+            body or the method is POST, PUT or PATCH (unless there is a
+            Transfer-Encoding).
+        :raises ValueError: if *url* is not an absolute URL or a header is
+            invalid.
+        """
+        scheme, host, port, path = _parse_url(url)
+        fields = _make_headers(headers)
+        if b"host" not in fields:
+            fields.insert(0, "Host", _hostport(scheme, host, port))
+        body = content.encode("utf-8") if isinstance(content, str) else content
+        request = cls(host, port, method, scheme, "", path, "HTTP/1.1", fields, None)
+        needs_length = body or method.upper() in ("POST", "PUT", "PATCH")
+        if needs_length and b"transfer-encoding" not in fields:
+            fields["Content-Length"] = "0"
+        request.set_content(body)
+        return request
+
+    @property
+    def _is_connect(self) -> bool:
+        return self.method.upper() == "CONNECT"
+
+    @property
+    def url(self) -> str:
+        """
+        The absolute URL, ``scheme://host[:port]path``, the port left out
+        when it is the scheme's default; ``host:port`` for CONNECT.
+
+        Setting it (to an absolute URL) updates :attr:`scheme`,
+        :attr:`host`, :attr:`port`, :attr:`path`, a non-empty
+        :attr:`authority` and an existing Host header.  Setting an invalid
+        URL raises :exc:`ValueError`.
+        """
+        if self._is_connect:
+            return self.authority or _hostport("", self.host, self.port)
+        return f"{self.scheme}://{_hostport(self.scheme, self.host, self.port)}{self.path}"
+
+    @url.setter
+    def url(self, value: str | bytes) -> None:
+        scheme, host, port, path = _parse_url(_to_str(value))
+        self.scheme, self.host, self.port, self.path = scheme, host, port, path
+        hostport = _hostport(scheme, host, port)
+        if self.authority:
+            self.authority = hostport
+        if b"host" in self.headers:
+            self.headers[b"Host"] = hostport
+
+    @property
+    def host_header(self) -> str | None:
+        """
+        The Host header's value, or ``None``.  Setting ``None`` removes it;
+        setting a value replaces it (or appends one).
+        """
+        return self.headers.get(b"host")
+
+    @host_header.setter
+    def host_header(self, value: str | bytes | None) -> None:
+        if value is None:
+            if b"host" in self.headers:
+                del self.headers[b"host"]
+        else:
+            self.headers[b"Host"] = value
+
+    @property
+    def pretty_host(self) -> str:
+        """
+        The host the client asked for: the Host header's host if there is
+        one, else :attr:`host`.
+        """
+        host_header = self.host_header
+        if host_header:
+            return _split_authority(host_header)[0]
+        return self.host
+
+    @property
+    def pretty_url(self) -> str:
+        """
+        Like :attr:`url`, but with the host and port from the Host header
+        when there is one.
+        """
+        if self._is_connect:
+            return self.url
+        host_header = self.host_header
+        if not host_header:
+            return self.url
+        host, port = _split_authority(host_header)
+        if port is None:
+            port = _DEFAULT_PORTS.get(self.scheme, self.port)
+        return f"{self.scheme}://{_hostport(self.scheme, host, port)}{self.path}"
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """
+        The query string's ``(name, value)`` pairs, in order, percent- and
+        ``+``-decoded (UTF-8, ``surrogateescape``).  The list is a new one
+        each time: assign a list of pairs to change the query (an empty one
+        removes it).
+        """
+        query = self.path.partition("?")[2]
+        return urllib.parse.parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+
+    @query.setter
+    def query(self, value: Iterable[tuple[str, str]]) -> None:
+        base = self.path.partition("?")[0]
+        query = urllib.parse.urlencode(list(value), errors="surrogateescape")
+        self.path = f"{base}?{query}" if query else base
+
+    @property
+    def path_components(self) -> tuple[str, ...]:
+        """
+        The path's non-empty segments, percent-decoded, without the query.
+        Setting it rebuilds the path (keeping the query).
+        """
+        base = self.path.partition("?")[0]
+        return tuple(
+            urllib.parse.unquote(segment, errors="surrogateescape")
+            for segment in base.split("/")
+            if segment
+        )
+
+    @path_components.setter
+    def path_components(self, value: Iterable[str]) -> None:
+        _, sep, query = self.path.partition("?")
+        path = "/" + "/".join(
+            urllib.parse.quote(segment, safe="", errors="surrogateescape") for segment in value
+        )
+        self.path = f"{path}{sep}{query}"
+
+    _state_keys: ClassVar[tuple[str, ...]] = (
+        "host",
+        "port",
+        "method",
+        "scheme",
+        "authority",
+        "path",
+        *Message._message_keys,
+    )
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This request as plain data; header fields and the raw body
+            stay ``bytes``.
+        """
+        state = self._message_state()
+        state.update(
+            host=self.host,
+            port=self.port,
+            method=self.method,
+            scheme=self.scheme,
+            authority=self.authority,
+            path=self.path,
+        )
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this request's fields with those of *state*.
+
+        :param state: A dict from :meth:`get_state`.
+        :raises ValueError: if *state* has unknown or missing keys or bad
+            headers or body.
+        """
+        _check_keys(state, self._state_keys, "request")
+        self._set_message_state(state)
+        self.host = state["host"]
+        self.port = state["port"]
+        self.method = _to_str(state["method"])
+        self.scheme = _to_str(state["scheme"])
+        self.authority = _to_str(state["authority"])
+        self.path = _to_str(state["path"])
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """
+        Build a request from a dict made by :meth:`get_state`.
+
+        :raises ValueError: as :meth:`set_state` does.
+        """
+        request = cls("", 0, "", "", "", "", "", Headers(), None)
+        request.set_state(state)
+        return request
+
+
+class Response(Message):
+    """
+    An HTTP response.
+
+    :ivar status_code: For example ``200``.
+    :ivar reason: The reason phrase, for example ``"OK"``.
+    """
+
+    __slots__ = ("status_code", "reason")
+
+    status_code: int
+    reason: str
+
+    def __init__(
+        self,
+        http_version: str | bytes,
+        status_code: int,
+        reason: str | bytes,
+        headers: Headers | Iterable[tuple[bytes, bytes]],
+        content: bytes | None,
+        trailers: None = None,
+        timestamp_start: float | None = None,
+        timestamp_end: float | None = None,
+    ) -> None:
+        """
+        The parameters set the attributes of the same names; ``bytes`` are
+        decoded as UTF-8 with ``surrogateescape``.
+
+        :param headers: A :class:`Headers` (used as is, not copied) or the
+            wire fields.
+        :param content: The raw (still encoded) body, or ``None`` if it is
+            not captured.
+        :param trailers: Not supported yet; must be ``None``.
+        :raises ValueError: if *trailers* is given.
+        """
+        if trailers is not None:
+            raise ValueError("trailers are not supported")
+        self.status_code = status_code
+        self.reason = reason if isinstance(reason, str) else _to_str(reason)
+        Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_code} {self.reason}>"
+
+    @classmethod
+    def make(
+        cls,
+        status_code: int = 200,
+        content: bytes | str = b"",
+        headers: Headers | Mapping[str, str] | Iterable[tuple[bytes, bytes]] = (),
+    ) -> Self:
+        """
+        Build an HTTP/1.1 response (timestamps left ``None``).
+
+        :param status_code: The status; the reason phrase is the standard
+            one, or empty for an unknown status.
+        :param content: The plain body.  A ``str`` is encoded in the
+            Content-Type's charset (UTF-8 by default), and gets
+            ``Content-Type: text/plain; charset=utf-8`` if *headers* has no
+            Content-Type.  It is encoded with the Content-Encoding in
+            *headers*, if any.
+        :param headers: The headers (copied).  Content-Length is set to the
+            body's length unless there is a Transfer-Encoding.
+        :raises ValueError: if a header is invalid.
+        """
+        try:
+            reason = HTTPStatus(status_code).phrase
+        except ValueError:
+            reason = ""
+        fields = _make_headers(headers)
+        response = cls("HTTP/1.1", status_code, reason, fields, None)
+        if isinstance(content, str) and b"content-type" not in fields:
+            fields["Content-Type"] = "text/plain; charset=utf-8"
+        if b"transfer-encoding" not in fields:
+            fields["Content-Length"] = "0"
+        if isinstance(content, str):
+            response.set_text(content)
+        else:
+            response.set_content(content)
+        return response
+
+    _state_keys: ClassVar[tuple[str, ...]] = ("status_code", "reason", *Message._message_keys)
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This response as plain data; header fields and the raw
+            body stay ``bytes``.
+        """
+        state = self._message_state()
+        state.update(status_code=self.status_code, reason=self.reason)
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this response's fields with those of *state*.
+
+        :param state: A dict from :meth:`get_state`.
+        :raises ValueError: if *state* has unknown or missing keys or bad
+            headers or body.
+        """
+        _check_keys(state, self._state_keys, "response")
+        self._set_message_state(state)
+        self.status_code = state["status_code"]
+        self.reason = _to_str(state["reason"])
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """
+        Build a response from a dict made by :meth:`get_state`.
+
+        :raises ValueError: as :meth:`set_state` does.
+        """
+        response = cls("", 0, "", Headers(), None)
+        response.set_state(state)
+        return response
+
+
+class HTTPFlow(Flow):
+    """
+    An HTTP exchange: a :class:`~twistproxy.flow.Flow` with a request and,
+    once there is one, a response.
+
+    :ivar request: The request, once its headers are in.
+    :ivar response: The response, once its headers are in (or a hook set
+        one).
+    """
+
+    __slots__ = ("request", "response")
+
+    type: ClassVar[str] = "http"
+
+    _state_keys: ClassVar[frozenset[str]] = Flow._state_keys | {"request", "response"}
+
+    request: Request | None
+    response: Response | None
+
+    def __init__(
+        self,
+        client_conn: Client,
+        server_conn: Server,
+        live: bool = False,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        :param client_conn: The client connection.
+        :param server_conn: The server connection.
+        :param live: Whether the proxy is working on this flow.
+        :param now: The clock, as for :class:`~twistproxy.flow.Flow`.
+        """
+        super().__init__(client_conn, server_conn, live, now=now)
+        self.request = None
+        self.response = None
+
+    def __repr__(self) -> str:
+        request = self.request
+        what = f"{request.method} {request.url}" if request is not None else "no request"
+        if self.response is not None:
+            what += f" -> {self.response.status_code}"
+        elif self.error is not None:
+            what += f" -> error: {self.error.msg}"
+        return f"<HTTPFlow {what}>"
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: As :meth:`Flow.get_state <twistproxy.flow.Flow.get_state>`,
+            plus ``"request"`` and ``"response"`` (state dicts or ``None``).
+        """
+        state = super().get_state()
+        state["request"] = self.request.get_state() if self.request is not None else None
+        state["response"] = self.response.get_state() if self.response is not None else None
+        return state
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        request_state = state.pop("request")
+        response_state = state.pop("response")
+        request = Request.from_state(request_state) if request_state is not None else None
+        response = Response.from_state(response_state) if response_state is not None else None
+        super()._apply_state(state)
+        self.request = request
+        self.response = response

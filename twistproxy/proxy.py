@@ -1,0 +1,841 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The client side: :class:`Proxy` channels, their :class:`ProxyRequest` objects
+and the :class:`ProxyFactory` that ties them to hooks and the upstream pool.
+
+Twisted's ``HTTPChannel`` frames the client's requests and queues them, so
+pipelined requests are answered in order.  Each :class:`ProxyRequest` builds
+an :class:`~twistproxy.http.HTTPFlow` as soon as its headers are in, runs the
+hooks, and relays the exchange through a
+:class:`~twistproxy.client.ProxyClient`: bodies up to a limit are buffered
+so hooks see them whole, larger ones stream with backpressure both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, HTTPFactory, Request
+
+from twistproxy import _headers
+from twistproxy._target import DEFAULT_PORTS, parse_absolute_form
+from twistproxy.client import ConnectionPool, EndpointFactory, ProxyClient, _address
+from twistproxy.errors import BadRequestTarget, FlowKilled, HookFailed, error_status
+from twistproxy.flow import Client, Error, Server
+from twistproxy.hooks import HookChain
+from twistproxy.http import Headers, HTTPFlow, Response
+from twistproxy.http import Request as RequestModel
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+_log = Logger()
+
+DEFAULT_BODY_LIMIT = 1024 * 1024
+"""Bodies up to this many bytes are buffered for the hooks; larger ones stream."""
+
+_WAITING, _BUFFER, _STREAM, _DISCARD = range(4)  # what happens to request body bytes
+_NO_BODY_STATUS = frozenset({204, 304})
+_HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
+
+
+class ProxyRequest(Request):
+    """
+    One proxied request and its flow.
+
+    Subclass it to intercept traffic: methods named after the flow hooks
+    (``requestheaders``, ``request``, ``responseheaders``, ``response``,
+    ``error``, ``server_connected``) run before every addon's, take the flow
+    and may return a Deferred or be coroutines.
+
+    :ivar flow: The request's flow, once its headers are parsed (``None`` for
+        a request whose target cannot be proxied).
+    """
+
+    flow: HTTPFlow | None = None
+    _upstream: ProxyClient | None = None
+    _pending: Deferred[Any] | None = None
+    _body_done = False  # the whole request body has been read
+    _head_sent = False  # the response head went to the client
+    _ended = False  # the flow reached response or error
+    _finish_waits = False  # finish() is owed once the request body is read
+    _producing = False  # the client transport produces for the upstream one
+    _paused = False  # the client transport is paused by this request
+    _request_chunked = False
+    _reused = False
+    _retried = False
+    _upstream_done = False
+    _response_mode = _WAITING
+    _response_framing = _headers.NO_BODY
+    _answer: Failure | None = None
+    _length: int | None = None
+
+    def __init__(self, channel: Proxy, queued: object = None) -> None:
+        super().__init__(channel)
+        self._factory: ProxyFactory = channel.factory
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._mode = _WAITING
+        self._response_body: list[bytes] = []
+        self._response_size = 0
+
+    # -- Twisted's Request interface -----------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """Remember the declared body length; the body is kept by this class."""
+        self._length = length
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """A piece of the request body (transfer coding removed)."""
+        mode = self._mode
+        if mode == _STREAM and self._upstream is not None:
+            self._upstream.write_body(self._encode_body(data))
+            return
+        if mode == _DISCARD:
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if mode == _BUFFER and self._body_size > self._factory.body_limit:
+            # Too big to buffer after all: stream it, without the body.
+            assert self.flow is not None and self.flow.request is not None
+            self.flow.request.stream = True
+            self._mode = _STREAM
+            self._run("request", self._forward)
+        elif self._body_size > _HIGH_WATER and mode != _BUFFER:
+            self._pause_client()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The whole request is in: set Twisted's attributes and process it."""
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        self.args = {}
+        self.process()
+
+    def process(self) -> None:
+        """The request body is complete: go on with whatever stage waits for it."""
+        self._body_done = True
+        self._resume_client()
+        if self._finish_waits:
+            self.finish()
+        elif self._ended or self._pending is not None:
+            return  # a stage in progress looks at _body_done when it ends
+        elif self._mode == _DISCARD:
+            self._answer_early()
+        elif self._mode == _BUFFER:
+            self._buffered_request_done()
+        elif self._mode == _STREAM and self._upstream is not None:
+            self._end_upstream_body()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The client went away: stop the exchange and close its upstream."""
+        super().connectionLost(reason)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.abandon()
+        flow = self.flow
+        if flow is not None and not self._ended:
+            self._ended = True
+            flow.error = Error("client disconnected", self._now())
+            flow.live = False
+            self._run("error", _nothing)
+
+    # -- the request ---------------------------------------------------
+
+    def _now(self) -> float:
+        return self._factory.reactor.seconds()
+
+    def headers_received(
+        self, command: bytes, uri: bytes, version: bytes, length: int | None
+    ) -> None:
+        """
+        Called by :class:`Proxy` when the request's head is parsed: build the
+        flow and run the ``requestheaders`` hook.
+        """
+        self.method, self.uri, self.clientproto = command, uri, version
+        try:
+            target = parse_absolute_form(uri)
+        except BadRequestTarget as e:
+            self._mode = _DISCARD
+            self._answer = Failure(e)
+            return
+        factory = self._factory
+        now = factory.reactor.seconds()
+        headers = Headers(self._raw_headers)
+        headers["Host"] = target.authority
+        flow = HTTPFlow(
+            self.channel.client_conn,
+            Server(address=(target.host, target.port)),
+            live=True,
+            now=factory.reactor.seconds,
+        )
+        flow.request = RequestModel(
+            target.host,
+            target.port,
+            command,
+            target.scheme,
+            target.authority,
+            target.path,
+            version,
+            headers,
+            None,
+            timestamp_start=now,
+        )
+        self.flow = flow
+        self._request_chunked = length is None
+        if length is not None and length > factory.body_limit:
+            flow.request.stream = True
+        self._run("requestheaders", self._after_requestheaders)
+
+    def _after_requestheaders(self) -> None:
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        if flow.killed:
+            self._kill()
+        elif flow.response is not None:
+            self._discard_body()
+        elif flow.request.stream:
+            self._mode = _STREAM
+            self._run("request", self._forward)
+        else:
+            self._mode = _BUFFER
+            if self._body_done:
+                self._buffered_request_done()
+
+    def _buffered_request_done(self) -> None:
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        body, self._body = self._body, []
+        flow.request.raw_content = body[0] if len(body) == 1 else b"".join(body)
+        flow.request.timestamp_end = self._now()
+        self._run("request", self._forward)
+
+    def _discard_body(self) -> None:
+        """The answer is settled: drop the body, answer once it is read."""
+        self._mode = _DISCARD
+        self._body = []
+        if self._body_done:
+            self._answer_early()
+
+    def _answer_early(self) -> None:
+        """Answer a request whose fate was settled before its body was read."""
+        if self.flow is None:
+            assert self._answer is not None
+            self._send_error_page(self._answer)
+            self.finish()
+        else:
+            self._respond_from_hook()
+
+    # -- hooks ---------------------------------------------------------
+
+    def _run(self, hook: str, then: Callable[[], object]) -> None:
+        """
+        Run *hook* on the flow, then call *then*; a failing hook fails the
+        flow instead.  No Deferred is made when nothing implements the hook.
+        """
+        chain = self._factory.chain
+        if not chain.has(hook, self):
+            then()
+            return
+        d = chain.run(hook, self.flow, first=self)
+        if d is None:
+            then()
+            return
+        self._pending = d
+        self._pause_client()
+        d.addCallbacks(self._hook_done, self._hook_failed, callbackArgs=(then,))
+
+    def _hook_done(self, _: object, then: Callable[[], object]) -> None:
+        self._pending = None
+        self._resume_client()
+        then()
+
+    def _hook_failed(self, reason: Failure) -> None:
+        self._pending = None
+        if reason.check(CancelledError):
+            return
+        self._resume_client()
+        # A failing request hook still owes the flow its error hook; response
+        # and error hooks already were the flow's last event.
+        hook = getattr(reason.value, "hook", None)
+        self._fail(reason, run_hook=hook not in ("response", "error"))
+
+    # -- upstream ------------------------------------------------------
+
+    def _forward(self) -> None:
+        """After the request hooks: answer, kill, or send the request upstream."""
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        if flow.killed:
+            self._kill()
+        elif flow.response is not None:
+            self._discard_body()
+        else:
+            self._connect()
+
+    def _connect(self) -> None:
+        request = self.flow.request  # type: ignore[union-attr]
+        key = (request.scheme, request.host, request.port)
+        pool = self._factory.pool
+        client = pool.take_idle(key)
+        if client is not None:
+            self._send(client)
+            return
+        self._pending = d = pool.connect(key)
+        d.addCallbacks(self._connected, self._upstream_failed)
+
+    def _connected(self, client: ProxyClient) -> None:
+        self._pending = None
+        if self._disconnected or self._ended:
+            client.abandon()
+            return
+        chain = self._factory.chain
+        if chain.has("server_connected", self):
+            d = chain.run("server_connected", client.server, first=self)
+            if d is not None:
+                self._pending = d
+                d.addCallbacks(self._server_ready, self._server_hook_failed,
+                               callbackArgs=(client,), errbackArgs=(client,))
+                return
+        self._send(client)
+
+    def _server_ready(self, _: object, client: ProxyClient) -> None:
+        self._pending = None
+        self._send(client)
+
+    def _server_hook_failed(self, reason: Failure, client: ProxyClient) -> None:
+        self._pending = None
+        client.abandon()
+        if not reason.check(CancelledError):
+            self._fail(reason, run_hook=True)
+
+    def _send(self, client: ProxyClient) -> None:
+        """Write the request to *client*: whole, or its head and the body so far."""
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        request = flow.request
+        self._upstream = client
+        self._reused = client.reused
+        if client.server is not None:
+            flow.server_conn = client.server
+        streaming = self._mode == _STREAM
+        if streaming:
+            body, self._body = self._body, []
+            self._body_size = 0
+            if self._body_done:
+                framing = sum(map(len, body))
+                self._request_chunked = False
+            elif self._length is not None:
+                framing = self._length
+            else:
+                framing = _headers.CHUNKED
+        else:
+            content = request.raw_content or b""
+            body = [content] if content else []
+            had_body = content or self._length or self._length is None
+            framing = len(content) if had_body else _headers.NO_BODY
+            self._request_chunked = False
+        self._request_chunked = framing == _headers.CHUNKED
+        host = request.headers.get_raw(b"host")
+        fields = _headers.request_fields(
+            request.headers.fields,
+            authority=host if host else _authority(request.host, request.port, request.scheme),
+            framing=framing,
+        )
+        data = [_serialize_request(request.method, request.path, fields)]
+        for piece in body:
+            data.extend(self._encode_body(piece))
+        complete = not streaming or self._body_done
+        if streaming and complete:
+            data.extend(self._body_end())
+            request.timestamp_end = self._now()
+        client.send(self, data, head=request.method == "HEAD", complete=complete)
+        if not complete and client.transport is not None:
+            client.transport.registerProducer(self.channel.transport, True)
+            self._producing = True
+            self._resume_client()
+
+    def _encode_body(self, data: bytes) -> Sequence[bytes]:
+        if self._request_chunked:
+            return (b"%x\r\n" % len(data), data, b"\r\n")
+        return (data,)
+
+    def _body_end(self) -> Sequence[bytes]:
+        return (b"0\r\n\r\n",) if self._request_chunked else ()
+
+    def _end_upstream_body(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        self._stop_producing()
+        upstream.end_body(self._body_end())
+        if self.flow is not None and self.flow.request is not None:
+            self.flow.request.timestamp_end = self._now()
+
+    def _stop_producing(self) -> None:
+        if self._producing:
+            self._producing = False
+            upstream = self._upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.unregisterProducer()
+
+    def _upstream_failed(self, reason: Failure) -> None:
+        self._pending = None
+        if not reason.check(CancelledError):
+            self._fail(reason, run_hook=True)
+
+    # -- IResponseReceiver: the response, as the upstream reports it ----
+
+    def response_started(
+        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """The origin's response head arrived: run ``responseheaders``."""
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        response = Response(
+            version, status, reason, Headers(fields), None, timestamp_start=self._now()
+        )
+        flow.response = response
+        if self.method == b"HEAD" or status in _NO_BODY_STATUS:
+            self._response_framing = _headers.NO_BODY
+        else:
+            chunked, length = _headers.body_framing(fields)
+            if chunked:
+                self._response_framing = _headers.CHUNKED
+            elif length is None:
+                self._response_framing = _headers.UNTIL_CLOSE
+            else:
+                self._response_framing = length
+                response.stream = length > self._factory.body_limit
+        self._response_mode = _WAITING
+        if self._factory.chain.has("responseheaders", self):
+            self._set_upstream_paused(True)
+        self._run("responseheaders", self._after_responseheaders)
+
+    def _after_responseheaders(self) -> None:
+        flow = self.flow
+        assert flow is not None and flow.response is not None
+        self._set_upstream_paused(False)
+        if flow.killed:
+            self._kill()
+            return
+        if flow.response.stream and self._response_framing != _headers.NO_BODY:
+            self._start_streaming()
+        else:
+            self._response_mode = _BUFFER
+        if self._upstream_done:
+            self._response_complete()
+
+    def response_data(self, data: bytes) -> None:
+        """A piece of the response body."""
+        if self._response_mode == _STREAM:
+            self.write(data)
+            return
+        self._response_body.append(data)
+        self._response_size += len(data)
+        if self._response_mode == _BUFFER and self._response_size > self._factory.body_limit:
+            assert self.flow is not None and self.flow.response is not None
+            self.flow.response.stream = True
+            self._start_streaming()
+
+    def response_ended(self) -> None:
+        """The origin's response is complete."""
+        self._stop_producing()
+        self._upstream = None
+        self._upstream_done = True
+        if self._mode == _STREAM:
+            self._mode = _DISCARD  # the origin answered before the upload ended
+        if self._response_mode != _WAITING:
+            self._response_complete()
+
+    def response_failed(self, reason: Failure) -> None:
+        """The exchange with the origin failed."""
+        self._stop_producing()
+        self._upstream = None
+        if (
+            self._reused
+            and not self._retried
+            and self._mode == _BUFFER
+            and self.flow is not None
+            and self.flow.response is None
+        ):
+            # A kept-alive connection the server closed meanwhile: once more
+            # on a new connection.
+            self._retried = True
+            self._reused = False
+            self._connect()
+            return
+        self._fail(reason, run_hook=True)
+
+    def _start_streaming(self) -> None:
+        """Send the response head and what body is buffered; relay the rest."""
+        flow = self.flow
+        assert flow is not None and flow.response is not None
+        self._response_mode = _STREAM
+        framing = self._response_framing
+        if framing == _headers.UNTIL_CLOSE or framing == _headers.CHUNKED:
+            framing = _headers.CHUNKED if self.clientproto == b"HTTP/1.1" else _headers.UNTIL_CLOSE
+        body, self._response_body = self._response_body, []
+        self._write_head(flow.response, framing, ())
+        for piece in body:
+            self.write(piece)
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None and not self._disconnected:
+            self.registerProducer(upstream.transport, True)
+
+    def _response_complete(self) -> None:
+        flow = self.flow
+        assert flow is not None and flow.response is not None
+        flow.response.timestamp_end = self._now()
+        if self._response_mode == _STREAM:
+            if self.producer is not None and not self._disconnected:
+                self.unregisterProducer()
+            self._finish_flow()
+            self._run("response", _nothing)
+            return
+        body, self._response_body = self._response_body, []
+        flow.response.raw_content = body[0] if len(body) == 1 else b"".join(body)
+        self._run("response", self._respond)
+
+    def _respond(self) -> None:
+        """Send the (buffered, perhaps modified) response and finish."""
+        flow = self.flow
+        assert flow is not None and flow.response is not None
+        if flow.killed:
+            self._kill()
+            return
+        response = flow.response
+        content = response.raw_content or b""
+        if response.status_code in _NO_BODY_STATUS or response.status_code < 200:
+            self._write_head(response, _headers.NO_BODY, ())
+        else:
+            self._write_head(response, len(content), (content,) if content else ())
+        self._finish_flow()
+
+    def _respond_from_hook(self) -> None:
+        """Send the response a request hook set, without contacting the origin."""
+        self._upstream_done = True
+        self._run("response", self._respond)
+
+    # -- writing to the client -----------------------------------------
+
+    def _write_head(self, response: Response, framing: int, body: Sequence[bytes]) -> None:
+        if self._disconnected or self._head_sent:
+            return
+        self._head_sent = True
+        self.code = response.status_code
+        self.code_message = response.reason.encode("utf-8", "surrogateescape")
+        self.startedWriting = 1
+        if self.method == b"HEAD":
+            framing = _headers.NO_BODY
+            body = ()
+            self.write = _discard  # type: ignore[method-assign]
+        elif framing == _headers.UNTIL_CLOSE:
+            self.channel.persistent = False
+        self.chunked = 1 if framing == _headers.CHUNKED else 0
+        fields = _headers.response_fields(
+            response.headers.fields, framing=framing, close=not self.channel.persistent
+        )
+        data = [self.clientproto, b" %d " % (self.code,), self.code_message, b"\r\n"]
+        for name, value in fields:
+            data += (name, b": ", value, b"\r\n")
+        data.append(b"\r\n")
+        data.extend(body)
+        self.sentLength = sum(map(len, body))
+        self.channel.writeSequence(data)
+
+    def _send_error_page(self, reason: Failure) -> None:
+        status, phrase = error_status(reason)
+        text = (
+            f"{status} {phrase.decode('ascii')}\n\ntwistproxy: {_describe(reason)}\n"
+        ).encode("utf-8", "replace")
+        response = Response.make(status, text, {"Content-Type": "text/plain; charset=utf-8"})
+        response.reason = phrase.decode("ascii")
+        self._write_head(response, len(text), (text,))
+
+    # -- endings -------------------------------------------------------
+
+    def _finish_flow(self) -> None:
+        """The response is written: finish the client's request."""
+        self._ended = True
+        if self.flow is not None:
+            self.flow.live = False
+        self._finish()
+
+    def _finish(self) -> None:
+        """
+        Finish the client's request, once its body is read: HTTPChannel
+        cannot end a request whose body is still arriving, so the answer
+        goes out at once and the connection closes after the body.
+        """
+        if self._disconnected or self.finished:
+            return
+        if self._body_done:
+            self.finish()
+        else:
+            self.channel.persistent = False
+            self._mode = _DISCARD
+            self._finish_waits = True
+            self._resume_client()
+
+    def _fail(self, reason: Failure, *, run_hook: bool) -> None:
+        """
+        Fail the flow: an error page when nothing was sent yet, otherwise an
+        aborted connection, so a truncated body never looks complete.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.abandon()
+        flow = self.flow
+        if flow is not None:
+            flow.error = Error(_describe(reason), self._now())
+        if flow is not None and run_hook:
+            self._run("error", lambda: self._send_failure(reason))
+        else:
+            self._send_failure(reason)
+
+    def _send_failure(self, reason: Failure) -> None:
+        if self.flow is not None:
+            self.flow.live = False
+        if self._disconnected:
+            return
+        if self._head_sent:
+            self.channel.transport.abortConnection()
+            return
+        self._send_error_page(reason)
+        self._finish()
+
+    def _kill(self) -> None:
+        """The flow was killed: close the client connection without an answer."""
+        self._ended = True
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.abandon()
+        if self.flow is not None:
+            self.flow.live = False
+        if not self._disconnected:
+            self.channel.transport.abortConnection()
+
+    # -- flow control --------------------------------------------------
+
+    def _pause_client(self) -> None:
+        if not self._paused and not self._body_done and not self._disconnected:
+            self._paused = True
+            self.channel.transport.pauseProducing()
+
+    def _resume_client(self) -> None:
+        if self._paused:
+            self._paused = False
+            if not self._disconnected:
+                self.channel.transport.resumeProducing()
+
+    def _set_upstream_paused(self, paused: bool) -> None:
+        upstream = self._upstream
+        if upstream is not None and upstream.transport is not None:
+            if paused:
+                upstream.transport.pauseProducing()
+            else:
+                upstream.transport.resumeProducing()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+def _ignore_cancel(reason: Failure) -> None:
+    reason.trap(CancelledError, HookFailed)
+
+
+def _describe(reason: Failure) -> str:
+    error = reason.value
+    if isinstance(error, FlowKilled):
+        return Error.KILLED_MESSAGE
+    text = str(error)
+    return text or type(error).__name__
+
+
+def _authority(host: str, port: int, scheme: str) -> bytes:
+    name = f"[{host}]" if ":" in host else host
+    if DEFAULT_PORTS.get(scheme) == port:
+        return name.encode("ascii")
+    return f"{name}:{port}".encode("ascii")
+
+
+def _serialize_request(method: str, path: str, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    lines = [
+        method.encode("ascii"),
+        b" ",
+        path.encode("utf-8", "surrogateescape"),
+        b" HTTP/1.1\r\n",
+    ]
+    for name, value in fields:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class Proxy(HTTPChannel):
+    """
+    An HTTP/1.1 connection from a proxy client.
+
+    Twisted's channel parses and queues the requests; this subclass keeps
+    every header field's original name and order for its request, tells
+    the request when its head is complete, and records the client
+    connection for the flows.
+
+    :ivar client_conn: The connection record shared by this channel's flows.
+    """
+
+    requestFactory = ProxyRequest
+    client_conn: Client
+
+    def connectionMade(self) -> None:
+        """Record the client and run the ``client_connected`` hook."""
+        super().connectionMade()
+        factory: ProxyFactory = self.factory  # type: ignore[attr-defined]
+        self.client_conn = Client(
+            peername=_address(self.transport.getPeer()),
+            sockname=_address(self.transport.getHost()),
+            timestamp_start=factory.reactor.seconds(),
+        )
+        if factory.chain.has("client_connected"):
+            d = factory.chain.run("client_connected", self.client_conn)
+            if d is not None:
+                self.transport.pauseProducing()
+                d.addBoth(self._client_hook_done)
+
+    def _client_hook_done(self, result: object) -> None:
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            self.transport.abortConnection()
+        elif self.transport is not None:
+            self.transport.resumeProducing()
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Let Twisted validate the field, then keep its original form."""
+        if not super().headerReceived(line):
+            return False
+        name, _, value = line.partition(b":")
+        self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
+        return True
+
+    def allHeadersReceived(self) -> None:
+        """The head is complete: the request builds its flow and runs hooks."""
+        super().allHeadersReceived()
+        request = self.requests[-1]
+        request.headers_received(self._command, self._path, self._version, self.length)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Tell the requests, then run the ``client_disconnected`` hook."""
+        super().connectionLost(reason)
+        client = getattr(self, "client_conn", None)
+        factory: ProxyFactory | None = getattr(self, "factory", None)
+        if client is None or factory is None:
+            return
+        client.timestamp_end = factory.reactor.seconds()
+        if factory.chain.has("client_disconnected"):
+            d = factory.chain.run("client_disconnected", client)
+            if d is not None:
+                d.addErrback(_ignore_cancel)
+
+
+class ProxyFactory(HTTPFactory):
+    """
+    Builds :class:`Proxy` channels sharing one configuration: the hooks, the
+    upstream pool and the limits.
+
+    :param reactor: The reactor for timeouts, timestamps and, by default,
+        upstream connections.
+    :param addons: Addon objects, run in order after the request class's own
+        hook methods.
+    :param request_factory: The :class:`ProxyRequest` subclass to use.
+    :param endpoint_factory: Makes the endpoint for an upstream connection
+        from ``(scheme, host, port)``; by default a ``HostnameEndpoint``.
+    :param body_limit: Bodies up to this many bytes are buffered for hooks.
+    :param timeout: Seconds an idle client connection is kept open.
+    :param connect_timeout: Seconds to wait for an upstream connection.
+    :param pool: The upstream connection pool; by default a new one.
+    """
+
+    protocol = Proxy  # type: ignore[assignment]  # HTTPFactory types this as its H2 wrapper
+    noisy = False
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorTime,
+        addons: Sequence[object] = (),
+        request_factory: type[ProxyRequest] = ProxyRequest,
+        endpoint_factory: EndpointFactory | None = None,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+        timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        pool: ConnectionPool | None = None,
+    ) -> None:
+        super().__init__(timeout=timeout, reactor=reactor)
+        self.request_factory = request_factory
+        self.chain = HookChain(addons, first_base=ProxyRequest)
+        if endpoint_factory is None:
+            endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
+        self.pool = pool if pool is not None else ConnectionPool(
+            reactor=reactor, endpoint_factory=endpoint_factory
+        )
+        self.body_limit = body_limit
+        self.pool.on_disconnect = self._server_disconnected
+
+    def buildProtocol(self, addr: IAddress) -> Proxy:  # type: ignore[override]
+        """Make a channel whose requests are :attr:`request_factory`."""
+        channel: Proxy = super().buildProtocol(addr)  # type: ignore[assignment]
+        channel.requestFactory = self.request_factory
+        return channel
+
+    def _server_disconnected(self, client: ProxyClient) -> None:
+        server = getattr(client, "server", None)
+        if server is None:
+            return
+        server.timestamp_end = self.reactor.seconds()
+        if self.chain.has("server_disconnected"):
+            d = self.chain.run("server_disconnected", server)
+            if d is not None:
+                d.addErrback(_ignore_cancel)
+
+    def startFactory(self) -> None:
+        """Nothing to start: the flow log addon replaces Twisted's access log."""
+
+    def stopFactory(self) -> None:
+        """Close the idle upstream connections."""
+        self.pool.close()
+
+    def log(self, request: Request) -> None:
+        """Twisted's access log is not written; see the flow log addon."""
+
+
+def _hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
+    """
+    Plain TCP endpoints for IP literals (no resolver round trip), and
+    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names.
+    """
+
+    def endpoint(scheme: str, host: str, port: int) -> Any:
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        return HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+
+    return endpoint

@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: ``twistd -n twistproxy --port 8080``.
+
+:func:`makeService` is the one place in twistproxy that imports the global
+reactor; everything it builds takes the reactor as an argument.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from twistproxy.addons.flowlog import FlowLog
+from twistproxy.addons.script import load_addons
+from twistproxy.errors import AddonError
+from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
+from twistproxy.service import ProxyService
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)i?b?\Z", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte count such as ``1048576``, ``512k``, ``1m`` or ``2GiB``.
+
+    :raises ValueError: if *text* is not such a size.
+    """
+    match = _SIZE.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (examples: 65536, 512k, 1m)")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+class Options(usage.Options):
+    """
+    Command-line options for ``twistd twistproxy``.
+    """
+
+    synopsis = "[twistproxy options]"
+    longdesc = (
+        "Run an intercepting HTTP proxy. Point clients at it "
+        "(curl -x http://127.0.0.1:8080 http://example.com/); every flow passes "
+        "through the addons given with --addon and is logged in one line."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            "8080",
+            "Where to listen: a port number (on 127.0.0.1) or a Twisted endpoint "
+            "such as tcp:8080:interface=0.0.0.0.",
+        ],
+        [
+            "body-limit",
+            None,
+            DEFAULT_BODY_LIMIT,
+            "Bodies up to this size (bytes, or with k/m/g) are buffered so hooks "
+            "see them whole; larger ones stream through.",
+            parse_size,
+        ],
+        [
+            "timeout",
+            None,
+            60.0,
+            "Seconds an idle client connection is kept open.",
+            _positive,
+        ],
+        [
+            "connect-timeout",
+            None,
+            30.0,
+            "Seconds to wait for a connection to a server (then 504).",
+            _positive,
+        ],
+    ]
+    optFlags = [["quiet", "q", "Do not log a line for every flow."]]
+
+    _failed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["addon"] = []
+        self["addons"] = []
+
+    def opt_addon(self, path: str) -> None:
+        """Load addons from a Python file defining 'addons = [...]'; repeatable."""
+        self["addon"].append(path)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse *options*; on an error, :meth:`getUsage` shrinks to a hint."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The full help, or after a bad option only a hint where to find it."""
+        if self._failed:
+            return "Usage: twistd [options] twistproxy [twistproxy options]\n" \
+                "Run 'twistd twistproxy --help' for the options.\n"
+        return super().getUsage(width)
+
+    def postOptions(self) -> None:
+        """Check the listening address and load the addon files."""
+        port = self["port"]
+        if port.isdigit():
+            if not 0 <= int(port) < 65536:
+                raise usage.UsageError(f"--port {port}: not a port number")
+            port = f"tcp:{port}:interface=127.0.0.1"
+        try:
+            serverFromString(None, port)
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--port {self['port']}: not a port or endpoint ({e})") from e
+        self["endpoint"] = port
+        addons: list[object] = []
+        for path in self["addon"]:
+            try:
+                addons.extend(load_addons(path))
+            except AddonError as e:
+                raise usage.UsageError(f"--addon {e}") from e
+        self["addons"] = addons
+
+
+def makeService(options: Options) -> IService:
+    """
+    ``IServiceMaker.makeService``: the only place that touches the global
+    reactor.
+    """
+    from twisted.internet import reactor
+
+    return make_service(options, reactor)
+
+
+def make_service(options: Options, reactor: Any) -> MultiService:
+    """
+    Build the proxy service for parsed *options* on *reactor*.
+    """
+    addons: list[object] = [] if options["quiet"] else [FlowLog()]
+    addons.extend(options["addons"])
+    factory = ProxyFactory(
+        reactor=reactor,
+        addons=addons,
+        body_limit=options["body-limit"],
+        timeout=options["timeout"],
+        connect_timeout=options["connect-timeout"],
+    )
+    top = MultiService()
+    ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
+    return top
