@@ -84,7 +84,7 @@ def _end_to_end(
         if lower in _FRAMING:
             if not framed:
                 framed = True
-                out.append(_framing_field(framing))
+                out.append(_framing_field(framing, name))
             continue
         if lower in HOP_BY_HOP or lower in named or lower in drop:
             continue
@@ -95,7 +95,7 @@ def _end_to_end(
             continue
         out.append((name, value))
     if not framed:
-        out.append(_framing_field(framing))
+        out.append(_framing_field(framing, b""))
     for lower, value in replace.items():
         if lower not in placed:
             out.append((_CANONICAL.get(lower, lower), value))
@@ -113,10 +113,13 @@ def _has(fields: Fields, lower_name: bytes) -> bool:
     return False
 
 
-def _framing_field(framing: int) -> tuple[bytes, bytes]:
+def _framing_field(framing: int, original: bytes) -> tuple[bytes, bytes]:
+    """The framing field for *framing*, spelt like *original* when it is the same field."""
     if framing == CHUNKED:
-        return (b"Transfer-Encoding", b"chunked")
-    return (b"Content-Length", b"%d" % (framing,))
+        name = original if len(original) == 17 else b"Transfer-Encoding"
+        return (name, b"chunked")
+    name = original if len(original) == 14 else b"Content-Length"
+    return (name, b"%d" % (framing,))
 
 
 def request_fields(

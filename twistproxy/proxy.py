@@ -734,6 +734,16 @@ class Proxy(HTTPChannel):
         self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
         return True
 
+    def checkPersistence(self, request: ProxyRequest, version: bytes) -> bool:  # type: ignore[override]
+        """
+        Whether the connection stays open after this request: HTTP/1.1
+        without a ``close`` token.  Twisted's own check splits ``Connection``
+        on spaces and misses ``close`` in ``Connection: close, X-Foo``.
+        """
+        if version != b"HTTP/1.1":
+            return False
+        return b"close" not in _headers.connection_tokens(request._raw_headers)
+
     def allHeadersReceived(self) -> None:
         """The head is complete: the request builds its flow and runs hooks."""
         super().allHeadersReceived()

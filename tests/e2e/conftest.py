@@ -124,3 +124,55 @@ async def curl(*args: str) -> tuple[bytes, bytes, int]:
 
 
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+
+
+class Parsed:
+    """A response parsed from raw bytes."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.complete = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header *name* (case-insensitive)."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def names(self) -> list[bytes]:
+        """The header names in order, as sent."""
+        return [name for name, _ in self.headers]
+
+
+def parse_responses(data: bytes) -> list[Parsed]:
+    """Parse every response in *data* (not for responses to HEAD)."""
+    import httptools
+
+    parsed: list[Parsed] = []
+
+    class _Callbacks:
+        def on_message_begin(self) -> None:
+            parsed.append(Parsed())
+
+        def on_status(self, reason: bytes) -> None:
+            parsed[-1].reason += reason
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            parsed[-1].headers.append((name, value))
+
+        def on_headers_complete(self) -> None:
+            parsed[-1].status = parser.get_status_code()
+
+        def on_body(self, body: bytes) -> None:
+            parsed[-1].body += body
+
+        def on_message_complete(self) -> None:
+            parsed[-1].complete = True
+
+    parser = httptools.HttpResponseParser(_Callbacks())
+    parser.feed_data(data)
+    return parsed

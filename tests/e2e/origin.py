@@ -13,10 +13,14 @@ Routes (by path prefix):
 - ``/bytes/N``: N bytes of a repeating pattern with Content-Length, written
   as the socket drains (a streaming producer, so the origin itself stays
   small for large N).
-- ``/reset``: headers promising 1000 bytes, 100 bytes, then a reset.
+- ``/reset``: headers promising 1000 bytes, 100 bytes, then (0.1 s later) a reset.
 - ``/hang``: never answers.
 - ``/interim``: ``100 Continue`` and ``103 Early Hints`` before the 200.
 - ``/gzip``: a gzip-encoded text body.
+- ``/abort``: the connection is reset before any response byte.
+- ``/garbage``: bytes that are not HTTP.
+- ``/sink``: stops reading the request body for ``SINK_PAUSE`` seconds
+  after its headers, then reads it all and answers with its length.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB
+SINK_PAUSE = 2.0
 
 
 class Received:
@@ -42,6 +47,7 @@ class Received:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
+        self.size = 0
         self.raw = b""
 
 
@@ -50,26 +56,40 @@ class OriginProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.connections += 1
+        self.factory.open += 1
         self.parser = httptools.HttpRequestParser(self)
         self.current = Received()
         self.queue: list[Received] = []
 
     def dataReceived(self, data: bytes) -> None:
-        self.current.raw += data
+        if len(self.current.raw) < 65536:
+            self.current.raw += data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
             self.transport.loseConnection()
 
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.open -= 1
+
     def on_url(self, url: bytes) -> None:
         self.current.target += url
+
+    def on_headers_complete(self) -> None:
+        if self.current.target.startswith(b"/sink"):
+            from twisted.internet import reactor
+
+            self.transport.pauseProducing()
+            reactor.callLater(SINK_PAUSE, self.transport.resumeProducing)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.current.headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
-        self.current.body += body
+        self.current.size += len(body)
+        if not self.current.target.startswith(b"/sink"):  # counted, not kept
+            self.current.body += body
 
     def on_message_complete(self) -> None:
         request, self.current = self.current, Received()
@@ -117,12 +137,21 @@ class OriginProtocol(Protocol):
             write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                   b"Content-Length: %d\r\n\r\n" % size)
             if request.method != b"HEAD":
-                _PatternProducer(self.transport, size).start()
+                _PatternProducer(self.transport, size, self.factory).start()
         elif path.startswith("/reset"):
+            from twisted.internet import reactor
+
             write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
-            self.transport.abortConnection()
+            reactor.callLater(0.1, self.transport.abortConnection)
         elif path.startswith("/hang"):
             pass
+        elif path.startswith("/abort"):
+            self.transport.abortConnection()
+        elif path.startswith("/garbage"):
+            write(b"SPDY/9 what is this\r\n\r\n")
+        elif path.startswith("/sink"):
+            write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%d"
+                  % (len(str(request.size)), request.size))
         elif path.startswith("/interim"):
             write(b"HTTP/1.1 100 Continue\r\n\r\n"
                   b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
@@ -139,8 +168,9 @@ class OriginProtocol(Protocol):
 class _PatternProducer:
     """Writes *size* bytes of PATTERN as the transport drains."""
 
-    def __init__(self, transport: Any, size: int) -> None:
+    def __init__(self, transport: Any, size: int, factory: OriginFactory) -> None:
         self.transport = transport
+        self.factory = factory
         self.left = size
         self.paused = False
 
@@ -153,6 +183,7 @@ class _PatternProducer:
         while not self.paused and self.left > 0:
             piece = PATTERN[: min(self.left, len(PATTERN))]
             self.left -= len(piece)
+            self.factory.body_sent += len(piece)
             self.transport.write(piece)
         if self.left == 0 and not self.paused:
             self.transport.unregisterProducer()
@@ -173,6 +204,8 @@ class OriginFactory(Factory):
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.connections = 0
+        self.open = 0
+        self.body_sent = 0  # bytes of /bytes/N bodies written so far
 
 
 def pattern_bytes(size: int) -> bytes:

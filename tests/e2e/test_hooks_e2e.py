@@ -1,0 +1,279 @@
+"""
+Hooks end to end: addons and ProxyRequest subclasses changing, answering,
+holding and killing real traffic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from tests.e2e.conftest import Running, parse_responses, raw
+from tests.e2e.test_http_e2e import echoed, get
+from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow, Response
+from twistproxy.proxy import ProxyRequest
+
+pytestmark = pytest.mark.e2e
+
+
+class Ends(Addon):
+    """Records each flow's terminal hook, to check there is exactly one."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, list[str]] = {}
+        self.flows: list[HTTPFlow] = []
+
+    def response(self, flow: HTTPFlow) -> None:
+        self.ends.setdefault(flow.id, []).append("response")
+        self.flows.append(flow)
+
+    def error(self, flow: HTTPFlow) -> None:
+        self.ends.setdefault(flow.id, []).append("error")
+        self.flows.append(flow)
+
+    def check_one_each(self) -> None:
+        assert all(len(events) == 1 for events in self.ends.values()), self.ends
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_hook_answers_without_origin(origin: Running, start_proxy: Any) -> None:
+    """A ``request`` hook that sets flow.response answers; the origin sees nothing."""
+
+    class Answer(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            flow.response = Response.make(418, "short and stout", {"X-Answered": "yes"})
+
+    ends = Ends()
+    proxy = await start_proxy(addons=[Answer(), ends])
+    body = b"x" * 5000
+    [parsed] = parse_responses(await raw(proxy.port, get(
+        origin, method="POST", headers=f"Content-Length: {len(body)}\r\n", body=body)))
+    assert (parsed.status, parsed.body) == (418, b"short and stout")
+    assert parsed.header(b"x-answered") == b"yes"
+    assert origin.factory.received == []
+    ends.check_one_each()
+    assert list(ends.ends.values()) == [["response"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deferred_and_coroutine_hooks_are_awaited(origin: Running,
+                                                        start_proxy: Any) -> None:
+    """
+    A hook returning a Deferred and an ``async def`` hook are both waited
+    for, in order, and their changes reach the origin and the client.
+    """
+    order: list[str] = []
+
+    class Slow(Addon):
+        def request(self, flow: HTTPFlow) -> Deferred[None]:
+            def change() -> None:
+                order.append("slow")
+                flow.request.headers["X-Slow"] = "1"
+
+            return deferLater(reactor, 0.05, change)
+
+    class Async(Addon):
+        async def request(self, flow: HTTPFlow) -> None:
+            await deferLater(reactor, 0.01, lambda: None)
+            order.append("async")
+            flow.request.headers["X-Async"] = "after " + flow.request.headers["X-Slow"]
+
+        async def response(self, flow: HTTPFlow) -> None:
+            await deferLater(reactor, 0.01, lambda: None)
+            flow.response.headers["X-Seen"] = "yes"
+
+    proxy = await start_proxy(addons=[Slow(), Async()])
+    response = await raw(proxy.port, get(origin))
+    report = echoed(response)
+    assert order == ["slow", "async"]
+    assert ["X-Async", "after 1"] in report["headers"]
+    assert parse_responses(response)[0].header(b"x-seen") == b"yes"
+
+
+@pytest_twisted.ensureDeferred
+async def test_response_hook_changes_content(origin: Running, start_proxy: Any) -> None:
+    """
+    A ``response`` hook sees the decoded body of a gzip response and may
+    replace it; the client gets the new body, re-encoded, with its length.
+    """
+    seen: list[bytes] = []
+
+    class Shout(Addon):
+        def response(self, flow: HTTPFlow) -> None:
+            seen.append(flow.response.content)
+            flow.response.content = flow.response.content.upper()
+
+    proxy = await start_proxy(addons=[Shout()])
+    [parsed] = parse_responses(await raw(proxy.port, get(origin, "/gzip")))
+    assert seen == [b"hello, compressed world"]
+    assert gzip.decompress(parsed.body) == b"HELLO, COMPRESSED WORLD"
+    assert int(parsed.header(b"content-length")) == len(parsed.body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_subclass_hooks_run_first(origin: Running, start_proxy: Any) -> None:
+    """The ProxyRequest subclass's own hooks run before the addons'."""
+    order: list[str] = []
+
+    class Mine(ProxyRequest):
+        def request(self, flow: HTTPFlow) -> Deferred[None]:
+            order.append("subclass")
+            return deferLater(reactor, 0.01, lambda: None)
+
+    class Later(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            order.append("addon")
+
+    proxy = await start_proxy(request_factory=Mine, addons=[Later()])
+    echoed(await raw(proxy.port, get(origin)))
+    assert order == ["subclass", "addon"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hook_exception_is_500_and_proxy_goes_on(
+    origin: Running, start_proxy: Any
+) -> None:
+    """
+    A hook that raises is answered with a 500 naming the failed hook, the
+    flow records the error, and the next request is served normally.
+    """
+
+    class Broken(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            if "boom" in flow.request.path:
+                raise ZeroDivisionError("kaboom")
+
+    ends = Ends()
+    proxy = await start_proxy(addons=[Broken(), ends])
+    [parsed] = parse_responses(await raw(proxy.port, get(origin, "/echo?boom")))
+    assert parsed.status == 500
+    assert b"hook 'request'" in parsed.body and b"kaboom" in parsed.body
+    echoed(await raw(proxy.port, get(origin, "/echo?fine")))
+    ends.check_one_each()
+    failed = [flow for flow in ends.flows if flow.error is not None]
+    assert len(failed) == 1 and "kaboom" in failed[0].error.msg
+    assert [r.target for r in origin.factory.received] == [b"/echo?fine"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_closes_client_without_answer(origin: Running, start_proxy: Any) -> None:
+    """``flow.kill()`` in a hook closes the client connection; no origin request."""
+
+    class Killer(Addon):
+        def requestheaders(self, flow: HTTPFlow) -> None:
+            flow.kill()
+
+    proxy = await start_proxy(addons=[Killer()])
+    assert await raw(proxy.port, get(origin)) == b""
+    assert origin.factory.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_intercept_holds_until_resume(origin: Running, start_proxy: Any) -> None:
+    """An intercepted flow waits for ``resume()`` before reaching the origin."""
+    held: list[HTTPFlow] = []
+
+    class Hold(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            flow.intercept()
+            held.append(flow)
+
+    proxy = await start_proxy(addons=[Hold()])
+    answer = raw(proxy.port, get(origin))
+    await deferLater(reactor, 0.2, lambda: None)
+    assert len(held) == 1 and origin.factory.received == []
+    held[0].request.headers["X-Edited"] = "while held"
+    held[0].resume()
+    report = echoed(await answer)
+    assert ["X-Edited", "while held"] in report["headers"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_flag_from_responseheaders(origin: Running, start_proxy: Any) -> None:
+    """
+    ``flow.response.stream = True`` in ``responseheaders`` streams a small
+    body: the ``response`` hook then sees no content, the client all of it.
+    """
+    contents: list[object] = []
+
+    class Stream(Addon):
+        def responseheaders(self, flow: HTTPFlow) -> None:
+            flow.response.stream = True
+
+        def response(self, flow: HTTPFlow) -> None:
+            contents.append(flow.response.raw_content)
+
+    proxy = await start_proxy(addons=[Stream()])
+    [parsed] = parse_responses(await raw(proxy.port, get(origin, "/chunked")))
+    assert parsed.body == b"chunk-0 chunk-1 chunk-2 chunk-3 chunk-4 "
+    assert parsed.header(b"transfer-encoding") == b"chunked"
+    assert contents == [None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_flag_from_requestheaders(origin: Running, start_proxy: Any) -> None:
+    """A request streamed by ``requestheaders`` reaches the origin whole."""
+
+    class Stream(Addon):
+        def requestheaders(self, flow: HTTPFlow) -> None:
+            flow.request.stream = True
+
+        def request(self, flow: HTTPFlow) -> None:
+            assert flow.request.raw_content is None
+
+    proxy = await start_proxy(addons=[Stream()])
+    body = b"y" * 100_000
+    report = echoed(await raw(proxy.port, get(
+        origin, method="PUT", headers=f"Content-Length: {len(body)}\r\n", body=body)))
+    assert report["length"] == len(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_hooks(origin: Running, start_proxy: Any) -> None:
+    """Client and server connection hooks fire with their connection records."""
+    events: list[tuple[str, Any]] = []
+
+    class Connections(Addon):
+        def client_connected(self, client: Any) -> None:
+            events.append(("client_connected", client.peername[0]))
+
+        def client_disconnected(self, client: Any) -> None:
+            events.append(("client_disconnected", client.timestamp_end is not None))
+
+        def server_connected(self, server: Any) -> None:
+            events.append(("server_connected", server.address))
+
+    proxy = await start_proxy(addons=[Connections()])
+    echoed(await raw(proxy.port, get(origin)))
+    await deferLater(reactor, 0.05, lambda: None)
+    assert events == [
+        ("client_connected", "127.0.0.1"),
+        ("server_connected", ("127.0.0.1", origin.port)),
+        ("client_disconnected", True),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_hook_sees_whole_body(origin: Running, start_proxy: Any) -> None:
+    """Below the limit, the ``request`` hook sees the whole body and may change it."""
+
+    class Rewrite(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            data = json.loads(flow.request.content)
+            flow.request.content = json.dumps({"count": data["count"] + 1}).encode()
+
+    proxy = await start_proxy(addons=[Rewrite()])
+    body = b'{"count": 41}'
+    request = get(origin, method="POST",
+                  headers=f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n",
+                  body=body)
+    report = echoed(await raw(proxy.port, request))
+    assert report["length"] == len(b'{"count": 42}')
