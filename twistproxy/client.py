@@ -14,7 +14,7 @@ the connection comes first.  Idle keep-alive connections wait in a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 import httptools
@@ -79,6 +79,8 @@ class ProxyClient(Protocol):
 
     father: IResponseReceiver | None = None
     server: Server | None = None
+    # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
+    transport: Any
     reused = False
     _pool: ConnectionPool | None = None
     _started = False
@@ -294,14 +296,14 @@ class ProxyClientFactory(ClientFactory):
     :ivar key: The pool key of the connection.
     """
 
-    protocol = ProxyClient  # type: ignore[assignment]
+    protocol = ProxyClient
     noisy = False
 
     def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
 
-    def buildProtocol(self, addr: IAddress) -> ProxyClient:
+    def buildProtocol(self, addr: IAddress | None) -> ProxyClient:
         """Make the connection's protocol, attached to the pool."""
         client = ProxyClient(self.key)
         client.factory = self
@@ -367,7 +369,9 @@ class ConnectionPool:
         """
         scheme, host, port = key
         endpoint = self.endpoint_factory(scheme, host, port)
-        d: Deferred[ProxyClient] = endpoint.connect(ProxyClientFactory(self, key))
+        d: Deferred[ProxyClient] = endpoint.connect(  # type: ignore[assignment]
+            ProxyClientFactory(self, key)
+        )
         d.addCallbacks(self._record, upstream_error)
         return d
 
@@ -402,7 +406,7 @@ class ConnectionPool:
         idle.append(client)
         transport = client.transport
         if transport is not None:
-            transport.resumeProducing()  # type: ignore[attr-defined]
+            transport.resumeProducing()
         self._timers[client] = self._reactor.callLater(self.idle_timeout, client.abandon)
 
     def forget(self, client: ProxyClient) -> None:

@@ -20,6 +20,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, HTTPFactory, Request
@@ -60,6 +61,7 @@ class ProxyRequest(Request):
     """
 
     flow: HTTPFlow | None = None
+    channel: Any  # the Proxy channel; Twisted deletes it once finished
     _upstream: ProxyClient | None = None
     _pending: Deferred[Any] | None = None
     _body_done = False  # the whole request body has been read
@@ -284,7 +286,8 @@ class ProxyRequest(Request):
             self._connect()
 
     def _connect(self) -> None:
-        request = self.flow.request  # type: ignore[union-attr]
+        assert self.flow is not None and self.flow.request is not None
+        request = self.flow.request
         key = (request.scheme, request.host, request.port)
         pool = self._factory.pool
         client = pool.take_idle(key)
@@ -437,11 +440,11 @@ class ProxyRequest(Request):
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
+        self._response_size += len(data)
         if self._response_mode == _STREAM:
             self.write(data)
             return
         self._response_body.append(data)
-        self._response_size += len(data)
         if self._response_mode == _BUFFER and self._response_size > self._factory.body_limit:
             assert self.flow is not None and self.flow.response is not None
             self.flow.response.stream = True
@@ -497,6 +500,7 @@ class ProxyRequest(Request):
         assert flow is not None and flow.response is not None
         flow.response.timestamp_end = self._now()
         if self._response_mode == _STREAM:
+            flow.response.body_size = self._response_size
             if self.producer is not None and not self._disconnected:
                 self.unregisterProducer()
             self._finish_flow()
@@ -702,13 +706,15 @@ class Proxy(HTTPChannel):
     :ivar client_conn: The connection record shared by this channel's flows.
     """
 
-    requestFactory = ProxyRequest
+    requestFactory = ProxyRequest  # type: ignore[assignment]
     client_conn: Client
+    # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
+    transport: Any
 
     def connectionMade(self) -> None:
         """Record the client and run the ``client_connected`` hook."""
         super().connectionMade()
-        factory: ProxyFactory = self.factory  # type: ignore[attr-defined]
+        factory: ProxyFactory = self.factory
         self.client_conn = Client(
             peername=_address(self.transport.getPeer()),
             sockname=_address(self.transport.getHost()),
@@ -734,7 +740,7 @@ class Proxy(HTTPChannel):
         self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
         return True
 
-    def checkPersistence(self, request: ProxyRequest, version: bytes) -> bool:  # type: ignore[override]
+    def checkPersistence(self, request: ProxyRequest, version: bytes) -> bool:
         """
         Whether the connection stays open after this request: HTTP/1.1
         without a ``close`` token.  Twisted's own check splits ``Connection``
@@ -750,7 +756,7 @@ class Proxy(HTTPChannel):
         request = self.requests[-1]
         request.headers_received(self._command, self._path, self._version, self.length)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the requests, then run the ``client_disconnected`` hook."""
         super().connectionLost(reason)
         client = getattr(self, "client_conn", None)

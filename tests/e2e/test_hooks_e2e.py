@@ -210,12 +210,15 @@ async def test_stream_flag_from_responseheaders(origin: Running, start_proxy: An
 
         def response(self, flow: HTTPFlow) -> None:
             contents.append(flow.response.raw_content)
+            ends_sizes.append(flow.response.body_size)
 
+    ends_sizes: list[int | None] = []
     proxy = await start_proxy(addons=[Stream()])
     [parsed] = parse_responses(await raw(proxy.port, get(origin, "/chunked")))
     assert parsed.body == b"chunk-0 chunk-1 chunk-2 chunk-3 chunk-4 "
     assert parsed.header(b"transfer-encoding") == b"chunked"
     assert contents == [None]
+    assert ends_sizes == [40]
 
 
 @pytest_twisted.ensureDeferred

@@ -314,3 +314,39 @@ async def test_http10_client_gets_close_delimited_stream(origin: Running,
     head, body = response.split(b"\r\n\r\n", 1)
     assert b"transfer-encoding" not in head.lower()
     assert body == b"chunk-0 chunk-1 chunk-2 chunk-3 chunk-4 "
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_agent_through_proxy(origin: Running, proxy: Running) -> None:
+    """A Twisted client (``ProxyAgent``) gets its POST answered through the proxy."""
+    from io import BytesIO
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.protocol import Protocol
+    from twisted.web.client import FileBodyProducer, ProxyAgent
+
+    class Collect(Protocol):
+        # readBody warns about ProxyAgent's transport (no abortConnection).
+        def __init__(self) -> None:
+            self.data = b""
+            self.done: Deferred[bytes] = Deferred()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.data += data
+
+        def connectionLost(self, reason: object = None) -> None:
+            self.done.callback(self.data)
+
+    agent = ProxyAgent(TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.port), reactor)
+    body = b"from a Twisted client"
+    response = await agent.request(
+        b"POST", b"http://127.0.0.1:%d/echo?agent=1" % origin.port,
+        bodyProducer=FileBodyProducer(BytesIO(body)))
+    collect = Collect()
+    response.deliverBody(collect)
+    report = json.loads(await collect.done)
+    assert response.code == 200
+    assert report["target"] == "/echo?agent=1"
+    assert report["sha256"] == hashlib.sha256(body).hexdigest()

@@ -45,6 +45,7 @@ def format_flow(flow: HTTPFlow) -> str:
     what = f"{request.method} {request.url}" if request is not None else "-"
     response = flow.response
     start = request.timestamp_start if request is not None else None
+    end: float | None
     if flow.error is not None:
         outcome = f"<< {flow.error.msg}"
         end = flow.error.timestamp
