@@ -218,7 +218,7 @@ class ProxyRequest(Request):
         flow = self.flow
         assert flow is not None and flow.request is not None
         body, self._body = self._body, []
-        flow.request.raw_content = body[0] if len(body) == 1 else b"".join(body)
+        flow.request.raw_content = _joined(body)
         flow.request.timestamp_end = self._now()
         self._run("request", self._forward)
 
@@ -507,7 +507,7 @@ class ProxyRequest(Request):
             self._run("response", _nothing)
             return
         body, self._response_body = self._response_body, []
-        flow.response.raw_content = body[0] if len(body) == 1 else b"".join(body)
+        flow.response.raw_content = _joined(body)
         self._run("response", self._respond)
 
     def _respond(self) -> None:
@@ -656,6 +656,11 @@ class ProxyRequest(Request):
 
 def _nothing() -> None:
     pass
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    """The buffered *pieces* of a body as one bytes object, copied only when needed."""
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _discard(data: bytes) -> None:
