@@ -21,13 +21,17 @@ import httptools
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._headers import body_framing
 from twistproxy.errors import UpstreamConnectionLost, UpstreamProtocolError, upstream_error
 from twistproxy.flow import Server
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
+
+_log = Logger()
 
 PoolKey = tuple[str, str, int]
 """A pool key: scheme, host and port of an origin."""
@@ -56,6 +60,13 @@ class IResponseReceiver(TypingProtocol):
 
     def response_failed(self, reason: Failure) -> None:
         """The exchange failed; *reason* holds a TwistProxyError where one fits."""
+
+
+class _Unsolicited(Exception):
+    """
+    Raised inside the parser when bytes start a response after the exchange
+    ended: the connection cannot be trusted with another one.
+    """
 
 
 class _SkipBody(Exception):
@@ -147,21 +158,32 @@ class ProxyClient(Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _SkipBody):
+            cause = e.__context__
+            if isinstance(cause, _SkipBody):
                 self._parser = httptools.HttpResponseParser(self)
                 if not data.endswith(b"\r\n\r\n"):
                     self._keep_alive = False  # bytes after a bodiless response
                 self.handleResponseEnd()
-            elif self.father is not None:
-                self._fail(Failure(UpstreamProtocolError(f"bad response: {e}")))
+            elif isinstance(cause, _Unsolicited):
+                self._abort()
+            elif isinstance(cause, UpstreamProtocolError):
+                self._fail(Failure(cause))
             else:
-                raise
+                # A receiver's callback raised: a bug, not the server's fault.
+                _log.failure("relaying a response failed", Failure(cause))
+                self._fail(Failure(UpstreamProtocolError(f"relaying the response failed: {e}")))
         except httptools.HttpParserError as e:
             self._fail(Failure(UpstreamProtocolError(f"bad response from the server: {e}")))
 
+    def on_message_begin(self) -> None:
+        """httptools callback: a message starts; bytes nobody asked for stop here."""
+        if self.father is None:
+            raise _Unsolicited()
+        self._reason = b""
+
     def on_status(self, reason: bytes) -> None:
-        """httptools callback: the reason phrase."""
-        self._reason = reason
+        """httptools callback: the reason phrase (not called when it is empty)."""
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """httptools callback: one header field."""
@@ -281,12 +303,28 @@ def _address(address: IAddress | None) -> tuple[str, int] | None:
 
 
 def _until_close(fields: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a response body with these fields lasts until the connection closes."""
-    for name, _ in fields:
-        lower = name.lower()
-        if lower == b"content-length" or lower == b"transfer-encoding":
-            return False
-    return True
+    """
+    Whether a response body with these fields lasts until the connection
+    closes: neither chunked nor with a Content-Length.
+
+    :raises UpstreamProtocolError: for a transfer coding other than chunked,
+        which the proxy could not relay without corrupting the body (the
+        ``Transfer-Encoding`` field is hop-by-hop, so the client would not
+        learn of it).
+    """
+    if _unsupported_coding(fields):
+        raise UpstreamProtocolError("unsupported transfer coding in the response")
+    chunked, length = body_framing(fields)
+    return not chunked and length is None
+
+
+def _unsupported_coding(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether *fields* name any transfer coding but a single ``chunked``."""
+    for name, value in fields:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                return True
+    return False
 
 
 class ProxyClientFactory(ClientFactory):
