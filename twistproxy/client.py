@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
 import httptools
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
@@ -25,7 +26,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._headers import body_framing
-from twistproxy.errors import UpstreamConnectionLost, UpstreamProtocolError, upstream_error
+from twistproxy.errors import (
+    UpstreamConnectionLost,
+    UpstreamProtocolError,
+    UpstreamTLSFailed,
+    upstream_error,
+)
 from twistproxy.flow import Server
 
 if TYPE_CHECKING:
@@ -262,6 +268,9 @@ class ProxyClient(Protocol):
                 self._fail(
                     Failure(UpstreamConnectionLost("the server closed the connection mid-response"))
                 )
+            elif reason.check(SSL.Error):
+                why = _tls_reason(reason)
+                self._fail(Failure(UpstreamTLSFailed(f"TLS with the server failed: {why}")))
             else:
                 self._fail(upstream_error(reason))
 
@@ -291,6 +300,17 @@ class ProxyClient(Protocol):
     def peer(self) -> IAddress | None:
         """The origin's address, once connected."""
         return self.transport.getPeer() if self.transport is not None else None
+
+
+def _tls_reason(reason: Failure) -> str:
+    """The readable part of an OpenSSL error: its reason strings."""
+    args = getattr(reason.value, "args", ())
+    details = args[0] if args else None
+    if isinstance(details, list):
+        texts = [item[2] for item in details if isinstance(item, tuple) and len(item) == 3]
+        if texts:
+            return "; ".join(texts)
+    return reason.getErrorMessage()
 
 
 def _address(address: IAddress | None) -> tuple[str, int] | None:

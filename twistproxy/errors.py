@@ -69,6 +69,14 @@ class UpstreamConnectionLost(TwistProxyError):
     status, phrase = 502, b"Bad Gateway"
 
 
+class UpstreamTLSFailed(TwistProxyError):
+    """
+    The TLS handshake with the origin failed, or its certificate was refused.
+    """
+
+    status, phrase = 502, b"Bad Gateway"
+
+
 class UpstreamProtocolError(TwistProxyError):
     """
     The origin sent something that is not a valid HTTP/1.x response.

@@ -321,7 +321,8 @@ class HookChain:
         A hook returning a Deferred or a coroutine is waited for before the
         next one is called; so is a hook that leaves *subject* intercepted,
         until it is resumed. The chain stops early, successfully, once
-        *subject* is killed or, for ``requestheaders`` and ``request``, once
+        *subject* is killed (for every hook but ``error``, which a killed
+        flow ends with) or, for ``requestheaders`` and ``request``, once
         ``subject.response`` is set; this is checked before every call, the
         first one included.
 
@@ -348,17 +349,25 @@ class HookChain:
             calls = ((_describe(first), getattr(first, hook)), *calls)
         if not calls:
             return None
-        answering = hook in _ANSWERING_HOOKS
         for index, (description, call) in enumerate(calls):
-            if _settled(subject, answering):
+            if _settled(subject, hook):
                 return None
             try:
                 returned = call(subject)
             except Exception:
                 return fail(_hook_failed(hook, description, subject, Failure()))
             if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
-                return _PendingChain(hook, subject, calls, answering).start(index, returned)
+                return _PendingChain(hook, subject, calls).start(index, returned)
         return None
+
+    def first_hooks(self, cls: type) -> frozenset[str]:
+        """
+        The hooks a ``first`` object of class *cls* implements, validating
+        *cls* the first time it is seen (call it up front to fail early).
+
+        :raises AddonError: if *cls* has a misspelt or uncallable hook.
+        """
+        return self._hooks_of(cls)
 
     def _hooks_of(self, cls: type) -> frozenset[str]:
         """
@@ -395,12 +404,11 @@ class _PendingChain:
     """
 
     def __init__(
-        self, hook: str, subject: Any, calls: tuple[_HookCall, ...], answering: bool
+        self, hook: str, subject: Any, calls: tuple[_HookCall, ...]
     ) -> None:
         self._hook = hook
         self._subject = subject
         self._calls = calls
-        self._answering = answering
         self._waiting: Deferred[Any] | None = None
         self._cancelled = False
         self.result: Deferred[None] = Deferred(self._cancel)
@@ -472,7 +480,7 @@ class _PendingChain:
         """
         subject = self._subject
         for index in range(start, len(self._calls)):
-            if _settled(subject, self._answering):
+            if _settled(subject, self._hook):
                 break
             description, call = self._calls[index]
             try:
@@ -560,14 +568,15 @@ async def _await(awaitable: Any) -> object:
     return await awaitable
 
 
-def _settled(subject: Any, answering: bool) -> bool:
+def _settled(subject: Any, hook: str) -> bool:
     """
     Whether the chain should stop before its next call: *subject* was killed
-    or, for an answering hook, has a response.
+    (except for ``error``, which a killed flow ends with) or, for an
+    answering hook, has a response.
     """
-    if getattr(subject, "killed", False):
+    if hook != "error" and getattr(subject, "killed", False):
         return True
-    return answering and getattr(subject, "response", None) is not None
+    return hook in _ANSWERING_HOOKS and getattr(subject, "response", None) is not None
 
 
 def _hook_failed(hook: str, description: str, subject: object, reason: Failure) -> Failure:

@@ -18,9 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, HTTPFactory, Request
@@ -28,7 +34,7 @@ from twisted.web.http import HTTPChannel, HTTPFactory, Request
 from twistproxy import _headers
 from twistproxy._target import DEFAULT_PORTS, parse_absolute_form
 from twistproxy.client import ConnectionPool, EndpointFactory, ProxyClient, _address
-from twistproxy.errors import BadRequestTarget, FlowKilled, HookFailed, error_status
+from twistproxy.errors import AddonError, BadRequestTarget, FlowKilled, HookFailed, error_status
 from twistproxy.flow import Client, Error, Server
 from twistproxy.hooks import HookChain
 from twistproxy.http import Headers, HTTPFlow, Response
@@ -44,6 +50,8 @@ DEFAULT_BODY_LIMIT = 1024 * 1024
 
 _WAITING, _BUFFER, _STREAM, _DISCARD = range(4)  # what happens to request body bytes
 _NO_BODY_STATUS = frozenset({204, 304})
+_TERMINAL_HOOKS = frozenset({"response", "error"})
+_CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
 _HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
 
 
@@ -77,6 +85,9 @@ class ProxyRequest(Request):
     _response_mode = _WAITING
     _response_framing = _headers.NO_BODY
     _answer: Failure | None = None
+    _failure: Failure | None = None  # why the flow failed, for the error page
+    _terminal = False  # the response or error hook chain has started
+    _aborted = False  # the client connection is being aborted
     _length: int | None = None
 
     def __init__(self, channel: Proxy, queued: object = None) -> None:
@@ -150,7 +161,8 @@ class ProxyRequest(Request):
             self._ended = True
             flow.error = Error("client disconnected", self._now())
             flow.live = False
-            self._run("error", _nothing)
+            if not self._terminal:
+                self._run("error", _nothing)
 
     # -- the request ---------------------------------------------------
 
@@ -245,6 +257,8 @@ class ProxyRequest(Request):
         Run *hook* on the flow, then call *then*; a failing hook fails the
         flow instead.  No Deferred is made when nothing implements the hook.
         """
+        if hook in _TERMINAL_HOOKS:
+            self._terminal = True
         chain = self._factory.chain
         if not chain.has(hook, self):
             then()
@@ -267,10 +281,18 @@ class ProxyRequest(Request):
         if reason.check(CancelledError):
             return
         self._resume_client()
-        # A failing request hook still owes the flow its error hook; response
-        # and error hooks already were the flow's last event.
         hook = getattr(reason.value, "hook", None)
-        self._fail(reason, run_hook=hook not in ("response", "error"))
+        if hook == "error":
+            # The error hook itself failed: still answer, with the first failure.
+            self._send_failure(self._failure or reason)
+        elif self._ended:
+            # A response hook after a streamed response was relayed: record it.
+            if self.flow is not None:
+                self.flow.error = Error(_describe(reason), self._now())
+        else:
+            # A failing request hook still owes the flow its error hook; the
+            # response hook already was the flow's last event.
+            self._fail(reason, run_hook=hook != "response")
 
     # -- upstream ------------------------------------------------------
 
@@ -528,6 +550,13 @@ class ProxyRequest(Request):
     def _respond_from_hook(self) -> None:
         """Send the response a request hook set, without contacting the origin."""
         self._upstream_done = True
+        response = self.flow.response  # type: ignore[union-attr]
+        assert response is not None
+        now = self._now()
+        if response.timestamp_start is None:
+            response.timestamp_start = now
+        if response.timestamp_end is None:
+            response.timestamp_end = now
         self._run("response", self._respond)
 
     # -- writing to the client -----------------------------------------
@@ -599,6 +628,7 @@ class ProxyRequest(Request):
         if self._ended:
             return
         self._ended = True
+        self._failure = reason
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abandon()
@@ -606,30 +636,43 @@ class ProxyRequest(Request):
         if flow is not None:
             flow.error = Error(_describe(reason), self._now())
         if flow is not None and run_hook:
-            self._run("error", lambda: self._send_failure(reason))
+            self._run("error", self._send_first_failure)
         else:
             self._send_failure(reason)
+
+    def _send_first_failure(self) -> None:
+        assert self._failure is not None
+        self._send_failure(self._failure)
 
     def _send_failure(self, reason: Failure) -> None:
         if self.flow is not None:
             self.flow.live = False
-        if self._disconnected:
+        if self._disconnected or self._aborted:
             return
         if self._head_sent:
-            self.channel.transport.abortConnection()
+            self._abort_client()
             return
         self._send_error_page(reason)
         self._finish()
 
     def _kill(self) -> None:
-        """The flow was killed: close the client connection without an answer."""
+        """
+        The flow was killed: close the client connection without an answer,
+        then run the ``error`` hook (unless the flow's last hook already ran).
+        """
         self._ended = True
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abandon()
         if self.flow is not None:
             self.flow.live = False
-        if not self._disconnected:
+        self._abort_client()
+        if not self._terminal:
+            self._run("error", _nothing)
+
+    def _abort_client(self) -> None:
+        if not self._disconnected and not self._aborted:
+            self._aborted = True
             self.channel.transport.abortConnection()
 
     # -- flow control --------------------------------------------------
@@ -785,6 +828,9 @@ class ProxyFactory(HTTPFactory):
     :param addons: Addon objects, run in order after the request class's own
         hook methods.
     :param request_factory: The :class:`ProxyRequest` subclass to use.
+    :raises AddonError: if an addon or *request_factory* has a misspelt hook,
+        or *request_factory* defines a connection hook (those belong in
+        addons: a request lives for one request).
     :param endpoint_factory: Makes the endpoint for an upstream connection
         from ``(scheme, host, port)``; by default a ``HostnameEndpoint``.
     :param body_limit: Bodies up to this many bytes are buffered for hooks.
@@ -811,6 +857,12 @@ class ProxyFactory(HTTPFactory):
         super().__init__(timeout=timeout, reactor=reactor)
         self.request_factory = request_factory
         self.chain = HookChain(addons, first_base=ProxyRequest)
+        misplaced = self.chain.first_hooks(request_factory) & set(_CONNECTION_HOOKS)
+        if misplaced:
+            raise AddonError(
+                f"{request_factory.__qualname__} defines {', '.join(sorted(misplaced))}: a "
+                "ProxyRequest lives for one request, so connection hooks belong in an addon"
+            )
         if endpoint_factory is None:
             endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
         self.pool = pool if pool is not None else ConnectionPool(
@@ -849,14 +901,21 @@ class ProxyFactory(HTTPFactory):
 def _hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
     """
     Plain TCP endpoints for IP literals (no resolver round trip), and
-    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names.
+    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names;
+    ``https`` origins get TLS on top, verified against the system's trust
+    store for the host name.
     """
 
     def endpoint(scheme: str, host: str, port: int) -> Any:
+        tcp: Any
         if isIPAddress(host):
-            return TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
-        return HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+            tcp = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        elif isIPv6Address(host):
+            tcp = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        else:
+            tcp = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        if scheme == "https":
+            return wrapClientTLS(optionsForClientTLS(host), tcp)
+        return tcp
 
     return endpoint

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,46 +34,90 @@ class ProxyService(Service):
         self.endpoint = endpoint
         self.factory = factory
         self._listening: Deferred[IListeningPort] | None = None
+        self._failure: Failure | None = None
+        self._waiters: list[Deferred[IListeningPort]] = []
+        self._starting = False
 
     def startService(self) -> None:
         """
-        Start listening.  A failure to listen (the port is taken, say) is
-        logged in one line and raised again when it happens at once, so
-        twistd stops instead of running without a listener.
+        Start listening.
+
+        :raises Exception: whatever the endpoint failed with (the port is
+            taken, say) when it fails at once, as a TCP endpoint does, so
+            that twistd stops instead of running without a listener; the
+            service is then not running.  A later failure is logged in one
+            line and fails the Deferreds from :meth:`when_listening`.
         """
         super().startService()
+        self._failure = None
         self._listening = d = self.endpoint.listen(self.factory)
-        d.addCallback(self._listened)
-        failures: list[Failure] = []
-        d.addErrback(failures.append)
-        if failures:
-            self._listening = None
+        self._starting = True
+        try:
+            d.addCallbacks(self._listened, self._not_listening)
+        finally:
+            self._starting = False
+        failure = self._failure
+        if failure is not None:
+            # Failed at once: raise, rather than log, for the caller to see.
+            self._failure = None
             self.running = 0
-            failures[0].raiseException()
+            failure.raiseException()
 
-    def _listened(self, port: IListeningPort) -> IListeningPort:
+    def _listened(self, port: IListeningPort) -> None:
+        self._listening = None
         self.port = port
         self.log.info("twistproxy listening on {address}", address=_describe(port))
-        return port
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(port)
+
+    def _not_listening(self, reason: Failure) -> None:
+        self._listening = None
+        if self._starting:
+            self._failure = reason  # startService raises it
+            return
+        if not reason.check(CancelledError):  # else stopService gave up on the listen
+            self._failure = reason
+            self.running = 0
+            self.log.error(
+                "twistproxy could not listen: {error}", error=reason.getErrorMessage()
+            )
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(reason)
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """
         A Deferred that fires with the listening port once the service
-        listens (at once when it already does).
+        listens (at once when it already does), or fails with why it could
+        not listen.
+
+        :raises RuntimeError: if the service is not running.
         """
         if self.port is not None:
             return succeed(self.port)
         if self._listening is None:
+            if self._failure is not None:
+                return fail(self._failure)
             raise RuntimeError("the service is not running")
         d: Deferred[IListeningPort] = Deferred()
-        self._listening.addCallback(lambda port: (d.callback(port), port)[1])
+        self._waiters.append(d)
         return d
 
     def stopService(self) -> Deferred[None] | None:
-        """Stop listening and close the idle upstream connections."""
+        """
+        Stop listening (or give up a listen still in progress) and close the
+        idle upstream connections.
+
+        :returns: A Deferred that fires once the port is closed, or ``None``
+            when there was no port.
+        """
         super().stopService()
         port, self.port = self.port, None
-        self._listening = None
+        listening, self._listening = self._listening, None
+        self._failure = None
+        if listening is not None:
+            listening.cancel()
         self.factory.pool.close()
         if port is not None:
             return port.stopListening()

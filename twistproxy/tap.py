@@ -123,7 +123,7 @@ class Options(usage.Options):
             port = f"tcp:{port}:interface=127.0.0.1"
         try:
             serverFromString(None, port)
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # parsers raise anything: ValueError, OSError for ssl: files...
             raise usage.UsageError(f"--port {self['port']}: not a port or endpoint ({e})") from e
         self["endpoint"] = port
         addons: list[object] = []
@@ -158,6 +158,24 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         timeout=options["timeout"],
         connect_timeout=options["connect-timeout"],
     )
-    top = MultiService()
+    top = _Main(options["endpoint"])
     ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
     return top
+
+
+class _Main(MultiService):
+    """
+    The service twistd runs: a failure to listen ends twistd with one line
+    and a non-zero exit status, not a traceback.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+
+    def startService(self) -> None:
+        """Start the proxy; turn a failure to listen into ``SystemExit``."""
+        try:
+            super().startService()
+        except Exception as e:
+            raise SystemExit(f"twistproxy: cannot listen on {self._endpoint}: {e}") from e

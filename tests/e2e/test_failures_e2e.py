@@ -173,3 +173,17 @@ async def test_client_gone_mid_upload_closes_upstream(origin: Running,
             break
         await deferLater(reactor, 0.05, lambda: None)
     assert origin.factory.connections == 1 and origin.factory.open == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_target_goes_over_tls(origin: Running, proxy: Running) -> None:
+    """
+    ``GET https://...`` is sent over TLS, never in cleartext: against a
+    plain-text origin the handshake fails, the client gets a 502 naming
+    TLS, and the origin never sees the request.
+    """
+    request = (f"GET https://127.0.0.1:{origin.port}/echo HTTP/1.1\r\nHost: x\r\n"
+               "Connection: close\r\n\r\n").encode()
+    [parsed] = parse_responses(await raw(proxy.port, request))
+    assert parsed.status == 502 and b"TLS" in parsed.body
+    assert origin.factory.received == []

@@ -280,3 +280,56 @@ async def test_request_hook_sees_whole_body(origin: Running, start_proxy: Any) -
                   body=body)
     report = echoed(await raw(proxy.port, request))
     assert report["length"] == len(b'{"count": 42}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_flow_ends_with_error_hook(origin: Running, start_proxy: Any) -> None:
+    """A killed flow runs the ``error`` hook once, with the killed message."""
+
+    class Killer(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            flow.kill()
+
+    ends = Ends()
+    proxy = await start_proxy(addons=[Killer(), ends])
+    assert await raw(proxy.port, get(origin)) == b""
+    await deferLater(reactor, 0.05, lambda: None)
+    assert list(ends.ends.values()) == [["error"]]
+    assert ends.flows[0].error.msg == "Connection killed."
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_error_hook_still_answers(start_proxy: Any) -> None:
+    """
+    When the ``error`` hook itself raises, the client still gets the page
+    for the original failure instead of hanging.
+    """
+    import socket as socket_module
+
+    class BrokenError(Addon):
+        def error(self, flow: HTTPFlow) -> None:
+            raise RuntimeError("error hook broke")
+
+    proxy = await start_proxy(addons=[BrokenError()])
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    request = (f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n"
+               "Connection: close\r\n\r\n").encode()
+    [parsed] = parse_responses(await raw(proxy.port, request, timeout=5))
+    assert parsed.status == 502 and b"connection refused" in parsed.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_from_hook_has_timestamps(origin: Running, start_proxy: Any) -> None:
+    """A response made by a hook gets timestamps, so its flow has a duration."""
+
+    class Answer(Addon):
+        def request(self, flow: HTTPFlow) -> None:
+            flow.response = Response.make(200, b"made")
+
+    ends = Ends()
+    proxy = await start_proxy(addons=[Answer(), ends])
+    await raw(proxy.port, get(origin))
+    response = ends.flows[0].response
+    assert response.timestamp_start is not None and response.timestamp_end is not None

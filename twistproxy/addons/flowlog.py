@@ -10,6 +10,8 @@ from twisted.logger import Logger
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow
 
+_log = Logger(namespace="twistproxy.flow")
+
 
 class FlowLog(Addon):
     """
@@ -21,18 +23,18 @@ class FlowLog(Addon):
     this addon unless ``--quiet`` is given; embedding applications add it to
     their addons when they want the lines.
 
-    :ivar log: The logger the lines go to.
+    :ivar log: The logger the lines go to (namespace ``twistproxy.flow``).
     """
 
-    log = Logger(namespace="twistproxy.flow")
+    log = _log
 
     def response(self, flow: HTTPFlow) -> None:
         """Log a flow that ended with a response."""
-        self.log.info("{line}", line=format_flow(flow), flow_id=flow.id)
+        _log.info("{line}", line=format_flow(flow), flow_id=flow.id)
 
     def error(self, flow: HTTPFlow) -> None:
         """Log a flow that ended with an error."""
-        self.log.info("{line}", line=format_flow(flow), flow_id=flow.id)
+        _log.info("{line}", line=format_flow(flow), flow_id=flow.id)
 
 
 def format_flow(flow: HTTPFlow) -> str:

@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+Tests for :mod:`twistproxy.proxy` with fake transports: what the proxy asks
+for and writes, byte for byte, without sockets.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import FakeEndpointFactory
+from twistproxy.errors import AddonError
+from twistproxy.http import HTTPFlow
+from twistproxy.proxy import ProxyFactory, ProxyRequest
+
+
+class ProxyRequestTests(SynchronousTestCase):
+    """
+    Tests for :class:`ProxyRequest` driven through a :class:`Proxy` channel.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoints = FakeEndpointFactory()
+        self.factory = ProxyFactory(reactor=self.reactor, endpoint_factory=self.endpoints)
+        self.channel = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        self.channel.makeConnection(self.transport)
+
+    def test_absolute_form_connects_upstream(self) -> None:
+        """
+        An absolute-form target makes the proxy ask for an endpoint to the
+        host and port it names and send an origin-form request; nothing is
+        written to the client yet.
+        """
+        self.channel.dataReceived(
+            b"GET http://example.com:8080/a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n"
+        )
+        self.assertEqual(self.endpoints.requested, [("http", "example.com", 8080)])
+        [(_, upstream)] = self.endpoints.connections
+        self.assertEqual(
+            upstream.value(),
+            b"GET /a?b=1 HTTP/1.1\r\nHost: example.com:8080\r\nVia: 1.1 twistproxy\r\n\r\n",
+        )
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_response_relayed_and_connection_pooled(self) -> None:
+        """
+        The origin's response reaches the client with its framing, and the
+        upstream connection goes back to the pool afterwards.
+        """
+        self.channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(client, _)] = self.endpoints.connections
+        client.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n\r\nhi")
+        self.assertEqual(
+            self.transport.value(), b"HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n\r\nhi"
+        )
+        self.assertEqual(self.factory.pool.idle_count(("http", "example.com", 80)), 1)
+
+    def test_client_gone_closes_upstream(self) -> None:
+        """A client that goes away mid-exchange closes the upstream connection."""
+        self.channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(client, upstream)] = self.endpoints.connections
+        self.channel.connectionLost(None)
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(self.factory.pool.idle_count(), 0)
+
+
+class ProxyFactoryTests(SynchronousTestCase):
+    """
+    Tests for :class:`ProxyFactory`'s checks of its hooks.
+    """
+
+    def test_misspelt_subclass_hook_refused_at_once(self) -> None:
+        """A ProxyRequest subclass with a misspelt hook is refused by the factory."""
+
+        class Typo(ProxyRequest):
+            def reqeust(self, flow: HTTPFlow) -> None:
+                pass
+
+        with self.assertRaises(AddonError) as caught:
+            ProxyFactory(reactor=MemoryReactorClock(), request_factory=Typo)
+        self.assertIn("request", str(caught.exception))
+
+    def test_connection_hooks_on_subclass_refused(self) -> None:
+        """Connection hooks on a ProxyRequest subclass are refused: they would never run."""
+
+        class Connections(ProxyRequest):
+            def client_connected(self, client: object) -> None:
+                pass
+
+        with self.assertRaises(AddonError) as caught:
+            ProxyFactory(reactor=MemoryReactorClock(), request_factory=Connections)
+        self.assertIn("client_connected", str(caught.exception))

@@ -1,0 +1,480 @@
+"""
+Tests for :mod:`twistproxy.tap` and the twistd plugin that points at it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from twistproxy.addons.flowlog import FlowLog
+from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
+from twistproxy.service import ProxyService
+from twistproxy.tap import Options, make_service, parse_size
+
+GOOD_ADDON = """\
+from twistproxy.hooks import Addon
+
+
+class AddHeader(Addon):
+    def response(self, flow):
+        flow.response.headers["X-Added"] = "yes"
+
+
+class Plain:
+    def request(self, flow):
+        pass
+
+
+addons = [AddHeader(), Plain()]
+"""
+
+
+def parse(*args: str) -> Options:
+    """
+    Parse *args* with a new :class:`Options`.
+    """
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class TempDirTestCase(SynchronousTestCase):
+    """
+    A test case whose :meth:`mktemp` paths are under a private temporary
+    directory removed after the test, not under the current directory
+    (pytest does not run tests in trial's ``_trial_temp``).
+    """
+
+    def mktemp(self) -> str:
+        """
+        A new path, not yet created, under this test's temporary directory.
+        """
+        if not hasattr(self, "_temp_base"):
+            self._temp_base = tempfile.mkdtemp(prefix="twistproxy-test-")
+            self._temp_names = itertools.count()
+            self.addCleanup(shutil.rmtree, self._temp_base, True)
+        return os.path.join(self._temp_base, str(next(self._temp_names)))
+
+
+def write_file(case: SynchronousTestCase, name: str, source: str) -> str:
+    """
+    Write *source* to a file called *name* in a new directory of *case*'s.
+
+    :returns: The file's path.
+    """
+    directory = case.mktemp()
+    os.makedirs(directory)
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source)
+    return path
+
+
+class ParseSizeTests(SynchronousTestCase):
+    """
+    Tests for :func:`twistproxy.tap.parse_size`.
+    """
+
+    def test_plain_number(self) -> None:
+        """
+        A bare number is a number of bytes.
+        """
+        self.assertEqual(parse_size("100"), 100)
+        self.assertEqual(parse_size("0"), 0)
+
+    def test_units(self) -> None:
+        """
+        ``k``, ``m`` and ``g`` are binary multiples, in either case, with an
+        optional ``b`` or ``ib`` after them.
+        """
+        self.assertEqual(parse_size("512k"), 512 * 1024)
+        self.assertEqual(parse_size("1m"), 1024**2)
+        self.assertEqual(parse_size("1M"), 1024**2)
+        self.assertEqual(parse_size("2GiB"), 2 * 1024**3)
+        self.assertEqual(parse_size("3kb"), 3 * 1024)
+
+    def test_spaces(self) -> None:
+        """
+        Spaces around the size and between the number and its unit are
+        allowed.
+        """
+        self.assertEqual(parse_size(" 4 k "), 4096)
+
+    def test_not_a_size(self) -> None:
+        """
+        Words, negative numbers, fractions, unknown units and the empty
+        string raise ``ValueError`` naming the text.
+        """
+        for text in ("lots", "-1", "1.5m", "10t", "", "k", "1 2"):
+            with self.subTest(text=text):
+                with self.assertRaises(ValueError) as caught:
+                    parse_size(text)
+                self.assertIn(repr(text), str(caught.exception))
+
+
+class OptionsTests(TempDirTestCase):
+    """
+    Tests for :class:`twistproxy.tap.Options`.
+    """
+
+    def assert_usage_error(self, *args: str) -> str:
+        """
+        Parsing *args* fails with a one-line ``UsageError``, and afterwards
+        :meth:`Options.getUsage` is the short hint.
+
+        :returns: The error message.
+        """
+        options = Options()
+        with self.assertRaises(usage.UsageError) as caught:
+            options.parseOptions(list(args))
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertEqual(
+            options.getUsage(),
+            "Usage: twistd [options] twistproxy [twistproxy options]\n"
+            "Run 'twistd twistproxy --help' for the options.\n",
+        )
+        return message
+
+    def test_defaults(self) -> None:
+        """
+        Without arguments the proxy listens on port 8080 of 127.0.0.1, logs
+        flows, loads no addons and uses the default limits.
+        """
+        options = parse()
+        self.assertEqual(options["port"], "8080")
+        self.assertEqual(options["endpoint"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(options["body-limit"], DEFAULT_BODY_LIMIT)
+        self.assertEqual(options["timeout"], 60.0)
+        self.assertEqual(options["connect-timeout"], 30.0)
+        self.assertFalse(options["quiet"])
+        self.assertEqual(options["addon"], [])
+        self.assertEqual(options["addons"], [])
+
+    def test_port_number(self) -> None:
+        """
+        A port number listens on that port of 127.0.0.1 only.
+        """
+        self.assertEqual(parse("--port", "9000")["endpoint"], "tcp:9000:interface=127.0.0.1")
+        self.assertEqual(parse("-p", "9001")["endpoint"], "tcp:9001:interface=127.0.0.1")
+
+    def test_port_endpoint(self) -> None:
+        """
+        A Twisted endpoint description is used as it is.
+        """
+        options = parse("--port", "tcp:0:interface=127.0.0.1")
+        self.assertEqual(options["endpoint"], "tcp:0:interface=127.0.0.1")
+
+    def test_port_out_of_range(self) -> None:
+        """
+        A number that is not a port is refused, naming it.
+        """
+        message = self.assert_usage_error("--port", "70000")
+        self.assertIn("--port 70000", message)
+
+    def test_port_unknown_endpoint(self) -> None:
+        """
+        A description no endpoint parser knows is refused, naming it.
+        """
+        message = self.assert_usage_error("--port", "nonsense:x")
+        self.assertIn("--port nonsense:x", message)
+
+    def test_port_parser_failure(self) -> None:
+        """
+        An endpoint whose parser fails other than with ``ValueError`` (a TLS
+        endpoint whose key file is missing) is refused too, not let through
+        as a traceback.
+        """
+        missing = os.path.join(self.mktemp(), "missing.pem")
+        message = self.assert_usage_error("--port", f"ssl:8443:privateKey={missing}")
+        self.assertIn("missing.pem", message)
+
+    def test_body_limit(self) -> None:
+        """
+        ``--body-limit`` takes a size in bytes, with an optional unit.
+        """
+        self.assertEqual(parse("--body-limit", "512k")["body-limit"], 512 * 1024)
+        self.assertEqual(parse("--body-limit", "1m")["body-limit"], 1024 * 1024)
+        self.assertEqual(parse("--body-limit", "100")["body-limit"], 100)
+
+    def test_body_limit_not_a_size(self) -> None:
+        """
+        ``--body-limit`` refuses what is not a size.
+        """
+        message = self.assert_usage_error("--body-limit", "lots")
+        self.assertIn("lots", message)
+
+    def test_timeouts_positive(self) -> None:
+        """
+        ``--timeout`` and ``--connect-timeout`` take positive numbers of
+        seconds; zero, negative numbers and words are refused.
+        """
+        self.assertEqual(parse("--timeout", "2.5")["timeout"], 2.5)
+        self.assertEqual(parse("--connect-timeout", "5")["connect-timeout"], 5.0)
+        for option in ("--timeout", "--connect-timeout"):
+            for value in ("0", "-1", "soon"):
+                with self.subTest(option=option, value=value):
+                    self.assert_usage_error(option, value)
+
+    def test_quiet(self) -> None:
+        """
+        ``--quiet`` and ``-q`` set the quiet flag.
+        """
+        self.assertTrue(parse("--quiet")["quiet"])
+        self.assertTrue(parse("-q")["quiet"])
+
+    def test_usage_before_failure(self) -> None:
+        """
+        Before any failure :meth:`Options.getUsage` is the full help,
+        naming every option.
+        """
+        text = Options().getUsage()
+        for option in (
+            "--port",
+            "--addon",
+            "--body-limit",
+            "--timeout",
+            "--connect-timeout",
+            "--quiet",
+        ):
+            self.assertIn(option, text)
+
+
+class AddonOptionTests(TempDirTestCase):
+    """
+    Tests for ``--addon``: loading addon files at option-parsing time.
+    """
+
+    def write(self, name: str, source: str) -> str:
+        """
+        Write *source* to a file called *name* in a new directory.
+
+        :returns: The file's path.
+        """
+        return write_file(self, name, source)
+
+    def assert_refused(self, path: str) -> str:
+        """
+        ``--addon path`` fails with a one-line ``UsageError`` naming the
+        file.
+
+        :returns: The error message.
+        """
+        options = Options()
+        with self.assertRaises(usage.UsageError) as caught:
+            options.parseOptions(["--addon", path])
+        message = str(caught.exception)
+        self.assertIn(path, message)
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_loads_addons(self) -> None:
+        """
+        A file defining ``addons`` contributes its addons, in order.
+        """
+        options = parse("--addon", self.write("good.py", GOOD_ADDON))
+        self.assertEqual(
+            [type(addon).__name__ for addon in options["addons"]], ["AddHeader", "Plain"]
+        )
+
+    def test_repeatable(self) -> None:
+        """
+        ``--addon`` may be given more than once; the files' addons are kept
+        in the order of the options.
+        """
+        first = self.write("first.py", "class A:\n    pass\naddons = [A()]\n")
+        second = self.write("second.py", "class B:\n    pass\naddons = [B()]\n")
+        options = parse("--addon", first, "--addon", second)
+        self.assertEqual(options["addon"], [first, second])
+        self.assertEqual([type(a).__name__ for a in options["addons"]], ["A", "B"])
+
+    def test_missing_file(self) -> None:
+        """
+        A file that does not exist is refused.
+        """
+        message = self.assert_refused(os.path.join(self.mktemp(), "missing.py"))
+        self.assertIn("no such file", message)
+
+    def test_syntax_error(self) -> None:
+        """
+        A file with a syntax error is refused, with the line number.
+        """
+        path = self.write("syntax.py", "x = 1\ndef broken(:\n")
+        message = self.assert_refused(path)
+        self.assertIn(f"{path}:2: syntax error", message)
+
+    def test_raises_at_import(self) -> None:
+        """
+        A file that raises while it runs is refused, with the exception.
+        """
+        path = self.write("raises.py", "raise RuntimeError('no network here')\n")
+        message = self.assert_refused(path)
+        self.assertIn("RuntimeError: no network here", message)
+
+    def test_no_addons(self) -> None:
+        """
+        A file without ``addons`` is refused.
+        """
+        message = self.assert_refused(self.write("empty.py", "x = 1\n"))
+        self.assertIn("addons", message)
+
+    def test_misspelt_hook(self) -> None:
+        """
+        A file whose addon has a misspelt hook is refused, with the
+        suggestion.
+        """
+        path = self.write(
+            "misspelt.py",
+            "class Typo:\n    def reqeust(self, flow):\n        pass\naddons = [Typo()]\n",
+        )
+        message = self.assert_refused(path)
+        self.assertIn("reqeust", message)
+        self.assertIn("'request'", message)
+
+
+class FailingReactor(MemoryReactorClock):
+    """
+    A memory reactor on which every TCP port is taken.
+    """
+
+    def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:
+        """
+        Fail as a taken port does.
+        """
+        raise CannotListenError("127.0.0.1", port, OSError(98, "Address already in use"))
+
+
+class MakeServiceTests(TempDirTestCase):
+    """
+    Tests for :func:`twistproxy.tap.make_service`.
+    """
+
+    def proxy_factory(self, reactor: MemoryReactorClock) -> ProxyFactory:
+        """
+        The factory of the one port *reactor* listens on.
+        """
+        [(_, factory, _, _)] = reactor.tcpServers
+        assert isinstance(factory, ProxyFactory)
+        return factory
+
+    def test_listens_once_on_loopback(self) -> None:
+        """
+        Started, the service listens once, on 127.0.0.1 and the port given.
+        """
+        reactor = MemoryReactorClock()
+        make_service(parse("--port", "9000"), reactor).startService()
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (9000, "127.0.0.1"))
+        self.assertIsInstance(factory, ProxyFactory)
+
+    def test_default_port(self) -> None:
+        """
+        By default the service listens on 127.0.0.1:8080.
+        """
+        reactor = MemoryReactorClock()
+        make_service(parse(), reactor).startService()
+        self.assertEqual(
+            [(port, interface) for port, _, _, interface in reactor.tcpServers],
+            [(8080, "127.0.0.1")],
+        )
+
+    def test_endpoint_description(self) -> None:
+        """
+        An endpoint description is listened on as it says.
+        """
+        reactor = MemoryReactorClock()
+        make_service(parse("--port", "tcp:8123:interface=0.0.0.0"), reactor).startService()
+        [(port, _, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (8123, "0.0.0.0"))
+
+    def test_proxy_service(self) -> None:
+        """
+        The service holds one :class:`ProxyService` for the endpoint.
+        """
+        [child] = list(make_service(parse(), MemoryReactorClock()))
+        self.assertIsInstance(child, ProxyService)
+
+    def test_flow_log(self) -> None:
+        """
+        The flow log addon runs, after the addon files' addons.
+        """
+        reactor = MemoryReactorClock()
+        path = write_file(self, "good.py", GOOD_ADDON)
+        make_service(parse("--addon", path), reactor).startService()
+        addons = self.proxy_factory(reactor).chain.addons
+        self.assertEqual(
+            [type(addon).__name__ for addon in addons], ["FlowLog", "AddHeader", "Plain"]
+        )
+
+    def test_quiet(self) -> None:
+        """
+        With ``--quiet`` the flow log addon is left out.
+        """
+        reactor = MemoryReactorClock()
+        make_service(parse("--quiet"), reactor).startService()
+        addons = self.proxy_factory(reactor).chain.addons
+        self.assertFalse(any(isinstance(addon, FlowLog) for addon in addons))
+
+    def test_limits(self) -> None:
+        """
+        The body limit and timeouts reach the factory.
+        """
+        reactor = MemoryReactorClock()
+        options = parse("--body-limit", "2k", "--timeout", "7")
+        make_service(options, reactor).startService()
+        factory = self.proxy_factory(reactor)
+        self.assertEqual(factory.body_limit, 2048)
+        self.assertEqual(factory.timeOut, 7.0)
+
+    def test_cannot_listen(self) -> None:
+        """
+        A failure to listen ends the program with one line naming the
+        endpoint, not a traceback: ``SystemExit`` with a message.
+        """
+        service = make_service(parse("--port", "9000"), FailingReactor())
+        with self.assertRaises(SystemExit) as caught:
+            service.startService()
+        message = caught.exception.code
+        assert isinstance(message, str)
+        self.assertIn("tcp:9000:interface=127.0.0.1", message)
+        self.assertIn("Address already in use", message)
+        self.assertNotIn("\n", message)
+
+    def test_stop(self) -> None:
+        """
+        Stopping the service stops the proxy service's listening port.
+        """
+        service = make_service(parse(), MemoryReactorClock())
+        service.startService()
+        [child] = list(service)
+        assert isinstance(child, ProxyService)
+        self.assertIsNotNone(child.port)
+        service.stopService()
+        self.assertIsNone(child.port)
+        self.assertFalse(child.running)
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    Tests for ``twisted/plugins/twistproxy_plugin.py``.
+    """
+
+    def test_discoverable(self) -> None:
+        """
+        twistd finds the plugin by its tap name, and it points at
+        :mod:`twistproxy.tap`.
+        """
+        [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "twistproxy"]
+        self.assertIs(maker.options, Options)
+        self.assertTrue(maker.description)
