@@ -142,7 +142,6 @@ class OptionsTests(TempDirTestCase):
         self.assertNotIn("\n", message)
         self.assertEqual(
             options.getUsage(),
-            "Usage: twistd [options] twistproxy [twistproxy options]\n"
             "Run 'twistd twistproxy --help' for the options.\n",
         )
         return message

@@ -110,8 +110,8 @@ class Options(usage.Options):
     def getUsage(self, width: int | None = None) -> str:
         """The full help, or after a bad option only a hint where to find it."""
         if self._failed:
-            return "Usage: twistd [options] twistproxy [twistproxy options]\n" \
-                "Run 'twistd twistproxy --help' for the options.\n"
+            # twistd has printed its own "Usage:" line just before this.
+            return "Run 'twistd twistproxy --help' for the options.\n"
         return super().getUsage(width)
 
     def postOptions(self) -> None:
