@@ -390,7 +390,7 @@ class ConnectionPool:
         *,
         reactor: IReactorTime,
         endpoint_factory: EndpointFactory,
-        max_idle_per_host: int = 10,
+        max_idle_per_host: int = 100,
         idle_timeout: float = 30.0,
     ) -> None:
         self._reactor = reactor

@@ -578,13 +578,13 @@ class ProxyRequest(Request):
         fields = _headers.response_fields(
             response.headers.fields, framing=framing, close=not self.channel.persistent
         )
-        data = [self.clientproto, b" %d " % (self.code,), self.code_message, b"\r\n"]
+        head = [self.clientproto, b" %d " % (self.code,), self.code_message, b"\r\n"]
         for name, value in fields:
-            data += (name, b": ", value, b"\r\n")
-        data.append(b"\r\n")
-        data.extend(body)
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        # One joined head: Twisted checks and buffers each written piece.
         self.sentLength = sum(map(len, body))
-        self.channel.writeSequence(data)
+        self.channel.writeSequence([b"".join(head), *body])
 
     def _send_error_page(self, reason: Failure) -> None:
         status, phrase = error_status(reason)
