@@ -30,8 +30,8 @@ from twistproxy.errors import (
     UpstreamTimeout,
 )
 
-KEY: PoolKey = ("http", "example.com", 80)
-OTHER_KEY: PoolKey = ("http", "example.org", 80)
+KEY = PoolKey("http", "example.com", 80)
+OTHER_KEY = PoolKey("http", "example.org", 80)
 REQUEST = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 HEAD_REQUEST = b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 PEER = IPv4Address("TCP", "203.0.113.5", 80)
@@ -116,9 +116,9 @@ class FakeEndpointFactory:
     *errors* get an endpoint failing with that error.
     """
 
-    def __init__(self, errors: dict[PoolKey, BaseException] | None = None) -> None:
+    def __init__(self, errors: dict[tuple[str, str, int], BaseException] | None = None) -> None:
         self.errors = errors or {}
-        self.requested: list[PoolKey] = []
+        self.requested: list[tuple[str, str, int]] = []
 
     def __call__(self, scheme: str, host: str, port: int) -> FakeEndpoint:
         key = (scheme, host, port)
@@ -660,10 +660,10 @@ class ConnectionPoolTests(SynchronousTestCase):
         carrying a `Server` record stamped with the reactor's time.
         """
         self.reactor.advance(12.5)
-        client = self.connect(("https", "example.com", 8443))
-        self.assertEqual(self.endpoints.requested, [("https", "example.com", 8443)])
+        client = self.connect(PoolKey("http", "example.com", 8443))
+        self.assertEqual(self.endpoints.requested, [("http", "example.com", 8443)])
         self.assertIsInstance(client, ProxyClient)
-        self.assertEqual(client.key, ("https", "example.com", 8443))
+        self.assertEqual(client.key, PoolKey("http", "example.com", 8443))
         server = client.server
         assert server is not None
         self.assertEqual(server.address, ("example.com", 8443))
@@ -678,7 +678,7 @@ class ConnectionPoolTests(SynchronousTestCase):
         A refused connection fails with `UpstreamConnectFailed`.
         """
         failure = self.failureResultOf(
-            self.pool.connect(("http", "refused.example", 80)), UpstreamConnectFailed
+            self.pool.connect(PoolKey("http", "refused.example", 80)), UpstreamConnectFailed
         )
         self.assertNotIsInstance(failure.value, UpstreamNameNotResolved)
 
@@ -686,13 +686,17 @@ class ConnectionPoolTests(SynchronousTestCase):
         """
         A DNS failure fails with `UpstreamNameNotResolved`.
         """
-        self.failureResultOf(self.pool.connect(("http", "nx.example", 80)), UpstreamNameNotResolved)
+        self.failureResultOf(
+            self.pool.connect(PoolKey("http", "nx.example", 80)), UpstreamNameNotResolved
+        )
 
     def test_connect_timeout(self) -> None:
         """
         A connect timeout fails with `UpstreamTimeout`.
         """
-        self.failureResultOf(self.pool.connect(("https", "slow.example", 443)), UpstreamTimeout)
+        self.failureResultOf(
+            self.pool.connect(PoolKey("https", "slow.example", 443)), UpstreamTimeout
+        )
 
     def test_released_connection_reused(self) -> None:
         """
@@ -716,8 +720,8 @@ class ConnectionPoolTests(SynchronousTestCase):
         client = self.connect()
         self.exchange(client)
         self.assertIsNone(self.pool.take_idle(OTHER_KEY))
-        self.assertIsNone(self.pool.take_idle(("https", "example.com", 80)))
-        self.assertIsNone(self.pool.take_idle(("http", "example.com", 8080)))
+        self.assertIsNone(self.pool.take_idle(PoolKey("https", "example.com", 80)))
+        self.assertIsNone(self.pool.take_idle(PoolKey("http", "example.com", 8080)))
         self.assertEqual(self.pool.idle_count(OTHER_KEY), 0)
         self.assertIs(self.pool.take_idle(KEY), client)
 

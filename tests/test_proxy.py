@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
+from twistproxy.client import PoolKey
 from twistproxy.errors import AddonError
 from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory, ProxyRequest
@@ -57,7 +58,7 @@ class ProxyRequestTests(SynchronousTestCase):
         self.assertEqual(
             self.transport.value(), b"HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n\r\nhi"
         )
-        self.assertEqual(self.factory.pool.idle_count(("http", "example.com", 80)), 1)
+        self.assertEqual(self.factory.pool.idle_count(PoolKey("http", "example.com", 80)), 1)
 
     def test_client_gone_closes_upstream(self) -> None:
         """A client that goes away mid-exchange closes the upstream connection."""

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from twistproxy.client import ProxyClientFactory
+from twistproxy.client import PoolKey, ProxyClientFactory
 from twistproxy.proxy import ProxyFactory
 from twistproxy.service import ProxyService
 
@@ -232,7 +232,7 @@ class ProxyServiceTests(SynchronousTestCase):
         factory's pool.
         """
         pool = self.factory.pool
-        key = ("http", "example.com", 80)
+        key = PoolKey("http", "example.com", 80)
         client = ProxyClientFactory(pool, key).buildProtocol(
             IPv4Address("TCP", "192.0.2.1", 80)
         )

@@ -14,18 +14,21 @@ the connection comes first.  Idle keep-alive connections wait in a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from typing import Protocol as TypingProtocol
 
 import httptools
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._headers import body_framing
+from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (
     UpstreamConnectionLost,
     UpstreamProtocolError,
@@ -39,11 +42,22 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
-PoolKey = tuple[str, str, int]
-"""A pool key: scheme, host and port of an origin."""
+class PoolKey(NamedTuple):
+    """
+    What a pooled connection is good for: the origin's scheme, host and
+    port, and for ``https`` the server name sent as SNI and verified.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    server_name: str | None = None
 
 EndpointFactory = Callable[[str, str, int], IStreamClientEndpoint]
-"""Makes the endpoint for a new upstream connection: ``(scheme, host, port)``."""
+"""
+Makes the TCP endpoint for a new upstream connection from ``(scheme, host,
+port)``; the pool adds TLS for ``https`` itself.
+"""
 
 
 class IResponseReceiver(TypingProtocol):
@@ -268,9 +282,12 @@ class ProxyClient(Protocol):
                 self._fail(
                     Failure(UpstreamConnectionLost("the server closed the connection mid-response"))
                 )
-            elif reason.check(SSL.Error):
-                why = _tls_reason(reason)
-                self._fail(Failure(UpstreamTLSFailed(f"TLS with the server failed: {why}")))
+            elif reason.check(SSL.Error, VerificationError):
+                handle = getattr(self.transport, "getHandle", lambda: None)()
+                name = self.key.server_name or self.key.host
+                tls = self._pool.tls if self._pool is not None else None
+                why = describe_tls_failure(reason, handle, name, tls)
+                self._fail(Failure(UpstreamTLSFailed(f"TLS with {name} failed: {why}")))
             else:
                 self._fail(upstream_error(reason))
 
@@ -300,17 +317,6 @@ class ProxyClient(Protocol):
     def peer(self) -> IAddress | None:
         """The origin's address, once connected."""
         return self.transport.getPeer() if self.transport is not None else None
-
-
-def _tls_reason(reason: Failure) -> str:
-    """The readable part of an OpenSSL error: its reason strings."""
-    args = getattr(reason.value, "args", ())
-    details = args[0] if args else None
-    if isinstance(details, list):
-        texts = [item[2] for item in details if isinstance(item, tuple) and len(item) == 3]
-        if texts:
-            return "; ".join(texts)
-    return reason.getErrorMessage()
 
 
 def _address(address: IAddress | None) -> tuple[str, int] | None:
@@ -379,6 +385,8 @@ class ConnectionPool:
         key; a connection released beyond that is closed.
     :param idle_timeout: Seconds an idle connection is kept before it is
         closed.
+    :param tls: Makes the TLS settings for ``https`` origins; by default
+        verified against the system's trust store.
     :ivar on_disconnect: Called with each connection that closes, after it
         has carried an exchange (the proxy runs ``server_disconnected``).
     """
@@ -392,8 +400,10 @@ class ConnectionPool:
         endpoint_factory: EndpointFactory,
         max_idle_per_host: int = 100,
         idle_timeout: float = 30.0,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self._reactor = reactor
+        self.tls = tls if tls is not None else UpstreamTLS()
         self.endpoint_factory = endpoint_factory
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
@@ -425,8 +435,10 @@ class ConnectionPool:
             or failing with a :class:`~twistproxy.errors.TwistProxyError`
             (refused, name not resolved, timed out).
         """
-        scheme, host, port = key
-        endpoint = self.endpoint_factory(scheme, host, port)
+        endpoint = self.endpoint_factory(key.scheme, key.host, key.port)
+        if key.scheme == "https":
+            creator = self.tls.creator_for(key.server_name or key.host)
+            endpoint = wrapClientTLS(creator, endpoint)
         d: Deferred[ProxyClient] = endpoint.connect(  # type: ignore[assignment]
             ProxyClientFactory(self, key)
         )

@@ -125,6 +125,16 @@ class FlowKilled(TwistProxyError):
     status, phrase = 502, b"Bad Gateway"
 
 
+class CertificateAuthorityError(TwistProxyError):
+    """
+    The certificate authority cannot be created, loaded or used: its file is
+    missing, unreadable or malformed, its key does not match its certificate,
+    it is not a CA, or it is not valid at the time of use.
+    """
+
+    status, phrase = 500, b"Internal Server Error"
+
+
 def upstream_error(reason: Failure) -> Failure:
     """
     Translate a transport failure on the upstream side into twistproxy's

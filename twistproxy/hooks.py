@@ -44,6 +44,7 @@ HOOKS: tuple[str, ...] = (
     "client_disconnected",
     "server_connected",
     "server_disconnected",
+    "http_connect",
     "requestheaders",
     "request",
     "responseheaders",
@@ -56,6 +57,7 @@ FLOW_HOOKS: frozenset[str] = frozenset(
     {
         "server_connected",
         "server_disconnected",
+        "http_connect",
         "requestheaders",
         "request",
         "responseheaders",
@@ -72,7 +74,7 @@ connection record, but happen during a request.
 
 # Hooks after which a flow with a response needs no further hooks: a hook
 # answered the request, so the origin is not contacted.
-_ANSWERING_HOOKS = frozenset({"requestheaders", "request"})
+_ANSWERING_HOOKS = frozenset({"http_connect", "requestheaders", "request"})
 
 
 class IAddon(Interface):
@@ -116,6 +118,22 @@ class IAddon(Interface):
         A connection to an origin server has closed.
 
         :param server: The server connection record, for bookkeeping only.
+        """
+
+    def http_connect(flow: Any) -> object:
+        """
+        A client asked for a tunnel with ``CONNECT host:port``
+        (``flow.request.method == "CONNECT"``, its host and port set).
+
+        The hook may answer instead of opening the tunnel by setting
+        ``flow.response`` (a 403, say); set ``flow.passthrough = True`` to
+        relay the tunnel's bytes untouched instead of intercepting its TLS;
+        kill or intercept the flow. Otherwise the proxy answers
+        ``200 Connection established`` and, when it has a certificate store,
+        intercepts the TLS inside: the requests in the tunnel then make flows
+        of their own.
+
+        :param flow: The CONNECT request's flow.
         """
 
     def requestheaders(flow: Any) -> object:
@@ -207,6 +225,12 @@ class Addon:
     def server_disconnected(self, server: Any) -> object:
         """
         Do nothing; see :meth:`IAddon.server_disconnected`.
+        """
+        return None
+
+    def http_connect(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.http_connect`.
         """
         return None
 

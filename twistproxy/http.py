@@ -1109,16 +1109,24 @@ class HTTPFlow(Flow):
     :ivar request: The request, once its headers are in.
     :ivar response: The response, once its headers are in (or a hook set
         one).
+    :ivar passthrough: For a CONNECT flow: relay the tunnel's bytes
+        untouched instead of intercepting its TLS (an ``http_connect`` hook
+        may set it).
     """
 
-    __slots__ = ("request", "response")
+    __slots__ = ("request", "response", "passthrough")
 
     type: ClassVar[str] = "http"
 
-    _state_keys: ClassVar[frozenset[str]] = Flow._state_keys | {"request", "response"}
+    _state_keys: ClassVar[frozenset[str]] = Flow._state_keys | {
+        "request",
+        "response",
+        "passthrough",
+    }
 
     request: Request | None
     response: Response | None
+    passthrough: bool
 
     def __init__(
         self,
@@ -1137,6 +1145,7 @@ class HTTPFlow(Flow):
         super().__init__(client_conn, server_conn, live, now=now)
         self.request = None
         self.response = None
+        self.passthrough = False
 
     def __repr__(self) -> str:
         request = self.request
@@ -1150,9 +1159,11 @@ class HTTPFlow(Flow):
     def get_state(self) -> dict[str, Any]:
         """
         :returns: As :meth:`Flow.get_state <twistproxy.flow.Flow.get_state>`,
-            plus ``"request"`` and ``"response"`` (state dicts or ``None``).
+            plus ``"request"`` and ``"response"`` (state dicts or ``None``)
+            and ``"passthrough"``.
         """
         state = super().get_state()
+        state["passthrough"] = self.passthrough
         state["request"] = self.request.get_state() if self.request is not None else None
         state["response"] = self.response.get_state() if self.response is not None else None
         return state
@@ -1160,8 +1171,10 @@ class HTTPFlow(Flow):
     def _apply_state(self, state: dict[str, Any]) -> None:
         request_state = state.pop("request")
         response_state = state.pop("response")
+        passthrough = bool(state.pop("passthrough"))
         request = Request.from_state(request_state) if request_state is not None else None
         response = Response.from_state(response_state) if response_state is not None else None
         super()._apply_state(state)
         self.request = request
         self.response = response
+        self.passthrough = passthrough

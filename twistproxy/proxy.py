@@ -13,28 +13,40 @@ so hooks see them whole, larger ones stream with backpressure both ways.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+from OpenSSL import SSL
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    wrapClientTLS,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, HTTPFactory, Request
 
 from twistproxy import _headers
-from twistproxy._target import DEFAULT_PORTS, parse_absolute_form
-from twistproxy.client import ConnectionPool, EndpointFactory, ProxyClient, _address
-from twistproxy.errors import AddonError, BadRequestTarget, FlowKilled, HookFailed, error_status
+from twistproxy._switch import hand_over, take_buffered
+from twistproxy._target import DEFAULT_PORTS, Target, parse_absolute_form, parse_authority
+from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._tunnel import Relay, RelayFactory
+from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient, _address
+from twistproxy.errors import (
+    AddonError,
+    BadRequestTarget,
+    FlowKilled,
+    HookFailed,
+    error_status,
+    upstream_error,
+)
 from twistproxy.flow import Client, Error, Server
 from twistproxy.hooks import HookChain
 from twistproxy.http import Headers, HTTPFlow, Response
@@ -43,12 +55,14 @@ from twistproxy.http import Request as RequestModel
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
+    from twistproxy.certs import CertificateStore
+
 _log = Logger()
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
 """Bodies up to this many bytes are buffered for the hooks; larger ones stream."""
 
-_WAITING, _BUFFER, _STREAM, _DISCARD = range(4)  # what happens to request body bytes
+_WAITING, _BUFFER, _STREAM, _DISCARD, _TUNNEL = range(5)  # what happens to request body bytes
 _NO_BODY_STATUS = frozenset({204, 304})
 _TERMINAL_HOOKS = frozenset({"response", "error"})
 _CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
@@ -85,6 +99,7 @@ class ProxyRequest(Request):
     _response_mode = _WAITING
     _response_framing = _headers.NO_BODY
     _answer: Failure | None = None
+    _server_name: str | None = None  # the TLS name for the origin inside a tunnel
     _failure: Failure | None = None  # why the flow failed, for the error page
     _terminal = False  # the response or error hook chain has started
     _aborted = False  # the client connection is being aborted
@@ -146,6 +161,8 @@ class ProxyRequest(Request):
             self._buffered_request_done()
         elif self._mode == _STREAM and self._upstream is not None:
             self._end_upstream_body()
+        elif self._mode == _TUNNEL:
+            self._run("http_connect", self._open_tunnel)
 
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: stop the exchange and close its upstream."""
@@ -177,8 +194,17 @@ class ProxyRequest(Request):
         flow and run the ``requestheaders`` hook.
         """
         self.method, self.uri, self.clientproto = command, uri, version
+        channel: Proxy = self.channel
+        tunnel = channel.tunnel
         try:
-            target = parse_absolute_form(uri)
+            if command == b"CONNECT":
+                self._connect_received(uri, version)
+                return
+            if tunnel is not None and uri[:1] == b"/":
+                target = tunnel.target(uri)
+                self._server_name = channel.tls_server_name()
+            else:
+                target = parse_absolute_form(uri)
         except BadRequestTarget as e:
             self._mode = _DISCARD
             self._answer = Failure(e)
@@ -186,7 +212,8 @@ class ProxyRequest(Request):
         factory = self._factory
         now = factory.reactor.seconds()
         headers = Headers(self._raw_headers)
-        headers["Host"] = target.authority
+        if tunnel is None or headers.get_raw(b"host") is None:
+            headers["Host"] = target.authority
         flow = HTTPFlow(
             self.channel.client_conn,
             Server(address=(target.host, target.port)),
@@ -250,6 +277,127 @@ class ProxyRequest(Request):
         else:
             self._respond_from_hook()
 
+    # -- CONNECT ---------------------------------------------------------
+
+    @property
+    def _tunnel_host(self) -> str | None:
+        tunnel = self.channel.tunnel if self.channel is not None else None
+        return tunnel.host if tunnel is not None else None
+
+    def _connect_received(self, uri: bytes, version: bytes) -> None:
+        """A ``CONNECT host:port``: make its flow; the tunnel opens once it is read."""
+        host, port = parse_authority(uri, 0)
+        if port == 0:
+            raise BadRequestTarget("CONNECT needs host:port")
+        factory = self._factory
+        flow = HTTPFlow(
+            self.channel.client_conn,
+            Server(address=(host, port)),
+            live=True,
+            now=factory.reactor.seconds,
+        )
+        flow.request = RequestModel(
+            host, port, b"CONNECT", b"", uri, b"", version, Headers(self._raw_headers), None,
+            timestamp_start=factory.reactor.seconds(),
+        )
+        self.flow = flow
+        self._mode = _TUNNEL
+
+    def _open_tunnel(self) -> None:
+        """After ``http_connect``: answer, kill, pass through or intercept."""
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        if flow.killed:
+            self._kill()
+        elif flow.response is not None:
+            self._respond_from_hook()
+        elif (
+            flow.passthrough
+            or self._factory.contexts is None
+            or self._factory.ignores(flow.request.host, flow.request.port)
+        ):
+            flow.passthrough = True
+            relay = Relay(on_close=self._factory.server_relay_closed)
+            endpoint = self._factory.pool.endpoint_factory("tcp", flow.request.host,
+                                                           flow.request.port)
+            self._pending = d = endpoint.connect(RelayFactory(relay))
+            d.addErrback(upstream_error)
+            d.addCallbacks(self._passthrough_connected, self._upstream_failed)
+        else:
+            self._tunnel_ready(None)
+
+    def _passthrough_connected(self, relay: Relay) -> None:
+        self._pending = None
+        flow = self.flow
+        assert flow is not None
+        transport = relay.transport
+        server = Server(
+            address=flow.server_conn.address,
+            peername=_address(transport.getPeer()),
+            sockname=_address(transport.getHost()),
+            timestamp_start=self._now(),
+        )
+        relay.server = server  # type: ignore[attr-defined]
+        flow.server_conn = server
+        if self._disconnected:
+            transport.loseConnection()
+            return
+        chain = self._factory.chain
+        if chain.has("server_connected", self):
+            d = chain.run("server_connected", server, first=self)
+            if d is not None:
+                self._pending = d
+                d.addCallbacks(lambda _: self._tunnel_ready(relay), self._server_hook_failed,
+                               errbackArgs=(relay,))
+                return
+        self._tunnel_ready(relay)
+
+    def _tunnel_ready(self, relay: Relay | None) -> None:
+        """The tunnel can open: the CONNECT flow's response is ``200``."""
+        self._pending = None
+        flow = self.flow
+        assert flow is not None
+        now = self._now()
+        flow.response = Response(
+            b"HTTP/1.1", 200, b"Connection established", Headers(), b"",
+            timestamp_start=now, timestamp_end=now,
+        )
+        self._run("response", lambda: self._switch(relay))
+
+    def _switch(self, relay: Relay | None) -> None:
+        """
+        Answer ``200 Connection established`` and hand the connection to the
+        tunnel: a raw relay to *relay*, or TLS interception when it is None.
+        """
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        if flow.killed or self._disconnected:
+            if relay is not None:
+                relay.transport.loseConnection()
+            if flow.killed:
+                self._kill()
+            return
+        channel: Proxy = self.channel
+        factory = self._factory
+        channel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        buffered = take_buffered(channel)
+        self._ended = True
+        flow.live = False
+        self._head_sent = True
+        self.startedWriting = 1
+        channel.persistent = True  # the tunnel outlives this request
+        self.finish()
+        protocol: Any
+        if relay is None:
+            protocol = factory.intercepting_protocol(
+                channel, Tunnel(flow.request.host, flow.request.port)
+            )
+        else:
+            protocol = Relay(on_close=channel.relay_closed)
+        hand_over(channel, protocol, buffered)
+        if relay is not None:
+            protocol.join(relay)
+
     # -- hooks ---------------------------------------------------------
 
     def _run(self, hook: str, then: Callable[[], object]) -> None:
@@ -310,7 +458,11 @@ class ProxyRequest(Request):
     def _connect(self) -> None:
         assert self.flow is not None and self.flow.request is not None
         request = self.flow.request
-        key = (request.scheme, request.host, request.port)
+        server_name = None
+        if request.scheme == "https":
+            tunnel = self._tunnel_host
+            server_name = self._server_name if request.host == tunnel else request.host
+        key = PoolKey(request.scheme, request.host, request.port, server_name)
         pool = self._factory.pool
         client = pool.take_idle(key)
         if client is not None:
@@ -338,9 +490,12 @@ class ProxyRequest(Request):
         self._pending = None
         self._send(client)
 
-    def _server_hook_failed(self, reason: Failure, client: ProxyClient) -> None:
+    def _server_hook_failed(self, reason: Failure, client: ProxyClient | Relay) -> None:
         self._pending = None
-        client.abandon()
+        if isinstance(client, Relay):
+            client.transport.loseConnection()
+        else:
+            client.abandon()
         if not reason.check(CancelledError):
             self._fail(reason, run_hook=True)
 
@@ -742,6 +897,26 @@ def _serialize_request(method: str, path: str, fields: Sequence[tuple[bytes, byt
     return b"".join(lines)
 
 
+@attrs.frozen
+class Tunnel:
+    """
+    Where an intercepted CONNECT tunnel goes.
+
+    :ivar host: The CONNECT host.
+    :ivar port: The CONNECT port.
+    """
+
+    host: str
+    port: int
+
+    def target(self, path: bytes) -> Target:
+        """The target of an origin-form request for *path* inside the tunnel."""
+        return Target(
+            scheme="https", host=self.host, port=self.port, path=path,
+            authority=_authority(self.host, self.port, "https"),
+        )
+
+
 class Proxy(HTTPChannel):
     """
     An HTTP/1.1 connection from a proxy client.
@@ -752,16 +927,53 @@ class Proxy(HTTPChannel):
     connection for the flows.
 
     :ivar client_conn: The connection record shared by this channel's flows.
+    :ivar tunnel: For a channel inside an intercepted tunnel, where the
+        tunnel goes; its requests are in origin form and go there over TLS.
     """
 
     requestFactory = ProxyRequest  # type: ignore[assignment]
     client_conn: Client
+    tunnel: Tunnel | None = None
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
+    _tls_recorded = False
+
+    def adopt(self, client_conn: Client, tunnel: Tunnel) -> None:
+        """
+        Serve the requests inside an intercepted tunnel: the flows share the
+        outer connection's *client_conn*, whose connection hooks already ran.
+        """
+        self.client_conn = client_conn
+        self.tunnel = tunnel
+
+    def tls_server_name(self) -> str:
+        """
+        The name to present to the origin inside the tunnel: the client's
+        SNI, else the tunnel's host.  The first call records the TLS details
+        (version, SNI, ALPN) on :attr:`client_conn`.
+        """
+        tunnel = self.tunnel
+        assert tunnel is not None
+        client = self.client_conn
+        if not self._tls_recorded:
+            self._tls_recorded = True
+            handle = self.transport.getHandle()
+            sni = handle.get_servername()
+            client.tls_established = True
+            client.sni = sni.decode("ascii", "replace") if sni else None
+            client.alpn = handle.get_alpn_proto_negotiated() or None
+            client.tls_version = handle.get_protocol_version_name()
+        return client.sni or tunnel.host
+
+    def relay_closed(self, relay: Relay) -> None:
+        """The client's side of a passthrough tunnel closed."""
+        self._disconnected()
 
     def connectionMade(self) -> None:
         """Record the client and run the ``client_connected`` hook."""
         super().connectionMade()
+        if self.tunnel is not None:
+            return  # adopted: the outer connection did this
         factory: ProxyFactory = self.factory
         self.client_conn = Client(
             peername=_address(self.transport.getPeer()),
@@ -807,6 +1019,16 @@ class Proxy(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the requests, then run the ``client_disconnected`` hook."""
         super().connectionLost(reason)
+        if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
+            _log.info(
+                "TLS with client {client} for {host} failed: {why} "
+                "(does the client trust the twistproxy CA?)",
+                client=self.client_conn.peername, host=self.tunnel.host,
+                why=reason.getErrorMessage(),
+            )
+        self._disconnected()
+
+    def _disconnected(self) -> None:
         client = getattr(self, "client_conn", None)
         factory: ProxyFactory | None = getattr(self, "factory", None)
         if client is None or factory is None:
@@ -837,6 +1059,13 @@ class ProxyFactory(HTTPFactory):
     :param timeout: Seconds an idle client connection is kept open.
     :param connect_timeout: Seconds to wait for an upstream connection.
     :param pool: The upstream connection pool; by default a new one.
+    :param cert_store: Mints the certificates for intercepted CONNECT
+        tunnels; without one, every tunnel is passed through untouched.
+    :param ignore_hosts: Regular expressions searched in ``host:port`` of a
+        CONNECT: matching tunnels are passed through untouched.
+    :param upstream_tls: TLS settings towards ``https`` origins (trust,
+        ``--insecure``); by default verified against the system's store.
+    :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     """
 
     protocol = Proxy  # type: ignore[assignment]  # HTTPFactory types this as its H2 wrapper
@@ -853,8 +1082,13 @@ class ProxyFactory(HTTPFactory):
         timeout: float = 60.0,
         connect_timeout: float = 30.0,
         pool: ConnectionPool | None = None,
+        cert_store: CertificateStore | None = None,
+        ignore_hosts: Sequence[str] = (),
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
+        self.contexts = ServerContexts(cert_store) if cert_store is not None else None
+        self._ignore_hosts = [re.compile(pattern, re.IGNORECASE) for pattern in ignore_hosts]
         self.request_factory = request_factory
         self.chain = HookChain(addons, first_base=ProxyRequest)
         misplaced = self.chain.first_hooks(request_factory) & set(_CONNECTION_HOOKS)
@@ -866,7 +1100,7 @@ class ProxyFactory(HTTPFactory):
         if endpoint_factory is None:
             endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
         self.pool = pool if pool is not None else ConnectionPool(
-            reactor=reactor, endpoint_factory=endpoint_factory
+            reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls
         )
         self.body_limit = body_limit
         self.pool.on_disconnect = self._server_disconnected
@@ -876,6 +1110,35 @@ class ProxyFactory(HTTPFactory):
         channel: Proxy = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = self.request_factory
         return channel
+
+    def ignores(self, host: str, port: int) -> bool:
+        """Whether a CONNECT to *host*:*port* is passed through untouched."""
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return any(pattern.search(hostport) for pattern in self._ignore_hosts)
+
+    def intercepting_protocol(self, channel: Proxy, tunnel: Tunnel) -> Any:
+        """
+        The protocol that takes over *channel*'s connection to intercept the
+        tunnel: TLS towards the client around a new :class:`Proxy` channel
+        that adopts *channel*'s client record.
+        """
+        assert self.contexts is not None
+        inner: Proxy = self.buildProtocol(channel.transport.getPeer())
+        inner.adopt(channel.client_conn, tunnel)
+        creator = InterceptingServerTLS(self.contexts, tunnel.host)
+        tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
+        return tls_factory.protocol(tls_factory, inner)
+
+    def server_relay_closed(self, relay: Relay) -> None:
+        """The origin's side of a passthrough tunnel closed."""
+        server = getattr(relay, "server", None)
+        if server is None:
+            return
+        server.timestamp_end = self.reactor.seconds()
+        if self.chain.has("server_disconnected"):
+            d = self.chain.run("server_disconnected", server)
+            if d is not None:
+                d.addErrback(_ignore_cancel)
 
     def _server_disconnected(self, client: ProxyClient) -> None:
         server = getattr(client, "server", None)
@@ -901,9 +1164,7 @@ class ProxyFactory(HTTPFactory):
 def _hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
     """
     Plain TCP endpoints for IP literals (no resolver round trip), and
-    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names;
-    ``https`` origins get TLS on top, verified against the system's trust
-    store for the host name.
+    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names.
     """
 
     def endpoint(scheme: str, host: str, port: int) -> Any:
@@ -914,8 +1175,6 @@ def _hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory
             tcp = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
         else:
             tcp = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-        if scheme == "https":
-            return wrapClientTLS(optionsForClientTLS(host), tcp)
         return tcp
 
     return endpoint

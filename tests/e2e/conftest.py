@@ -176,3 +176,85 @@ def parse_responses(data: bytes) -> list[Parsed]:
     parser = httptools.HttpResponseParser(_Callbacks())
     parser.feed_data(data)
     return parsed
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: Any) -> Any:
+    """The test PKI (see tests/e2e/pki.py), made once per session."""
+    from tests.e2e.pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def start_tls_origin() -> Any:
+    """Start TLS origins presenting a given certificate; stopped after the test."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from tests.e2e.pki import OriginTLS
+
+    ports: list[Any] = []
+
+    def start(cert: Any) -> Running:
+        factory = OriginFactory()
+        tls = TLSMemoryBIOFactory(OriginTLS(cert), False, factory)
+        port = reactor.listenTCP(0, tls, interface="127.0.0.1")
+        ports.append(port)
+        return Running(port, factory)
+
+    yield start
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def start_https_proxy(start_proxy: Any, pki: Any) -> Any:
+    """
+    Start an intercepting proxy using the test proxy CA and trusting the
+    test origin CA upstream; keyword arguments go to ProxyFactory.
+    """
+    import datetime
+
+    from twistproxy._tls import UpstreamTLS
+    from twistproxy.certs import CertificateStore
+
+    async def start(**kwargs: Any) -> Running:
+        kwargs.setdefault(
+            "cert_store",
+            CertificateStore(pki.proxy_ca,
+                             now=lambda: datetime.datetime.now(datetime.UTC)),
+        )
+        kwargs.setdefault("upstream_tls", UpstreamTLS(ca_file=str(pki.origin_ca_pem)))
+        return await start_proxy(**kwargs)
+
+    return start
+
+
+async def run_closed_stdin(executable: str, *args: str) -> tuple[bytes, int]:
+    """
+    Run *executable* with its standard input closed (``getProcessOutput``
+    leaves it open, which keeps ``openssl s_client`` waiting); returns its
+    output (stdout and stderr together) and exit code.
+    """
+    from twisted.internet.protocol import ProcessProtocol
+
+    done: Deferred[tuple[bytes, int]] = Deferred()
+
+    class Collect(ProcessProtocol):
+        def __init__(self) -> None:
+            self.output = b""
+
+        def connectionMade(self) -> None:
+            self.transport.closeStdin()
+
+        def outReceived(self, data: bytes) -> None:
+            self.output += data
+
+        errReceived = outReceived
+
+        def processEnded(self, reason: Any) -> None:
+            done.callback((self.output, reason.value.exitCode or 0))
+
+    reactor.spawnProcess(Collect(), executable, (executable, *args),
+                         env={"PATH": "/usr/bin:/bin"})
+    return await done.addTimeout(20, reactor)

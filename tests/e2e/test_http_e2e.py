@@ -15,6 +15,7 @@ import pytest_twisted
 
 from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.origin import OriginFactory, pattern_bytes
+from twistproxy.client import PoolKey
 
 pytestmark = pytest.mark.e2e
 
@@ -277,7 +278,7 @@ async def test_upstream_connections_are_reused(origin: Running, proxy: Running) 
     for _ in range(4):
         echoed(await raw(proxy.port, get(origin)))
     assert origin.factory.connections == 1
-    assert proxy.factory.pool.idle_count(("http", "127.0.0.1", origin.port)) == 1
+    assert proxy.factory.pool.idle_count(PoolKey("http", "127.0.0.1", origin.port)) == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,107 @@
+# -*- test-case-name: tests.test_tunnel -*-
+"""
+The raw byte relay of a passthrough CONNECT tunnel.
+
+Two :class:`Relay` protocols, one on the client's connection and one on the
+origin's, hand each other's bytes on.  Each transport is registered as the
+producer of the other, so a slow reader on one side pauses reading on the
+other, and a half-close (one side done sending) is passed on as a
+half-close, so protocols that shut down their sending side first still work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+@implementer(IHalfCloseableProtocol)
+class Relay(Protocol):
+    """
+    One side of a tunnel.
+
+    :ivar peer: The other side, once joined.
+    :ivar relayed: Bytes received on this side and handed to the peer.
+    :ivar on_close: Called once with this side when its connection ends.
+    """
+
+    peer: Relay | None = None
+    transport: Any
+    _read_done = False
+    _write_done = False
+
+    def __init__(self, on_close: Any = None) -> None:
+        self.relayed = 0
+        self.on_close = on_close
+        self._pending: list[bytes] = []
+
+    def join(self, peer: Relay) -> None:
+        """
+        Pair this side with *peer*: bytes flow both ways from now on, each
+        transport producing for the other.
+        """
+        self.peer = peer
+        peer.peer = self
+        self.transport.registerProducer(peer.transport, True)
+        peer.transport.registerProducer(self.transport, True)
+        for side in (self, peer):
+            pending, side._pending = side._pending, []
+            for data in pending:
+                side.dataReceived(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Hand *data* to the peer (kept until the peer is joined)."""
+        peer = self.peer
+        if peer is None:
+            self._pending.append(data)
+            return
+        self.relayed += len(data)
+        peer.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        """This side is done sending: tell the peer the same way."""
+        self._read_done = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            half_close = getattr(peer.transport, "loseWriteConnection", None)
+            if half_close is not None:
+                half_close()
+            else:
+                peer.transport.loseConnection()
+        self._maybe_close()
+
+    def writeConnectionLost(self) -> None:
+        """Our sending side closed."""
+        self._write_done = True
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._read_done and self._write_done:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """This side ended: end the other side too."""
+        peer, self.peer = self.peer, None
+        if peer is not None and peer.transport is not None:
+            peer.transport.unregisterProducer()
+            peer.transport.loseConnection()
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close(self)
+
+
+class RelayFactory(ClientFactory):
+    """Connects a given :class:`Relay` (the origin's side of a tunnel)."""
+
+    noisy = False
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> Relay:
+        """The relay this factory was made for."""
+        return self.relay
