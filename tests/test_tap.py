@@ -4,6 +4,7 @@ Tests for :mod:`twistproxy.tap` and the twistd plugin that points at it.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
@@ -40,11 +41,18 @@ addons = [AddHeader(), Plain()]
 """
 
 
+_CA_DIR = tempfile.mkdtemp(prefix="twistproxy-test-ca-")
+atexit.register(shutil.rmtree, _CA_DIR, True)
+
+
 def parse(*args: str) -> Options:
     """
-    Parse *args* with a new :class:`Options`.
+    Parse *args* with a new :class:`Options`; the CA lives in a temporary
+    directory unless *args* say otherwise, never in the home directory.
     """
     options = Options()
+    if "--ca-dir" not in args and "--ca" not in args:
+        args = ("--ca-dir", _CA_DIR, *args)
     options.parseOptions(list(args))
     return options
 
@@ -406,14 +414,15 @@ class MakeServiceTests(TempDirTestCase):
 
     def test_flow_log(self) -> None:
         """
-        The flow log addon runs, after the addon files' addons.
+        The CA page and the flow log run first, then the addon files' addons.
         """
         reactor = MemoryReactorClock()
         path = write_file(self, "good.py", GOOD_ADDON)
         make_service(parse("--addon", path), reactor).startService()
         addons = self.proxy_factory(reactor).chain.addons
         self.assertEqual(
-            [type(addon).__name__ for addon in addons], ["FlowLog", "AddHeader", "Plain"]
+            [type(addon).__name__ for addon in addons],
+            ["CertPage", "FlowLog", "AddHeader", "Plain"],
         )
 
     def test_quiet(self) -> None:

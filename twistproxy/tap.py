@@ -9,17 +9,25 @@ reactor; everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
+from twistproxy._tls import UpstreamTLS
+from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.script import load_addons
-from twistproxy.errors import AddonError
+from twistproxy.certs import CA_CERT_PEM, CertificateAuthority, CertificateStore
+from twistproxy.errors import AddonError, CertificateAuthorityError
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.service import ProxyService
+
+_log = Logger(namespace="twistproxy")
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)i?b?\Z", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -51,9 +59,11 @@ class Options(usage.Options):
 
     synopsis = "[twistproxy options]"
     longdesc = (
-        "Run an intercepting HTTP proxy. Point clients at it "
+        "Run an intercepting HTTP/HTTPS proxy. Point clients at it "
         "(curl -x http://127.0.0.1:8080 http://example.com/); every flow passes "
-        "through the addons given with --addon and is logged in one line."
+        "through the addons given with --addon and is logged in one line. HTTPS "
+        "is intercepted with a CA made in --ca-dir on first start: clients must "
+        "trust its certificate (http://twistproxy/ through the proxy serves it)."
     )
     optParameters = [
         [
@@ -85,8 +95,25 @@ class Options(usage.Options):
             "Seconds to wait for a connection to a server (then 504).",
             _positive,
         ],
+        [
+            "ca-dir",
+            None,
+            "~/.twistproxy",
+            "Directory of the CA that signs intercepted HTTPS; created on first start.",
+        ],
+        ["ca", None, None, "Use this CA instead (one PEM file holding its key and certificate)."],
+        [
+            "upstream-ca",
+            None,
+            None,
+            "Trust the CA certificates in this PEM file for servers, not the system's.",
+        ],
     ]
-    optFlags = [["quiet", "q", "Do not log a line for every flow."]]
+    optFlags = [
+        ["quiet", "q", "Do not log a line for every flow."],
+        ["no-intercept", None, "Pass every CONNECT tunnel through untouched (no CA needed)."],
+        ["insecure", None, "Do not verify servers' certificates (testing only)."],
+    ]
 
     _failed = False
 
@@ -94,10 +121,21 @@ class Options(usage.Options):
         super().__init__()
         self["addon"] = []
         self["addons"] = []
+        self["ignore-hosts"] = []
 
     def opt_addon(self, path: str) -> None:
         """Load addons from a Python file defining 'addons = [...]'; repeatable."""
         self["addon"].append(path)
+
+    def opt_ignore_hosts(self, pattern: str) -> None:
+        """Pass tunnels whose host:port matches this regex through untouched; repeatable."""
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise usage.UsageError(
+                f"--ignore-hosts {pattern!r}: not a regular expression ({e})"
+            ) from e
+        self["ignore-hosts"].append(pattern)
 
     def parseOptions(self, options: Any = None) -> None:
         """Parse *options*; on an error, :meth:`getUsage` shrinks to a hint."""
@@ -133,6 +171,12 @@ class Options(usage.Options):
             except AddonError as e:
                 raise usage.UsageError(f"--addon {e}") from e
         self["addons"] = addons
+        try:
+            self["upstream-tls"] = UpstreamTLS(
+                ca_file=self["upstream-ca"], insecure=self["insecure"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--upstream-ca {e}") from e
 
 
 def makeService(options: Options) -> IService:
@@ -149,7 +193,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     """
     Build the proxy service for parsed *options* on *reactor*.
     """
-    addons: list[object] = [] if options["quiet"] else [FlowLog()]
+    store = None if options["no-intercept"] else _certificate_store(options)
+    addons: list[object] = [] if store is None else [CertPage(store.authority)]
+    if not options["quiet"]:
+        addons.append(FlowLog())
     addons.extend(options["addons"])
     factory = ProxyFactory(
         reactor=reactor,
@@ -157,10 +204,42 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         body_limit=options["body-limit"],
         timeout=options["timeout"],
         connect_timeout=options["connect-timeout"],
+        cert_store=store,
+        ignore_hosts=options["ignore-hosts"],
+        upstream_tls=options["upstream-tls"],
     )
     top = _Main(options["endpoint"])
     ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
     return top
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _certificate_store(options: Options) -> CertificateStore:
+    """
+    The store minting certificates for intercepted tunnels, from ``--ca`` or
+    the CA in ``--ca-dir`` (created there on first start).
+
+    :raises SystemExit: with one line, when the CA cannot be loaded or made.
+    """
+    try:
+        if options["ca"] is not None:
+            authority = CertificateAuthority.load(Path(options["ca"]), now=_now())
+        else:
+            directory = Path(options["ca-dir"]).expanduser()
+            authority, created = CertificateAuthority.load_or_create(directory, now=_now())
+            if created:
+                _log.info(
+                    "created a CA for intercepting HTTPS in {directory}; clients must trust "
+                    "{certificate} (or fetch it from http://twistproxy/ through the proxy)",
+                    directory=str(directory),
+                    certificate=str(directory / CA_CERT_PEM),
+                )
+    except (CertificateAuthorityError, OSError) as e:
+        raise SystemExit(f"twistproxy: {e}") from e
+    return CertificateStore(authority, now=_now)
 
 
 class _Main(MultiService):

@@ -135,6 +135,7 @@ def spawn(args: Sequence[str], cwd: Path) -> Child:
         p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
     )
     env["PYTHONUNBUFFERED"] = "1"
+    env["HOME"] = str(cwd)  # the default --ca-dir (~/.twistproxy) lands in the test's directory
     child = Child()
     reactor.spawnProcess(child, args[0], list(args), env=env, path=str(cwd))
     return child
