@@ -18,6 +18,8 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twistproxy.flow import Server
+
 
 @implementer(IHalfCloseableProtocol)
 class Relay(Protocol):
@@ -27,9 +29,11 @@ class Relay(Protocol):
     :ivar peer: The other side, once joined.
     :ivar relayed: Bytes received on this side and handed to the peer.
     :ivar on_close: Called once with this side when its connection ends.
+    :ivar server: The origin's connection record, on the origin's side.
     """
 
     peer: Relay | None = None
+    server: Server | None = None
     transport: Any
     _read_done = False
     _write_done = False

@@ -317,7 +317,7 @@ class ProxyRequest(Request):
             or self._factory.ignores(flow.request.host, flow.request.port)
         ):
             flow.passthrough = True
-            relay = Relay(on_close=self._factory.server_relay_closed)
+            relay = Relay(on_close=self._factory.server_closed)
             endpoint = self._factory.pool.endpoint_factory("tcp", flow.request.host,
                                                            flow.request.port)
             self._pending = d = endpoint.connect(RelayFactory(relay))
@@ -337,7 +337,7 @@ class ProxyRequest(Request):
             sockname=_address(transport.getHost()),
             timestamp_start=self._now(),
         )
-        relay.server = server  # type: ignore[attr-defined]
+        relay.server = server
         flow.server_conn = server
         if self._disconnected:
             transport.loseConnection()
@@ -1034,10 +1034,7 @@ class Proxy(HTTPChannel):
         if client is None or factory is None:
             return
         client.timestamp_end = factory.reactor.seconds()
-        if factory.chain.has("client_disconnected"):
-            d = factory.chain.run("client_disconnected", client)
-            if d is not None:
-                d.addErrback(_ignore_cancel)
+        factory.run_detached("client_disconnected", client)
 
 
 class ProxyFactory(HTTPFactory):
@@ -1103,7 +1100,7 @@ class ProxyFactory(HTTPFactory):
             reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls
         )
         self.body_limit = body_limit
-        self.pool.on_disconnect = self._server_disconnected
+        self.pool.on_disconnect = self.server_closed
 
     def buildProtocol(self, addr: IAddress) -> Proxy:  # type: ignore[override]
         """Make a channel whose requests are :attr:`request_factory`."""
@@ -1129,24 +1126,25 @@ class ProxyFactory(HTTPFactory):
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
         return tls_factory.protocol(tls_factory, inner)
 
-    def server_relay_closed(self, relay: Relay) -> None:
-        """The origin's side of a passthrough tunnel closed."""
-        server = getattr(relay, "server", None)
+    def server_closed(self, owner: ProxyClient | Relay) -> None:
+        """
+        A connection to an origin (pooled, or a passthrough tunnel's) closed:
+        stamp its record and run ``server_disconnected``.
+        """
+        server = owner.server
         if server is None:
             return
-        server.timestamp_end = self.reactor.seconds()
-        if self.chain.has("server_disconnected"):
-            d = self.chain.run("server_disconnected", server)
-            if d is not None:
-                d.addErrback(_ignore_cancel)
+        if server.timestamp_end is None:
+            server.timestamp_end = self.reactor.seconds()
+        self.run_detached("server_disconnected", server)
 
-    def _server_disconnected(self, client: ProxyClient) -> None:
-        server = getattr(client, "server", None)
-        if server is None:
-            return
-        server.timestamp_end = self.reactor.seconds()
-        if self.chain.has("server_disconnected"):
-            d = self.chain.run("server_disconnected", server)
+    def run_detached(self, hook: str, subject: object) -> None:
+        """
+        Run a connection *hook* nobody waits for; its failure is logged by
+        the chain and goes no further.
+        """
+        if self.chain.has(hook):
+            d = self.chain.run(hook, subject)
             if d is not None:
                 d.addErrback(_ignore_cancel)
 
