@@ -36,7 +36,12 @@ from twisted.web.http import HTTPChannel, HTTPFactory, Request
 from twistproxy import _headers
 from twistproxy._switch import hand_over, take_buffered
 from twistproxy._target import DEFAULT_PORTS, Target, parse_absolute_form, parse_authority
-from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._tls import (
+    InterceptingServerTLS,
+    ServerContexts,
+    UpstreamTLS,
+    describe_tls_failure,
+)
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient, _address
 from twistproxy.errors import (
@@ -1020,11 +1025,12 @@ class Proxy(HTTPChannel):
         """Tell the requests, then run the ``client_disconnected`` hook."""
         super().connectionLost(reason)
         if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
+            peer = self.client_conn.peername
             _log.info(
                 "TLS with client {client} for {host} failed: {why} "
                 "(does the client trust the twistproxy CA?)",
-                client=self.client_conn.peername, host=self.tunnel.host,
-                why=reason.getErrorMessage(),
+                client=f"{peer[0]}:{peer[1]}" if peer else "?", host=self.tunnel.host,
+                why=describe_tls_failure(reason, None, None),
             )
         self._disconnected()
 
