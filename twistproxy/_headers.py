@@ -13,6 +13,12 @@ goes on with exactly one unambiguous framing.  Nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from twistproxy._target import authority_for
+
+if TYPE_CHECKING:
+    from twistproxy.http import Request
 
 Fields = Sequence[tuple[bytes, bytes]]
 """Header fields as they are on the wire: ``(name, value)`` pairs."""
@@ -201,3 +207,26 @@ def body_framing(fields: Fields) -> tuple[bool, int | None]:
         elif size == 17 and name.lower() == b"transfer-encoding":
             chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
     return chunked, length
+
+
+def request_head(request: Request, framing: int) -> bytes:
+    """
+    The head to send upstream for *request*: an origin-form request line,
+    then its end-to-end fields framed by *framing* (see
+    :func:`request_fields`), with ``Host`` from the request's ``Host``
+    header, or its host and port when it has none.
+    """
+    host = request.headers.get_raw(b"host") or authority_for(
+        request.scheme, request.host, request.port
+    )
+    fields = request_fields(request.headers.fields, authority=host, framing=framing)
+    lines = [
+        request.method.encode("ascii"),
+        b" ",
+        request.path.encode("utf-8", "surrogateescape"),
+        b" HTTP/1.1\r\n",
+    ]
+    for name, value in fields:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)

@@ -122,3 +122,13 @@ def parse_authority(authority: bytes, default_port: int) -> tuple[str, int]:
     else:
         raise BadRequestTarget(f"invalid port {port_text.decode('ascii', 'replace')!r}")
     return host.decode("ascii"), port
+
+
+def authority_for(scheme: str, host: str, port: int) -> bytes:
+    """
+    The authority naming *host* and *port* (``Host`` header form): IPv6
+    literals in brackets, the port left out when it is *scheme*'s default.
+    """
+    name = f"[{host}]" if ":" in host else host
+    encoded = name.encode("ascii") if name.isascii() else name.encode("idna")
+    return encoded if DEFAULT_PORTS.get(scheme) == port else b"%s:%d" % (encoded, port)

@@ -35,7 +35,7 @@ from twisted.web.http import HTTPChannel, HTTPFactory, Request
 
 from twistproxy import _headers
 from twistproxy._switch import hand_over, take_buffered
-from twistproxy._target import DEFAULT_PORTS, Target, parse_absolute_form, parse_authority
+from twistproxy._target import Target, authority_for, parse_absolute_form, parse_authority
 from twistproxy._tls import (
     InterceptingServerTLS,
     ServerContexts,
@@ -531,13 +531,7 @@ class ProxyRequest(Request):
             framing = len(content) if had_body else _headers.NO_BODY
             self._request_chunked = False
         self._request_chunked = framing == _headers.CHUNKED
-        host = request.headers.get_raw(b"host")
-        fields = _headers.request_fields(
-            request.headers.fields,
-            authority=host if host else _authority(request.host, request.port, request.scheme),
-            framing=framing,
-        )
-        data = [_serialize_request(request.method, request.path, fields)]
+        data = [_headers.request_head(request, framing)]
         for piece in body:
             data.extend(self._encode_body(piece))
         complete = not streaming or self._body_done
@@ -882,26 +876,6 @@ def _describe(reason: Failure) -> str:
     return text or type(error).__name__
 
 
-def _authority(host: str, port: int, scheme: str) -> bytes:
-    name = f"[{host}]" if ":" in host else host
-    if DEFAULT_PORTS.get(scheme) == port:
-        return name.encode("ascii")
-    return f"{name}:{port}".encode("ascii")
-
-
-def _serialize_request(method: str, path: str, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
-    lines = [
-        method.encode("ascii"),
-        b" ",
-        path.encode("utf-8", "surrogateescape"),
-        b" HTTP/1.1\r\n",
-    ]
-    for name, value in fields:
-        lines += (name, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
 @attrs.frozen
 class Tunnel:
     """
@@ -918,7 +892,7 @@ class Tunnel:
         """The target of an origin-form request for *path* inside the tunnel."""
         return Target(
             scheme="https", host=self.host, port=self.port, path=path,
-            authority=_authority(self.host, self.port, "https"),
+            authority=authority_for("https", self.host, self.port),
         )
 
 
