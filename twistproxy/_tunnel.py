@@ -30,11 +30,13 @@ class Relay(Protocol):
     :ivar relayed: Bytes received on this side and handed to the peer.
     :ivar on_close: Called once with this side when its connection ends.
     :ivar server: The origin's connection record, on the origin's side.
+    :ivar lost: This side's connection has ended.
     """
 
     peer: Relay | None = None
     server: Server | None = None
     transport: Any
+    lost = False
     _read_done = False
     _write_done = False
 
@@ -48,6 +50,12 @@ class Relay(Protocol):
         Pair this side with *peer*: bytes flow both ways from now on, each
         transport producing for the other.
         """
+        if self.lost or peer.lost:
+            # One side ended before the tunnel opened: end the other too.
+            for side in (self, peer):
+                if not side.lost:
+                    side.transport.loseConnection()
+            return
         self.peer = peer
         peer.peer = self
         self.transport.registerProducer(peer.transport, True)
@@ -56,6 +64,9 @@ class Relay(Protocol):
             pending, side._pending = side._pending, []
             for data in pending:
                 side.dataReceived(data)
+        for side in (self, peer):
+            if side._read_done:
+                side.readConnectionLost()  # a half-close that came before the join
 
     def dataReceived(self, data: bytes) -> None:
         """Hand *data* to the peer (kept until the peer is joined)."""
@@ -89,6 +100,7 @@ class Relay(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """This side ended: end the other side too."""
+        self.lost = True
         peer, self.peer = self.peer, None
         if peer is not None and peer.transport is not None:
             peer.transport.unregisterProducer()

@@ -126,9 +126,10 @@ class IAddon(Interface):
         (``flow.request.method == "CONNECT"``, its host and port set).
 
         The hook may answer instead of opening the tunnel by setting
-        ``flow.response`` (a 403, say); set ``flow.passthrough = True`` to
-        relay the tunnel's bytes untouched instead of intercepting its TLS;
-        kill or intercept the flow. Otherwise the proxy answers
+        ``flow.response`` (a 403, say); ``flow.passthrough`` says whether the
+        tunnel's bytes will be relayed untouched (set from ``ignore_hosts``,
+        or because the proxy has no CA) and the hook may change it; kill or
+        intercept the flow. Otherwise the proxy answers
         ``200 Connection established`` and, when it has a certificate store,
         intercepts the TLS inside: the requests in the tunnel then make flows
         of their own.

@@ -49,6 +49,7 @@ from twistproxy.errors import (
     BadRequestTarget,
     FlowKilled,
     HookFailed,
+    UpstreamConnectionLost,
     error_status,
     upstream_error,
 )
@@ -305,6 +306,8 @@ class ProxyRequest(Request):
             host, port, b"CONNECT", b"", uri, b"", version, Headers(self._raw_headers), None,
             timestamp_start=factory.reactor.seconds(),
         )
+        # Decided by configuration before the hook, which sees it and may change it.
+        flow.passthrough = factory.contexts is None or factory.ignores(host, port)
         self.flow = flow
         self._mode = _TUNNEL
 
@@ -316,11 +319,7 @@ class ProxyRequest(Request):
             self._kill()
         elif flow.response is not None:
             self._respond_from_hook()
-        elif (
-            flow.passthrough
-            or self._factory.contexts is None
-            or self._factory.ignores(flow.request.host, flow.request.port)
-        ):
+        elif flow.passthrough or self._factory.contexts is None:
             flow.passthrough = True
             relay = Relay(on_close=self._factory.server_closed)
             endpoint = self._factory.pool.endpoint_factory("tcp", flow.request.host,
@@ -381,6 +380,12 @@ class ProxyRequest(Request):
                 relay.transport.loseConnection()
             if flow.killed:
                 self._kill()
+            return
+        if relay is not None and relay.lost:
+            self._fail(
+                Failure(UpstreamConnectionLost("the server closed before the tunnel opened")),
+                run_hook=True,
+            )
             return
         channel: Proxy = self.channel
         factory = self._factory

@@ -1,0 +1,250 @@
+"""
+Tests for :mod:`twistproxy._switch`, on real :class:`~twistproxy.proxy.Proxy`
+channels over ``StringTransport`` s, and for the ``CONNECT`` passthrough
+tunnel that uses it, in memory end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fakes import FakeEndpointFactory, Recorder
+from twistproxy._switch import hand_over, take_buffered
+from twistproxy._tunnel import Relay
+from twistproxy.hooks import Addon
+from twistproxy.proxy import Proxy, ProxyFactory
+
+_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+_CONNECT = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+_CLIENT_HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03client-hello"
+
+
+class _Holding(Addon):
+    """
+    An addon whose *hook* waits, each time, on a Deferred the test fires.
+
+    :ivar waiting: The Deferreds handed out, in order.
+    """
+
+    def __init__(self, hook: str) -> None:
+        self.waiting: list[Deferred[None]] = []
+        setattr(self, hook, self._hold)
+
+    def _hold(self, subject: object) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+class _Channel:
+    """A proxy channel on a ``StringTransport``, and what it connects upstream."""
+
+    def __init__(self, addons: tuple[object, ...] = (), timeout: float = 60.0) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoints = FakeEndpointFactory()
+        self.factory = ProxyFactory(
+            reactor=self.reactor, endpoint_factory=self.endpoints, addons=addons,
+            timeout=timeout,
+        )
+        self.channel: Proxy = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        self.channel.makeConnection(self.transport)
+
+
+class SwitchTests(SynchronousTestCase):
+    """
+    Tests for :func:`take_buffered` and :func:`hand_over`.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = _Channel()
+        self.channel = self.proxy.channel
+        self.transport = self.proxy.transport
+
+    def _request_in_progress(self) -> None:
+        """Send a request that waits for its (fake) origin's answer."""
+        self.channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertEqual(len(self.proxy.endpoints.connections), 1)
+
+    def test_take_buffered_returns_and_clears(self) -> None:
+        """
+        Bytes the client sends while a request is being handled are kept by
+        the channel; ``take_buffered`` returns them all, in order, and leaves
+        none behind.
+        """
+        self._request_in_progress()
+        self.channel.dataReceived(b"\x16\x03\x01")
+        self.channel.dataReceived(b"more")
+        self.assertEqual(take_buffered(self.channel), b"\x16\x03\x01more")
+        self.assertEqual(take_buffered(self.channel), b"")
+
+    def test_take_buffered_nothing(self) -> None:
+        """A channel holding no unparsed bytes gives back nothing."""
+        self._request_in_progress()
+        self.assertEqual(take_buffered(self.channel), b"")
+
+    def test_hand_over_feeds_buffered_first(self) -> None:
+        """
+        The new protocol is connected to the channel's transport and gets
+        the buffered bytes before anything the client sends later.
+        """
+        self._request_in_progress()
+        self.channel.dataReceived(b"early")
+        protocol = Recorder()
+        hand_over(self.channel, protocol, take_buffered(self.channel))
+        self.channel.dataReceived(b"later")
+        self.assertIs(protocol.transport, self.transport)
+        self.assertEqual(protocol.received, [b"early", b"later"])
+
+    def test_hand_over_routes_connection_lost(self) -> None:
+        """
+        After the hand-over, the end of the connection goes to the new
+        protocol, with its reason.
+        """
+        protocol = Recorder()
+        hand_over(self.channel, protocol, b"")
+        reason = Failure(ConnectionDone())
+        self.channel.connectionLost(reason)
+        self.assertIs(protocol.reason, reason)
+        self.assertEqual(protocol.received, [])
+
+    def test_hand_over_stops_idle_timeout(self) -> None:
+        """
+        The channel's idle timeout is cancelled: no call is left on the
+        clock, and the connection outlives the timeout.
+        """
+        self.assertEqual(len(self.proxy.reactor.getDelayedCalls()), 1)
+        hand_over(self.channel, Recorder(), b"")
+        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
+        self.proxy.reactor.advance(3600)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_hand_over_unregisters_channel_as_producer(self) -> None:
+        """
+        The channel stops being the transport's producer, and the transport
+        reads again (the channel may have paused it while buffering).
+        """
+        self._request_in_progress()
+        self.assertIs(self.transport.producer, self.channel)
+        self.transport.pauseProducing()
+        hand_over(self.channel, Recorder(), b"")
+        self.assertIsNone(self.transport.producer)
+        self.assertEqual(self.transport.producerState, "producing")
+
+
+class PassthroughTunnelTests(SynchronousTestCase):
+    """
+    Tests for ``CONNECT`` tunnels passed through untouched (no certificate
+    store): the proxy connects to the origin, answers ``200`` and relays.
+    """
+
+    def _connect(self, proxy: _Channel, data: bytes = _CONNECT) -> tuple[Relay, StringTransport]:
+        """Send *data* and return the origin's relay and transport."""
+        proxy.channel.dataReceived(data)
+        self.assertEqual(proxy.endpoints.requested, [("tcp", "example.com", 443)])
+        [(relay, upstream)] = proxy.endpoints.connections
+        self.assertIsInstance(relay, Relay)
+        return relay, upstream
+
+    def test_connect_relays_both_ways(self) -> None:
+        """
+        ``CONNECT`` opens a connection to the origin, answers ``200
+        Connection established``, and then relays bytes both ways
+        untouched.
+        """
+        proxy = _Channel()
+        relay, upstream = self._connect(proxy)
+        self.assertEqual(proxy.transport.value(), _ESTABLISHED)
+        proxy.transport.clear()
+        proxy.channel.dataReceived(_CLIENT_HELLO)
+        self.assertEqual(upstream.value(), _CLIENT_HELLO)
+        relay.dataReceived(b"\x16\x03\x03server-hello")
+        self.assertEqual(proxy.transport.value(), b"\x16\x03\x03server-hello")
+
+    def test_bytes_behind_connect_reach_origin(self) -> None:
+        """
+        Bytes sent in the same read as the ``CONNECT`` (the TLS ClientHello)
+        go to the origin after the ``200``, and are not parsed as HTTP.
+        """
+        proxy = _Channel()
+        _, upstream = self._connect(proxy, _CONNECT + _CLIENT_HELLO)
+        self.assertEqual(proxy.transport.value(), _ESTABLISHED)
+        self.assertEqual(upstream.value(), _CLIENT_HELLO)
+        self.assertFalse(proxy.transport.disconnecting)
+
+    def test_bytes_sent_while_hook_runs_reach_origin(self) -> None:
+        """
+        Bytes the client sends while an ``http_connect`` hook is still
+        running are kept, and reach the origin once the tunnel opens.
+        """
+        holding = _Holding("http_connect")
+        proxy = _Channel((holding,))
+        proxy.channel.dataReceived(_CONNECT)
+        proxy.channel.dataReceived(_CLIENT_HELLO)
+        self.assertEqual(proxy.endpoints.connections, [])
+        holding.waiting[0].callback(None)
+        [(_, upstream)] = proxy.endpoints.connections
+        self.assertEqual(proxy.transport.value(), _ESTABLISHED)
+        self.assertEqual(upstream.value(), _CLIENT_HELLO)
+
+    def test_tunnel_outlives_idle_timeout(self) -> None:
+        """
+        An open tunnel is not closed by the HTTP channel's idle timeout:
+        no timer is left on the clock for it.
+        """
+        proxy = _Channel(timeout=60)
+        self._connect(proxy)
+        proxy.reactor.advance(3600)
+        self.assertFalse(proxy.transport.disconnecting)
+
+    def test_origin_close_closes_client(self) -> None:
+        """When the origin's connection ends, the client's is closed."""
+        proxy = _Channel()
+        relay, _ = self._connect(proxy)
+        relay.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(proxy.transport.disconnecting)
+
+    def test_client_close_closes_origin(self) -> None:
+        """When the client's connection ends, the origin's is closed."""
+        proxy = _Channel()
+        _, upstream = self._connect(proxy)
+        proxy.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(upstream.disconnecting)
+
+    def test_client_disconnected_hook_runs(self) -> None:
+        """
+        The end of the client's side of a tunnel runs ``client_disconnected``
+        with the connection's record.
+        """
+        seen: list[Any] = []
+
+        class Watch(Addon):
+            def client_disconnected(self, client: Any) -> None:
+                seen.append(client)
+
+        proxy = _Channel((Watch(),))
+        self._connect(proxy)
+        proxy.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, [proxy.channel.client_conn])
+
+    def test_origin_gone_before_tunnel_opens(self) -> None:
+        """
+        An origin whose connection ends while a ``server_connected`` hook
+        still runs does not leave the client tunnelled to nothing: once the
+        hook finishes, the CONNECT is answered 502 instead of 200.
+        """
+        holding = _Holding("server_connected")
+        proxy = _Channel((holding,))
+        relay, _ = self._connect(proxy)
+        relay.connectionLost(Failure(ConnectionDone()))
+        holding.waiting[0].callback(None)
+        written = proxy.transport.value()
+        self.assertTrue(written.startswith(b"HTTP/1.1 502 "), written)
+        self.assertNotIn(b"200 Connection established", written)

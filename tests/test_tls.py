@@ -1,0 +1,517 @@
+"""
+Tests for :mod:`twistproxy._tls`: the per-host server contexts, real TLS
+handshakes (in memory) against the intercepting server side, and verified
+and unverified TLS towards origins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from tests.fakes import TLSConnection, connect_tls
+from twistproxy._tls import (
+    InterceptingServerTLS,
+    ServerContexts,
+    UpstreamTLS,
+    describe_tls_failure,
+)
+from twistproxy.certs import CertificateAuthority, CertificateStore
+
+# OpenSSL checks validity against the real clock, so the certificates the
+# handshakes see are made around the real current time.
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+_PROXY_CA = CertificateAuthority.generate(now=NOW, common_name="twistproxy test CA")
+"""The CA the intercepting side mints with, made once (EC keys: fast)."""
+
+
+class _Clock:
+    """A settable stand-in for the store's ``now`` callable."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _temporary_directory(case: SynchronousTestCase) -> Path:
+    """A new directory, removed when *case* ends."""
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory)
+    return Path(directory)
+
+
+def _write_pem(case: SynchronousTestCase, certificate: x509.Certificate) -> str:
+    """*certificate* in a PEM file (removed when *case* ends); returns its path."""
+    path = _temporary_directory(case) / "ca.pem"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+# -- a minimal PKI for the origins ----------------------------------------
+
+
+def _make_ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA valid around :data:`NOW`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+def _make_leaf(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    names: list[str],
+    *,
+    expired: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A server certificate for *names* (DNS names or IP literals) signed by *ca*."""
+    ca_certificate, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    start = NOW - timedelta(days=10 if expired else 1)
+    end = NOW - timedelta(days=2) if expired else NOW + timedelta(days=20)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+_ORIGIN_CA = _make_ca("origin test CA")
+_ORIGIN_NAMES = ["localhost", "127.0.0.1"]
+_GOOD = _make_leaf(_ORIGIN_CA, _ORIGIN_NAMES)
+_EXPIRED = _make_leaf(_ORIGIN_CA, _ORIGIN_NAMES, expired=True)
+_WRONG_HOST = _make_leaf(_ORIGIN_CA, ["elsewhere.example"])
+_UNKNOWN_CA = _make_leaf(_make_ca("nobody trusts me"), _ORIGIN_NAMES)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _OriginTLS:
+    """
+    Server TLS for a test origin presenting a certificate; it records the
+    ALPN protocols the client offered and picks ``http/1.1`` if offered.
+
+    :ivar offered: The protocol lists clients offered, one per handshake.
+    """
+
+    def __init__(self, leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
+        self.offered: list[list[bytes]] = []
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.use_certificate(leaf[0])
+        context.use_privatekey(leaf[1])
+        context.set_alpn_select_callback(self._select)
+        self.context = context
+
+    def _select(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
+        self.offered.append(offered)
+        return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _TrustingClientTLS:
+    """
+    A browser-like TLS client that trusts only the CA in *ca_file*: the
+    handshake fails unless the server's chain leads to it.  It sends
+    *server_name* as SNI (none if ``None``) and offers *alpn*.
+    """
+
+    def __init__(
+        self, ca_file: str, server_name: str | None, alpn: list[bytes] | None = None
+    ) -> None:
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_verify(SSL.VERIFY_PEER)
+        context.load_verify_locations(ca_file)
+        if alpn is not None:
+            context.set_alpn_protos(alpn)
+        self.context = context
+        self.server_name = server_name
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tlsProtocol)
+        if self.server_name is not None:
+            connection.set_tlsext_host_name(self.server_name.encode("ascii"))
+        connection.set_connect_state()
+        return connection
+
+
+def _peer_certificate(connection: TLSConnection) -> x509.Certificate:
+    """The certificate the client was shown."""
+    certificate = connection.client.getHandle().get_peer_certificate(as_cryptography=True)
+    assert certificate is not None
+    return certificate
+
+
+def _names(certificate: x509.Certificate) -> tuple[list[str], list[Any]]:
+    """*certificate*'s subject common names and subject alternative names."""
+    common = [
+        str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ]
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return common, [name.value for name in san]
+
+
+class ServerContextsTests(SynchronousTestCase):
+    """
+    Tests for :class:`ServerContexts`: one context per host, rebuilt only
+    when the store hands out a new certificate, and at most ``capacity`` kept.
+    """
+
+    def setUp(self) -> None:
+        self.clock = _Clock()
+        self.store = CertificateStore(_PROXY_CA, now=self.clock)
+
+    def test_one_context_per_host_reused(self) -> None:
+        """
+        Asking twice for a host gives the same context and builds it once;
+        another host gets a context of its own.
+        """
+        contexts = ServerContexts(self.store)
+        first = contexts.context_for("example.com")
+        self.assertIs(contexts.context_for("example.com"), first)
+        self.assertEqual(contexts.built, 1)
+        other = contexts.context_for("other.example")
+        self.assertIsNot(other, first)
+        self.assertEqual(contexts.built, 2)
+
+    def test_spellings_of_a_name_share_a_context(self) -> None:
+        """
+        Names the store normalises to one host (case, a trailing dot) share
+        one context.
+        """
+        contexts = ServerContexts(self.store)
+        first = contexts.context_for("Example.COM")
+        self.assertIs(contexts.context_for("example.com."), first)
+        self.assertEqual(contexts.built, 1)
+
+    def test_rebuilt_when_certificate_renewed(self) -> None:
+        """
+        Once the store renews a host's certificate near its expiry, the
+        host's context is built again, and the new one is then reused.
+        """
+        contexts = ServerContexts(self.store)
+        first = contexts.context_for("example.com")
+        not_after = self.store.certificate_for("example.com").certificate.not_valid_after_utc
+        self.clock.now = not_after - timedelta(hours=12)
+        renewed = contexts.context_for("example.com")
+        self.assertIsNot(renewed, first)
+        self.assertEqual(contexts.built, 2)
+        self.assertIs(contexts.context_for("example.com"), renewed)
+        self.assertEqual(contexts.built, 2)
+
+    def test_rebuilt_when_certificate_minted_again(self) -> None:
+        """
+        When the store evicted a host's certificate and mints it again, the
+        host's context is rebuilt even though it is still cached here.
+        """
+        store = CertificateStore(_PROXY_CA, now=self.clock, capacity=1)
+        contexts = ServerContexts(store)
+        first = contexts.context_for("a.example")
+        contexts.context_for("b.example")  # evicts a.example's certificate
+        again = contexts.context_for("a.example")
+        self.assertIsNot(again, first)
+        self.assertEqual((contexts.built, store.minted), (3, 3))
+
+    def test_least_recently_used_dropped_beyond_capacity(self) -> None:
+        """
+        With ``capacity`` contexts kept, a new host drops the least recently
+        used one, which is built again when asked for; the others are kept.
+        """
+        contexts = ServerContexts(self.store, capacity=2)
+        a = contexts.context_for("a.example")
+        contexts.context_for("b.example")
+        contexts.context_for("a.example")  # a is now the most recently used
+        contexts.context_for("c.example")  # drops b
+        self.assertEqual(contexts.built, 3)
+        self.assertIs(contexts.context_for("a.example"), a)
+        self.assertEqual(contexts.built, 3)
+        contexts.context_for("b.example")
+        self.assertEqual(contexts.built, 4)
+
+
+class InterceptingServerTLSTests(SynchronousTestCase):
+    """
+    Tests for :class:`InterceptingServerTLS`: real handshakes in memory with
+    a client that trusts only the proxy's CA.
+    """
+
+    def setUp(self) -> None:
+        self.ca_file = _write_pem(self, _PROXY_CA.certificate)
+        self.contexts = ServerContexts(CertificateStore(_PROXY_CA, now=_Clock()))
+        self.server = InterceptingServerTLS(self.contexts, "default.example")
+
+    def _handshake(self, server_name: str | None, alpn: list[bytes] | None = None
+                   ) -> TLSConnection:
+        client = _TrustingClientTLS(self.ca_file, server_name, alpn)
+        connection = connect_tls(client, self.server)
+        self.assertTrue(connection.client_app.handshake_done, connection.client_app.reason)
+        return connection
+
+    def test_certificate_for_sni_name(self) -> None:
+        """
+        A client sending SNI completes the handshake, trusting only the CA,
+        and is shown a certificate naming the SNI host (subject and SAN), not
+        the default host.
+        """
+        connection = self._handshake("sni.example")
+        self.assertEqual(_names(_peer_certificate(connection)), (["sni.example"], ["sni.example"]))
+        self.assertEqual(connection.server.getHandle().get_servername(), b"sni.example")
+
+    def test_certificate_for_default_host_without_sni(self) -> None:
+        """
+        A client sending no SNI is shown the default (CONNECT) host's
+        certificate.
+        """
+        connection = self._handshake(None)
+        self.assertEqual(
+            _names(_peer_certificate(connection)), (["default.example"], ["default.example"])
+        )
+
+    def test_bytes_flow_after_handshake(self) -> None:
+        """
+        Application bytes written on either side arrive, decrypted, on the
+        other.
+        """
+        connection = self._handshake("sni.example")
+        connection.client_app.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+        connection.server_app.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        connection.pump.flush()
+        self.assertEqual(connection.server_app.data(), b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(connection.client_app.data(), b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def test_alpn_http11_selected(self) -> None:
+        """A client offering ``h2`` and ``http/1.1`` gets ``http/1.1``."""
+        connection = self._handshake("sni.example", [b"h2", b"http/1.1"])
+        self.assertEqual(connection.client.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(connection.server.negotiatedProtocol, b"http/1.1")
+
+    def test_no_alpn_when_only_h2_offered(self) -> None:
+        """
+        A client offering only ``h2`` still completes the handshake, with no
+        protocol negotiated.
+        """
+        connection = self._handshake("sni.example", [b"h2"])
+        self.assertIsNone(connection.client.negotiatedProtocol)
+        self.assertIsNone(connection.server.negotiatedProtocol)
+
+    def test_sni_context_cached(self) -> None:
+        """
+        A second client for the same SNI name reuses the host's context: the
+        only contexts built are the default host's and the SNI host's.
+        """
+        self._handshake("sni.example")
+        self._handshake("sni.example")
+        self.assertEqual(self.contexts.built, 2)
+
+
+class UpstreamTLSTests(SynchronousTestCase):
+    """
+    Tests for :class:`UpstreamTLS` and :func:`describe_tls_failure`: a
+    client made by ``creator_for`` against in-memory origins.
+    """
+
+    def setUp(self) -> None:
+        self.ca_file = _write_pem(self, _ORIGIN_CA[0])
+        self.upstream = UpstreamTLS(ca_file=self.ca_file)
+
+    def _connect(
+        self,
+        leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+        name: str,
+        upstream: UpstreamTLS | None = None,
+        greeting: bytes = b"",
+    ) -> TLSConnection:
+        upstream = upstream if upstream is not None else self.upstream
+        self.origin = _OriginTLS(leaf)
+        return connect_tls(upstream.creator_for(name), self.origin, client_greeting=greeting)
+
+    def _refusal(self, connection: TLSConnection, name: str) -> str:
+        """
+        How the client side's failure is described to the user, given the
+        ``SSL.Connection`` the client's protocol saw as it ended (as
+        ``ProxyClient.connectionLost`` does).
+        """
+        reason = connection.client_app.reason
+        self.assertIsNotNone(reason)
+        assert reason is not None
+        handle = connection.client_app.handle
+        self.assertIsNotNone(handle)
+        return describe_tls_failure(reason, handle, name, self.upstream)
+
+    def test_verified_origin(self) -> None:
+        """
+        An origin whose certificate comes from a CA in ``ca_file`` and names
+        the host is accepted: the handshake completes, the connection stays
+        open, SNI names the host and ``http/1.1`` is offered and chosen.
+        """
+        connection = self._connect(_GOOD, "localhost")
+        self.assertTrue(connection.client_app.handshake_done)
+        self.assertIsNone(connection.client_app.reason)
+        self.assertEqual(connection.server.getHandle().get_servername(), b"localhost")
+        self.assertEqual(self.origin.offered, [[b"http/1.1"]])
+        self.assertEqual(connection.client.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(self.upstream.verify_error(connection.client.getHandle()), 0)
+        connection.client_app.transport.write(b"ping")
+        connection.pump.flush()
+        self.assertEqual(connection.server_app.data(), b"ping")
+
+    def test_verified_ip_origin_without_sni(self) -> None:
+        """
+        For an IP literal no SNI is sent (RFC 6066 forbids it), and a
+        certificate naming that address is accepted.
+        """
+        connection = self._connect(_GOOD, "127.0.0.1")
+        self.assertTrue(connection.client_app.handshake_done)
+        self.assertIsNone(connection.client_app.reason)
+        self.assertIsNone(connection.server.getHandle().get_servername())
+
+    def test_wrong_name_refused(self) -> None:
+        """
+        A trusted certificate for another name ends the client's connection
+        with ``VerificationError``, described as not valid for the name.
+        """
+        connection = self._connect(_WRONG_HOST, "localhost")
+        reason = connection.client_app.reason
+        assert reason is not None
+        self.assertTrue(reason.check(VerificationError), reason)
+        self.assertEqual(
+            self._refusal(connection, "localhost"), "the certificate is not valid for localhost"
+        )
+
+    def test_nothing_sent_to_wrong_name(self) -> None:
+        """
+        Bytes the client wrote before the handshake (a request written as
+        soon as the connection is made) never reach an origin whose
+        certificate is for another name.
+        """
+        connection = self._connect(_WRONG_HOST, "localhost", greeting=b"GET /secret HTTP/1.1")
+        self.assertIsNotNone(connection.client_app.reason)
+        self.assertEqual(connection.server_app.data(), b"")
+
+    def test_nothing_sent_to_unknown_issuer(self) -> None:
+        """
+        Bytes the client wrote before the handshake never reach an origin
+        whose certificate is not trusted.
+        """
+        connection = self._connect(_UNKNOWN_CA, "localhost", greeting=b"GET /secret HTTP/1.1")
+        self.assertIsNotNone(connection.client_app.reason)
+        self.assertEqual(connection.server_app.data(), b"")
+
+    def test_wrong_ip_refused(self) -> None:
+        """
+        A trusted certificate that does not name the IP address connected
+        to is refused too.
+        """
+        connection = self._connect(_GOOD, "10.0.0.1")
+        reason = connection.client_app.reason
+        assert reason is not None
+        self.assertTrue(reason.check(VerificationError), reason)
+        self.assertIn("not valid for 10.0.0.1", self._refusal(connection, "10.0.0.1"))
+
+    def test_unknown_issuer_refused(self) -> None:
+        """
+        A certificate from a CA not in ``ca_file`` fails the handshake, and
+        the failure is described as an unknown issuer.
+        """
+        connection = self._connect(_UNKNOWN_CA, "localhost")
+        self.assertFalse(connection.client_app.handshake_done)
+        self.assertIn("unknown issuer", self._refusal(connection, "localhost"))
+
+    def test_expired_refused(self) -> None:
+        """
+        An expired certificate fails the handshake, described as expired.
+        """
+        connection = self._connect(_EXPIRED, "localhost")
+        self.assertFalse(connection.client_app.handshake_done)
+        self.assertEqual(
+            self.upstream.verify_error(connection.client_app.handle), 10
+        )  # X509_V_ERR_CERT_HAS_EXPIRED
+        self.assertIn("expired", self._refusal(connection, "localhost"))
+
+    def test_insecure_accepts_anything(self) -> None:
+        """
+        With ``insecure=True`` an unknown issuer, an expired certificate and
+        a wrong name are all accepted, and bytes flow.
+        """
+        insecure = UpstreamTLS(insecure=True)
+        for leaf in (_UNKNOWN_CA, _EXPIRED, _WRONG_HOST):
+            connection = self._connect(leaf, "localhost", insecure)
+            self.assertTrue(connection.client_app.handshake_done)
+            self.assertIsNone(connection.client_app.reason)
+            connection.client_app.transport.write(b"ping")
+            connection.pump.flush()
+            self.assertEqual(connection.server_app.data(), b"ping")
+
+    def test_insecure_still_sends_sni_and_alpn(self) -> None:
+        """``insecure=True`` still sends SNI and offers ``http/1.1``."""
+        connection = self._connect(_WRONG_HOST, "localhost", UpstreamTLS(insecure=True))
+        self.assertEqual(connection.server.getHandle().get_servername(), b"localhost")
+        self.assertEqual(self.origin.offered, [[b"http/1.1"]])
+
+    def test_missing_ca_file(self) -> None:
+        """A ``ca_file`` that does not exist is a ``ValueError`` naming it."""
+        path = str(_temporary_directory(self) / "missing.pem")
+        with self.assertRaises(ValueError) as caught:
+            UpstreamTLS(ca_file=path)
+        self.assertIn(path, str(caught.exception))
+
+    def test_garbage_ca_file(self) -> None:
+        """A ``ca_file`` holding no PEM certificate is a ``ValueError`` naming it."""
+        path = _temporary_directory(self) / "garbage.pem"
+        path.write_bytes(b"this is not a certificate\n")
+        with self.assertRaises(ValueError) as caught:
+            UpstreamTLS(ca_file=str(path))
+        self.assertIn(str(path), str(caught.exception))
