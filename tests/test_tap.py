@@ -8,7 +8,10 @@ import atexit
 import itertools
 import os
 import shutil
+import stat
 import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IServiceMaker
@@ -18,7 +21,10 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from twistproxy._tls import UpstreamTLS
+from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
+from twistproxy.certs import CA_CERT_DER, CA_CERT_PEM, CA_FILE, CertificateAuthority
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.service import ProxyService
 from twistproxy.tap import Options, make_service, parse_size
@@ -486,3 +492,212 @@ class PluginTests(SynchronousTestCase):
         [maker] = [p for p in getPlugins(IServiceMaker) if p.tapname == "twistproxy"]
         self.assertIs(maker.options, Options)
         self.assertTrue(maker.description)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class HTTPSOptionTests(TempDirTestCase):
+    """
+    Tests for the HTTPS options: ``--ignore-hosts``, ``--upstream-ca``,
+    ``--insecure``, ``--no-intercept``, ``--ca`` and ``--ca-dir``.
+    """
+
+    def assert_usage_error(self, *args: str) -> str:
+        """
+        Parsing *args* fails with a one-line ``UsageError``.
+
+        :returns: The error message.
+        """
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(*args)
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        return message
+
+    def factory(self, options: Options) -> ProxyFactory:
+        """
+        The proxy factory :func:`make_service` builds for *options*.
+        """
+        reactor = MemoryReactorClock()
+        make_service(options, reactor).startService()
+        [(_, factory, _, _)] = reactor.tcpServers
+        assert isinstance(factory, ProxyFactory)
+        return factory
+
+    def ca_file(self) -> tuple[CertificateAuthority, str]:
+        """
+        A CA saved in a new directory.
+
+        :returns: The CA and the path of its key-and-certificate file.
+        """
+        authority = CertificateAuthority.generate(now=_now())
+        directory = Path(self.mktemp())
+        authority.save(directory)
+        return authority, str(directory / CA_FILE)
+
+    def test_ignore_hosts_repeatable(self) -> None:
+        """
+        ``--ignore-hosts`` may be given more than once; the patterns are
+        kept in order and reach the factory, which passes through the
+        tunnels whose ``host:port`` they match.
+        """
+        self.assertEqual(parse()["ignore-hosts"], [])
+        options = parse("--ignore-hosts", r"\.bank\.example:443$",
+                        "--ignore-hosts", r"^10\.")
+        self.assertEqual(options["ignore-hosts"], [r"\.bank\.example:443$", r"^10\."])
+        factory = self.factory(options)
+        self.assertTrue(factory.ignores("www.bank.example", 443))
+        self.assertTrue(factory.ignores("10.0.0.1", 8443))
+        self.assertFalse(factory.ignores("www.bank.example", 8443))
+        self.assertFalse(factory.ignores("example.com", 443))
+
+    def test_ignore_hosts_not_a_regex(self) -> None:
+        """
+        A pattern that is not a regular expression is refused, naming it.
+        """
+        message = self.assert_usage_error("--ignore-hosts", "(")
+        self.assertIn("--ignore-hosts '('", message)
+        self.assertIn("not a regular expression", message)
+
+    def test_upstream_ca_default(self) -> None:
+        """
+        Without ``--upstream-ca`` or ``--insecure``, origins are verified
+        against the system's store, and the factory's pool uses those
+        settings.
+        """
+        options = parse()
+        upstream = options["upstream-tls"]
+        self.assertIsInstance(upstream, UpstreamTLS)
+        self.assertIsNone(upstream.ca_file)
+        self.assertFalse(upstream.insecure)
+        self.assertIs(self.factory(options).pool.tls, upstream)
+
+    def test_upstream_ca(self) -> None:
+        """
+        ``--upstream-ca`` with a PEM file of certificates makes the origins
+        be verified against it.
+        """
+        authority, _ = self.ca_file()
+        path = write_file(self, "origins.pem", authority.certificate_pem().decode("ascii"))
+        upstream = parse("--upstream-ca", path)["upstream-tls"]
+        self.assertEqual(upstream.ca_file, path)
+        self.assertFalse(upstream.insecure)
+
+    def test_upstream_ca_missing(self) -> None:
+        """
+        A missing ``--upstream-ca`` file is a usage error naming it.
+        """
+        missing = os.path.join(self.mktemp(), "missing.pem")
+        message = self.assert_usage_error("--upstream-ca", missing)
+        self.assertIn(f"--upstream-ca {missing}", message)
+        self.assertIn("no such file", message)
+
+    def test_upstream_ca_not_certificates(self) -> None:
+        """
+        An ``--upstream-ca`` file holding no PEM certificate is a usage
+        error.
+        """
+        path = write_file(self, "nothing.pem", "not a certificate\n")
+        message = self.assert_usage_error("--upstream-ca", path)
+        self.assertIn(path, message)
+        self.assertIn("no PEM certificate", message)
+
+    def test_insecure(self) -> None:
+        """
+        ``--insecure`` gives an :class:`UpstreamTLS` that verifies nothing,
+        used by the factory's pool.
+        """
+        options = parse("--insecure")
+        upstream = options["upstream-tls"]
+        self.assertIsInstance(upstream, UpstreamTLS)
+        self.assertTrue(upstream.insecure)
+        self.assertIs(self.factory(options).pool.tls, upstream)
+
+    def test_intercepts_by_default(self) -> None:
+        """
+        By default the factory has TLS contexts from a certificate store
+        whose CA the CA page serves, first among the addons.
+        """
+        factory = self.factory(parse())
+        self.assertIsNotNone(factory.contexts)
+        self.assertIsInstance(factory.chain.addons[0], CertPage)
+
+    def test_no_intercept(self) -> None:
+        """
+        ``--no-intercept`` builds no certificate store (every tunnel passes
+        through), adds no CA page and makes no CA.
+        """
+        directory = self.mktemp()
+        factory = self.factory(parse("--ca-dir", directory, "--no-intercept"))
+        self.assertIsNone(factory.contexts)
+        self.assertFalse(any(isinstance(addon, CertPage) for addon in factory.chain.addons))
+        self.assertFalse(os.path.exists(directory))
+
+    def test_ca_file(self) -> None:
+        """
+        ``--ca`` with a good CA file loads that CA: it signs the minted
+        certificates and the CA page serves it.
+        """
+        authority, path = self.ca_file()
+        factory = self.factory(parse("--ca", path))
+        assert factory.contexts is not None
+        self.assertEqual(factory.contexts.store.authority.certificate, authority.certificate)
+        issued = factory.contexts.store.certificate_for("example.com")
+        self.assertEqual(issued.certificate.issuer, authority.certificate.subject)
+
+    def test_ca_file_bad(self) -> None:
+        """
+        A ``--ca`` file that is malformed, or missing, makes
+        :func:`make_service` raise ``SystemExit`` with one line naming the
+        file, not a traceback.
+        """
+        malformed = write_file(self, "bad.pem", "-----BEGIN CERTIFICATE-----\nnope\n")
+        missing = os.path.join(self.mktemp(), "missing.pem")
+        for path, reason in ((malformed, "malformed PEM"), (missing, "cannot be read")):
+            with self.subTest(path=path):
+                options = parse("--ca", path)
+                with self.assertRaises(SystemExit) as caught:
+                    make_service(options, MemoryReactorClock())
+                message = caught.exception.code
+                assert isinstance(message, str)
+                self.assertTrue(message.startswith("twistproxy: "), message)
+                self.assertIn(path, message)
+                self.assertIn(reason, message)
+                self.assertNotIn("\n", message)
+
+    def test_ca_dir_created_then_reused(self) -> None:
+        """
+        ``--ca-dir`` names where the CA is made on the first start (the
+        directory 0700, the key file 0600, the certificate as PEM and DER)
+        and loaded from on the next.
+        """
+        directory = Path(self.mktemp()) / "ca"
+        first = self.factory(parse("--ca-dir", str(directory)))
+        self.assertEqual(stat.S_IMODE(directory.stat().st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE((directory / CA_FILE).stat().st_mode), 0o600)
+        self.assertTrue((directory / CA_CERT_PEM).is_file())
+        self.assertTrue((directory / CA_CERT_DER).is_file())
+        second = self.factory(parse("--ca-dir", str(directory)))
+        assert first.contexts is not None and second.contexts is not None
+        self.assertEqual(
+            first.contexts.store.authority.certificate,
+            second.contexts.store.authority.certificate,
+        )
+
+    def test_ca_dir_unusable(self) -> None:
+        """
+        A ``--ca-dir`` whose CA file is broken makes :func:`make_service`
+        raise ``SystemExit`` with one line, and the file is left alone.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / CA_FILE).write_text("garbage\n")
+        with self.assertRaises(SystemExit) as caught:
+            make_service(parse("--ca-dir", str(directory)), MemoryReactorClock())
+        message = caught.exception.code
+        assert isinstance(message, str)
+        self.assertIn(str(directory / CA_FILE), message)
+        self.assertNotIn("\n", message)
+        self.assertEqual((directory / CA_FILE).read_text(), "garbage\n")

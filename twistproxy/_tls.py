@@ -30,11 +30,14 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 if TYPE_CHECKING:
     from twistproxy.certs import CertificateStore, IssuedCertificate
+
+_log = Logger()
 
 ALPN_HTTP11 = b"http/1.1"
 """The only application protocol offered until HTTP/2 exists here."""
@@ -93,7 +96,14 @@ class ServerContexts:
             hostname = name.decode("ascii")
         except UnicodeDecodeError:
             return  # keep the CONNECT host's certificate
-        connection.set_context(self.context_for(hostname))
+        try:
+            context = self.context_for(hostname)
+        except Exception:
+            # OpenSSL's callback cannot raise usefully: keep the CONNECT
+            # host's certificate, and say why in the log.
+            _log.failure("no certificate for SNI name {name}", name=hostname)
+            return
+        connection.set_context(context)
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:

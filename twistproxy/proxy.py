@@ -387,8 +387,24 @@ class ProxyRequest(Request):
                 run_hook=True,
             )
             return
+        assert flow.response is not None
+        if flow.response.status_code != 200:
+            # A response hook answered otherwise: send that, open no tunnel.
+            if relay is not None:
+                relay.transport.loseConnection()
+            self._ended = False
+            self._respond()
+            return
         channel: Proxy = self.channel
         factory = self._factory
+        if relay is None:
+            try:
+                # Mint now, while a failure can still be answered.
+                factory.intercept_context(flow.request.host)
+            except Exception:
+                _log.failure("no certificate for {host}", host=flow.request.host)
+                self._fail(Failure(), run_hook=False)
+                return
         channel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         buffered = take_buffered(channel)
         self._ended = True
@@ -1097,6 +1113,15 @@ class ProxyFactory(HTTPFactory):
         """Whether a CONNECT to *host*:*port* is passed through untouched."""
         hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return any(pattern.search(hostport) for pattern in self._ignore_hosts)
+
+    def intercept_context(self, host: str) -> Any:
+        """
+        The TLS context presenting *host*'s certificate, minted if need be.
+
+        :raises Exception: whatever minting raised (the CA expired, say).
+        """
+        assert self.contexts is not None
+        return self.contexts.context_for(host)
 
     def intercepting_protocol(self, channel: Proxy, tunnel: Tunnel) -> Any:
         """

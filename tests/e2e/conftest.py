@@ -255,6 +255,11 @@ async def run_closed_stdin(executable: str, *args: str) -> tuple[bytes, int]:
         def processEnded(self, reason: Any) -> None:
             done.callback((self.output, reason.value.exitCode or 0))
 
-    reactor.spawnProcess(Collect(), executable, (executable, *args),
-                         env={"PATH": "/usr/bin:/bin"})
-    return await done.addTimeout(20, reactor)
+    process = reactor.spawnProcess(Collect(), executable, (executable, *args),
+                                   env={"PATH": "/usr/bin:/bin"})
+    try:
+        return await done.addTimeout(20, reactor)
+    except Exception:
+        if process.pid is not None:
+            process.signalProcess("KILL")  # don't let a hung child outlive the test
+        raise

@@ -388,3 +388,49 @@ async def test_slow_reader_over_tls_memory_flat(pki: Any, start_tls_origin: Any,
     ahead = origin.factory.body_sent - read
     assert ahead < 24 * MB, f"origin ran {ahead / MB:.1f} MB ahead of the client"
     assert peak - before < 16 * MB, f"RSS grew by {(peak - before) / MB:.1f} MB"
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_response_hook_can_refuse(pki: Any, start_tls_origin: Any,
+                                                start_https_proxy: Any) -> None:
+    """A ``response`` hook that turns a CONNECT's 200 into a 403 refuses the tunnel."""
+    origin = start_tls_origin(pki.good)
+
+    class Refuse(Addon):
+        def response(self, flow: HTTPFlow) -> None:
+            if flow.request.method == "CONNECT":
+                flow.response = Response.make(403, "not today\n")
+
+    proxy = await start_https_proxy(addons=[Refuse()])
+    [parsed] = parse_responses(await raw(
+        proxy.port,
+        f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\nHost: x\r\n"
+        "Connection: close\r\n\r\n".encode()))
+    assert (parsed.status, parsed.body) == (403, b"not today\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_minting_failure_answers_instead_of_tunnel(start_https_proxy: Any) -> None:
+    """
+    When no certificate can be minted (the CA expired, say), the CONNECT is
+    answered with an error page instead of a 200 that would leave the
+    client waiting on a tunnel nobody serves.
+    """
+    import datetime
+
+    from twistproxy.certs import CertificateAuthority, CertificateStore
+    from twistproxy.errors import CertificateAuthorityError
+
+    class Broken(CertificateStore):
+        def certificate_for(self, hostname: str) -> Any:
+            raise CertificateAuthorityError("the CA has expired")
+
+    def now() -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC)
+
+    store = Broken(CertificateAuthority.generate(now=now()), now=now)
+    proxy = await start_https_proxy(cert_store=store)
+    [parsed] = parse_responses(await raw(
+        proxy.port,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert parsed.status == 500 and b"expired" in parsed.body

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -346,7 +347,111 @@ async def test_help_lists_every_option(tmp_path: Path) -> None:
     code, output = await run([*twistd_command(), "twistproxy", "--help"], tmp_path)
     assert code == 0, output
     options = [name.rstrip("=") for name in Options().longOpt]
-    assert {"port", "addon", "body-limit", "timeout", "connect-timeout", "quiet"} <= set(options)
+    assert {"port", "addon", "body-limit", "timeout", "connect-timeout", "quiet", "ca-dir", "ca",
+            "ignore-hosts", "upstream-ca", "insecure", "no-intercept"} <= set(options)
     for name in options:
         assert f"--{name}" in output, (name, output)
 
+
+
+# -- HTTPS --------------------------------------------------------------------
+
+
+def _ca_files(home: Path) -> dict[str, Path]:
+    directory = home / ".twistproxy"
+    return {
+        "directory": directory,
+        "key": directory / "twistproxy-ca.pem",
+        "pem": directory / "twistproxy-ca-cert.pem",
+        "der": directory / "twistproxy-ca-cert.cer",
+    }
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_https_with_the_default_ca(tmp_path: Path, pki: Any,
+                                         start_tls_origin: Any) -> None:
+    """
+    On its first start twistd makes a CA in ``~/.twistproxy`` (the
+    directory 0700, the key file 0600) and logs where; through the proxy,
+    ``http://twistproxy/cert/pem`` is that CA's certificate, and curl
+    trusting only that certificate reaches an HTTPS origin the proxy
+    verifies with ``--upstream-ca``.  A second start reuses the same CA.
+    """
+    from cryptography import x509
+
+    origin = start_tls_origin(pki.good)
+    files = _ca_files(tmp_path)
+    upstream = ("--upstream-ca", str(pki.origin_ca_pem))
+    child, port = await start_twistd(tmp_path, *upstream)
+    try:
+        assert _mode(files["directory"]) == 0o700
+        assert _mode(files["key"]) == 0o600
+        assert files["der"].is_file()
+        pem = files["pem"].read_bytes()
+        der_cert = x509.load_der_x509_certificate(files["der"].read_bytes())
+        assert der_cert == x509.load_pem_x509_certificate(pem)
+        await output_contains(child, f"created a CA for intercepting HTTPS in {files['directory']}")
+        proxy = f"http://127.0.0.1:{port}"
+        code, served = await curl("-x", proxy, "http://twistproxy/cert/pem", cwd=tmp_path)
+        assert code == 0, served
+        assert served.encode() == pem
+        url = f"https://127.0.0.1:{origin.port}/echo?through=twistd"
+        code, body = await curl("--cacert", str(files["pem"]), "-x", proxy, url, cwd=tmp_path)
+        assert code == 0, body
+        assert '"target": "/echo?through=twistd"' in body
+        await output_contains(child, f"GET {url} -> 200")
+    finally:
+        await child.stop()
+
+    child, port = await start_twistd(tmp_path, *upstream)
+    try:
+        proxy = f"http://127.0.0.1:{port}"
+        code, served = await curl("-x", proxy, "http://twistproxy/cert/pem", cwd=tmp_path)
+        assert code == 0, served
+        assert served.encode() == pem
+        assert files["pem"].read_bytes() == pem
+        code, body = await curl("--cacert", str(files["pem"]), "-x", proxy,
+                                f"https://127.0.0.1:{origin.port}/echo", cwd=tmp_path)
+        assert code == 0, body
+        assert "created a CA" not in child.output
+    finally:
+        await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_ca_file(tmp_path: Path) -> None:
+    """
+    A ``--ca`` file that is not a CA in PEM ends twistd with one line naming
+    the file and the reason, not a traceback, and no CA is made in the home
+    directory instead.
+    """
+    (tmp_path / "broken-ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    code, output = await run(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--port", str(free_port()),
+         "--ca", "broken-ca.pem"],
+        tmp_path,
+    )
+    assert code not in (0, None), output
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "broken-ca.pem" in line]
+    assert len(lines) == 1, output
+    assert "malformed PEM" in lines[0], output
+    assert not (tmp_path / ".twistproxy").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ignore_hosts_not_a_regex(tmp_path: Path) -> None:
+    """
+    ``--ignore-hosts`` with something that is not a regular expression is
+    a usage error naming the option.
+    """
+    code, output = await run(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--ignore-hosts", "("],
+        tmp_path,
+    )
+    assert_usage_error(code, output, "--ignore-hosts", "not a regular expression")
