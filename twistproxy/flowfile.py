@@ -470,13 +470,20 @@ def dump_flows(flows: Iterable[HTTPFlow], out: IO[bytes]) -> int:
 
 def load_flows(path: str | os.PathLike[str]) -> list[HTTPFlow]:
     """
-    Read every flow of the flow file at *path*.  Use :func:`read_flows` for
-    large files.
+    Read every flow of the flow file at *path*, or of the HAR file when
+    *path* ends in ``.har``.  Use :func:`read_flows` for large files.
 
-    :raises FlowFileError: as :func:`read_flows` does.
+    :raises FlowFileError: as :func:`read_flows` or :func:`from_har` do, or
+        when a HAR file is not JSON.
     :raises OSError: if the file cannot be read.
     """
     with open(path, "rb") as source:
+        if os.fspath(path).lower().endswith(".har"):
+            try:
+                har = json.load(source)
+            except ValueError as e:
+                raise FlowFileError(f"not a HAR file: {e}") from e
+            return list(from_har(har))
         return list(read_flows(source))
 
 

@@ -9,11 +9,12 @@ reactor; everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -21,10 +22,16 @@ from twisted.python import usage
 from twistproxy._tls import UpstreamTLS
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
+from twistproxy.addons.save import SaveFlows
 from twistproxy.addons.script import load_addons
 from twistproxy.certs import CA_CERT_PEM, CertificateAuthority, CertificateStore
 from twistproxy.errors import AddonError, CertificateAuthorityError
+from twistproxy.filters import FilterError
+from twistproxy.filters import parse as parse_filter
+from twistproxy.flowfile import FlowFileError, load_flows
+from twistproxy.http import HTTPFlow
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
+from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
 
 _log = Logger(namespace="twistproxy")
@@ -43,6 +50,13 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a size (examples: 65536, 512k, 1m)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -108,11 +122,28 @@ class Options(usage.Options):
             None,
             "Trust the CA certificates in this PEM file for servers, not the system's.",
         ],
+        ["save", "w", None, "Append every completed flow to this flow file (JSON lines)."],
+        ["save-filter", None, None, "Save only the flows this filter expression accepts."],
+        [
+            "replay-unmatched",
+            None,
+            "forward",
+            "Server replay: forward, kill or 404 requests no recording matches.",
+        ],
+        [
+            "replay-concurrency",
+            None,
+            1,
+            "Client replay: how many flows are replayed at once.",
+            _at_least_one,
+        ],
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
         ["no-intercept", None, "Pass every CONNECT tunnel through untouched (no CA needed)."],
         ["insecure", None, "Do not verify servers' certificates (testing only)."],
+        ["replay-ignore-content", None, "Server replay: do not match request bodies."],
+        ["exit-after-replay", None, "Stop once every --client-replay flow was replayed."],
     ]
 
     _failed = False
@@ -122,6 +153,26 @@ class Options(usage.Options):
         self["addon"] = []
         self["addons"] = []
         self["ignore-hosts"] = []
+        self["server-replay"] = []
+        self["client-replay"] = []
+        self["replay-ignore-param"] = []
+        self["replay-match-header"] = []
+
+    def opt_server_replay(self, path: str) -> None:
+        """Answer requests from the flows recorded in this file (or .har); repeatable."""
+        self["server-replay"].append(path)
+
+    def opt_client_replay(self, path: str) -> None:
+        """Re-send the requests recorded in this file (or .har) at start; repeatable."""
+        self["client-replay"].append(path)
+
+    def opt_replay_ignore_param(self, name: str) -> None:
+        """Server replay: leave this query parameter out of matching; repeatable."""
+        self["replay-ignore-param"].append(name)
+
+    def opt_replay_match_header(self, name: str) -> None:
+        """Server replay: match this request header too (none by default); repeatable."""
+        self["replay-match-header"].append(name)
 
     def opt_addon(self, path: str) -> None:
         """Load addons from a Python file defining 'addons = [...]'; repeatable."""
@@ -177,6 +228,21 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(f"--upstream-ca {e}") from e
+        if self["replay-unmatched"] not in UNMATCHED:
+            raise usage.UsageError(
+                f"--replay-unmatched {self['replay-unmatched']}: "
+                f"choose one of {', '.join(UNMATCHED)}"
+            )
+        self["save-filter-parsed"] = None
+        if self["save-filter"] is not None:
+            try:
+                self["save-filter-parsed"] = parse_filter(self["save-filter"])
+            except FilterError as e:
+                raise usage.UsageError(f"--save-filter: {e}") from e
+        self["server-replay-flows"] = _read_recordings("--server-replay", self["server-replay"])
+        self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
+        if self["exit-after-replay"] and not self["client-replay"]:
+            raise usage.UsageError("--exit-after-replay needs --client-replay")
 
 
 def makeService(options: Options) -> IService:
@@ -195,9 +261,26 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     """
     store = None if options["no-intercept"] else _certificate_store(options)
     addons: list[object] = [] if store is None else [CertPage(store.authority)]
+    if options["server-replay"]:
+        addons.append(ServerReplay(
+            options["server-replay-flows"],
+            ignore_params=options["replay-ignore-param"],
+            ignore_content=options["replay-ignore-content"],
+            match_headers=options["replay-match-header"],
+            unmatched=options["replay-unmatched"],
+            now=reactor.seconds,
+        ))
     if not options["quiet"]:
         addons.append(FlowLog())
     addons.extend(options["addons"])
+    saving = None
+    if options["save"] is not None:
+        try:
+            out = open(Path(options["save"]).expanduser(), "ab")  # closed when the service stops
+        except OSError as e:
+            raise SystemExit(f"twistproxy: --save {options['save']}: {e.strerror}") from e
+        saving = SaveFlows(out, flow_filter=options["save-filter-parsed"])
+        addons.append(saving)
     factory = ProxyFactory(
         reactor=reactor,
         addons=addons,
@@ -210,7 +293,62 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     )
     top = _Main(options["endpoint"])
     ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
+    if options["client-replay"]:
+        _ClientReplayService(
+            ClientReplay(factory, concurrency=options["replay-concurrency"]),
+            options["client-replay-flows"],
+            stop=reactor.stop if options["exit-after-replay"] else None,
+        ).setServiceParent(top)
+    if saving is not None:
+        _Closing(saving.close).setServiceParent(top)
     return top
+
+
+def _read_recordings(option: str, paths: list[str]) -> list[HTTPFlow]:
+    """The flows of the files *paths* name, or a usage error naming what is wrong."""
+    flows: list[HTTPFlow] = []
+    for path in paths:
+        try:
+            flows.extend(load_flows(Path(path).expanduser()))
+        except OSError as e:
+            raise usage.UsageError(f"{option} {path}: {e.strerror}") from e
+        except FlowFileError as e:
+            raise usage.UsageError(f"{option} {path}: {e}") from e
+    return flows
+
+
+class _ClientReplayService(Service):
+    """Replays the --client-replay flows once the proxy runs; optionally stops after."""
+
+    def __init__(
+        self, replay: ClientReplay, flows: list[HTTPFlow], *, stop: Callable[[], object] | None
+    ) -> None:
+        self._replay = replay
+        self._flows = flows
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        queued = self._replay.start_replay(self._flows)
+        _log.info("replaying {count} recorded requests", count=queued)
+        if self._stop is not None:
+            stop = self._stop
+            self._replay.when_drained().addCallback(lambda _: stop())
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._replay.close()
+
+
+class _Closing(Service):
+    """Calls *close* when the service stops (the --save file)."""
+
+    def __init__(self, close: Callable[[], object]) -> None:
+        self._close = close
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._close()
 
 
 def _now() -> datetime:
