@@ -434,3 +434,28 @@ async def test_minting_failure_answers_instead_of_tunnel(start_https_proxy: Any)
         proxy.port,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
     assert parsed.status == 500 and b"expired" in parsed.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_replay_of_https_flow(pki: Any, start_tls_origin: Any,
+                                           start_https_proxy: Any) -> None:
+    """
+    An https flow is replayed over verified TLS with its recorded SNI: a flow
+    recorded through a tunnel to an IP address, whose client sent SNI
+    ``localhost``, goes to that IP with the name ``localhost``.
+    """
+    from twistproxy.client import PoolKey
+    from twistproxy.flow import Client, Server
+    from twistproxy.http import Request
+    from twistproxy.replay import ClientReplay
+
+    origin = start_tls_origin(pki.good)
+    proxy = await start_https_proxy()
+    flow = HTTPFlow(Client(sni="localhost"), Server(), now=lambda: 1.0)
+    flow.request = Request.make("GET", f"https://127.0.0.1:{origin.port}/echo?replayed=1")
+    await ClientReplay(proxy.factory).replay(flow)
+    assert flow.error is None, flow.error
+    assert json.loads(flow.response.content)["target"] == "/echo?replayed=1"
+    assert flow.is_replay == "request"
+    key = PoolKey("https", "127.0.0.1", origin.port, "localhost")
+    assert proxy.factory.pool.idle_count(key) == 1
