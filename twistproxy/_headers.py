@@ -156,7 +156,9 @@ def request_fields(
 _REQUEST_DROP = frozenset({b"expect"})
 
 
-def response_fields(fields: Fields, *, framing: int, close: bool) -> list[tuple[bytes, bytes]]:
+def response_fields(
+    fields: Fields, *, framing: int, close: bool, own: bool = False
+) -> list[tuple[bytes, bytes]]:
     """
     The header fields to send the client for a response.
 
@@ -166,11 +168,15 @@ def response_fields(fields: Fields, *, framing: int, close: bool) -> list[tuple[
         the origin chose is kept as it is) or :data:`UNTIL_CLOSE`.
     :param close: Add ``Connection: close`` because the client connection
         ends after this response.
+    :param own: The proxy (or a hook) made this response: its
+        ``Proxy-Authenticate`` challenge is the proxy's own and is kept.
     """
+    challenge = [f for f in fields if own and f[0].lower() == b"proxy-authenticate"]
     if framing == NO_BODY:
         out = _keep_length(fields)
     else:
         out = _end_to_end(fields, framing, {}, frozenset())
+    out.extend(challenge)
     if close:
         out.append((b"Connection", b"close"))
     return out
@@ -209,17 +215,17 @@ def body_framing(fields: Fields) -> tuple[bool, int | None]:
     return chunked, length
 
 
-def request_head(request: Request, framing: int) -> bytes:
+def request_head(request: Request, framing: int, via: bytes | None = VIA) -> bytes:
     """
     The head to send upstream for *request*: an origin-form request line,
     then its end-to-end fields framed by *framing* (see
     :func:`request_fields`), with ``Host`` from the request's ``Host``
-    header, or its host and port when it has none.
+    header, or its host and port when it has none, and *via* added.
     """
     host = request.headers.get_raw(b"host") or authority_for(
         request.scheme, request.host, request.port
     )
-    fields = request_fields(request.headers.fields, authority=host, framing=framing)
+    fields = request_fields(request.headers.fields, authority=host, framing=framing, via=via)
     lines = [
         request.method.encode("ascii"),
         b" ",

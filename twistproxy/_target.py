@@ -11,6 +11,7 @@ upstream and the authority to put in its ``Host`` header.  It does no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import attrs
 
@@ -132,3 +133,23 @@ def authority_for(scheme: str, host: str, port: int) -> bytes:
     name = f"[{host}]" if ":" in host else host
     encoded = name.encode("ascii") if name.isascii() else name.encode("idna")
     return encoded if DEFAULT_PORTS.get(scheme) == port else b"%s:%d" % (encoded, port)
+
+
+def check_host(fields: Iterable[tuple[bytes, bytes]], target: Target) -> None:
+    """
+    Refuse a request whose ``Host`` header contradicts its absolute-form
+    target: two parsers (this proxy and the origin) must not disagree
+    about where a request goes.
+
+    :param fields: The request's header fields.
+    :raises BadRequestTarget: for more than one ``Host`` header, a malformed
+        one, or one naming another host or port than *target*.
+    """
+    values = [value for name, value in fields if len(name) == 4 and name.lower() == b"host"]
+    if not values:
+        return
+    if len(values) > 1:
+        raise BadRequestTarget("more than one Host header")
+    host, port = parse_authority(values[0].strip(), DEFAULT_PORTS[target.scheme])
+    if host.lower() != target.host.lower() or port != target.port:
+        raise BadRequestTarget("the Host header contradicts the request-target")

@@ -106,10 +106,14 @@ class ProxyClient(Protocol):
         failure, so each exchange ends once.
     :ivar reused: ``True`` once the connection has carried an exchange.
     :ivar server: The connection record flows using this connection share.
+    :ivar max_header_size: Bytes a response's header fields may take; more
+        fails the exchange (502).
     """
 
     father: IResponseReceiver | None = None
     server: Server | None = None
+    max_header_size = 64 * 1024
+    _header_bytes = 0
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
     reused = False
@@ -200,14 +204,18 @@ class ProxyClient(Protocol):
         if self.father is None:
             raise _Unsolicited()
         self._reason = b""
+        self._header_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         """httptools callback: the reason phrase (not called when it is empty)."""
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """httptools callback: one header field."""
+        """httptools callback: one header field (their total size is bounded)."""
         self._fields.append((name, value))
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.max_header_size:
+            raise UpstreamProtocolError("the response headers are too large")
 
     def on_headers_complete(self) -> None:
         """httptools callback: the head is complete; report it."""
@@ -372,6 +380,7 @@ class ProxyClientFactory(ClientFactory):
         client = ProxyClient(self.key)
         client.factory = self
         client._pool = self.pool
+        client.max_header_size = self.pool.max_response_header_size
         return client
 
 
@@ -387,6 +396,8 @@ class ConnectionPool:
         closed.
     :param tls: Makes the TLS settings for ``https`` origins; by default
         verified against the system's trust store.
+    :param max_response_header_size: Bytes a response's header fields may
+        take; more is a 502.
     :ivar on_disconnect: Called with each connection that closes, after it
         has carried an exchange (the proxy runs ``server_disconnected``).
     """
@@ -401,9 +412,11 @@ class ConnectionPool:
         max_idle_per_host: int = 100,
         idle_timeout: float = 30.0,
         tls: UpstreamTLS | None = None,
+        max_response_header_size: int = 64 * 1024,
     ) -> None:
         self._reactor = reactor
         self.tls = tls if tls is not None else UpstreamTLS()
+        self.max_response_header_size = max_response_header_size
         self.endpoint_factory = endpoint_factory
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout

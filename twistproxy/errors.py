@@ -85,6 +85,15 @@ class UpstreamProtocolError(TwistProxyError):
     status, phrase = 502, b"Bad Gateway"
 
 
+class LoopDetected(TwistProxyError):
+    """
+    The request would come back to this proxy: it names the proxy's own
+    address, or it already passed through this proxy (its ``Via`` header).
+    """
+
+    status, phrase = 508, b"Loop Detected"
+
+
 class HookFailed(TwistProxyError):
     """
     An addon's hook raised an exception.

@@ -13,6 +13,7 @@ so hooks see them whole, larger ones stream with backpressure both ways.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,16 +27,29 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, HTTPFactory, Request
+from twisted.web.http import (
+    HTTPChannel,
+    HTTPFactory,
+    Request,
+    _ChunkedTransferDecoder,
+    _MalformedChunkedDataError,
+)
+from zope.interface import implementer
 
 from twistproxy import _headers
 from twistproxy._switch import hand_over, take_buffered
-from twistproxy._target import Target, authority_for, parse_absolute_form, parse_authority
+from twistproxy._target import (
+    Target,
+    authority_for,
+    check_host,
+    parse_absolute_form,
+    parse_authority,
+)
 from twistproxy._tls import (
     InterceptingServerTLS,
     ServerContexts,
@@ -49,7 +63,9 @@ from twistproxy.errors import (
     BadRequestTarget,
     FlowKilled,
     HookFailed,
+    LoopDetected,
     UpstreamConnectionLost,
+    UpstreamTimeout,
     error_status,
     upstream_error,
 )
@@ -57,6 +73,7 @@ from twistproxy.flow import Client, Error, Server
 from twistproxy.hooks import HookChain
 from twistproxy.http import Headers, HTTPFlow, Response
 from twistproxy.http import Request as RequestModel
+from twistproxy.limits import Limits
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -71,8 +88,24 @@ DEFAULT_BODY_LIMIT = 1024 * 1024
 _WAITING, _BUFFER, _STREAM, _DISCARD, _TUNNEL = range(5)  # what happens to request body bytes
 _NO_BODY_STATUS = frozenset({204, 304})
 _TERMINAL_HOOKS = frozenset({"response", "error"})
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
 _HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
+
+
+class _NoTimer:
+    """Stands for "no timer" so the hot path needs no ``None`` checks."""
+
+    @staticmethod
+    def active() -> bool:
+        return False
+
+    @staticmethod
+    def reset(seconds: float) -> None:
+        pass
+
+
+_NO_TIMER: Any = _NoTimer()
 
 
 class ProxyRequest(Request):
@@ -107,7 +140,10 @@ class ProxyRequest(Request):
     _answer: Failure | None = None
     _server_name: str | None = None  # the TLS name for the origin inside a tunnel
     _failure: Failure | None = None  # why the flow failed, for the error page
+    _silence: Any = _NO_TIMER  # the origin's silence timer, once the request is sent
+    _throttle: _Throttle | None = None
     _terminal = False  # the response or error hook chain has started
+    _own_response = False  # the response was made here (a hook), not by an origin
     _aborted = False  # the client connection is being aborted
     _length: int | None = None
 
@@ -173,6 +209,7 @@ class ProxyRequest(Request):
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: stop the exchange and close its upstream."""
         super().connectionLost(reason)
+        self._unwatch_upstream()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -211,7 +248,9 @@ class ProxyRequest(Request):
                 self._server_name = channel.tls_server_name()
             else:
                 target = parse_absolute_form(uri)
-        except BadRequestTarget as e:
+                check_host(self._raw_headers, target)
+            self._check_via()
+        except (BadRequestTarget, LoopDetected) as e:
             self._mode = _DISCARD
             self._answer = Failure(e)
             return
@@ -243,6 +282,27 @@ class ProxyRequest(Request):
         if length is not None and length > factory.body_limit:
             flow.request.stream = True
         self._run("requestheaders", self._after_requestheaders)
+
+    def _check_via(self) -> None:
+        """
+        :raises LoopDetected: if the request already passed this proxy.
+        """
+        token = self._factory.via.split(b" ", 1)[1]
+        for name, value in self._raw_headers:
+            if len(name) == 3 and name.lower() == b"via" and token in value:
+                raise LoopDetected("the request came back to this proxy (Via)")
+
+    def _points_here(self, transport: Any) -> bool:
+        """
+        Whether an upstream connection reached this proxy itself: the port a
+        client reached the proxy on, at that address or at the upstream
+        connection's own local address (a name resolving to this machine).
+        """
+        peer = transport.getPeer()
+        ours = self.channel.transport.getHost()
+        if getattr(peer, "port", None) != getattr(ours, "port", None):
+            return False
+        return peer.host in (ours.host, transport.getHost().host)
 
     def _after_requestheaders(self) -> None:
         flow = self.flow
@@ -345,6 +405,11 @@ class ProxyRequest(Request):
         flow.server_conn = server
         if self._disconnected:
             transport.loseConnection()
+            return
+        if self._points_here(transport):
+            transport.loseConnection()
+            self._fail(Failure(LoopDetected("the tunnel names this proxy itself")),
+                       run_hook=True)
             return
         chain = self._factory.chain
         if chain.has("server_connected", self):
@@ -502,6 +567,11 @@ class ProxyRequest(Request):
         if self._disconnected or self._ended:
             client.abandon()
             return
+        if self._points_here(client.transport):
+            client.abandon()
+            self._fail(Failure(LoopDetected("the request names this proxy itself")),
+                       run_hook=True)
+            return
         chain = self._factory.chain
         if chain.has("server_connected", self):
             d = chain.run("server_connected", client.server, first=self)
@@ -552,7 +622,7 @@ class ProxyRequest(Request):
             framing = len(content) if had_body else _headers.NO_BODY
             self._request_chunked = False
         self._request_chunked = framing == _headers.CHUNKED
-        data = [_headers.request_head(request, framing)]
+        data = [_headers.request_head(request, framing, self._factory.via)]
         for piece in body:
             data.extend(self._encode_body(piece))
         complete = not streaming or self._body_done
@@ -560,6 +630,8 @@ class ProxyRequest(Request):
             data.extend(self._body_end())
             request.timestamp_end = self._now()
         client.send(self, data, head=request.method == "HEAD", complete=complete)
+        if complete:
+            self._watch_upstream()
         if not complete and client.transport is not None:
             client.transport.registerProducer(self.channel.transport, True)
             self._producing = True
@@ -578,6 +650,7 @@ class ProxyRequest(Request):
         assert upstream is not None
         self._stop_producing()
         upstream.end_body(self._body_end())
+        self._watch_upstream()
         if self.flow is not None and self.flow.request is not None:
             self.flow.request.timestamp_end = self._now()
 
@@ -593,12 +666,39 @@ class ProxyRequest(Request):
         if not reason.check(CancelledError):
             self._fail(reason, run_hook=True)
 
+    # -- the origin's silence ---------------------------------------------
+
+    def _watch_upstream(self) -> None:
+        """(Re)start the clock on the origin's silence."""
+        timeout = self._factory.limits.upstream_timeout
+        timer = self._silence
+        if timer is not None and timer.active():
+            timer.reset(timeout)
+        else:
+            self._silence = self._factory.reactor.callLater(timeout, self._upstream_silent)
+
+    def _unwatch_upstream(self) -> None:
+        timer, self._silence = self._silence, _NO_TIMER
+        if timer.active():
+            timer.cancel()
+
+    def _upstream_silent(self) -> None:
+        """The origin said nothing for ``upstream_timeout`` seconds."""
+        throttle = self._throttle
+        if self._pending is not None or (throttle is not None and throttle.paused):
+            self._watch_upstream()  # we hold the origin back: not its silence
+            return
+        timeout = self._factory.limits.upstream_timeout
+        self._fail(Failure(UpstreamTimeout(f"the server sent nothing for {timeout:g} s")),
+                   run_hook=True)
+
     # -- IResponseReceiver: the response, as the upstream reports it ----
 
     def response_started(
         self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
     ) -> None:
         """The origin's response head arrived: run ``responseheaders``."""
+        self._watch_upstream()
         flow = self.flow
         assert flow is not None and flow.request is not None
         response = Response(
@@ -637,6 +737,7 @@ class ProxyRequest(Request):
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
+        self._silence.reset(self._factory.limits.upstream_timeout)
         self._response_size += len(data)
         if self._response_mode == _STREAM:
             self.write(data)
@@ -649,6 +750,7 @@ class ProxyRequest(Request):
 
     def response_ended(self) -> None:
         """The origin's response is complete."""
+        self._unwatch_upstream()
         self._stop_producing()
         self._upstream = None
         self._upstream_done = True
@@ -659,6 +761,7 @@ class ProxyRequest(Request):
 
     def response_failed(self, reason: Failure) -> None:
         """The exchange with the origin failed."""
+        self._unwatch_upstream()
         self._stop_producing()
         self._upstream = None
         if (
@@ -690,7 +793,8 @@ class ProxyRequest(Request):
             self.write(piece)
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None and not self._disconnected:
-            self.registerProducer(upstream.transport, True)
+            self._throttle = _Throttle(upstream.transport)
+            self.registerProducer(self._throttle, True)
 
     def _response_complete(self) -> None:
         flow = self.flow
@@ -725,6 +829,7 @@ class ProxyRequest(Request):
     def _respond_from_hook(self) -> None:
         """Send the response a request hook set, without contacting the origin."""
         self._upstream_done = True
+        self._own_response = True
         response = self.flow.response  # type: ignore[union-attr]
         assert response is not None
         now = self._now()
@@ -751,7 +856,8 @@ class ProxyRequest(Request):
             self.channel.persistent = False
         self.chunked = 1 if framing == _headers.CHUNKED else 0
         fields = _headers.response_fields(
-            response.headers.fields, framing=framing, close=not self.channel.persistent
+            response.headers.fields, framing=framing, close=not self.channel.persistent,
+            own=self._own_response,
         )
         head = [self.clientproto, b" %d " % (self.code,), self.code_message, b"\r\n"]
         for name, value in fields:
@@ -804,6 +910,7 @@ class ProxyRequest(Request):
             return
         self._ended = True
         self._failure = reason
+        self._unwatch_upstream()
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abandon()
@@ -836,6 +943,7 @@ class ProxyRequest(Request):
         then run the ``error`` hook (unless the flow's last hook already ran).
         """
         self._ended = True
+        self._unwatch_upstream()
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abandon()
@@ -876,6 +984,7 @@ def _nothing() -> None:
     pass
 
 
+
 def _joined(pieces: list[bytes]) -> bytes:
     """The buffered *pieces* of a body as one bytes object, copied only when needed."""
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -895,6 +1004,56 @@ def _describe(reason: Failure) -> str:
         return Error.KILLED_MESSAGE
     text = str(error)
     return text or type(error).__name__
+
+
+class _BoundedChunks(_ChunkedTransferDecoder):
+    """Twisted's chunked decoder, refusing chunk sizes beyond 2**63 - 1 (as llhttp)."""
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        done: bool = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.length > _MAX_CHUNK:
+            raise _MalformedChunkedDataError("chunk size out of range")
+        return done
+
+
+_MAX_CHUNK = 2**63 - 1
+
+
+class _Busy(Protocol):
+    """Answers a connection beyond ``max_connections`` with 503, then closes."""
+
+    def connectionMade(self) -> None:
+        body = b"503 Service Unavailable\n\ntwistproxy: too many connections\n"
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@implementer(IPushProducer)
+class _Throttle:
+    """
+    The upstream transport as the client channel's producer, remembering
+    whether the client's backpressure paused it.
+    """
+
+    paused = False
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
 
 
 @attrs.frozen
@@ -969,9 +1128,105 @@ class Proxy(HTTPChannel):
         """The client's side of a passthrough tunnel closed."""
         self._disconnected()
 
+    # -- the request head: limits and strict framing ---------------------
+
+    _head_lines = 0  # lines of the request head read so far
+    _head_bytes = 0
+    _head_timer: Any = None
+
+    _last_byte = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Start the head timer when a request's first byte arrives, and refuse
+        a head whose lines end in a bare LF (parsers that accept it and
+        parsers that do not would see different requests).
+        """
+        if self.line_mode:
+            if self._head_timer is None:
+                self._head_timer = self.callLater(
+                    self.factory.limits.header_timeout, self._head_timed_out
+                )
+            if b"\n" in data and self._bare_lf(data):
+                self._refuse(400, b"Bad Request", "lines must end with CRLF, not a bare LF")
+                return
+            self._last_byte = data[-1:]
+        super().dataReceived(data)
+
+    def _bare_lf(self, data: bytes) -> bool:
+        """
+        Whether the head in *data* has a line ending in a bare LF.  Only the
+        head is looked at (a body or a ClientHello may follow it in the same
+        read); the previous read's last byte is context for a CRLF split in
+        two.
+        """
+        last = self._last_byte
+        text = last + data
+        end = text.find(b"\r\n\r\n")
+        return _BARE_LF.search(text, len(last), len(text) if end == -1 else end + 4) is not None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._refuse(408, b"Request Timeout", "the request head took too long to arrive")
+
+    def lineReceived(self, line: bytes) -> None:
+        """Enforce the head's limits and refuse folded header lines."""
+        limits = self.factory.limits
+        if self._head_lines == 0:
+            if not line:
+                super().lineReceived(line)  # Twisted eats one stray empty line
+                return
+            if len(line) > limits.max_request_line:
+                self._refuse(414, b"URI Too Long", "the request line is too long")
+                return
+        elif line and line[0] in (0x20, 0x09):
+            self._refuse(400, b"Bad Request", "folded header lines (obs-fold) are not accepted")
+            return
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > limits.max_header_size:
+            self._refuse(431, b"Request Header Fields Too Large", "the request head is too large")
+            return
+        if line:
+            self._head_lines += 1
+            if self._head_lines > limits.max_header_count + 1:
+                self._refuse(431, b"Request Header Fields Too Large", "too many header fields")
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line longer than any limit allows, still without its end."""
+        if self._head_lines == 0:
+            self._refuse(414, b"URI Too Long", "the request line is too long")
+        else:
+            self._refuse(431, b"Request Header Fields Too Large", "a header line is too long")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's one place for a malformed request: answer with a reason."""
+        self._refuse(400, b"Bad Request", "malformed request")
+
+    def _refuse(self, status: int, phrase: bytes, reason: str) -> None:
+        """Answer a request that cannot be read any further, and close."""
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.transport is None or self.transport.disconnecting:
+            return
+        body = f"{status} {phrase.decode('ascii')}\n\ntwistproxy: {reason}\n".encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, phrase, len(body), body)
+        )
+        self.loseConnection()
+
     def connectionMade(self) -> None:
         """Record the client and run the ``client_connected`` hook."""
         super().connectionMade()
+        limits = self.factory.limits
+        # Twisted's own checks answer 400; ours come first with 414/431.
+        self.totalHeadersSize = limits.max_header_size + 1
+        self.maxHeaders = limits.max_header_count + 1
+        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_size)
         if self.tunnel is not None:
             return  # adopted: the outer connection did this
         factory: ProxyFactory = self.factory
@@ -994,11 +1249,28 @@ class Proxy(HTTPChannel):
 
     def headerReceived(self, line: bytes) -> bool:
         """Let Twisted validate the field, then keep its original form."""
+        name, colon, value = line.partition(b":")
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            # Only exactly "chunked", and only in HTTP/1.1: anything else is
+            # a way to make two parsers disagree about where a body ends.
+            if value.strip(b" \t").lower() != b"chunked" or self._version != b"HTTP/1.1":
+                self._refuse(400, b"Bad Request", "unsupported Transfer-Encoding")
+                return False
         if not super().headerReceived(line):
             return False
-        name, _, value = line.partition(b":")
         self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
         return True
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        """
+        Twisted's choice of body decoder, with chunk sizes bounded: its own
+        chunked decoder takes any number of hex digits.
+        """
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is _ChunkedTransferDecoder:
+            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
+        return ok
 
     def checkPersistence(self, request: ProxyRequest, version: bytes) -> bool:
         """
@@ -1012,12 +1284,19 @@ class Proxy(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         """The head is complete: the request builds its flow and runs hooks."""
+        self._head_lines = self._head_bytes = 0
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         super().allHeadersReceived()
         request = self.requests[-1]
         request.headers_received(self._command, self._path, self._version, self.length)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the requests, then run the ``client_disconnected`` hook."""
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         super().connectionLost(reason)
         if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
             peer = self.client_conn.peername
@@ -1035,6 +1314,7 @@ class Proxy(HTTPChannel):
         if client is None or factory is None:
             return
         client.timestamp_end = factory.reactor.seconds()
+        factory.connections -= 1
         factory.run_detached("client_disconnected", client)
 
 
@@ -1063,7 +1343,10 @@ class ProxyFactory(HTTPFactory):
         CONNECT: matching tunnels are passed through untouched.
     :param upstream_tls: TLS settings towards ``https`` origins (trust,
         ``--insecure``); by default verified against the system's store.
+    :param limits: Sizes, counts and times the proxy enforces.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
+    :ivar connections: Client connections open now.
+    :ivar via: This proxy's ``Via`` entry, unique to the process.
     """
 
     protocol = Proxy  # type: ignore[assignment]  # HTTPFactory types this as its H2 wrapper
@@ -1083,8 +1366,13 @@ class ProxyFactory(HTTPFactory):
         cert_store: CertificateStore | None = None,
         ignore_hosts: Sequence[str] = (),
         upstream_tls: UpstreamTLS | None = None,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
+        self.limits = limits if limits is not None else Limits()
+        self.connections = 0
+        # A token of this process for Via: seeing it again means a loop.
+        self.via = b"1.1 twistproxy-" + os.urandom(4).hex().encode("ascii")
         self.contexts = ServerContexts(cert_store) if cert_store is not None else None
         self._ignore_hosts = [re.compile(pattern, re.IGNORECASE) for pattern in ignore_hosts]
         self.request_factory = request_factory
@@ -1098,13 +1386,24 @@ class ProxyFactory(HTTPFactory):
         if endpoint_factory is None:
             endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
         self.pool = pool if pool is not None else ConnectionPool(
-            reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls
+            reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls,
+            max_response_header_size=self.limits.max_response_header_size,
         )
         self.body_limit = body_limit
         self.pool.on_disconnect = self.server_closed
 
-    def buildProtocol(self, addr: IAddress) -> Proxy:  # type: ignore[override]
-        """Make a channel whose requests are :attr:`request_factory`."""
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """
+        Make a channel for a new client connection, or, beyond
+        ``limits.max_connections``, a protocol that answers 503 and closes.
+        """
+        maximum = self.limits.max_connections
+        if maximum and self.connections >= maximum:
+            return _Busy()
+        self.connections += 1
+        return self._channel(addr)
+
+    def _channel(self, addr: IAddress | None) -> Proxy:
         channel: Proxy = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = self.request_factory
         return channel
@@ -1130,7 +1429,7 @@ class ProxyFactory(HTTPFactory):
         that adopts *channel*'s client record.
         """
         assert self.contexts is not None
-        inner: Proxy = self.buildProtocol(channel.transport.getPeer())
+        inner = self._channel(channel.transport.getPeer())
         inner.adopt(channel.client_conn, tunnel)
         creator = InterceptingServerTLS(self.contexts, tunnel.host)
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)

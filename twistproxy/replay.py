@@ -192,7 +192,7 @@ class ClientReplay:
         framing = len(content)
         if not content and request.headers.get_raw(b"content-length") is None:
             framing = _headers.NO_BODY
-        data = [_headers.request_head(request, framing)]
+        data = [_headers.request_head(request, framing, self._factory.via)]
         if content:
             data.append(content)
         for attempt in (1, 2):

@@ -21,6 +21,10 @@ Routes (by path prefix):
 - ``/garbage``: bytes that are not HTTP.
 - ``/sink``: stops reading the request body for ``SINK_PAUSE`` seconds
   after its headers, then reads it all and answers with its length.
+- ``/ambiguous``: a response with both Content-Length and chunked coding.
+- ``/bigheaders``: a response whose header fields take 128 KiB.
+- ``/midheaders``: half a response head, then a reset.
+- ``/stall``: the head and 10 of 1000 body bytes, then nothing.
 """
 
 from __future__ import annotations
@@ -147,6 +151,19 @@ class OriginProtocol(Protocol):
             pass
         elif path.startswith("/abort"):
             self.transport.abortConnection()
+        elif path.startswith("/ambiguous"):
+            write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n")
+        elif path.startswith("/bigheaders"):
+            write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"b" * 131072 + b"\r\n"
+                  b"Content-Length: 2\r\n\r\nok")
+        elif path.startswith("/midheaders"):
+            from twisted.internet import reactor
+
+            write(b"HTTP/1.1 200 OK\r\nContent-Ty")
+            reactor.callLater(0.1, self.transport.abortConnection)
+        elif path.startswith("/stall"):
+            write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"s" * 10)
         elif path.startswith("/garbage"):
             write(b"SPDY/9 what is this\r\n\r\n")
         elif path.startswith("/sink"):

@@ -47,7 +47,7 @@ class _Failing:
 async def _status_and_text(
     proxy: Running, origin_port: int, path: str = "/echo"
 ) -> tuple[int, bytes]:
-    request = (f"GET http://127.0.0.1:{origin_port}{path} HTTP/1.1\r\nHost: x\r\n"
+    request = (f"GET http://127.0.0.1:{origin_port}{path} HTTP/1.1\r\n"
                "Connection: close\r\n\r\n").encode()
     [parsed] = parse_responses(await raw(proxy.port, request))
     return parsed.status, parsed.body
@@ -182,7 +182,7 @@ async def test_https_target_goes_over_tls(origin: Running, proxy: Running) -> No
     plain-text origin the handshake fails, the client gets a 502 naming
     TLS, and the origin never sees the request.
     """
-    request = (f"GET https://127.0.0.1:{origin.port}/echo HTTP/1.1\r\nHost: x\r\n"
+    request = (f"GET https://127.0.0.1:{origin.port}/echo HTTP/1.1\r\n"
                "Connection: close\r\n\r\n").encode()
     [parsed] = parse_responses(await raw(proxy.port, request))
     assert parsed.status == 502 and b"TLS" in parsed.body

@@ -314,7 +314,7 @@ async def test_failing_error_hook_still_answers(start_proxy: Any) -> None:
     with socket_module.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    request = (f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n"
+    request = (f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n"
                "Connection: close\r\n\r\n").encode()
     [parsed] = parse_responses(await raw(proxy.port, request, timeout=5))
     assert parsed.status == 502 and b"connection refused" in parsed.body

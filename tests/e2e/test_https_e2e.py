@@ -255,7 +255,7 @@ async def test_absolute_https_without_connect(pki: Any, start_tls_origin: Any,
     origin = start_tls_origin(pki.good)
     proxy = await start_https_proxy()
     request = (f"GET https://127.0.0.1:{origin.port}/echo?plain=1 HTTP/1.1\r\n"
-               "Host: x\r\nConnection: close\r\n\r\n").encode()
+               "Connection: close\r\n\r\n").encode()
     [parsed] = parse_responses(await raw(proxy.port, request))
     assert parsed.status == 200
     assert json.loads(parsed.body)["target"] == "/echo?plain=1"

@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_limits -*-
+"""
+The bounds that keep one client or server from taking more than its share:
+sizes, counts and times, each with a default chosen to let real traffic
+through and stop abuse, and the status the proxy answers with when one is
+crossed.
+"""
+
+from __future__ import annotations
+
+import attrs
+from attrs.validators import ge, instance_of
+
+
+def _positive_number(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """
+    Limits the proxy enforces.
+
+    :ivar max_request_line: Bytes in a request line; longer is ``414 URI Too
+        Long`` (nginx allows 8 KiB by default, as here).
+    :ivar max_header_size: Bytes in a request's whole header block (request
+        line included); more is ``431 Request Header Fields Too Large``.
+    :ivar max_header_count: Header fields in a request; more is ``431``.
+    :ivar max_response_header_size: Bytes in a response's header block from
+        the origin; more is ``502 Bad Gateway``.
+    :ivar header_timeout: Seconds a client may take to send a request's
+        head once it started it; a client dribbling bytes (slowloris) gets
+        ``408 Request Timeout`` and is disconnected.
+    :ivar upstream_timeout: Seconds the origin may stay silent: before the
+        first response byte that is ``504 Gateway Timeout``, during the body
+        the connections are aborted.  Time the proxy itself holds the origin
+        back for a slow client does not count.
+    :ivar max_connections: Client connections served at once; more are
+        answered ``503 Service Unavailable`` and closed.  ``0`` means no
+        limit.
+    """
+
+    max_request_line: int = attrs.field(default=8 * 1024, validator=[instance_of(int), ge(64)])
+    max_header_size: int = attrs.field(default=64 * 1024, validator=[instance_of(int), ge(256)])
+    max_header_count: int = attrs.field(default=256, validator=[instance_of(int), ge(1)])
+    max_response_header_size: int = attrs.field(
+        default=64 * 1024, validator=[instance_of(int), ge(256)]
+    )
+    header_timeout: float = attrs.field(default=30.0, validator=_positive_number)
+    upstream_timeout: float = attrs.field(default=120.0, validator=_positive_number)
+    max_connections: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])
