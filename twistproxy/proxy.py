@@ -27,7 +27,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -39,7 +39,7 @@ from twisted.web.http import (
     _ChunkedTransferDecoder,
     _MalformedChunkedDataError,
 )
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from twistproxy import _headers
 from twistproxy._switch import hand_over, take_buffered
@@ -241,6 +241,8 @@ class ProxyRequest(Request):
         tunnel = channel.tunnel
         try:
             if command == b"CONNECT":
+                if tunnel is not None:
+                    raise BadRequestTarget("CONNECT inside an intercepted tunnel")
                 self._connect_received(uri, version)
                 return
             if tunnel is not None and uri[:1] == b"/":
@@ -1124,6 +1126,13 @@ class Proxy(HTTPChannel):
             client.tls_version = handle.get_protocol_version_name()
         return client.sni or tunnel.host
 
+    def handshakeCompleted(self) -> None:
+        """
+        ``IHandshakeListener``: inside an intercepted tunnel, the client's
+        TLS handshake is done; record its details on :attr:`client_conn`.
+        """
+        self.tls_server_name()
+
     def relay_closed(self, relay: Relay) -> None:
         """The client's side of a passthrough tunnel closed."""
         self._disconnected()
@@ -1431,6 +1440,7 @@ class ProxyFactory(HTTPFactory):
         assert self.contexts is not None
         inner = self._channel(channel.transport.getPeer())
         inner.adopt(channel.client_conn, tunnel)
+        alsoProvides(inner, IHandshakeListener)
         creator = InterceptingServerTLS(self.contexts, tunnel.host)
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
         return tls_factory.protocol(tls_factory, inner)

@@ -8,6 +8,7 @@ reactor; everything it builds takes the reactor as an argument.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +21,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twistproxy._tls import UpstreamTLS
+from twistproxy.addons.access import (
+    HostPolicy,
+    ProxyAuth,
+    load_users,
+    parse_host_pattern,
+    parse_user,
+)
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.save import SaveFlows
@@ -77,7 +85,13 @@ class Options(usage.Options):
         "(curl -x http://127.0.0.1:8080 http://example.com/); every flow passes "
         "through the addons given with --addon and is logged in one line. HTTPS "
         "is intercepted with a CA made in --ca-dir on first start: clients must "
-        "trust its certificate (http://twistproxy/ through the proxy serves it)."
+        "trust its certificate (http://twistproxy/ through the proxy serves it). "
+        "Listening beyond 127.0.0.1, require a password with --proxy-auth (which shows "
+        "in the process list) or --proxy-auth-file: the CA page too is behind it. "
+        "--allow-hosts and --block-hosts patterns are regular expressions searched in "
+        "host:port (case-insensitive), or filter expressions when they start with ~ or ! "
+        "or are one in parentheses; "
+        "they apply to CONNECT and to every request, inside intercepted tunnels too."
     )
     optParameters = [
         [
@@ -122,6 +136,13 @@ class Options(usage.Options):
             None,
             "Trust the CA certificates in this PEM file for servers, not the system's.",
         ],
+        [
+            "proxy-auth-file",
+            None,
+            None,
+            "Require proxy authentication (Basic) for the user:password lines of this "
+            "file ('#' comments allowed).",
+        ],
         ["save", "w", None, "Append every completed flow to this flow file (JSON lines)."],
         ["save-filter", None, None, "Save only the flows this filter expression accepts."],
         [
@@ -153,6 +174,9 @@ class Options(usage.Options):
         self["addon"] = []
         self["addons"] = []
         self["ignore-hosts"] = []
+        self["proxy-auth"] = []
+        self["allow-hosts"] = []
+        self["block-hosts"] = []
         self["server-replay"] = []
         self["client-replay"] = []
         self["replay-ignore-param"] = []
@@ -187,6 +211,22 @@ class Options(usage.Options):
                 f"--ignore-hosts {pattern!r}: not a regular expression ({e})"
             ) from e
         self["ignore-hosts"].append(pattern)
+
+    def opt_proxy_auth(self, credentials: str) -> None:
+        """Require Basic proxy authentication; accept this USER:PASS. Repeatable."""
+        try:
+            parse_user(credentials)
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy-auth: {e} (expected USER:PASS)") from None
+        self["proxy-auth"].append(credentials)
+
+    def opt_allow_hosts(self, pattern: str) -> None:
+        """Refuse (403) destinations that no such pattern matches. Repeatable."""
+        self["allow-hosts"].append(_host_pattern("--allow-hosts", pattern))
+
+    def opt_block_hosts(self, pattern: str) -> None:
+        """Refuse (403) destinations this pattern matches, even if allowed. Repeatable."""
+        self["block-hosts"].append(_host_pattern("--block-hosts", pattern))
 
     def parseOptions(self, options: Any = None) -> None:
         """Parse *options*; on an error, :meth:`getUsage` shrinks to a hint."""
@@ -233,6 +273,10 @@ class Options(usage.Options):
                 f"--replay-unmatched {self['replay-unmatched']}: "
                 f"choose one of {', '.join(UNMATCHED)}"
             )
+        self["proxy-auth-addon"] = self._proxy_auth()
+        self["host-policy"] = None
+        if self["allow-hosts"] or self["block-hosts"]:
+            self["host-policy"] = HostPolicy(allow=self["allow-hosts"], block=self["block-hosts"])
         self["save-filter-parsed"] = None
         if self["save-filter"] is not None:
             try:
@@ -243,6 +287,42 @@ class Options(usage.Options):
         self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
+
+    def _proxy_auth(self) -> ProxyAuth | None:
+        """The proxy authentication addon for --proxy-auth and --proxy-auth-file, if any."""
+        users: dict[str, str] = {}
+        for credentials in self["proxy-auth"]:
+            user, password = parse_user(credentials)
+            if user in users:
+                raise usage.UsageError(f"--proxy-auth: the user {user!r} is given twice")
+            users[user] = password
+        path = self["proxy-auth-file"]
+        if path is not None:
+            try:
+                from_file = load_users(Path(path).expanduser())
+            except OSError as e:
+                raise usage.UsageError(f"--proxy-auth-file {path}: {e.strerror or e}") from e
+            except ValueError as e:
+                raise usage.UsageError(f"--proxy-auth-file {e}") from None
+            if not from_file:
+                raise usage.UsageError(f"--proxy-auth-file {path}: no users in the file")
+            for user, password in from_file.items():
+                if user in users:
+                    raise usage.UsageError(
+                        f"--proxy-auth-file {path}: the user {user!r} is also given "
+                        "with --proxy-auth"
+                    )
+                users[user] = password
+        return ProxyAuth(users) if users else None
+
+
+def _host_pattern(option: str, pattern: str) -> str:
+    """Check *pattern* for *option*; a usage error in one line if it is invalid."""
+    try:
+        parse_host_pattern(pattern)
+    except ValueError as e:
+        raise usage.UsageError(f"{option} {e}") from None
+    return pattern
 
 
 def makeService(options: Options) -> IService:
@@ -260,7 +340,23 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the proxy service for parsed *options* on *reactor*.
     """
     store = None if options["no-intercept"] else _certificate_store(options)
-    addons: list[object] = [] if store is None else [CertPage(store.authority)]
+    # Access control first, so nothing else runs for a refused request; the
+    # CA page is behind the authentication but not subject to the host policy
+    # (it is the proxy's own page, never a destination).
+    auth = options["proxy-auth-addon"]
+    addons: list[object] = [] if auth is None else [auth]
+    if store is not None:
+        addons.append(CertPage(store.authority))
+    if options["host-policy"] is not None:
+        addons.append(options["host-policy"])
+    if auth is None and not loopback_only(options["endpoint"]):
+        _log.warn(
+            "twistproxy listens on {endpoint} without --proxy-auth: anyone who can reach "
+            "this port can use the proxy, and reach whatever it can reach. Require a "
+            "password with --proxy-auth USER:PASS (or --proxy-auth-file FILE), or listen "
+            "on loopback only (--port tcp:PORT:interface=127.0.0.1).",
+            endpoint=options["endpoint"],
+        )
     if options["server-replay"]:
         addons.append(ServerReplay(
             options["server-replay-flows"],
@@ -302,6 +398,67 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if saving is not None:
         _Closing(saving.close).setServiceParent(top)
     return top
+
+
+def loopback_only(description: str) -> bool:
+    """
+    Whether the server endpoint *description* (``tcp:8080:interface=...``)
+    can be reached only from this machine: a TCP or SSL endpoint on a
+    loopback interface (``127.x.y.z``, ``::1``, ``localhost``), or a UNIX
+    socket.  A missing interface means every interface; an endpoint type
+    whose interface cannot be told (``systemd:``, plugins) counts as
+    reachable.
+    """
+    args, kwargs = _split_endpoint(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    # Where each type's parser takes the interface as a positional argument.
+    position = {"tcp": 2, "tcp6": 3, "ssl": 5}.get(kind)
+    if position is None:
+        return False
+    default = "::" if kind == "tcp6" else ""
+    interface = kwargs.get("interface", args[position] if len(args) > position else default)
+    if interface.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split an endpoint description as ``serverFromString`` does: fields
+    separated by ``:``, ``name=value`` fields by name, ``\\`` escaping the
+    next character.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    current = ""
+    name: str | None = None
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current += next(chars, "")
+        elif char == ":":
+            if name is None:
+                args.append(current)
+            else:
+                kwargs[name] = current
+            current, name = "", None
+        elif char == "=" and name is None:
+            name, current = current, ""
+        else:
+            current += char
+    if name is None:
+        args.append(current)
+    else:
+        kwargs[name] = current
+    return args, kwargs
 
 
 def _read_recordings(option: str, paths: list[str]) -> list[HTTPFlow]:

@@ -459,3 +459,31 @@ async def test_client_replay_of_https_flow(pki: Any, start_tls_origin: Any,
     assert flow.is_replay == "request"
     key = PoolKey("https", "127.0.0.1", origin.port, "localhost")
     assert proxy.factory.pool.idle_count(key) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_details_recorded_at_handshake(pki: Any, start_tls_origin: Any,
+                                                 start_https_proxy: Any) -> None:
+    """
+    The client's TLS details are on its connection record once the
+    handshake inside the tunnel completes, before any request; a CONNECT
+    sent inside an intercepted tunnel is refused.
+    """
+    from twisted.internet.threads import deferToThread
+
+    origin = start_tls_origin(pki.good)
+    clients: list[Any] = []
+
+    class Clients(Addon):
+        def client_connected(self, client: Any) -> None:
+            clients.append(client)
+
+    proxy = await start_https_proxy(addons=[Clients()])
+    nested = (f"CONNECT localhost:{origin.port} HTTP/1.1\r\nHost: x\r\n"
+              "Connection: close\r\n\r\n").encode()
+    data, _ = await deferToThread(_tls_through, proxy.port, "localhost", origin.port,
+                                  str(pki.proxy_ca_pem), nested)
+    [client] = clients
+    assert client.tls_established and client.sni == "localhost"
+    assert client.alpn is None  # Python's ssl offered no ALPN here
+    assert data.startswith(b"HTTP/1.1 400 ") and b"inside an intercepted tunnel" in data

@@ -1,0 +1,491 @@
+# -*- test-case-name: tests.test_access -*-
+"""
+Access control: who may use the proxy (:class:`ProxyAuth`) and where it may
+go (:class:`HostPolicy`).
+
+Both answer in the ``http_connect`` and ``requestheaders`` hooks, so they
+refuse a CONNECT before its tunnel opens (intercepted or passed through) and
+a request before anything is sent upstream.  Put them first among the
+addons: the twistd plugin runs :class:`ProxyAuth` before everything else and
+:class:`HostPolicy` right after the CA page (``http://twistproxy/``), which is
+the proxy's own page and not a destination.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from weakref import WeakKeyDictionary
+
+from twisted.logger import Logger
+
+from twistproxy.filters import Filter, FilterError
+from twistproxy.filters import parse as parse_filter
+from twistproxy.flow import Client
+from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow, Request, Response
+
+__all__ = [
+    "HostPattern",
+    "HostPolicy",
+    "ProxyAuth",
+    "canonical_host",
+    "load_users",
+    "parse_host_pattern",
+    "parse_user",
+]
+
+_log = Logger(namespace="twistproxy.access")
+
+PROXY_USER = "proxy_user"
+"""The key of ``flow.metadata`` where :class:`ProxyAuth` puts the user name."""
+
+
+# -- proxy authentication ----------------------------------------------------
+
+
+def parse_user(text: str) -> tuple[str, str]:
+    """
+    Split ``user:password`` at its first colon (a password may contain
+    colons, a user name may not).
+
+    :raises ValueError: if there is no colon, or the user name or the
+        password is empty; the message never repeats the password.
+    """
+    user, colon, password = text.partition(":")
+    if not colon:
+        raise ValueError("expected user:password")
+    _check_user(user, password)
+    return user, password
+
+
+def _check_user(user: str, password: str) -> None:
+    """
+    :raises ValueError: if *user* is empty or has a colon, or *password* is
+        empty.
+    """
+    if not user:
+        raise ValueError("the user name is empty")
+    if ":" in user:
+        raise ValueError(f"the user name {user!r} contains a colon")
+    if not password:
+        raise ValueError(f"the password of {user!r} is empty")
+
+
+def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
+    """
+    Read a file of ``user:password`` lines (UTF-8).  Blank lines and lines
+    starting with ``#`` (after any spaces) are skipped; line ends are not
+    part of the password, other spaces are.
+
+    :returns: The passwords by user name.
+    :raises OSError: if the file cannot be read.
+    :raises ValueError: naming the file and the line number, for a line that
+        is not ``user:password``, a user given twice, or a file that is not
+        UTF-8.  No message repeats a password.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{os.fspath(path)}, line {bad_line}: not UTF-8") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            user, password = parse_user(line)
+            if user in users:
+                raise ValueError(f"the user {user!r} is given twice")
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)}, line {number}: {e}") from None
+        users[user] = password
+    return users
+
+
+_DUMMY_DIGEST = bytes(32)
+
+
+def _digest(password: bytes) -> bytes:
+    # Equal-length values for compare_digest, whatever the passwords' lengths.
+    return hashlib.sha256(password).digest()
+
+
+class ProxyAuth(Addon):
+    """
+    Basic proxy authentication (RFC 9110 section 11.7, RFC 7617).
+
+    A request or CONNECT without a valid ``Proxy-Authorization: Basic ...``
+    header is answered ``407 Proxy Authentication Required`` with
+    ``Proxy-Authenticate: Basic realm="..."``; a malformed header (another
+    scheme, bad base64, no colon, more than one) is answered the same way.
+    The requests inside an intercepted tunnel carry no credentials: they
+    pass when the tunnel's CONNECT was authenticated by this addon (the
+    connection's TLS with the client is then established).
+
+    Passwords are compared in constant time, as SHA-256 digests with
+    :func:`hmac.compare_digest`; an unknown user is compared against a dummy
+    digest so that the time taken does not tell whether the user exists.
+    Failed attempts are logged (namespace ``twistproxy.access``, level warn)
+    with the client's address and the user name given, never the password.
+
+    The ``Proxy-Authorization`` header is removed from ``flow.request`` in
+    every case, so no later addon, flow file or log sees the credentials (it
+    is a hop-by-hop field, never forwarded upstream anyway); the user name
+    is put in ``flow.metadata["proxy_user"]``, for the requests inside an
+    authenticated tunnel too.
+
+    :param users: The passwords by user name.
+    :param realm: The realm named in ``Proxy-Authenticate``.
+    :raises ValueError: if *users* is empty, a user name is empty or has a
+        colon, a password is empty, or *realm* has a quote or a backslash.
+    """
+
+    def __init__(self, users: Mapping[str, str], *, realm: str = "twistproxy") -> None:
+        if not users:
+            raise ValueError("proxy authentication needs at least one user")
+        digests: dict[bytes, bytes] = {}
+        for user, password in users.items():
+            _check_user(user, password)
+            digests[user.encode("utf-8")] = _digest(password.encode("utf-8"))
+        if '"' in realm or "\\" in realm:
+            raise ValueError("the realm may not contain quotes or backslashes")
+        self._digests = digests
+        self._challenge = f'Basic realm="{realm}"'
+        self._tunnels: WeakKeyDictionary[Client, str] = WeakKeyDictionary()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, realm: str = "twistproxy") -> ProxyAuth:
+        """
+        Make the addon from a file of ``user:password`` lines; see
+        :func:`load_users`.
+
+        :raises OSError: if the file cannot be read.
+        :raises ValueError: for a malformed line (with its number) or a file
+            without users.
+        """
+        users = load_users(path)
+        if not users:
+            raise ValueError(f"{os.fspath(path)}: no users in the file")
+        return cls(users, realm=realm)
+
+    @property
+    def users(self) -> frozenset[str]:
+        """
+        The user names (not their passwords).
+        """
+        return frozenset(user.decode("utf-8") for user in self._digests)
+
+    def http_connect(self, flow: HTTPFlow) -> None:
+        """
+        Refuse a CONNECT without valid credentials; remember an accepted
+        one's connection, whose intercepted requests then pass.
+        """
+        user = self._authenticate(flow)
+        if user is not None:
+            self._tunnels[flow.client_conn] = user
+
+    def requestheaders(self, flow: HTTPFlow) -> None:
+        """
+        Refuse a request without valid credentials, unless it comes through
+        a tunnel whose CONNECT was accepted.
+        """
+        client = flow.client_conn
+        if client.tls_established and client in self._tunnels:
+            if flow.request is not None:
+                _remove_credentials(flow.request)
+            flow.metadata[PROXY_USER] = self._tunnels[client]
+            return
+        self._authenticate(flow)
+
+    def _authenticate(self, flow: HTTPFlow) -> str | None:
+        """
+        Check the flow's credentials: record the user and return its name,
+        or answer 407 and return ``None``.
+        """
+        request = flow.request
+        if request is None:
+            return None
+        values = request.headers.get_all_raw(b"proxy-authorization")
+        if values:
+            _remove_credentials(request)
+        credentials = _basic_credentials(values)
+        if credentials is None:
+            if values:
+                _log.warn(
+                    "proxy authentication failed: malformed Proxy-Authorization "
+                    "header from {client}",
+                    client=_client(flow),
+                )
+            self._refuse(flow)
+            return None
+        user, password = credentials
+        expected = self._digests.get(user)
+        matched = hmac.compare_digest(
+            _digest(password), _DUMMY_DIGEST if expected is None else expected
+        )
+        name = user.decode("utf-8", "replace")
+        if not matched or expected is None:
+            _log.warn(
+                "proxy authentication failed for user {user!r} from {client}",
+                user=name[:100],
+                client=_client(flow),
+            )
+            self._refuse(flow)
+            return None
+        flow.metadata[PROXY_USER] = name
+        return name
+
+    def _refuse(self, flow: HTTPFlow) -> None:
+        flow.response = Response.make(
+            407,
+            "407 Proxy Authentication Required\n\n"
+            "twistproxy: this proxy needs a user name and password (Basic).\n",
+            {"Proxy-Authenticate": self._challenge},
+        )
+
+
+def _remove_credentials(request: Request) -> None:
+    if b"proxy-authorization" in request.headers:
+        del request.headers[b"proxy-authorization"]
+
+
+def _basic_credentials(values: list[bytes]) -> tuple[bytes, bytes] | None:
+    """
+    The user and password of the one ``Proxy-Authorization`` value in
+    *values*, or ``None`` if there is not exactly one valid Basic value.
+    """
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user, password
+
+
+def _client(flow: HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    if peer is None:
+        return "-"
+    return f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+
+
+# -- host policy -------------------------------------------------------------
+
+
+class HostPattern:
+    """
+    One ``--allow-hosts``/``--block-hosts`` pattern, made by
+    :func:`parse_host_pattern`.
+
+    :ivar text: The pattern as given.
+    :ivar filter: The filter expression, when the pattern is one.
+    """
+
+    def __init__(
+        self, text: str, regex: re.Pattern[str] | None, flow_filter: Filter | None
+    ) -> None:
+        self.text = text
+        self._regex = regex
+        self.filter = flow_filter
+
+    def __repr__(self) -> str:
+        kind = "filter" if self.filter is not None else "regex"
+        return f"<HostPattern {kind} {self.text!r}>"
+
+    def matches(self, flow: HTTPFlow, hostport: str) -> bool:
+        """
+        :param flow: The flow, for a filter expression.
+        :param hostport: The destination as ``host:port``, for a regex.
+        :returns: Whether the pattern matches.
+        """
+        if self._regex is not None:
+            return self._regex.search(hostport) is not None
+        assert self.filter is not None
+        return self.filter(flow)
+
+
+def parse_host_pattern(pattern: str) -> HostPattern:
+    """
+    Parse a host pattern: a filter expression (:mod:`twistproxy.filters`)
+    if it starts with ``~`` or ``!``, or with ``(`` and has a ``~``
+    somewhere; else a regular expression searched, case-insensitively, in
+    the destination's ``host:port`` (``[v6::addr]:port`` for IPv6).  So
+    ``(^|\\.)ads\\.example:`` is a regular expression (host names have no
+    ``~``) and ``(~d a | ~d b)`` a filter.
+
+    :raises ValueError: with a one-line message, if the pattern is empty or
+        is neither.
+    """
+    if not pattern.strip():
+        raise ValueError("empty host pattern")
+    start = pattern.lstrip()
+    if start.startswith(("~", "!")) or (start.startswith("(") and "~" in pattern):
+        try:
+            return HostPattern(pattern, None, parse_filter(pattern))
+        except FilterError as e:
+            raise ValueError(
+                f"{pattern!r}: not a filter expression ({e.reason} at column {e.position + 1})"
+            ) from None
+    try:
+        return HostPattern(pattern, re.compile(pattern, re.IGNORECASE), None)
+    except re.error as e:
+        raise ValueError(f"{pattern!r}: not a regular expression ({e})") from None
+
+
+class HostPolicy(Addon):
+    """
+    Allows or refuses requests and CONNECT tunnels by their destination.
+
+    A request is refused with ``403 Forbidden`` (a text body naming the
+    destination) when a ``block`` pattern matches it, or when there are
+    ``allow`` patterns and none matches: block wins over allow.  CONNECT is
+    checked before its tunnel opens (so a blocked host gets no tunnel,
+    passed through or intercepted), and so is every request, including
+    those inside an intercepted tunnel.
+
+    The destination is where the proxy would connect, not what the client
+    says in its ``Host`` header: patterns see the host with its trailing dot
+    removed, in lower case, IP addresses in their usual form (``0x7f.1``
+    and ``2130706433`` are ``127.0.0.1``, ``::ffff:10.0.0.1`` is
+    ``10.0.0.1``), and filter expressions see a ``Host`` header naming that
+    destination.  Names are not resolved: blocking ``10.0.0.1`` does not
+    block a name that resolves to it.
+
+    :param allow: Patterns of allowed destinations (see
+        :func:`parse_host_pattern`); none means everything not blocked.
+    :param block: Patterns of refused destinations.
+    :raises ValueError: with a one-line message naming an invalid pattern.
+    """
+
+    def __init__(self, *, allow: Iterable[str] = (), block: Iterable[str] = ()) -> None:
+        self._allow = tuple(parse_host_pattern(p) for p in allow)
+        self._block = tuple(parse_host_pattern(p) for p in block)
+        self._filters = any(p.filter is not None for p in (*self._allow, *self._block))
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        """The allow patterns, as given."""
+        return tuple(p.text for p in self._allow)
+
+    @property
+    def block(self) -> tuple[str, ...]:
+        """The block patterns, as given."""
+        return tuple(p.text for p in self._block)
+
+    def http_connect(self, flow: HTTPFlow) -> None:
+        """Refuse a tunnel to a destination the policy does not allow."""
+        self._check(flow)
+
+    def requestheaders(self, flow: HTTPFlow) -> None:
+        """Refuse a request to a destination the policy does not allow."""
+        self._check(flow)
+
+    def permits(self, flow: HTTPFlow) -> bool:
+        """
+        :returns: Whether the policy lets *flow*'s request through.
+        """
+        request = flow.request
+        if request is None:
+            return True
+        host = canonical_host(request.host)
+        hostport = f"[{host}]:{request.port}" if ":" in host else f"{host}:{request.port}"
+        subject = _destination_view(flow, request, host) if self._filters else flow
+        if any(p.matches(subject, hostport) for p in self._block):
+            return False
+        return not self._allow or any(p.matches(subject, hostport) for p in self._allow)
+
+    def _check(self, flow: HTTPFlow) -> None:
+        request = flow.request
+        if request is None or self.permits(flow):
+            return
+        shown = _hostport(request.host, request.port)
+        flow.response = Response.make(
+            403,
+            f"403 Forbidden\n\ntwistproxy: the host policy refuses this request to {shown}.\n",
+        )
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+\Z")
+
+
+def canonical_host(host: str) -> str:
+    """
+    *host* as the resolver will read it: lower case, without trailing dots,
+    an IP address in its usual form (``inet_aton``'s forms such as
+    ``2130706433`` or ``0x7f.1`` for IPv4, an IPv4-mapped IPv6 address as
+    IPv4).
+    """
+    name = host.rstrip(".").lower() or host.lower()
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        if _LEGACY_IPV4.match(name) and any(c.isdigit() for c in name):
+            try:
+                return socket.inet_ntoa(socket.inet_aton(name))
+            except OSError:
+                pass
+        return name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _destination_view(flow: HTTPFlow, request: Request, host: str) -> HTTPFlow:
+    """
+    *flow* itself, or when its request's host or ``Host`` header differs
+    from the destination, a copy for filters to look at whose request goes
+    to *host* and whose ``Host`` header names it.
+    """
+    connect = request.method.upper() == "CONNECT"
+    name = f"[{host}]" if ":" in host else host
+    default = None if connect else _DEFAULT_PORTS.get(request.scheme)
+    authority = name if request.port == default else f"{name}:{request.port}"
+    header = request.host_header
+    if host == request.host and (header is None or header.lower() == authority):
+        return flow
+    headers = request.headers.copy()
+    headers[b"Host"] = authority
+    view = HTTPFlow(flow.client_conn, flow.server_conn, now=_at(flow.timestamp_created))
+    view.request = Request(
+        host,
+        request.port,
+        request.method,
+        request.scheme,
+        authority if request.authority else "",
+        request.path,
+        request.http_version,
+        headers,
+        None,
+    )
+    view.marked = flow.marked
+    view.is_replay = flow.is_replay
+    return view
+
+
+def _at(timestamp: float) -> Callable[[], float]:
+    return lambda: timestamp
