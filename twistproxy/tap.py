@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import resource
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.flowfile import FlowFileError, load_flows
 from twistproxy.http import HTTPFlow
+from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
@@ -58,6 +60,25 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a size (examples: 65536, 512k, 1m)")
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def default_max_connections() -> int:
+    """
+    How many client connections fit in this process's file-descriptor limit:
+    each takes two descriptors (the client's and the server's), and some are
+    kept for listening sockets, logs and files.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(16, (soft - 64) // 2)
+
+
+def _whole(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is not a whole number")
+    return value
 
 
 def _at_least_one(text: str) -> int:
@@ -157,6 +178,42 @@ class Options(usage.Options):
             1,
             "Client replay: how many flows are replayed at once.",
             _at_least_one,
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Client connections served at once; more get 503 (0: no limit). "
+            "[default: what the file-descriptor limit allows]",
+            _whole,
+        ],
+        [
+            "header-timeout",
+            None,
+            30.0,
+            "Seconds a client may take to send a request head (then 408).",
+            _positive,
+        ],
+        [
+            "upstream-timeout",
+            None,
+            120.0,
+            "Seconds a server may stay silent (then 504, or an aborted response).",
+            _positive,
+        ],
+        [
+            "max-header-size",
+            None,
+            64 * 1024,
+            "Bytes in a request head (then 431) or a response's headers (then 502).",
+            parse_size,
+        ],
+        [
+            "max-request-line",
+            None,
+            8 * 1024,
+            "Bytes in a request line (then 414).",
+            parse_size,
         ],
     ]
     optFlags = [
@@ -287,6 +344,18 @@ class Options(usage.Options):
         self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
+        maximum = self["max-connections"]
+        try:
+            self["limits"] = Limits(
+                max_request_line=self["max-request-line"],
+                max_header_size=self["max-header-size"],
+                max_response_header_size=self["max-header-size"],
+                header_timeout=self["header-timeout"],
+                upstream_timeout=self["upstream-timeout"],
+                max_connections=default_max_connections() if maximum is None else maximum,
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
 
     def _proxy_auth(self) -> ProxyAuth | None:
         """The proxy authentication addon for --proxy-auth and --proxy-auth-file, if any."""
@@ -386,6 +455,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         cert_store=store,
         ignore_hosts=options["ignore-hosts"],
         upstream_tls=options["upstream-tls"],
+        limits=options["limits"],
     )
     top = _Main(options["endpoint"])
     ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
