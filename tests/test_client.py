@@ -270,14 +270,14 @@ class ProxyClientTests(SynchronousTestCase):
 
     def test_close_delimited_body_reset(self) -> None:
         """
-        A close-delimited body also ends successfully when the connection
-        ends with a reset rather than a clean close: the end cannot be told
-        apart.
+        A close-delimited body cut by a reset rather than a clean close is a
+        failure: only a clean close marks the end of such a body, and
+        relaying a truncated one as complete would mislead the client.
         """
         self.send()
         self.client.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nabc")
         self.client.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.kinds, ["started", "data", "failed"])
 
     def test_non_chunked_transfer_coding_is_refused(self) -> None:
         """

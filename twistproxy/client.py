@@ -22,6 +22,7 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -283,7 +284,9 @@ class ProxyClient(Protocol):
             self._pool.forget(self)
             self._pool.disconnected(self)
         if self.father is not None:
-            if self._started and self._until_close:
+            if self._started and self._until_close and reason.check(ConnectionDone):
+                # Only a clean close ends a body delimited by the close; a
+                # reset leaves it truncated.
                 self._keep_alive = False
                 self.handleResponseEnd()
             elif self._started:

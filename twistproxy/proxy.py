@@ -89,6 +89,8 @@ _WAITING, _BUFFER, _STREAM, _DISCARD, _TUNNEL = range(5)  # what happens to requ
 _NO_BODY_STATUS = frozenset({204, 304})
 _TERMINAL_HOOKS = frozenset({"response", "error"})
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_VISIBLE = re.compile(rb"[\x21-\x7e]+\Z")
 _CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
 _HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
 
@@ -240,6 +242,10 @@ class ProxyRequest(Request):
         channel: Proxy = self.channel
         tunnel = channel.tunnel
         try:
+            if not _VISIBLE.match(uri):
+                # Twisted lets bytes 0x7f-0xb0 through (it compares with 176
+                # where it meant octal 0o176); origins would not agree.
+                raise BadRequestTarget("the request-target has invalid characters")
             if command == b"CONNECT":
                 if tunnel is not None:
                     raise BadRequestTarget("CONNECT inside an intercepted tunnel")
@@ -1259,6 +1265,15 @@ class Proxy(HTTPChannel):
     def headerReceived(self, line: bytes) -> bool:
         """Let Twisted validate the field, then keep its original form."""
         name, colon, value = line.partition(b":")
+        if _CONTROL.search(value):
+            # Twisted refuses NUL, CR and LF only; origins may refuse the rest.
+            self._refuse(400, b"Bad Request", "control characters in a header value")
+            return False
+        if len(name) == 14 and name.lower() == b"content-length":
+            digits = value.strip(b" \t")
+            if digits.isdigit() and int(digits) > _MAX_CHUNK:
+                self._refuse(400, b"Bad Request", "Content-Length out of range")
+                return False
         if len(name) == 17 and name.lower() == b"transfer-encoding":
             # Only exactly "chunked", and only in HTTP/1.1: anything else is
             # a way to make two parsers disagree about where a body ends.

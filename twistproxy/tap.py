@@ -9,8 +9,10 @@ reactor; everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import resource
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +35,7 @@ from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.save import SaveFlows
 from twistproxy.addons.script import load_addons
-from twistproxy.certs import CA_CERT_PEM, CertificateAuthority, CertificateStore
+from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
 from twistproxy.errors import AddonError, CertificateAuthorityError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
@@ -43,6 +45,7 @@ from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
+from twistproxy.workers import AdoptedPortService, Supervisor, bind
 
 _log = Logger(namespace="twistproxy")
 
@@ -72,6 +75,15 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 0
     return max(16, (soft - 64) // 2)
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} is not 'auto' or a whole number of at least 1")
+    return value
 
 
 def _whole(text: str) -> int:
@@ -215,6 +227,15 @@ class Options(usage.Options):
             "Bytes in a request line (then 414).",
             parse_size,
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes sharing the port ('auto': one per core); a dead one restarts.",
+            _workers,
+        ],
+        ["worker-fd", None, None, "(internal) Serve the listening socket on this descriptor.",
+         int],
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
@@ -285,8 +306,11 @@ class Options(usage.Options):
         """Refuse (403) destinations this pattern matches, even if allowed. Repeatable."""
         self["block-hosts"].append(_host_pattern("--block-hosts", pattern))
 
+    raw_args: list[str] = []
+
     def parseOptions(self, options: Any = None) -> None:
         """Parse *options*; on an error, :meth:`getUsage` shrinks to a hint."""
+        self.raw_args = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError:
@@ -344,6 +368,8 @@ class Options(usage.Options):
         self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
+        if self["workers"] > 1 and self["client-replay"]:
+            raise usage.UsageError("--client-replay runs in one process: use --workers 1")
         maximum = self["max-connections"]
         try:
             self["limits"] = Limits(
@@ -406,8 +432,11 @@ def makeService(options: Options) -> IService:
 
 def make_service(options: Options, reactor: Any) -> MultiService:
     """
-    Build the proxy service for parsed *options* on *reactor*.
+    Build the proxy service for parsed *options* on *reactor*: the proxy,
+    or with ``--workers`` above 1 the supervisor of that many proxies.
     """
+    if options["workers"] > 1 and options["worker-fd"] is None:
+        return _supervisor(options, reactor)
     store = None if options["no-intercept"] else _certificate_store(options)
     # Access control first, so nothing else runs for a refused request; the
     # CA page is behind the authentication but not subject to the host policy
@@ -441,7 +470,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     saving = None
     if options["save"] is not None:
         try:
-            out = open(Path(options["save"]).expanduser(), "ab")  # closed when the service stops
+            # Unbuffered appends: one write per flow, never interleaved with
+            # another worker's. Closed when the service stops.
+            out = open(Path(options["save"]).expanduser(), "ab", buffering=0)
         except OSError as e:
             raise SystemExit(f"twistproxy: --save {options['save']}: {e.strerror}") from e
         saving = SaveFlows(out, flow_filter=options["save-filter-parsed"])
@@ -458,7 +489,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=options["limits"],
     )
     top = _Main(options["endpoint"])
-    ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
+    if options["worker-fd"] is not None:
+        AdoptedPortService(reactor, options["worker-fd"], factory).setServiceParent(top)
+    else:
+        ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
     if options["client-replay"]:
         _ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),
@@ -529,6 +563,36 @@ def _split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
     else:
         kwargs[name] = current
     return args, kwargs
+
+
+def _supervisor(options: Options, reactor: Any) -> MultiService:
+    """
+    The supervisor of ``--workers`` proxies: the CA is made (or checked)
+    here once, and the workers are handed it with ``--ca``.
+    """
+    worker_args = _without_workers(options.raw_args)
+    if not options["no-intercept"]:
+        _certificate_store(options)
+        ca = options["ca"] or str(Path(options["ca-dir"]).expanduser() / CA_FILE)
+        worker_args += ["--ca", ca]
+    top = _Main(options["endpoint"])
+    Supervisor(reactor, count=options["workers"], listen=lambda: bind(options["endpoint"]),
+               worker_args=worker_args).setServiceParent(top)
+    return top
+
+
+def _without_workers(args: list[str]) -> list[str]:
+    """*args* without ``--workers``/``--worker-fd`` and their values."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--worker-fd"):
+            skip = True
+        elif not arg.startswith(("--workers=", "--worker-fd=")):
+            out.append(arg)
+    return out
 
 
 def _read_recordings(option: str, paths: list[str]) -> list[HTTPFlow]:

@@ -1,0 +1,227 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+One process per core: ``twistd twistproxy --workers N``.
+
+The process twistd starts becomes a :class:`Supervisor`: it binds the
+listening socket itself, then starts N worker processes that inherit it (as
+file descriptor 3) and accept connections from it, each a full proxy with the
+same CA.  The kernel hands each new connection to one of them.  A worker
+that dies is started again after a short delay; stopping the supervisor
+stops the workers.
+
+Workers that ``--save`` append to one file: each flow is one line written
+with a single unbuffered append, which the kernel does not interleave with
+another process's, so the file stays one flow per line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_log = Logger(namespace="twistproxy.workers")
+
+WORKER_FD = 3
+"""The descriptor number the listening socket has in each worker."""
+
+_ESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def bind(description: str) -> socket.socket:
+    """
+    Bind and listen as the endpoint *description* says: ``tcp:PORT`` or
+    ``tcp6:PORT``, with optional ``interface=`` and ``backlog=``.
+
+    :raises ValueError: for another kind of endpoint or a malformed one.
+    :raises OSError: if the address cannot be bound.
+    """
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"--workers needs a tcp: or tcp6: endpoint, not {description!r}")
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    for part in _ESCAPED_COLON.split(rest):
+        part = part.replace("\\:", ":")
+        name, equals, value = part.partition("=")
+        if equals:
+            keywords[name] = value
+        else:
+            positional.append(part)
+    if len(positional) != 1 or not positional[0].isdigit():
+        raise ValueError(f"no port in {description!r}")
+    port = int(positional[0])
+    interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((interface, port))
+        listening.listen(int(keywords.get("backlog", "128")))
+        listening.setblocking(False)
+    except BaseException:
+        listening.close()
+        raise
+    return listening
+
+
+class _Worker(ProcessProtocol):
+    """One worker process, as the supervisor sees it."""
+
+    def __init__(self, supervisor: Supervisor, number: int) -> None:
+        self.supervisor = supervisor
+        self.number = number
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.worker_ended(self, reason)
+
+
+class Supervisor(Service):
+    """
+    Starts *count* workers sharing a listening socket, and restarts those
+    that die.
+
+    :param reactor: Spawns the processes and schedules the restarts.
+    :param count: How many workers.
+    :param listen: Makes the listening socket (called when the service starts).
+    :param worker_args: The ``twistd twistproxy`` arguments for each worker
+        (they get ``--worker-fd 3`` on top).
+    :param restart_delay: Seconds to wait before starting a dead worker again.
+    :ivar workers: The workers running now, by number.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        count: int,
+        listen: Any,
+        worker_args: Sequence[str],
+        restart_delay: float = 1.0,
+    ) -> None:
+        self._reactor = reactor
+        self.count = count
+        self._listen = listen
+        self._worker_args = list(worker_args)
+        self.restart_delay = restart_delay
+        self.workers: dict[int, _Worker] = {}
+        self._socket: socket.socket | None = None
+        self._processes: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        """Bind the listening socket and start the workers."""
+        self._socket = self._listen()
+        super().startService()
+        host, port = self._socket.getsockname()[:2]
+        _log.info("twistproxy listening on {host}:{port} with {count} workers",
+                  host=host, port=port, count=self.count)
+        for number in range(self.count):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        if not self.running or self._socket is None:
+            return
+        worker = _Worker(self, number)
+        args = [
+            sys.executable, "-c",
+            "import sys; from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", "twistproxy", *self._worker_args,
+            "--worker-fd", str(WORKER_FD),
+        ]
+        process = self._reactor.spawnProcess(
+            worker, sys.executable, args, env=os.environ.copy(),
+            childFDs={0: "w", 1: 1, 2: 2, WORKER_FD: self._socket.fileno()},
+        )
+        self.workers[number] = worker
+        self._processes[number] = process
+        _log.info("started worker {number} (pid {pid})", number=number, pid=process.pid)
+
+    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        """A worker exited: start another after :attr:`restart_delay`, unless stopping."""
+        if self.workers.get(worker.number) is worker:
+            del self.workers[worker.number]
+            self._processes.pop(worker.number, None)
+        if self.running:
+            _log.warn("worker {number} exited ({why}); restarting in {delay:g} s",
+                      number=worker.number, why=reason.getErrorMessage(),
+                      delay=self.restart_delay)
+            self._reactor.callLater(self.restart_delay, self._spawn, worker.number)
+
+    def pid_of(self, number: int) -> int | None:
+        """The process id of worker *number*, if it runs."""
+        process = self._processes.get(number)
+        return None if process is None else process.pid
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop the workers (TERM, then KILL after 10 s) and close the socket."""
+        super().stopService()
+        ended = [worker.ended for worker in self.workers.values()]
+        for process in list(self._processes.values()):
+            _signal(process, "TERM")
+        killer = self._reactor.callLater(10, self._kill_all)
+
+        def done(result: object) -> object:
+            if killer.active():
+                killer.cancel()
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+            return result
+
+        return DeferredList(ended).addBoth(done)
+
+    def _kill_all(self) -> None:
+        for process in list(self._processes.values()):
+            _signal(process, "KILL")
+
+
+def _signal(process: Any, name: str) -> None:
+    try:
+        process.signalProcess(name)
+    except Exception:
+        pass  # already gone
+
+
+class AdoptedPortService(Service):
+    """
+    In a worker: accept connections from the inherited listening socket.
+
+    :param reactor: Adopts the socket.
+    :param fd: The inherited descriptor (closed here once adopted: the
+        reactor keeps its own copy).
+    :param factory: Serves each connection.
+    """
+
+    port: Any = None
+
+    def __init__(self, reactor: Any, fd: int, factory: Any) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._factory = factory
+
+    def startService(self) -> None:
+        """Adopt the socket and start accepting."""
+        super().startService()
+        with socket.socket(fileno=os.dup(self._fd)) as probe:
+            family = probe.family
+        self.port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
+        os.close(self._fd)
+        _log.info("worker {pid} accepting", pid=os.getpid())
+
+    def stopService(self) -> Any:
+        """Stop accepting and close the idle upstream connections."""
+        super().stopService()
+        self._factory.pool.close()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
