@@ -168,6 +168,27 @@ class HeadLimitTests(SynchronousTestCase):
         self.assertNotIn(b"408", proxy.transport.value())
 
 
+class IdleClientTests(SynchronousTestCase):
+    """
+    An idle keep-alive client connection is closed after the idle timeout.
+    """
+
+    def test_idle_keep_alive_closed(self) -> None:
+        """After a complete exchange, a client that sends nothing is disconnected."""
+        proxy = _Channel()
+        proxy.factory.timeOut = 60
+        proxy.channel.timeOut = 60
+        proxy.channel.setTimeout(60)
+        proxy.send(GET + b"\r\n")
+        [(origin, _)] = proxy.endpoints.connections
+        origin.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertIn(b"204", proxy.transport.value())
+        proxy.reactor.advance(59)
+        self.assertFalse(proxy.transport.disconnecting)
+        proxy.reactor.advance(2)
+        self.assertTrue(proxy.transport.disconnecting)
+
+
 class UpstreamSilenceTests(SynchronousTestCase):
     """
     An origin that says nothing for ``upstream_timeout`` seconds: 504 before
