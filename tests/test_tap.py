@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import shutil
 import stat
@@ -15,17 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IServiceMaker
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy._tls import UpstreamTLS
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
+from twistproxy.addons.save import SaveFlows
 from twistproxy.certs import CA_CERT_DER, CA_CERT_PEM, CA_FILE, CertificateAuthority
+from twistproxy.flow import Client, Server
+from twistproxy.flowfile import dump_flows, load_flows
+from twistproxy.har import to_har
+from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
+from twistproxy.replay import ServerReplay
 from twistproxy.service import ProxyService
 from twistproxy.tap import Options, make_service, parse_size
 
@@ -701,3 +709,381 @@ class HTTPSOptionTests(TempDirTestCase):
         self.assertIn(str(directory / CA_FILE), message)
         self.assertNotIn("\n", message)
         self.assertEqual((directory / CA_FILE).read_text(), "garbage\n")
+
+
+def recorded(
+    url: str = "http://127.0.0.1:9/a?x=1",
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    answer: bytes = b"recorded",
+) -> HTTPFlow:
+    """
+    A finished flow, as a recording holds it.
+    """
+    flow = HTTPFlow(Client(), Server(), now=lambda: 1.0)
+    flow.request = Request.make(method, url, body, headers or {})
+    flow.response = Response.make(200, answer)
+    return flow
+
+
+def live(url: str, *, method: str = "GET", body: bytes = b"",
+         headers: dict[str, str] | None = None) -> HTTPFlow:
+    """
+    A live flow with a request and no response yet, as the ``request`` hook
+    sees it.
+    """
+    flow = HTTPFlow(Client(), Server(), live=True, now=lambda: 2.0)
+    flow.request = Request.make(method, url, body, headers or {})
+    return flow
+
+
+class StopCountingReactor(MemoryReactorClock):
+    """
+    A memory reactor that counts :meth:`stop` calls.
+    """
+
+    stops = 0
+
+    def stop(self) -> None:
+        """
+        Count the call, then stop as the memory reactor does.
+        """
+        self.stops += 1
+        super().stop()
+
+
+class ReplayOptionTests(TempDirTestCase):
+    """
+    Tests for the flow file options: ``--save``, ``--save-filter``,
+    ``--server-replay`` and its matching options, ``--client-replay``,
+    ``--replay-concurrency`` and ``--exit-after-replay``.
+    """
+
+    def write_flows(self, name: str, *flows: HTTPFlow) -> str:
+        """
+        Write *flows* to a new flow file called *name*.
+
+        :returns: Its path.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "wb") as out:
+            dump_flows(flows, out)
+        return path
+
+    def write_har(self, name: str, *flows: HTTPFlow) -> str:
+        """
+        Write *flows* to a new HAR file called *name*.
+
+        :returns: Its path.
+        """
+        return write_file(self, name, json.dumps(to_har(flows, creator_version="test")))
+
+    def usage_error(self, *args: str) -> str:
+        """
+        Parsing *args* fails with a ``UsageError``.
+
+        :returns: Its message.
+        """
+        with self.assertRaises(usage.UsageError) as caught:
+            parse(*args)
+        return str(caught.exception)
+
+    def started(
+        self, options: Options, reactor: MemoryReactorClock | None = None
+    ) -> tuple[MemoryReactorClock, ProxyFactory, Any]:
+        """
+        Build and start the service for *options* on *reactor* (a new
+        memory reactor by default).
+
+        :returns: The reactor, the proxy factory and the started service.
+        """
+        reactor = MemoryReactorClock() if reactor is None else reactor
+        service = make_service(options, reactor)
+        service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        [(_, factory, _, _)] = reactor.tcpServers
+        assert isinstance(factory, ProxyFactory)
+        return reactor, factory, service
+
+    def addon(self, factory: ProxyFactory, kind: type[Any]) -> Any:
+        """
+        The one addon of type *kind* in *factory*'s chain.
+        """
+        [addon] = [a for a in factory.chain.addons if isinstance(a, kind)]
+        return addon
+
+    # --save, --save-filter
+
+    def test_save_filter_malformed(self) -> None:
+        """
+        A malformed ``--save-filter`` is a usage error naming the option,
+        the problem and its column.
+        """
+        message = self.usage_error("--save", os.path.join(self.mktemp(), "f.jsonl"),
+                                   "--save-filter", "~d example.com & (~c 304")
+        self.assertTrue(message.startswith("--save-filter: "), message)
+        self.assertIn("'(' is never closed at column 18", message)
+        message = self.usage_error("--save-filter", "~zz")
+        self.assertIn("unknown operator '~zz' at column 1", message)
+
+    def test_save_filter(self) -> None:
+        """
+        A good ``--save-filter`` is parsed and reaches the ``SaveFlows``
+        addon, which then saves only the flows it accepts.
+        """
+        path = self.mktemp() + ".jsonl"
+        options = parse("--save", path, "--save-filter", "~d example.com & !~c 304")
+        self.assertEqual(options["save-filter-parsed"].expression, "~d example.com & !~c 304")
+        _, factory, service = self.started(options)
+        saving = self.addon(factory, SaveFlows)
+        wanted = recorded("http://example.com/keep")
+        unwanted = recorded("http://example.com/cached")
+        assert unwanted.response is not None
+        unwanted.response.status_code = 304
+        other = recorded("http://other.example/")
+        for flow in (wanted, unwanted, other):
+            saving.response(flow)
+        service.stopService()
+        self.assertEqual(saving.saved, 1)
+        [saved] = load_flows(path)
+        self.assertEqual(saved.get_state(), wanted.get_state())
+
+    def test_save_appends(self) -> None:
+        """
+        ``--save`` appends: a second run adds its flows after the first
+        run's; stopping the service closes the file.
+        """
+        path = self.mktemp() + ".jsonl"
+        for url in ("http://example.com/1", "http://example.com/2"):
+            _, factory, service = self.started(parse("--save", path))
+            self.addon(factory, SaveFlows).response(recorded(url))
+            service.stopService()
+        self.assertEqual(
+            [f.request.url for f in load_flows(path) if f.request is not None],
+            ["http://example.com/1", "http://example.com/2"],
+        )
+        with open(path, "rb") as f:
+            self.assertEqual(len(f.read().splitlines()), 2)
+
+    def test_save_unwritable(self) -> None:
+        """
+        A ``--save`` path that cannot be opened for appending makes
+        :func:`make_service` raise ``SystemExit`` with one line naming the
+        option, the path and why.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        missing = os.path.join(self.mktemp(), "no-such-dir", "f.jsonl")
+        for path, reason in ((directory, "Is a directory"),
+                             (missing, "No such file or directory")):
+            with self.subTest(path=path):
+                with self.assertRaises(SystemExit) as caught:
+                    make_service(parse("--save", path), MemoryReactorClock())
+                message = caught.exception.code
+                assert isinstance(message, str)
+                self.assertEqual(message, f"twistproxy: --save {path}: {reason}")
+
+    # --server-replay
+
+    def test_server_replay_missing(self) -> None:
+        """
+        A missing ``--server-replay`` file is a usage error naming it.
+        """
+        missing = os.path.join(self.mktemp(), "missing.jsonl")
+        message = self.usage_error("--server-replay", missing)
+        self.assertEqual(message, f"--server-replay {missing}: No such file or directory")
+
+    def test_recording_corrupt(self) -> None:
+        """
+        A recording with a corrupt line is a usage error naming the option,
+        the file and the line, for both replay options.
+        """
+        path = self.write_flows("bad.jsonl", recorded())
+        with open(path, "ab") as f:
+            f.write(b"{not json\n")
+        for option in ("--server-replay", "--client-replay"):
+            with self.subTest(option=option):
+                message = self.usage_error(option, path)
+                self.assertTrue(message.startswith(f"{option} {path}: line 2: "), message)
+                self.assertIn("not valid JSON", message)
+
+    def test_recordings_read(self) -> None:
+        """
+        ``--server-replay`` and ``--client-replay`` are repeatable and take
+        flow files and ``.har`` files; the flows are read while the options
+        are parsed, in the order given.
+        """
+        first = self.write_flows("one.jsonl", recorded("http://example.com/1"))
+        har = self.write_har("two.har", recorded("http://example.com/2"),
+                             recorded("http://example.com/3"))
+        for option in ("server-replay", "client-replay"):
+            with self.subTest(option=option):
+                options = parse(f"--{option}", first, f"--{option}", har)
+                self.assertEqual(options[option], [first, har])
+                self.assertEqual(
+                    [f.request.url for f in options[f"{option}-flows"] if f.request],
+                    ["http://example.com/1", "http://example.com/2", "http://example.com/3"],
+                )
+
+    def test_server_replay_defaults(self) -> None:
+        """
+        With ``--server-replay`` a ``ServerReplay`` addon holding the
+        recordings runs after the CA page, the flow log and the addon files
+        (so it sees their last word on ``flow.passthrough``); by
+        default an unmatched request is forwarded, the query and body count
+        and headers do not.  A served response is stamped by the reactor's
+        clock.  Without the option there is no such addon.
+        """
+        self.assertFalse(any(isinstance(a, ServerReplay)
+                             for a in self.started(parse())[1].chain.addons))
+        path = self.write_flows("rec.jsonl", recorded("http://example.com/a?x=1&y=2",
+                                                      method="POST", body=b"b"))
+        reactor, factory, _ = self.started(parse("--server-replay", path))
+        self.assertEqual([type(a).__name__ for a in factory.chain.addons],
+                         ["CertPage", "FlowLog", "ServerReplay"])
+        replay = self.addon(factory, ServerReplay)
+        self.assertEqual((replay.unmatched, replay.count()), ("forward", 1))
+        for flow in (live("http://example.com/a?x=1", method="POST", body=b"b"),
+                     live("http://example.com/a?x=1&y=2", method="POST", body=b"other")):
+            replay.request(flow)
+            self.assertIsNone(flow.response)
+            self.assertIsNone(flow.error)
+        reactor.advance(1234.5)
+        flow = live("http://example.com/a?y=2&x=1", method="POST", body=b"b",
+                    headers={"X-Any": "thing"})
+        replay.request(flow)
+        assert flow.response is not None
+        self.assertEqual(flow.response.content, b"recorded")
+        self.assertEqual(flow.response.timestamp_start, 1234.5)
+        self.assertEqual(flow.is_replay, "response")
+        self.assertEqual(replay.count(), 0)
+
+    def test_server_replay_options(self) -> None:
+        """
+        ``--replay-ignore-param`` (repeatable), ``--replay-ignore-content``
+        and ``--replay-match-header`` reach the ``ServerReplay`` addon and
+        change what matches; ``--replay-unmatched kill`` kills a request
+        nothing matches.
+        """
+        path = self.write_flows(
+            "rec.jsonl",
+            recorded("http://example.com/a?x=1&t=100&r=5", method="POST", body=b"one",
+                     headers={"X-Tenant": "blue"}),
+        )
+        options = parse("--server-replay", path, "--replay-ignore-param", "t",
+                        "--replay-ignore-param", "r", "--replay-ignore-content",
+                        "--replay-match-header", "X-Tenant", "--replay-unmatched", "kill")
+        self.assertEqual(options["replay-ignore-param"], ["t", "r"])
+        self.assertEqual(options["replay-match-header"], ["X-Tenant"])
+        self.assertTrue(options["replay-ignore-content"])
+        _, factory, _ = self.started(options)
+        replay = self.addon(factory, ServerReplay)
+        self.assertEqual(replay.unmatched, "kill")
+        other_tenant = live("http://example.com/a?x=1&t=7", method="POST", body=b"two",
+                            headers={"X-Tenant": "red"})
+        replay.request(other_tenant)
+        self.assertIsNone(other_tenant.response)
+        self.assertTrue(other_tenant.killed)
+        matching = live("http://example.com/a?x=1&t=7", method="POST", body=b"two",
+                        headers={"x-tenant": "blue"})
+        replay.request(matching)
+        assert matching.response is not None
+        self.assertEqual(matching.response.content, b"recorded")
+
+    def test_replay_unmatched_404(self) -> None:
+        """
+        ``--replay-unmatched 404`` answers a request nothing matches with a
+        404 instead of forwarding it.
+        """
+        path = self.write_flows("rec.jsonl", recorded())
+        _, factory, _ = self.started(parse("--server-replay", path,
+                                           "--replay-unmatched", "404"))
+        flow = live("http://example.com/unknown")
+        self.addon(factory, ServerReplay).request(flow)
+        assert flow.response is not None
+        self.assertEqual(flow.response.status_code, 404)
+
+    def test_replay_unmatched_unknown(self) -> None:
+        """
+        ``--replay-unmatched`` takes only forward, kill or 404.
+        """
+        message = self.usage_error("--replay-unmatched", "maybe")
+        self.assertEqual(message, "--replay-unmatched maybe: choose one of forward, kill, 404")
+
+    # --client-replay
+
+    def test_replay_concurrency_zero(self) -> None:
+        """
+        ``--replay-concurrency`` must be a whole number of at least 1.
+        """
+        for value in ("0", "-1"):
+            with self.subTest(value=value):
+                message = self.usage_error("--replay-concurrency", value)
+                self.assertIn(f"'{value}' is not a whole number of at least 1", message)
+        self.usage_error("--replay-concurrency", "two")
+        self.assertEqual(parse("--replay-concurrency", "3")["replay-concurrency"], 3)
+
+    def test_exit_after_replay_needs_client_replay(self) -> None:
+        """
+        ``--exit-after-replay`` without ``--client-replay`` is a usage
+        error.
+        """
+        message = self.usage_error("--exit-after-replay")
+        self.assertEqual(message, "--exit-after-replay needs --client-replay")
+
+    def test_client_replay_connects(self) -> None:
+        """
+        Starting the service built with ``--client-replay`` queues the
+        recorded flows: with ``--replay-concurrency 2`` two are sent at
+        once, each connecting to its recorded host and port; the reactor is
+        not stopped without ``--exit-after-replay``.
+        """
+        path = self.write_flows("rec.jsonl", *(
+            recorded(f"http://127.0.0.1:{port}/") for port in (8001, 8002, 8003)
+        ))
+        reactor = StopCountingReactor()
+        self.started(parse("--client-replay", path, "--replay-concurrency", "2"), reactor)
+        self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients],
+                         [("127.0.0.1", 8001), ("127.0.0.1", 8002)])
+        _, _, connecting, *_ = reactor.tcpClients[0]
+        connecting.clientConnectionFailed(reactor.connectors[0],
+                                          Failure(ConnectionRefusedError()))
+        self.assertEqual([port for _, port, *_ in reactor.tcpClients], [8001, 8002, 8003])
+        self.assertEqual(reactor.stops, 0)
+
+    def test_exit_after_replay_when_drained(self) -> None:
+        """
+        With ``--exit-after-replay`` the reactor is stopped once, when every
+        flow was replayed (or failed), not before.
+        """
+        path = self.write_flows("rec.jsonl", recorded("http://127.0.0.1:8001/"))
+        reactor = StopCountingReactor()
+        self.started(parse("--client-replay", path, "--exit-after-replay"), reactor)
+        reactor.running = reactor.hasRun = True  # twistd's reactor.run() has begun
+        [(host, port, connecting, *_)] = reactor.tcpClients
+        self.assertEqual((host, port, reactor.stops), ("127.0.0.1", 8001, 0))
+        connecting.clientConnectionFailed(reactor.connectors[0],
+                                          Failure(ConnectionRefusedError()))
+        self.assertEqual(reactor.stops, 1)
+
+    def test_exit_after_replay_nothing_to_replay(self) -> None:
+        """
+        With ``--exit-after-replay`` and a recording of flows that cannot be
+        replayed (a ``CONNECT``), nothing is sent and the reactor is stopped
+        as soon as it runs: twistd starts services before ``reactor.run()``,
+        and stopping a reactor that does not run yet would hang twistd.
+        """
+        path = self.write_flows("rec.jsonl", recorded("http://example.com:443/",
+                                                      method="CONNECT"))
+        reactor = StopCountingReactor()
+        self.started(parse("--client-replay", path, "--exit-after-replay"), reactor)
+        self.assertEqual(reactor.tcpClients, [])
+        self.assertEqual(reactor.stops, 0)
+        reactor.running = reactor.hasRun = True
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertEqual(reactor.stops, 1)

@@ -62,3 +62,30 @@ class LimitOptionTests(SynchronousTestCase):
             with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
                 self.parse(*args)
             self.assertNotIn("\n", str(caught.exception))
+
+
+class IgnoredOptionTests(SynchronousTestCase):
+    """
+    Options that would be silently ignored without the option they refine
+    are usage errors instead.
+    """
+
+    def parse(self, *args: str) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        Options().parseOptions(["--ca-dir", directory, *args])
+
+    def test_save_filter_needs_save(self) -> None:
+        """--save-filter alone is refused."""
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--save-filter", "~d example.com")
+        self.assertIn("needs --save", str(caught.exception))
+
+    def test_replay_options_need_server_replay(self) -> None:
+        """Server replay's matching options alone are refused, naming them."""
+        for args in (["--replay-ignore-param", "t"], ["--replay-match-header", "Accept"],
+                     ["--replay-ignore-content"], ["--replay-unmatched", "404"]):
+            with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
+                self.parse(*args)
+            self.assertIn(args[0], str(caught.exception))
+            self.assertIn("needs --server-replay", str(caught.exception))

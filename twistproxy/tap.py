@@ -368,6 +368,18 @@ class Options(usage.Options):
         self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
+        if self["save-filter"] is not None and self["save"] is None:
+            raise usage.UsageError("--save-filter needs --save")
+        replay_only = [
+            name for name, value in (
+                ("--replay-ignore-param", self["replay-ignore-param"]),
+                ("--replay-match-header", self["replay-match-header"]),
+                ("--replay-ignore-content", self["replay-ignore-content"]),
+                ("--replay-unmatched", self["replay-unmatched"] != "forward"),
+            ) if value
+        ]
+        if replay_only and not self["server-replay"]:
+            raise usage.UsageError(f"{', '.join(replay_only)} needs --server-replay")
         if self["workers"] > 1 and self["client-replay"]:
             raise usage.UsageError("--client-replay runs in one process: use --workers 1")
         maximum = self["max-connections"]
@@ -455,6 +467,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             "on loopback only (--port tcp:PORT:interface=127.0.0.1).",
             endpoint=options["endpoint"],
         )
+    if not options["quiet"]:
+        addons.append(FlowLog())
+    addons.extend(options["addons"])
+    # After the addon files, so it sees their last word (flow.passthrough).
     if options["server-replay"]:
         addons.append(ServerReplay(
             options["server-replay-flows"],
@@ -464,9 +480,6 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             unmatched=options["replay-unmatched"],
             now=reactor.seconds,
         ))
-    if not options["quiet"]:
-        addons.append(FlowLog())
-    addons.extend(options["addons"])
     saving = None
     if options["save"] is not None:
         try:
@@ -497,6 +510,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         _ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),
             options["client-replay-flows"],
+            reactor=reactor,
             stop=reactor.stop if options["exit-after-replay"] else None,
         ).setServiceParent(top)
     if saving is not None:
@@ -612,8 +626,14 @@ class _ClientReplayService(Service):
     """Replays the --client-replay flows once the proxy runs; optionally stops after."""
 
     def __init__(
-        self, replay: ClientReplay, flows: list[HTTPFlow], *, stop: Callable[[], object] | None
+        self,
+        replay: ClientReplay,
+        flows: list[HTTPFlow],
+        *,
+        reactor: Any,
+        stop: Callable[[], object] | None,
     ) -> None:
+        self._reactor = reactor
         self._replay = replay
         self._flows = flows
         self._stop = stop
@@ -624,7 +644,11 @@ class _ClientReplayService(Service):
         _log.info("replaying {count} recorded requests", count=queued)
         if self._stop is not None:
             stop = self._stop
-            self._replay.when_drained().addCallback(lambda _: stop())
+            # Drained at once (nothing to replay) happens before the reactor
+            # runs: stop it once it does.
+            self._replay.when_drained().addCallback(
+                lambda _: self._reactor.callWhenRunning(stop)
+            )
 
     def stopService(self) -> None:
         super().stopService()

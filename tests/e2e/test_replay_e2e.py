@@ -163,3 +163,18 @@ async def test_corrupt_recording_is_a_usage_error(tmp_path: Path) -> None:
     assert code not in (0, None)
     assert "Traceback" not in output
     assert f"--server-replay {bad}: line 1" in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_exit_after_replay_with_nothing_to_replay(tmp_path: Path) -> None:
+    """
+    ``--exit-after-replay`` with only flows that cannot be replayed exits at
+    once (it used to stop the reactor before it ran, and hang).
+    """
+    recording = tmp_path / "connects.jsonl"
+    with FlowWriter(recording.open("wb")) as writer:
+        flow = HTTPFlow(Client(), Server(), now=lambda: 1.0)
+        flow.request = Request.make("CONNECT", "http://example.com:443/")
+        writer.add(flow)
+    child = await _replay_and_exit(tmp_path, recording)
+    assert "not replaying" in child.output
