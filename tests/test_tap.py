@@ -4,7 +4,6 @@ Tests for :mod:`twistproxy.tap` and the twistd plugin that points at it.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import os
@@ -23,6 +22,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.options import parse
 from twistproxy._tls import UpstreamTLS
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
@@ -55,20 +55,6 @@ addons = [AddHeader(), Plain()]
 """
 
 
-_CA_DIR = tempfile.mkdtemp(prefix="twistproxy-test-ca-")
-atexit.register(shutil.rmtree, _CA_DIR, True)
-
-
-def parse(*args: str) -> Options:
-    """
-    Parse *args* with a new :class:`Options`; the CA lives in a temporary
-    directory unless *args* say otherwise, never in the home directory.
-    """
-    options = Options()
-    if "--ca-dir" not in args and "--ca" not in args:
-        args = ("--ca-dir", _CA_DIR, *args)
-    options.parseOptions(list(args))
-    return options
 
 
 class TempDirTestCase(SynchronousTestCase):

@@ -6,7 +6,6 @@ and the warning about an open proxy.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -17,24 +16,10 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.options import parse
 from twistproxy.addons.access import HostPolicy, ProxyAuth
 from twistproxy.proxy import ProxyFactory
 from twistproxy.tap import Options, loopback_only, make_service
-
-_CA_DIR = tempfile.mkdtemp(prefix="twistproxy-test-ca-")
-atexit.register(shutil.rmtree, _CA_DIR, True)
-
-
-def parse(*args: str) -> Options:
-    """
-    Parse *args* with a new :class:`Options`; the CA lives in a temporary
-    directory unless *args* say otherwise, never in the home directory.
-    """
-    options = Options()
-    if "--ca-dir" not in args and "--ca" not in args:
-        args = ("--ca-dir", _CA_DIR, *args)
-    options.parseOptions(list(args))
-    return options
 
 
 def _addons(options: Options) -> tuple[object, ...]:

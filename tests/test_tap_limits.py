@@ -6,13 +6,12 @@ Tests for the twistd options that set :class:`twistproxy.limits.Limits`.
 from __future__ import annotations
 
 import resource
-import shutil
-import tempfile
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.options import parse
 from twistproxy.tap import Options, default_max_connections, make_service
 
 
@@ -22,11 +21,7 @@ class LimitOptionTests(SynchronousTestCase):
     """
 
     def parse(self, *args: str) -> Options:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        options = Options()
-        options.parseOptions(["--ca-dir", directory, *args])
-        return options
+        return parse(*args)
 
     def factory(self, options: Options) -> object:
         reactor = MemoryReactorClock()
@@ -71,9 +66,7 @@ class IgnoredOptionTests(SynchronousTestCase):
     """
 
     def parse(self, *args: str) -> None:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        Options().parseOptions(["--ca-dir", directory, *args])
+        parse(*args)
 
     def test_save_filter_needs_save(self) -> None:
         """--save-filter alone is refused."""

@@ -13,6 +13,7 @@ import tempfile
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.options import parse
 from twistproxy.tap import Options, _without_workers
 from twistproxy.workers import bind
 
@@ -52,11 +53,7 @@ class WorkerOptionTests(SynchronousTestCase):
     """
 
     def parse(self, *args: str) -> Options:
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory)
-        options = Options()
-        options.parseOptions(["--ca-dir", directory, *args])
-        return options
+        return parse(*args)
 
     def test_auto_is_the_core_count(self) -> None:
         """``--workers auto`` is one worker per core."""

@@ -263,3 +263,12 @@ async def run_closed_stdin(executable: str, *args: str) -> tuple[bytes, int]:
         if process.pid is not None:
             process.signalProcess("KILL")  # don't let a hung child outlive the test
         raise
+
+
+def rss() -> int:
+    """This process's resident set size in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")

@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.e2e import origin as origin_module
-from tests.e2e.conftest import Running, parse_responses
+from tests.e2e.conftest import Running, parse_responses, rss
 from tests.e2e.test_http_e2e import get
 
 pytestmark = pytest.mark.e2e
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.e2e
 MB = 1024 * 1024
 
 
-def _rss() -> int:
-    """This process's resident set size in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _slow_read(port: int, request: bytes, rate: int, seconds: float) -> int:
@@ -61,12 +54,12 @@ async def test_slow_reader_pauses_origin_and_memory_stays_flat(
     grows by a few MB at most (without backpressure it would buffer
     hundreds of MB in that time).
     """
-    before = _rss()
+    before = rss()
     peak = before
     reading = deferToThread(_slow_read, proxy.port, get(origin, "/bytes/1073741824"),
                             2 * MB, 4.0)
     while not reading.called:
-        peak = max(peak, _rss())
+        peak = max(peak, rss())
         await deferLater(reactor, 0.1, lambda: None)
     read = await reading
     assert 6 * MB < read < 10 * MB
@@ -112,10 +105,10 @@ async def test_slow_origin_pauses_client_upload(origin: Running, proxy: Running)
     """
     size = 128 * MB
     head = get(origin, "/sink", method="POST", headers=f"Content-Length: {size}\r\n")
-    before = _rss()
+    before = rss()
     accepted, response = await deferToThread(
         _upload, proxy.port, head, size, origin_module.SINK_PAUSE * 0.75)
     assert accepted < 48 * MB, f"{accepted / MB:.1f} MB accepted while the origin slept"
     [parsed] = parse_responses(response)
     assert json.loads(parsed.body) == size
-    assert _rss() - before < 32 * MB
+    assert rss() - before < 32 * MB

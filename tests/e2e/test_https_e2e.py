@@ -371,17 +371,18 @@ async def test_slow_reader_over_tls_memory_flat(pki: Any, start_tls_origin: Any,
     """
     from twisted.internet.threads import deferToThread
 
-    from tests.e2e.test_backpressure_e2e import MB, _rss
+    from tests.e2e.conftest import rss
+    from tests.e2e.test_backpressure_e2e import MB
 
     origin = start_tls_origin(pki.good)
     proxy = await start_https_proxy()
     request = (f"GET /bytes/1073741824 HTTP/1.1\r\nHost: localhost:{origin.port}\r\n"
                "Connection: close\r\n\r\n").encode()
-    before = peak = _rss()
+    before = peak = rss()
     reading = deferToThread(_tls_through, proxy.port, "localhost", origin.port,
                             str(pki.proxy_ca_pem), request, rate=2 * MB, seconds=4.0)
     while not reading.called:
-        peak = max(peak, _rss())
+        peak = max(peak, rss())
         await deferLater(reactor, 0.1, lambda: None)
     _, read = await reading
     assert 6 * MB < read < 10 * MB

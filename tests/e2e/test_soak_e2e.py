@@ -36,7 +36,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from tests.e2e.conftest import Running
+from tests.e2e.conftest import Running, rss
 from tests.e2e.origin import pattern_bytes
 
 pytestmark = pytest.mark.e2e
@@ -72,13 +72,6 @@ MIX = [
 ]
 
 
-def _rss() -> int:
-    """This process's resident set size in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _fds() -> int:
@@ -382,7 +375,7 @@ class Progress:
         with self.lock:
             self.count += 1
             if self.count == WARM_UP:
-                self.baseline_rss = _rss()
+                self.baseline_rss = rss()
 
 
 def _plan(total: int, seed: int) -> list[str]:
@@ -426,7 +419,7 @@ async def test_soak(origin: Running, start_proxy: Any) -> None:
 
     def sample() -> None:
         drain_origin()
-        peak[0] = max(peak[0], _rss())
+        peak[0] = max(peak[0], rss())
 
     sampler = LoopingCall(sample)
     sampler.start(0.25)
@@ -476,7 +469,7 @@ async def test_soak(origin: Running, start_proxy: Any) -> None:
     sampler.stop()
     drain_origin()
     fds_after = _fds()
-    rss_after = _rss()
+    rss_after = rss()
     assert progress.baseline_rss is not None
     print(f"soak: fds {fds_before} -> {fds_after}; RSS after warm-up "
           f"{progress.baseline_rss / MB:.0f} MB, peak {peak[0] / MB:.0f} MB, "
