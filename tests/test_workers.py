@@ -78,9 +78,12 @@ class WorkerOptionTests(SynchronousTestCase):
         self.assertIn("--workers 1", str(caught.exception))
 
     def test_worker_arguments(self) -> None:
-        """The workers get the same arguments without the workers options."""
+        """
+        The workers get the same arguments without the workers options and
+        the port (the supervisor gives them the concrete one).
+        """
         self.assertEqual(
             _without_workers(["--port", "9", "--workers", "2", "--workers=3", "--quiet",
-                              "--worker-fd", "3"]),
-            ["--port", "9", "--quiet"],
+                              "-p", "8", "--port=7", "--worker", "--addon", "a.py"]),
+            ["--quiet", "--addon", "a.py"],
         )

@@ -45,7 +45,7 @@ from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
-from twistproxy.workers import AdoptedPortService, Supervisor, bind
+from twistproxy.workers import Supervisor, WorkerPortService
 
 _log = Logger(namespace="twistproxy")
 
@@ -231,11 +231,10 @@ class Options(usage.Options):
             "workers",
             None,
             1,
-            "Worker processes sharing the port ('auto': one per core); a dead one restarts.",
+            "Worker processes serving the port ('auto': one per core); a dead one restarts.",
             _workers,
         ],
-        ["worker-fd", None, None, "(internal) Serve the listening socket on this descriptor.",
-         int],
+
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
@@ -243,6 +242,7 @@ class Options(usage.Options):
         ["insecure", None, "Do not verify servers' certificates (testing only)."],
         ["replay-ignore-content", None, "Server replay: do not match request bodies."],
         ["exit-after-replay", None, "Stop once every --client-replay flow was replayed."],
+        ["worker", None, "(internal) Run as one of --workers' processes."],
     ]
 
     _failed = False
@@ -447,7 +447,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the proxy service for parsed *options* on *reactor*: the proxy,
     or with ``--workers`` above 1 the supervisor of that many proxies.
     """
-    if options["workers"] > 1 and options["worker-fd"] is None:
+    if options["workers"] > 1 and not options["worker"]:
         return _supervisor(options, reactor)
     store = None if options["no-intercept"] else _certificate_store(options)
     # Access control first, so nothing else runs for a refused request; the
@@ -502,8 +502,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=options["limits"],
     )
     top = _Main(options["endpoint"])
-    if options["worker-fd"] is not None:
-        AdoptedPortService(reactor, options["worker-fd"], factory).setServiceParent(top)
+    if options["worker"]:
+        WorkerPortService(reactor, options["endpoint"], factory).setServiceParent(top)
     else:
         ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
     if options["client-replay"]:
@@ -590,21 +590,21 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
         ca = options["ca"] or str(Path(options["ca-dir"]).expanduser() / CA_FILE)
         worker_args += ["--ca", ca]
     top = _Main(options["endpoint"])
-    Supervisor(reactor, count=options["workers"], listen=lambda: bind(options["endpoint"]),
+    Supervisor(reactor, count=options["workers"], endpoint=options["endpoint"],
                worker_args=worker_args).setServiceParent(top)
     return top
 
 
 def _without_workers(args: list[str]) -> list[str]:
-    """*args* without ``--workers``/``--worker-fd`` and their values."""
+    """*args* without ``--workers``, ``--port`` (and ``-p``), and their values."""
     out: list[str] = []
     skip = False
     for arg in args:
         if skip:
             skip = False
-        elif arg in ("--workers", "--worker-fd"):
+        elif arg in ("--workers", "--port", "-p"):
             skip = True
-        elif not arg.startswith(("--workers=", "--worker-fd=")):
+        elif arg != "--worker" and not arg.startswith(("--workers=", "--port=", "-p")):
             out.append(arg)
     return out
 

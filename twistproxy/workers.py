@@ -2,10 +2,12 @@
 """
 One process per core: ``twistd twistproxy --workers N``.
 
-The process twistd starts becomes a :class:`Supervisor`: it binds the
-listening socket itself, then starts N worker processes that inherit it (as
-file descriptor 3) and accept connections from it, each a full proxy with the
-same CA.  The kernel hands each new connection to one of them.  A worker
+The process twistd starts becomes a :class:`Supervisor`: it checks that the
+address can be bound (and picks the port, for port 0), then starts N worker
+processes, each a full proxy with the same CA, each listening on that
+address with its own ``SO_REUSEPORT`` socket.  The kernel spreads new
+connections evenly over those sockets (one socket shared by every worker
+would let whichever process wakes first accept a whole burst).  A worker
 that dies is started again after a short delay; stopping the supervisor
 stops the workers.
 
@@ -31,17 +33,18 @@ from twisted.python.failure import Failure
 
 _log = Logger(namespace="twistproxy.workers")
 
-WORKER_FD = 3
-"""The descriptor number the listening socket has in each worker."""
 
 _ESCAPED_COLON = re.compile(r"(?<!\\):")
 
 
-def bind(description: str) -> socket.socket:
+def bind(description: str, *, listen: bool = True) -> socket.socket:
     """
-    Bind and listen as the endpoint *description* says: ``tcp:PORT`` or
-    ``tcp6:PORT``, with optional ``interface=`` and ``backlog=``.
+    Bind (with ``SO_REUSEPORT``) and listen as the endpoint *description*
+    says: ``tcp:PORT`` or ``tcp6:PORT``, with optional ``interface=`` and
+    ``backlog=``.
 
+    :param listen: ``False`` only binds: a probe of the address that no
+        connection is ever handed to.
     :raises ValueError: for another kind of endpoint or a malformed one.
     :raises OSError: if the address cannot be bound.
     """
@@ -65,8 +68,10 @@ def bind(description: str) -> socket.socket:
     listening = socket.socket(family, socket.SOCK_STREAM)
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listening.bind((interface, port))
-        listening.listen(int(keywords.get("backlog", "128")))
+        if listen:
+            listening.listen(int(keywords.get("backlog", "128")))
         listening.setblocking(False)
     except BaseException:
         listening.close()
@@ -89,59 +94,65 @@ class _Worker(ProcessProtocol):
 
 class Supervisor(Service):
     """
-    Starts *count* workers sharing a listening socket, and restarts those
+    Starts *count* workers listening on one address, and restarts those
     that die.
 
     :param reactor: Spawns the processes and schedules the restarts.
     :param count: How many workers.
-    :param listen: Makes the listening socket (called when the service starts).
+    :param endpoint: The ``tcp:``/``tcp6:`` endpoint description to serve.
     :param worker_args: The ``twistd twistproxy`` arguments for each worker
-        (they get ``--worker-fd 3`` on top).
+        (they get ``--port`` with the concrete port and ``--worker`` on top).
     :param restart_delay: Seconds to wait before starting a dead worker again.
     :ivar workers: The workers running now, by number.
+    :ivar address: ``(host, port)`` the workers listen on, once started.
     """
+
+    address: tuple[str, int] | None = None
 
     def __init__(
         self,
         reactor: Any,
         *,
         count: int,
-        listen: Any,
+        endpoint: str,
         worker_args: Sequence[str],
         restart_delay: float = 1.0,
     ) -> None:
         self._reactor = reactor
         self.count = count
-        self._listen = listen
+        self._endpoint = endpoint
         self._worker_args = list(worker_args)
         self.restart_delay = restart_delay
         self.workers: dict[int, _Worker] = {}
-        self._socket: socket.socket | None = None
         self._processes: dict[int, Any] = {}
 
     def startService(self) -> None:
-        """Bind the listening socket and start the workers."""
-        self._socket = self._listen()
+        """Check the address (a port taken fails here), then start the workers."""
+        with bind(self._endpoint, listen=False) as probe:
+            host, port = probe.getsockname()[:2]
+        self.address = (host, port)
+        kind = self._endpoint.partition(":")[0]
+        escaped = host.replace(":", "\\:")
+        self._concrete = f"{kind}:{port}:interface={escaped}"
         super().startService()
-        host, port = self._socket.getsockname()[:2]
         _log.info("twistproxy listening on {host}:{port} with {count} workers",
                   host=host, port=port, count=self.count)
         for number in range(self.count):
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
-        if not self.running or self._socket is None:
+        if not self.running:
             return
         worker = _Worker(self, number)
         args = [
             sys.executable, "-c",
             "import sys; from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", "twistproxy", *self._worker_args,
-            "--worker-fd", str(WORKER_FD),
+            "--port", self._concrete, "--worker",
         ]
         process = self._reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ.copy(),
-            childFDs={0: "w", 1: 1, 2: 2, WORKER_FD: self._socket.fileno()},
+            childFDs={0: "w", 1: 1, 2: 2},
         )
         self.workers[number] = worker
         self._processes[number] = process
@@ -164,7 +175,7 @@ class Supervisor(Service):
         return None if process is None else process.pid
 
     def stopService(self) -> Deferred[Any]:
-        """Stop the workers (TERM, then KILL after 10 s) and close the socket."""
+        """Stop the workers (TERM, then KILL after 10 s)."""
         super().stopService()
         ended = [worker.ended for worker in self.workers.values()]
         for process in list(self._processes.values()):
@@ -174,9 +185,6 @@ class Supervisor(Service):
         def done(result: object) -> object:
             if killer.active():
                 killer.cancel()
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
             return result
 
         return DeferredList(ended).addBoth(done)
@@ -193,30 +201,31 @@ def _signal(process: Any, name: str) -> None:
         pass  # already gone
 
 
-class AdoptedPortService(Service):
+class WorkerPortService(Service):
     """
-    In a worker: accept connections from the inherited listening socket.
+    In a worker: listen on the supervisor's address with a socket of this
+    worker's own (``SO_REUSEPORT``), handed to the reactor.
 
     :param reactor: Adopts the socket.
-    :param fd: The inherited descriptor (closed here once adopted: the
-        reactor keeps its own copy).
+    :param endpoint: The concrete ``tcp:``/``tcp6:`` endpoint description.
     :param factory: Serves each connection.
     """
 
     port: Any = None
 
-    def __init__(self, reactor: Any, fd: int, factory: Any) -> None:
+    def __init__(self, reactor: Any, endpoint: str, factory: Any) -> None:
         self._reactor = reactor
-        self._fd = fd
+        self._endpoint = endpoint
         self._factory = factory
 
     def startService(self) -> None:
-        """Adopt the socket and start accepting."""
+        """Bind, listen and start accepting."""
         super().startService()
-        with socket.socket(fileno=os.dup(self._fd)) as probe:
-            family = probe.family
-        self.port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
-        os.close(self._fd)
+        with bind(self._endpoint) as listening:
+            # The reactor keeps a duplicate of the descriptor; ours closes.
+            self.port = self._reactor.adoptStreamPort(
+                listening.fileno(), listening.family, self._factory
+            )
         _log.info("worker {pid} accepting", pid=os.getpid())
 
     def stopService(self) -> Any:
