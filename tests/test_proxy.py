@@ -97,3 +97,28 @@ class ProxyFactoryTests(SynchronousTestCase):
         with self.assertRaises(AddonError) as caught:
             ProxyFactory(reactor=MemoryReactorClock(), request_factory=Connections)
         self.assertIn("client_connected", str(caught.exception))
+
+
+class StreamBufferTests(SynchronousTestCase):
+    """
+    A streamed response lets the client's write buffer hold a few reads
+    before the origin is paused.
+    """
+
+    def test_client_buffer_raised_for_streams(self) -> None:
+        """
+        Streaming raises the client transport's pause threshold from
+        Twisted's 64 KiB to 512 KiB, so each read no longer pauses and
+        resumes the origin; buffered responses leave it alone.
+        """
+        reactor = MemoryReactorClock()
+        endpoints = FakeEndpointFactory()
+        factory = ProxyFactory(reactor=reactor, endpoint_factory=endpoints, body_limit=4)
+        channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        transport.bufferSize = 64 * 1024  # type: ignore[attr-defined]
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        [(origin, _)] = endpoints.connections
+        origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        self.assertEqual(transport.bufferSize, 512 * 1024)  # type: ignore[attr-defined]

@@ -93,6 +93,7 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VISIBLE = re.compile(rb"[\x21-\x7e]+\Z")
 _CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
 _HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
+_STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
 class _NoTimer:
@@ -801,6 +802,11 @@ class ProxyRequest(Request):
             self.write(piece)
         upstream = self._upstream
         if upstream is not None and upstream.transport is not None and not self._disconnected:
+            # Let a few reads queue before the client's buffer pauses the
+            # origin: at Twisted's 64 KiB every read paused and resumed it.
+            transport = self.channel.transport
+            if getattr(transport, "bufferSize", _STREAM_BUFFER) < _STREAM_BUFFER:
+                transport.bufferSize = _STREAM_BUFFER
             self._throttle = _Throttle(upstream.transport)
             self.registerProducer(self._throttle, True)
 
