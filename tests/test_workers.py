@@ -31,6 +31,12 @@ class BindTests(SynchronousTestCase):
         self.assertEqual(listening.getsockname()[0], "127.0.0.1")
         self.assertFalse(listening.getblocking())
 
+    def test_positional_interface(self) -> None:
+        """Twisted's positional form (``tcp:PORT:INTERFACE``) names the interface too."""
+        listening = bind("tcp:0:127.0.0.1")
+        self.addCleanup(listening.close)
+        self.assertEqual(listening.getsockname()[0], "127.0.0.1")
+
     def test_tcp6_escaped_interface(self) -> None:
         """An IPv6 interface with escaped colons gives an IPv6 socket."""
         try:

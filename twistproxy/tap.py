@@ -45,7 +45,13 @@ from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
-from twistproxy.workers import Supervisor, WorkerPortService
+from twistproxy.workers import (
+    INTERFACE_POSITION,
+    Supervisor,
+    WorkerPortService,
+    endpoint_argument,
+    split_endpoint,
+)
 
 _log = Logger(namespace="twistproxy")
 
@@ -527,16 +533,13 @@ def loopback_only(description: str) -> bool:
     whose interface cannot be told (``systemd:``, plugins) counts as
     reachable.
     """
-    args, kwargs = _split_endpoint(description)
+    args, kwargs = split_endpoint(description)
     kind = args[0].lower() if args else ""
     if kind == "unix":
         return True
-    # Where each type's parser takes the interface as a positional argument.
-    position = {"tcp": 2, "tcp6": 3, "ssl": 5}.get(kind)
-    if position is None:
+    if kind not in INTERFACE_POSITION:
         return False
-    default = "::" if kind == "tcp6" else ""
-    interface = kwargs.get("interface", args[position] if len(args) > position else default)
+    interface = endpoint_argument(args, kwargs, "interface", "::" if kind == "tcp6" else "")
     if interface.lower() == "localhost":
         return True
     try:
@@ -546,37 +549,6 @@ def loopback_only(description: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
-
-
-def _split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    Split an endpoint description as ``serverFromString`` does: fields
-    separated by ``:``, ``name=value`` fields by name, ``\\`` escaping the
-    next character.
-    """
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    current = ""
-    name: str | None = None
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current += next(chars, "")
-        elif char == ":":
-            if name is None:
-                args.append(current)
-            else:
-                kwargs[name] = current
-            current, name = "", None
-        elif char == "=" and name is None:
-            name, current = current, ""
-        else:
-            current += char
-    if name is None:
-        args.append(current)
-    else:
-        kwargs[name] = current
-    return args, kwargs
 
 
 def _supervisor(options: Options, reactor: Any) -> MultiService:

@@ -19,7 +19,6 @@ another process's, so the file stays one flow per line.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -34,36 +33,80 @@ from twisted.python.failure import Failure
 _log = Logger(namespace="twistproxy.workers")
 
 
-_ESCAPED_COLON = re.compile(r"(?<!\\):")
+def split_endpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split an endpoint description as ``serverFromString`` does: fields
+    separated by ``:``, ``name=value`` fields by name, ``\\`` escaping the
+    next character.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    current = ""
+    name: str | None = None
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current += next(chars, "")
+        elif char == ":":
+            if name is None:
+                args.append(current)
+            else:
+                kwargs[name] = current
+            current, name = "", None
+        elif char == "=" and name is None:
+            name, current = current, ""
+        else:
+            current += char
+    if name is None:
+        args.append(current)
+    else:
+        kwargs[name] = current
+    return args, kwargs
+
+
+INTERFACE_POSITION = {"tcp": 2, "tcp6": 3, "ssl": 5}
+"""Where each endpoint type's parser takes ``interface`` positionally."""
+
+_POSITIONS = {
+    "interface": INTERFACE_POSITION,
+    "backlog": {"tcp": 3, "tcp6": 2},
+}
+
+
+def endpoint_argument(args: list[str], kwargs: dict[str, str], name: str, default: str) -> str:
+    """
+    The argument *name* (``interface`` or ``backlog``) of a split endpoint
+    description: by name, else in the position its type's parser gives it.
+    """
+    if name in kwargs:
+        return kwargs[name]
+    position = _POSITIONS[name].get(args[0].lower() if args else "")
+    if position is not None and len(args) > position:
+        return args[position]
+    return default
 
 
 def bind(description: str, *, listen: bool = True) -> socket.socket:
     """
     Bind (with ``SO_REUSEPORT``) and listen as the endpoint *description*
-    says: ``tcp:PORT`` or ``tcp6:PORT``, with optional ``interface=`` and
-    ``backlog=``.
+    says: ``tcp:PORT`` or ``tcp6:PORT``, with ``interface`` and ``backlog``
+    by name or in Twisted's positions.
 
     :param listen: ``False`` only binds: a probe of the address that no
         connection is ever handed to.
     :raises ValueError: for another kind of endpoint or a malformed one.
     :raises OSError: if the address cannot be bound.
     """
-    kind, _, rest = description.partition(":")
+    args, kwargs = split_endpoint(description)
+    kind = args[0].lower() if args else ""
     if kind not in ("tcp", "tcp6"):
         raise ValueError(f"--workers needs a tcp: or tcp6: endpoint, not {description!r}")
-    positional: list[str] = []
-    keywords: dict[str, str] = {}
-    for part in _ESCAPED_COLON.split(rest):
-        part = part.replace("\\:", ":")
-        name, equals, value = part.partition("=")
-        if equals:
-            keywords[name] = value
-        else:
-            positional.append(part)
-    if len(positional) != 1 or not positional[0].isdigit():
+    if len(args) < 2 or not args[1].isdigit():
         raise ValueError(f"no port in {description!r}")
-    port = int(positional[0])
-    interface = keywords.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+    port = int(args[1])
+    interface = endpoint_argument(args, kwargs, "interface",
+                                  "::" if kind == "tcp6" else "0.0.0.0") or "0.0.0.0"
+    backlog = int(endpoint_argument(args, kwargs, "backlog", "128"))
     family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -71,7 +114,7 @@ def bind(description: str, *, listen: bool = True) -> socket.socket:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listening.bind((interface, port))
         if listen:
-            listening.listen(int(keywords.get("backlog", "128")))
+            listening.listen(backlog)
         listening.setblocking(False)
     except BaseException:
         listening.close()
