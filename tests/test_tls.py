@@ -6,7 +6,6 @@ and unverified TLS towards origins.
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -14,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.interfaces import (
@@ -26,6 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests.e2e.pki import OriginCert, make_ca, make_leaf
 from tests.fakes import TLSConnection, connect_tls
 from twistproxy._tls import (
     InterceptingServerTLS,
@@ -67,70 +66,15 @@ def _write_pem(case: SynchronousTestCase, certificate: x509.Certificate) -> str:
     return str(path)
 
 
-# -- a minimal PKI for the origins ----------------------------------------
+# -- a minimal PKI for the origins (tests/e2e/pki.py builds it) -----------
 
 
-def _make_ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA valid around :data:`NOW`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key
-
-
-def _make_leaf(
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    names: list[str],
-    *,
-    expired: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A server certificate for *names* (DNS names or IP literals) signed by *ca*."""
-    ca_certificate, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    start = NOW - timedelta(days=10 if expired else 1)
-    end = NOW - timedelta(days=2) if expired else NOW + timedelta(days=20)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return certificate, key
-
-
-_ORIGIN_CA = _make_ca("origin test CA")
+_ORIGIN_CA = make_ca("origin test CA")
 _ORIGIN_NAMES = ["localhost", "127.0.0.1"]
-_GOOD = _make_leaf(_ORIGIN_CA, _ORIGIN_NAMES)
-_EXPIRED = _make_leaf(_ORIGIN_CA, _ORIGIN_NAMES, expired=True)
-_WRONG_HOST = _make_leaf(_ORIGIN_CA, ["elsewhere.example"])
-_UNKNOWN_CA = _make_leaf(_make_ca("nobody trusts me"), _ORIGIN_NAMES)
+_GOOD = make_leaf(_ORIGIN_CA, _ORIGIN_NAMES)
+_EXPIRED = make_leaf(_ORIGIN_CA, _ORIGIN_NAMES, expired=True)
+_WRONG_HOST = make_leaf(_ORIGIN_CA, ["elsewhere.example"])
+_UNKNOWN_CA = make_leaf(make_ca("nobody trusts me"), _ORIGIN_NAMES)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -142,11 +86,11 @@ class _OriginTLS:
     :ivar offered: The protocol lists clients offered, one per handshake.
     """
 
-    def __init__(self, leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
+    def __init__(self, leaf: OriginCert) -> None:
         self.offered: list[list[bytes]] = []
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        context.use_certificate(leaf[0])
-        context.use_privatekey(leaf[1])
+        context.use_certificate(leaf.certificate)
+        context.use_privatekey(leaf.key)
         context.set_alpn_select_callback(self._select)
         self.context = context
 
@@ -369,7 +313,7 @@ class UpstreamTLSTests(SynchronousTestCase):
 
     def _connect(
         self,
-        leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+        leaf: OriginCert,
         name: str,
         upstream: UpstreamTLS | None = None,
         greeting: bytes = b"",

@@ -33,7 +33,8 @@ class OriginCert:
     key: Any
 
 
-def _ca(name: str) -> tuple[x509.Certificate, Any]:
+def make_ca(name: str) -> tuple[x509.Certificate, Any]:
+    """A self-signed CA valid around :data:`NOW`: its certificate and key."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
@@ -51,8 +52,9 @@ def _ca(name: str) -> tuple[x509.Certificate, Any]:
     return cert, key
 
 
-def _leaf(ca: tuple[x509.Certificate, Any], names: list[str], *, expired: bool = False
-          ) -> OriginCert:
+def make_leaf(ca: tuple[x509.Certificate, Any], names: list[str], *, expired: bool = False
+              ) -> OriginCert:
+    """A server certificate for *names* (DNS names or IP literals) signed by *ca*."""
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
@@ -94,7 +96,7 @@ def make_pki(directory: Path) -> PKI:
     """Make the test PKI under *directory*."""
     proxy_ca = CertificateAuthority.generate(now=NOW, common_name="twistproxy test CA")
     proxy_ca.save(directory / "proxy-ca")
-    origin_ca = _ca("origin test CA")
+    origin_ca = make_ca("origin test CA")
     origin_ca_pem = directory / "origin-ca.pem"
     origin_ca_pem.write_bytes(origin_ca[0].public_bytes(serialization.Encoding.PEM))
     names = ["localhost", "127.0.0.1", "::1"]
@@ -103,10 +105,10 @@ def make_pki(directory: Path) -> PKI:
         proxy_ca=proxy_ca,
         proxy_ca_pem=directory / "proxy-ca" / "twistproxy-ca-cert.pem",
         origin_ca_pem=origin_ca_pem,
-        good=_leaf(origin_ca, names),
-        expired=_leaf(origin_ca, names, expired=True),
-        wrong_host=_leaf(origin_ca, ["elsewhere.example"]),
-        unknown_ca=_leaf(_ca("nobody trusts me"), names),
+        good=make_leaf(origin_ca, names),
+        expired=make_leaf(origin_ca, names, expired=True),
+        wrong_host=make_leaf(origin_ca, ["elsewhere.example"]),
+        unknown_ca=make_leaf(make_ca("nobody trusts me"), names),
     )
 
 
