@@ -22,17 +22,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from tests.e2e.conftest import Running
 from tests.e2e.pki import OriginTLS
+from tests.e2e.test_twistd import Child
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Response
 
@@ -177,27 +174,6 @@ class Record(Addon):
         """The authorities of the CONNECT flows."""
         return [flow.request.url for flow in self.flows
                 if flow.request is not None and flow.request.method == "CONNECT"]
-
-
-class Child(ProcessProtocol):
-    """A child process's output, and a Deferred firing with its exit code."""
-
-    def __init__(self) -> None:
-        self.out = b""
-        self.err = b""
-        self.ended: Deferred[int | None] = Deferred()
-        self.done = False
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.done = True
-        code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
-        self.ended.callback(code)
 
 
 async def run(args: list[str], home: Path, timeout: float) -> tuple[int | None, bytes, bytes]:
