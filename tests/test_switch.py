@@ -117,14 +117,15 @@ class SwitchTests(SynchronousTestCase):
 
     def test_hand_over_stops_idle_timeout(self) -> None:
         """
-        The channel's idle timeout is cancelled: no call is left on the
-        clock, and the connection outlives the timeout.
+        The channel's idle timeout is stopped: the connection outlives the
+        timeout, and the timer's call (a stopped deadline's call comes due
+        and does nothing) is not armed again.
         """
         self.assertEqual(len(self.proxy.reactor.getDelayedCalls()), 1)
         hand_over(self.channel, Recorder(), b"")
-        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
         self.proxy.reactor.advance(3600)
         self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
 
     def test_hand_over_unregisters_channel_as_producer(self) -> None:
         """

@@ -135,21 +135,26 @@ def authority_for(scheme: str, host: str, port: int) -> bytes:
     return encoded if DEFAULT_PORTS.get(scheme) == port else b"%s:%d" % (encoded, port)
 
 
-def check_host(fields: Iterable[tuple[bytes, bytes]], target: Target) -> None:
+def check_host(fields: Iterable[tuple[bytes, bytes]], target: Target) -> bytes | None:
     """
     Refuse a request whose ``Host`` header contradicts its absolute-form
     target: two parsers (this proxy and the origin) must not disagree
     about where a request goes.
 
     :param fields: The request's header fields.
+    :returns: The ``Host`` header's value, or ``None`` without one.
     :raises BadRequestTarget: for more than one ``Host`` header, a malformed
         one, or one naming another host or port than *target*.
     """
     values = [value for name, value in fields if len(name) == 4 and name.lower() == b"host"]
     if not values:
-        return
+        return None
     if len(values) > 1:
         raise BadRequestTarget("more than one Host header")
-    host, port = parse_authority(values[0].strip(), DEFAULT_PORTS[target.scheme])
+    value = values[0]
+    if value == target.authority:
+        return value  # the same bytes: the same host and port
+    host, port = parse_authority(value.strip(), DEFAULT_PORTS[target.scheme])
     if host.lower() != target.host.lower() or port != target.port:
         raise BadRequestTarget("the Host header contradicts the request-target")
+    return value

@@ -23,12 +23,14 @@ from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._headers import body_framing
+from twistproxy._io import send_now
+from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (
     UpstreamConnectionLost,
@@ -109,11 +111,14 @@ class ProxyClient(Protocol):
     :ivar server: The connection record flows using this connection share.
     :ivar max_header_size: Bytes a response's header fields may take; more
         fails the exchange (502).
+    :ivar idle_deadline: While the connection waits in a pool, when the pool
+        closes it (set by :class:`ProxyClientFactory`).
     """
 
     father: IResponseReceiver | None = None
     server: Server | None = None
     max_header_size = 64 * 1024
+    idle_deadline: Deadline
     _header_bytes = 0
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
@@ -158,19 +163,19 @@ class ProxyClient(Protocol):
         self._request_sent = complete
         self._fields = []
         assert self.transport is not None
-        self.transport.writeSequence(data)
+        send_now(self.transport, data)
 
     def write_body(self, data: Sequence[bytes]) -> None:
         """Write more of a streamed request body."""
         assert self.transport is not None
-        self.transport.writeSequence(data)
+        send_now(self.transport, data)
 
     def end_body(self, data: Sequence[bytes] = ()) -> None:
         """Write the end of a streamed request body."""
         self._request_sent = True
         if data:
             assert self.transport is not None
-            self.transport.writeSequence(data)
+            send_now(self.transport, data)
 
     # -- receiving ---------------------------------------------------------
 
@@ -383,6 +388,7 @@ class ProxyClientFactory(ClientFactory):
         client = ProxyClient(self.key)
         client.factory = self
         client._pool = self.pool
+        client.idle_deadline = Deadline(self.pool.clock, client.abandon)
         client.max_header_size = self.pool.max_response_header_size
         return client
 
@@ -403,6 +409,7 @@ class ConnectionPool:
         take; more is a 502.
     :ivar on_disconnect: Called with each connection that closes, after it
         has carried an exchange (the proxy runs ``server_disconnected``).
+    :ivar clock: The *reactor* given, for the connections' idle deadlines.
     """
 
     on_disconnect: Callable[[ProxyClient], object] | None = None
@@ -417,14 +424,14 @@ class ConnectionPool:
         tls: UpstreamTLS | None = None,
         max_response_header_size: int = 64 * 1024,
     ) -> None:
-        self._reactor = reactor
+        self.clock = reactor
         self.tls = tls if tls is not None else UpstreamTLS()
         self.max_response_header_size = max_response_header_size
         self.endpoint_factory = endpoint_factory
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._idle: dict[PoolKey, list[ProxyClient]] = {}
-        self._timers: dict[ProxyClient, IDelayedCall] = {}
+        self._pooled: set[ProxyClient] = set()
 
     def take_idle(self, key: PoolKey) -> ProxyClient | None:
         """
@@ -438,9 +445,8 @@ class ConnectionPool:
         client = idle.pop()
         if not idle:
             del self._idle[key]
-        timer = self._timers.pop(client, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._pooled.discard(client)
+        client.idle_deadline.stop()
         return client
 
     def connect(self, key: PoolKey) -> Deferred[ProxyClient]:
@@ -468,7 +474,7 @@ class ConnectionPool:
             address=(client.key[1], client.key[2]),
             peername=_address(transport.getPeer()),
             sockname=_address(transport.getHost()),
-            timestamp_start=self._reactor.seconds(),
+            timestamp_start=self.clock.seconds(),
         )
         return client
 
@@ -476,7 +482,7 @@ class ConnectionPool:
         """A connection closed: stamp its record and tell :attr:`on_disconnect`."""
         server = client.server
         if server is not None and server.timestamp_end is None:
-            server.timestamp_end = self._reactor.seconds()
+            server.timestamp_end = self.clock.seconds()
             if self.on_disconnect is not None:
                 self.on_disconnect(client)
 
@@ -486,22 +492,22 @@ class ConnectionPool:
         closed when the key already has :attr:`max_idle_per_host` idle ones.
         """
         idle = self._idle.setdefault(client.key, [])
-        if len(idle) >= self.max_idle_per_host or client in self._timers:
+        if len(idle) >= self.max_idle_per_host or client in self._pooled:
             client.abandon()
             return
         idle.append(client)
+        self._pooled.add(client)
         transport = client.transport
         if transport is not None:
             transport.resumeProducing()
-        self._timers[client] = self._reactor.callLater(self.idle_timeout, client.abandon)
+        client.idle_deadline.start(self.idle_timeout)
 
     def forget(self, client: ProxyClient) -> None:
         """Remove *client* from the pool (it closed or was closed)."""
-        timer = self._timers.pop(client, None)
-        if timer is None:
+        client.idle_deadline.cancel()
+        if client not in self._pooled:
             return
-        if timer.active():
-            timer.cancel()
+        self._pooled.discard(client)
         idle = self._idle.get(client.key)
         if idle is not None and client in idle:
             idle.remove(client)

@@ -42,6 +42,7 @@ from twisted.web.http import (
 from zope.interface import alsoProvides, implementer
 
 from twistproxy import _headers
+from twistproxy._io import send_now
 from twistproxy._switch import hand_over, take_buffered
 from twistproxy._target import (
     Target,
@@ -50,6 +51,7 @@ from twistproxy._target import (
     parse_absolute_form,
     parse_authority,
 )
+from twistproxy._timer import Deadline
 from twistproxy._tls import (
     InterceptingServerTLS,
     ServerContexts,
@@ -96,20 +98,6 @@ _HIGH_WATER = 64 * 1024  # buffered request bytes before the client is paused
 _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
-class _NoTimer:
-    """Stands for "no timer" so the hot path needs no ``None`` checks."""
-
-    @staticmethod
-    def active() -> bool:
-        return False
-
-    @staticmethod
-    def reset(seconds: float) -> None:
-        pass
-
-
-_NO_TIMER: Any = _NoTimer()
-
 
 class ProxyRequest(Request):
     """
@@ -143,7 +131,7 @@ class ProxyRequest(Request):
     _answer: Failure | None = None
     _server_name: str | None = None  # the TLS name for the origin inside a tunnel
     _failure: Failure | None = None  # why the flow failed, for the error page
-    _silence: Any = _NO_TIMER  # the origin's silence timer, once the request is sent
+    _watching = False  # the channel's silence deadline runs for this request
     _throttle: _Throttle | None = None
     _terminal = False  # the response or error hook chain has started
     _own_response = False  # the response was made here (a hook), not by an origin
@@ -159,6 +147,7 @@ class ProxyRequest(Request):
         self._mode = _WAITING
         self._response_body: list[bytes] = []
         self._response_size = 0
+        self._silence: Deadline = channel.upstream_silence
 
     # -- Twisted's Request interface -----------------------------------
 
@@ -255,9 +244,10 @@ class ProxyRequest(Request):
             if tunnel is not None and uri[:1] == b"/":
                 target = tunnel.target(uri)
                 self._server_name = channel.tls_server_name()
+                host = None  # not needed: the client's Host is kept
             else:
                 target = parse_absolute_form(uri)
-                check_host(self._raw_headers, target)
+                host = check_host(self._raw_headers, target)
             self._check_via()
         except (BadRequestTarget, LoopDetected) as e:
             self._mode = _DISCARD
@@ -266,7 +256,10 @@ class ProxyRequest(Request):
         factory = self._factory
         now = factory.reactor.seconds()
         headers = Headers(self._raw_headers)
-        if tunnel is None or headers.get_raw(b"host") is None:
+        if tunnel is None:
+            if host != target.authority:
+                headers["Host"] = target.authority
+        elif headers.get_raw(b"host") is None:
             headers["Host"] = target.authority
         flow = HTTPFlow(
             self.channel.client_conn,
@@ -495,6 +488,7 @@ class ProxyRequest(Request):
         else:
             protocol = Relay(on_close=channel.relay_closed)
         hand_over(channel, protocol, buffered)
+        channel._stop_deadlines()
         if relay is not None:
             protocol.join(relay)
 
@@ -679,20 +673,17 @@ class ProxyRequest(Request):
 
     def _watch_upstream(self) -> None:
         """(Re)start the clock on the origin's silence."""
-        timeout = self._factory.limits.upstream_timeout
-        timer = self._silence
-        if timer is not None and timer.active():
-            timer.reset(timeout)
-        else:
-            self._silence = self._factory.reactor.callLater(timeout, self._upstream_silent)
+        self._watching = True
+        self._silence.start(self._factory.limits.upstream_timeout, self._upstream_silent)
 
     def _unwatch_upstream(self) -> None:
-        timer, self._silence = self._silence, _NO_TIMER
-        if timer.active():
-            timer.cancel()
+        if self._watching:
+            self._watching = False
+            self._silence.stop()
 
     def _upstream_silent(self) -> None:
         """The origin said nothing for ``upstream_timeout`` seconds."""
+        self._watching = False
         throttle = self._throttle
         if self._pending is not None or (throttle is not None and throttle.paused):
             self._watch_upstream()  # we hold the origin back: not its silence
@@ -746,7 +737,8 @@ class ProxyRequest(Request):
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
-        self._silence.reset(self._factory.limits.upstream_timeout)
+        if self._watching:
+            self._silence.start(self._factory.limits.upstream_timeout)
         self._response_size += len(data)
         if self._response_mode == _STREAM:
             self.write(data)
@@ -1102,6 +1094,8 @@ class Proxy(HTTPChannel):
     :ivar client_conn: The connection record shared by this channel's flows.
     :ivar tunnel: For a channel inside an intercepted tunnel, where the
         tunnel goes; its requests are in origin form and go there over TLS.
+    :ivar upstream_silence: The deadline on the origin's silence, started
+        by the channel's current request once it has sent its request.
     """
 
     requestFactory = ProxyRequest  # type: ignore[assignment]
@@ -1153,7 +1147,6 @@ class Proxy(HTTPChannel):
 
     _head_lines = 0  # lines of the request head read so far
     _head_bytes = 0
-    _head_timer: Any = None
 
     _last_byte = b""
 
@@ -1164,10 +1157,8 @@ class Proxy(HTTPChannel):
         parsers that do not would see different requests).
         """
         if self.line_mode:
-            if self._head_timer is None:
-                self._head_timer = self.callLater(
-                    self.factory.limits.header_timeout, self._head_timed_out
-                )
+            if not self._head_deadline.active():
+                self._head_deadline.start(self.factory.limits.header_timeout)
             if b"\n" in data and self._bare_lf(data):
                 self._refuse(400, b"Bad Request", "lines must end with CRLF, not a bare LF")
                 return
@@ -1187,7 +1178,6 @@ class Proxy(HTTPChannel):
         return _BARE_LF.search(text, len(last), len(text) if end == -1 else end + 4) is not None
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         self._refuse(408, b"Request Timeout", "the request head took too long to arrive")
 
     def lineReceived(self, line: bytes) -> None:
@@ -1227,9 +1217,7 @@ class Proxy(HTTPChannel):
 
     def _refuse(self, status: int, phrase: bytes, reason: str) -> None:
         """Answer a request that cannot be read any further, and close."""
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._head_deadline.stop()
         if self.transport is None or self.transport.disconnecting:
             return
         body = f"{status} {phrase.decode('ascii')}\n\ntwistproxy: {reason}\n".encode()
@@ -1242,6 +1230,10 @@ class Proxy(HTTPChannel):
 
     def connectionMade(self) -> None:
         """Record the client and run the ``client_connected`` hook."""
+        clock = self.factory.reactor
+        self._idle_deadline = Deadline(clock, self.timeoutConnection)
+        self._head_deadline = Deadline(clock, self._head_timed_out)
+        self.upstream_silence = Deadline(clock, _nothing)
         super().connectionMade()
         limits = self.factory.limits
         # Twisted's own checks answer 400; ours come first with 414/431.
@@ -1252,8 +1244,8 @@ class Proxy(HTTPChannel):
             return  # adopted: the outer connection did this
         factory: ProxyFactory = self.factory
         self.client_conn = Client(
-            peername=_address(self.transport.getPeer()),
-            sockname=_address(self.transport.getHost()),
+            peername=_address(self.getPeer()),
+            sockname=_address(self.getHost()),
             timestamp_start=factory.reactor.seconds(),
         )
         if factory.chain.has("client_connected"):
@@ -1291,6 +1283,58 @@ class Proxy(HTTPChannel):
         self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
         return True
 
+    def write(self, data: bytes) -> None:
+        """Write response bytes, straight to the socket when nothing is queued."""
+        send_now(self.transport, (data,))
+
+    def writeSequence(self, iovec: Sequence[bytes]) -> None:
+        """Write response pieces, straight to the socket when nothing is queued."""
+        send_now(self.transport, iovec)
+
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        """The local address, asked of the transport once (Twisted asks per request)."""
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
+
+    def getPeer(self) -> Any:
+        """The client's address, asked of the transport once."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
+
+    # -- timeouts: Twisted's TimeoutMixin interface, on a Deadline ---------
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        ``TimeoutMixin.setTimeout``: change the idle timeout (``None``: none).
+        Twisted stops and restarts it around every request; a
+        :class:`~twistproxy._timer.Deadline` makes that cost no timer.
+        """
+        previous: float | None = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        if period is None:
+            self._idle_deadline.stop()
+        else:
+            self._idle_deadline.start(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """``TimeoutMixin.resetTimeout``: restart a running idle timeout."""
+        if self.timeOut is not None and self._idle_deadline.active():
+            self._idle_deadline.start(self.timeOut)
+
+    def _stop_deadlines(self) -> None:
+        """Cancel every timer of the connection (it closed or changed hands)."""
+        self._idle_deadline.cancel()
+        self._head_deadline.cancel()
+        self.upstream_silence.cancel()
+
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         """
         Twisted's choice of body decoder, with chunk sizes bounded: its own
@@ -1315,19 +1359,15 @@ class Proxy(HTTPChannel):
     def allHeadersReceived(self) -> None:
         """The head is complete: the request builds its flow and runs hooks."""
         self._head_lines = self._head_bytes = 0
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._head_deadline.stop()
         super().allHeadersReceived()
         request = self.requests[-1]
         request.headers_received(self._command, self._path, self._version, self.length)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the requests, then run the ``client_disconnected`` hook."""
-        timer, self._head_timer = self._head_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         super().connectionLost(reason)
+        self._stop_deadlines()
         if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
             peer = self.client_conn.peername
             _log.info(

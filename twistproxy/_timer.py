@@ -1,0 +1,79 @@
+"""
+A timeout that costs almost nothing to restart.
+
+The proxy restarts its timeouts on every exchange (the connection's idle
+time, the request head's deadline, the origin's silence, a pooled
+connection's idle time).  A ``DelayedCall`` per restart means an object, a
+heap push and a cancellation each time; :class:`Deadline` only records when
+it now expires, and keeps one ``DelayedCall`` armed that, when it comes due
+early, re-arms itself for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+
+class Deadline:
+    """
+    One restartable timeout.
+
+    :param clock: Where time comes from and calls are scheduled.
+    :param expired: Called once the deadline passes while started (no
+        arguments); :meth:`start` may name another callable for one run.
+    """
+
+    __slots__ = ("_clock", "_expired", "_at", "_call")
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
+        self._clock = clock
+        self._expired = expired
+        self._at: float | None = None
+        self._call: Any = None
+
+    def start(self, seconds: float, expired: Callable[[], object] | None = None) -> None:
+        """
+        (Re)start: expire *seconds* from now, calling *expired* (or the
+        callable given at construction) then.
+        """
+        if expired is not None:
+            self._expired = expired
+        clock = self._clock
+        at = clock.seconds() + seconds
+        self._at = at
+        call = self._call
+        if call is None:
+            self._call = clock.callLater(seconds, self._check)
+        elif call.getTime() > at:
+            call.reset(seconds)  # sooner than the armed call: bring it forward
+
+    def stop(self) -> None:
+        """Stop without expiring; the armed call, when it comes, does nothing."""
+        self._at = None
+
+    def cancel(self) -> None:
+        """Stop and cancel the armed call (for a connection that is gone)."""
+        self._at = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def active(self) -> bool:
+        """Whether the deadline is started and has not expired."""
+        return self._at is not None
+
+    def _check(self) -> None:
+        self._call = None
+        at = self._at
+        if at is None:
+            return
+        clock = self._clock
+        now = clock.seconds()
+        if now < at:
+            self._call = clock.callLater(at - now, self._check)
+            return
+        self._at = None
+        self._expired()
