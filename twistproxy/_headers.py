@@ -59,18 +59,19 @@ def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
     The lower-cased tokens of every ``Connection`` field in *fields*: the
     names of further hop-by-hop fields, and ``close``/``keep-alive``.
     """
-    tokens: set[bytes] = set()
+    tokens: set[bytes] | None = None
     for name, value in fields:
         if len(name) == 10 and name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip(b" \t").lower()
-                if token:
-                    tokens.add(token)
-    return frozenset(tokens)
+            tokens = _add_tokens(tokens, value)
+    return frozenset(tokens) if tokens else frozenset()
 
 
 def _end_to_end(
-    fields: Fields, framing: int, replace: dict[bytes, bytes], drop: frozenset[bytes]
+    fields: Fields,
+    framing: int,
+    replace: dict[bytes, bytes],
+    drop: frozenset[bytes],
+    named: frozenset[bytes] = frozenset(),
 ) -> list[tuple[bytes, bytes]]:
     """
     Copy the end-to-end fields of *fields* in order, with the framing header
@@ -80,19 +81,26 @@ def _end_to_end(
     :param replace: lower-cased names whose first field gets a new value (the
         others of that name are dropped); names not present are appended.
     :param drop: further lower-cased names to remove.
+    :param named: the further hop-by-hop names the ``Connection`` fields
+        list; found in the same pass (a second pass removes them when there
+        are any besides ``close`` and ``keep-alive``).
     """
-    named = connection_tokens(fields) if _has(fields, b"connection") else frozenset()
     out: list[tuple[bytes, bytes]] = []
     placed: set[bytes] = set()
-    framed = framing in (NO_BODY, UNTIL_CLOSE)
+    tokens: set[bytes] | None = None
+    framed = framing == NO_BODY or framing == UNTIL_CLOSE
     for name, value in fields:
         lower = name.lower()
-        if lower in _FRAMING:
-            if not framed:
-                framed = True
-                out.append(_framing_field(framing, name))
+        kind = _KINDS.get(lower)
+        if kind is not None:
+            if kind is _FRAMING_FIELD:
+                if not framed:
+                    framed = True
+                    out.append(_framing_field(framing, name))
+            elif kind is _CONNECTION_FIELD:
+                tokens = _add_tokens(tokens, value)
             continue
-        if lower in HOP_BY_HOP or lower in named or lower in drop:
+        if lower in drop or lower in named:
             continue
         if lower in replace:
             if lower not in placed:
@@ -100,12 +108,38 @@ def _end_to_end(
                 out.append((name, replace[lower]))
             continue
         out.append((name, value))
+    if tokens is not None and not named and not tokens <= _CONNECTION_OPTIONS:
+        return _end_to_end(fields, framing, replace, drop, frozenset(tokens))
     if not framed:
         out.append(_framing_field(framing, b""))
     for lower, value in replace.items():
         if lower not in placed:
             out.append((_CANONICAL.get(lower, lower), value))
     return out
+
+
+_FRAMING_FIELD = "framing"
+_HOP_FIELD = "hop"
+_CONNECTION_FIELD = "connection"
+# Lower-cased name -> what it is to _end_to_end: one dict lookup per field.
+_KINDS = {name: _HOP_FIELD for name in HOP_BY_HOP} | {
+    b"connection": _CONNECTION_FIELD,
+    b"content-length": _FRAMING_FIELD,
+    b"transfer-encoding": _FRAMING_FIELD,
+}
+# Connection tokens that name no header field.
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
+
+
+def _add_tokens(tokens: set[bytes] | None, value: bytes) -> set[bytes]:
+    """Add the lower-cased tokens of one ``Connection`` value to *tokens*."""
+    if tokens is None:
+        tokens = set()
+    for token in value.split(b","):
+        token = token.strip(b" \t").lower()
+        if token:
+            tokens.add(token)
+    return tokens
 
 
 _CANONICAL = {b"host": b"Host", b"via": b"Via", b"connection": b"Connection"}
@@ -171,7 +205,7 @@ def response_fields(
     :param own: The proxy (or a hook) made this response: its
         ``Proxy-Authenticate`` challenge is the proxy's own and is kept.
     """
-    challenge = [f for f in fields if own and f[0].lower() == b"proxy-authenticate"]
+    challenge = [f for f in fields if f[0].lower() == b"proxy-authenticate"] if own else []
     if framing == NO_BODY:
         out = _keep_length(fields)
     else:
@@ -187,7 +221,7 @@ def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
     End-to-end fields of a bodiless response, keeping ``Content-Length`` (it
     describes the representation, e.g. for HEAD) but no transfer coding.
     """
-    named = connection_tokens(fields) if _has(fields, b"connection") else frozenset()
+    named = connection_tokens(fields)
     return [
         (name, value)
         for name, value in fields

@@ -26,13 +26,14 @@ class Deadline:
         arguments); :meth:`start` may name another callable for one run.
     """
 
-    __slots__ = ("_clock", "_expired", "_at", "_call")
+    __slots__ = ("_clock", "_expired", "_at", "_call", "_armed")
 
     def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
         self._clock = clock
         self._expired = expired
         self._at: float | None = None
         self._call: Any = None
+        self._armed = 0.0  # when the armed call comes due
 
     def start(self, seconds: float, expired: Callable[[], object] | None = None) -> None:
         """
@@ -41,14 +42,14 @@ class Deadline:
         """
         if expired is not None:
             self._expired = expired
-        clock = self._clock
-        at = clock.seconds() + seconds
+        at = self._clock.seconds() + seconds
         self._at = at
-        call = self._call
-        if call is None:
-            self._call = clock.callLater(seconds, self._check)
-        elif call.getTime() > at:
-            call.reset(seconds)  # sooner than the armed call: bring it forward
+        if self._call is None:
+            self._call = self._clock.callLater(seconds, self._check)
+            self._armed = at
+        elif self._armed > at:
+            self._call.reset(seconds)  # sooner than the armed call: bring it forward
+            self._armed = at
 
     def stop(self) -> None:
         """Stop without expiring; the armed call, when it comes, does nothing."""
@@ -74,6 +75,7 @@ class Deadline:
         now = clock.seconds()
         if now < at:
             self._call = clock.callLater(at - now, self._check)
+            self._armed = at
             return
         self._at = None
         self._expired()

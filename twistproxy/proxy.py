@@ -174,6 +174,9 @@ class ProxyRequest(Request):
         elif self._body_size > _HIGH_WATER and mode != _BUFFER:
             self._pause_client()
 
+    def parseCookies(self) -> None:
+        """Twisted parses ``Cookie`` for every request; a proxy relays it untouched."""
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """The whole request is in: set Twisted's attributes and process it."""
         self.method, self.uri, self.clientproto = command, path, version
