@@ -3,9 +3,9 @@
 twistproxy's performance benchmark: one command, ``python bench/run.py``.
 
 Starts an nginx origin (HTTP and HTTPS) on 127.0.0.1, then for each proxy
-(twistproxy, mitmproxy's mitmdump, the stock ``twisted.web.proxy``) runs the
-scenarios of bench/README.md with the proxy pinned to core 0 and nginx, wrk,
-curl, socat and the idle clients pinned to core 1.  Prints a table of the
+(twistproxy, proxy.py, mitmproxy's mitmdump, the stock ``twisted.web.proxy``)
+runs the scenarios of bench/README.md with the proxy pinned to core 0 and
+nginx, wrk, curl, socat and the idle clients pinned to core 1.  Prints a table of the
 median of the runs of each figure with the ratio twistproxy/peer, and writes
 it to bench/RESULTS.md (a full run) or bench/out/RESULTS-*.md (--quick or
 --only) with the date, the machine, the versions and the commands run.
@@ -46,7 +46,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 OUT = BENCH / "out"
 LOGS = OUT / "logs"
-VENV = BENCH / ".venv"
+VENV = BENCH / ".venv"  # mitmproxy's
+PROXYPY_VENV = BENCH / ".venv-proxypy"
+PROXYPY_REQUIREMENT = "proxy.py==2.4.10"  # the version the issue's targets name
 RESULTS = BENCH / "RESULTS.md"
 
 PROXY_CORE = "0"
@@ -79,12 +81,13 @@ class Settings:
     slow_seconds: int  # (d): how long the slow reader reads
     slow_rate: str  # (d): curl --limit-rate
     idle: int  # (g): idle keep-alive connections
+    download_seconds: int  # (c): curl --max-time; a download cut there is not repeated
 
 
 FULL = Settings(runs=3, duration=6, warmup=2, connections=50, slow_seconds=10,
-                slow_rate="2M", idle=1000)
+                slow_rate="2M", idle=1000, download_seconds=60)
 QUICK = Settings(runs=1, duration=2, warmup=1, connections=50, slow_seconds=3,
-                 slow_rate="2M", idle=200)
+                 slow_rate="2M", idle=200, download_seconds=30)
 
 
 # -- figures --------------------------------------------------------------------
@@ -146,6 +149,7 @@ class Cell:
 
     runs: dict[str, list[float]] = field(default_factory=dict)
     na: str | None = None
+    mark: str | None = None  # shown after each of its figures in the table
     notes: list[str] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)
 
@@ -357,6 +361,21 @@ class ProcWatch:
         """Peak resident memory, MiB."""
         return self._status("VmHWM")
 
+    def memory_note(self) -> str:
+        """For a proxy of several processes: its RSS per process and the sum of their
+        PSS (which counts the pages they share once, where the RSS sum counts them
+        in every process)."""
+        rss, pss = [], 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                rss.append(f"{ProcWatch(pid).rss():.1f}")
+                match = re.search(r"^Pss:\s+(\d+) kB",
+                                  Path(f"/proc/{pid}/smaps_rollup").read_text(), re.MULTILINE)
+                pss += int(match.group(1)) / 1024 if match else 0.0
+        return (f"proxy RSS before the runs, per process: {' + '.join(rss)} MiB "
+                f"(the RSS figures are that sum; the PSS sum, pages shared after the fork "
+                f"counted once: {pss:.1f} MiB)")
+
     def cpu(self) -> float:
         """CPU seconds used so far (user + system)."""
         return sum(self.cpu_by_pid().values())
@@ -489,26 +508,39 @@ def sampling(watch: ProcWatch, interval: float = 0.05) -> Iterator[dict[str, flo
 # -- the origin -----------------------------------------------------------------
 
 
-def make_origin_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a certificate for 127.0.0.1/localhost; returns (ca, cert, key) paths."""
-    import ipaddress
+def _valid_for_a_day(cert_pem: Path) -> bool:
+    """Whether the certificate in *cert_pem* exists and is valid for one more day."""
+    from cryptography import x509
 
+    if not cert_pem.exists():
+        return False
+    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
+    return cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+        days=1)
+
+
+def _write_key(key: Any, path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def make_ca(common_name: str, cert_pem: Path, key_pem: Path) -> tuple[Any, Any]:
+    """
+    A new self-signed CA (EC P-256, one year), written to *cert_pem* and
+    *key_pem*; returns (certificate, private key) as ``cryptography`` objects.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
-    ca_pem, cert_pem, key_pem = (directory / n for n in
-                                 ("origin-ca.pem", "origin-cert.pem", "origin-key.pem"))
-    if ca_pem.exists() and cert_pem.exists() and key_pem.exists():
-        cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
-        if cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(
-                days=1):
-            return ca_pem, cert_pem, key_pem
-    directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twistproxy bench origin CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -521,11 +553,32 @@ def make_origin_pki(directory: Path) -> tuple[Path, Path, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
+    cert_pem.parent.mkdir(parents=True, exist_ok=True)
+    cert_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(ca_key, key_pem)
+    return ca, ca_key
+
+
+def make_origin_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1/localhost; returns (ca, cert, key) paths."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_pem, cert_pem, key_pem = (directory / n for n in
+                                 ("origin-ca.pem", "origin-cert.pem", "origin-key.pem"))
+    if ca_pem.exists() and key_pem.exists() and _valid_for_a_day(cert_pem):
+        return ca_pem, cert_pem, key_pem
+    now = datetime.datetime.now(datetime.UTC)
+    ca, ca_key = make_ca("twistproxy bench origin CA", ca_pem, directory / "origin-ca-key.pem")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=300))
@@ -537,12 +590,8 @@ def make_origin_pki(directory: Path) -> tuple[Path, Path, Path]:
                        False)
         .sign(ca_key, hashes.SHA256())
     )
-    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    key_pem.chmod(0o600)
+    _write_key(key, key_pem)
     return ca_pem, cert_pem, key_pem
 
 
@@ -616,10 +665,16 @@ class Proxy:
     connect = True  # intercepts CONNECT (e, f)
     addons = True  # takes an addon file
     workers = False  # has --workers
+    processes = False  # runs as several processes even without workers: watch the tree
+    no_workers = "single process"  # why the --workers rows are n/a for it
     unavailable: str | None = None
 
     def argv(self, port: int, *, addon: bool, workers: int | None) -> list[str]:
         raise NotImplementedError
+
+    def env(self, *, addon: bool) -> dict[str, str] | None:
+        """The environment to start it in; None: the harness's own."""
+        return None
 
     def ca_pem(self) -> Path:
         raise NotImplementedError
@@ -628,7 +683,7 @@ class Proxy:
         from cryptography import x509
         from cryptography.x509.oid import NameOID
         cert = x509.load_pem_x509_certificate(self.ca_pem().read_bytes())
-        return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
 class TwistProxy(Proxy):
@@ -676,7 +731,7 @@ class MitmProxy(Proxy):
         self.mitmdump = VENV / "bin" / "mitmdump"
         if not self.mitmdump.exists():
             if install:
-                self.unavailable = _install_mitmproxy()
+                self.unavailable = install_venv(VENV, "mitmproxy", "pip-mitmproxy.log")
             else:
                 self.unavailable = f"{_show(str(self.mitmdump))} missing (--no-install given)"
         if self.unavailable is None and not self.mitmdump.exists():
@@ -704,21 +759,107 @@ class StockProxy(Proxy):
         return [sys.executable, str(BENCH / "stock_proxy.py"), str(port)]
 
 
-def _install_mitmproxy() -> str | None:
-    """Make bench/.venv with mitmproxy from PyPI; None, or why it failed."""
-    print("installing mitmproxy into bench/.venv (once; takes a minute or two) ...", flush=True)
+class ProxyPy(Proxy):
+    """
+    proxy.py (PyPI ``proxy.py``), the peer the issue's targets are stated
+    against: one acceptor process on one core, threadless with its local
+    executor (its default on Linux), intercepting TLS with a CA made here.
+    """
+
+    name = "proxypy"
+    label = "proxy.py"
+    processes = True  # a main process and its acceptor process
+    no_workers = "its --num-acceptors N is not run here"
+
+    def __init__(self, origin_ca: Path, install: bool) -> None:
+        self.origin_ca = origin_ca
+        self.proxy = PROXYPY_VENV / "bin" / "proxy"
+        self.ca_dir = OUT / "proxypy-ca"
+        if not self._installed():
+            if install:
+                self.unavailable = install_venv(PROXYPY_VENV, PROXYPY_REQUIREMENT,
+                                                "pip-proxypy.log")
+            else:
+                self.unavailable = (f"{_show(str(self.proxy))} missing or not "
+                                    f"{PROXYPY_REQUIREMENT} (--no-install given)")
+            if self.unavailable is None and not self._installed():
+                self.unavailable = (f"{_show(str(self.proxy))} is not {PROXYPY_REQUIREMENT} "
+                                    "after installing")
+        if self.unavailable is None:
+            self._make_ca()
+
+    def _installed(self) -> bool:
+        if not self.proxy.exists():
+            return False
+        try:
+            version = run([str(self.proxy), "--version"], timeout=60, record=False).stdout
+        except (RuntimeError, OSError):
+            return False
+        return version.strip() == PROXYPY_REQUIREMENT.split("==")[1]
+
+    def _make_ca(self) -> None:
+        """Its CA (certificate and key) and the one key of every leaf it signs, made
+        once; the leaves it has minted (with openssl) go when the CA is new."""
+        cert, key, signing = self.ca_pem(), self.ca_dir / "ca-key.pem", \
+            self.ca_dir / "signing-key.pem"
+        if _valid_for_a_day(cert) and key.exists() and signing.exists():
+            return
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        make_ca("twistproxy bench proxy.py CA", cert, key)
+        _write_key(ec.generate_private_key(ec.SECP256R1()), signing)
+        shutil.rmtree(self.ca_dir / "certs", ignore_errors=True)
+
+    def argv(self, port: int, *, addon: bool, workers: int | None) -> list[str]:
+        (self.ca_dir / "certs").mkdir(parents=True, exist_ok=True)
+        argv = [str(self.proxy), "--hostname", "127.0.0.1", "--port", str(port),
+                "--threadless", "--local-executor", "1",
+                "--num-acceptors", "1", "--num-workers", "1",
+                "--log-level", "WARNING", "--timeout", "60",
+                "--ca-cert-file", str(self.ca_pem()),
+                "--ca-key-file", str(self.ca_dir / "ca-key.pem"),
+                "--ca-signing-key-file", str(self.ca_dir / "signing-key.pem"),
+                "--ca-cert-dir", str(self.ca_dir / "certs"),
+                "--ca-file", str(self.origin_ca),
+                # what it would otherwise make in ~/.proxy (empty directories)
+                "--data-dir", str(OUT / "proxypy-data"),
+                "--cache-dir", str(OUT / "proxypy-data" / "cache")]
+        if addon:
+            argv += ["--plugins", "proxypy_stamp.Stamp"]
+        return argv
+
+    def env(self, *, addon: bool) -> dict[str, str] | None:
+        if not addon:
+            return None
+        path = [str(BENCH / "addons"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+    def ca_pem(self) -> Path:
+        return self.ca_dir / "ca-cert.pem"
+
+
+PROXIES = ("twistproxy", "proxypy", "mitmproxy", "stock")  # --proxies' default and order
+
+
+def install_venv(venv: Path, requirement: str, log_name: str) -> str | None:
+    """
+    Make the virtualenv *venv* (if missing) and pip install *requirement* into
+    it, logging pip's output to bench/out/logs/*log_name*; None, or why it failed.
+    """
+    print(f"installing {requirement} into {_show(str(venv))} (once; may take a minute "
+          "or two) ...", flush=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     try:
-        if not (VENV / "bin" / "python").exists():
-            run([sys.executable, "-m", "venv", str(VENV)], timeout=300, check=True)
-        result = run([str(VENV / "bin" / "pip"), "install", "--disable-pip-version-check",
-                      "mitmproxy"], timeout=900)
-        (LOGS / "pip-mitmproxy.log").write_text(result.stdout + result.stderr)
+        if not (venv / "bin" / "python").exists():
+            run([sys.executable, "-m", "venv", str(venv)], timeout=300, check=True)
+        result = run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check",
+                      requirement], timeout=900)
+        (LOGS / log_name).write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["?"])[-1]
-            return f"pip install mitmproxy failed: {last}"
+            return f"pip install {requirement} failed: {last}"
     except (RuntimeError, OSError) as e:
-        return f"cannot install mitmproxy: {e}"
+        return f"cannot install {requirement}: {e}"
     return None
 
 
@@ -727,10 +868,10 @@ def started(proxy: Proxy, port: int, *, addon: bool = False, workers: int | None
             tag: str = "") -> Iterator[ProcWatch]:
     core = None if workers else PROXY_CORE
     child = Child(pinned(core, proxy.argv(port, addon=addon, workers=workers)),
-                  LOGS / f"{proxy.name}{tag}.log")
+                  LOGS / f"{proxy.name}{tag}.log", env=proxy.env(addon=addon))
     try:
         wait_listening(port, child)
-        yield ProcWatch(child.pid, tree=bool(workers))
+        yield ProcWatch(child.pid, tree=bool(workers) or proxy.processes)
         if not child.alive():
             raise RuntimeError(f"{proxy.label} died during the run:\n{child.tail()}")
     finally:
@@ -754,26 +895,55 @@ def check_http(proxy_port: int, origin_port: int) -> None:
         raise RuntimeError(f"GET through the proxy: {response.status}, {len(body)} bytes")
 
 
-def check_certificate(shim_port: int, proxy: Proxy) -> str:
+# OpenSSL's verify codes for a certificate that does not name the host (or IP address)
+_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
+def check_certificate(shim_port: int, proxy: Proxy) -> list[str]:
     """
     Through the CONNECT shim, the certificate must verify with the proxy's
-    CA (and so not be the origin's); returns its issuer's common name.
+    CA (and so not be the origin's), and the GET inside the tunnel must
+    work; returns notes for the report: the issuer's common name, and whether
+    the certificate verified only once the host-name check was left out
+    (wrk itself checks neither).
     """
+    try:
+        issuer, san = _get_through_tunnel(shim_port, proxy, check_hostname=True)
+    except ssl.SSLCertVerificationError as e:
+        if e.verify_code not in _NAME_MISMATCH:
+            raise
+        issuer, san = _get_through_tunnel(shim_port, proxy, check_hostname=False)
+        return [f"certificate seen through the shim verified with the proxy's CA, issuer "
+                f"CN={issuer!r}, but only without the host-name check: {e.verify_message} "
+                f"(its subjectAltName: {san}); a client that checks host names rejects it"]
+    return [f"certificate seen through the shim verified with the proxy's CA, issuer "
+            f"CN={issuer!r}"]
+
+
+def _get_through_tunnel(shim_port: int, proxy: Proxy, *, check_hostname: bool
+                        ) -> tuple[str, str]:
+    """One GET through the shim; returns the certificate's issuer CN and its SAN."""
     context = ssl.create_default_context(cafile=str(proxy.ca_pem()))
+    context.check_hostname = check_hostname
     with socket.create_connection(("127.0.0.1", shim_port), 10) as raw, \
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        cert = tls.getpeercert()
+        cert: dict[str, Any] = dict(tls.getpeercert() or {})
         tls.sendall(b"GET /" + SMALL.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     b"Connection: close\r\n\r\n")
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
-    issuer = dict(item[0] for item in cert["issuer"]).get("commonName", "?")
+    issuer = "?"
+    for rdn in cert.get("issuer", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName":
+                issuer = value
+    san = ", ".join(f"{kind}:{value}" for kind, value in cert.get("subjectAltName", ()))
     if not data.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"GET inside the tunnel: {data[:80]!r}")
     if issuer != proxy.ca_name():
         raise RuntimeError(f"certificate issued by {issuer!r}, not {proxy.ca_name()!r}")
-    return issuer
+    return issuer, san or "none"
 
 
 # -- load tools -----------------------------------------------------------------
@@ -841,11 +1011,13 @@ class Bench:
     results: dict[str, dict[str, Cell]] = field(default_factory=dict)
     disturbed: int = 0  # runs kept although other processes were busy
 
-    def guarded(self, measure: Callable[[], Any]) -> tuple[Any, float]:
+    def guarded(self, measure: Callable[[], Any],
+                repeatable: Callable[[Any], bool] = lambda value: True) -> tuple[Any, float]:
         """
         Run *measure* on a quiet machine: wait for one first, and repeat the
         run (at most RETRIES times) when other processes used more than
-        MAX_OTHER % of a core during it.  Returns its value and that figure.
+        MAX_OTHER % of a core during it, unless *repeatable* says no for its
+        value.  Returns its value and that figure.
         """
         for attempt in range(RETRIES + 1):
             wait_quiet(self.wait_budget)
@@ -854,7 +1026,7 @@ class Bench:
             other = foreign.percent()
             if other <= MAX_OTHER:
                 return value, other
-            if attempt == RETRIES or self.wait_budget[0] <= 0:
+            if attempt == RETRIES or self.wait_budget[0] <= 0 or not repeatable(value):
                 self.disturbed += 1
                 return value, other
             print(f"  other processes used {other:.0f}% of a core during the run; "
@@ -871,6 +1043,8 @@ class Bench:
         http_port, https_port = self.ports["http"], self.ports["https"]
         with started(proxy, port, addon=addon, workers=workers, tag=f"-{key}") as watch:
             check_http(port, http_port)
+            if proxy.processes and not workers:
+                cell.notes.append(watch.memory_note())
             shim = None
             try:
                 if https:
@@ -884,9 +1058,7 @@ class Bench:
                         f"PROXY:127.0.0.1:{target},proxyport={port}"]),
                         LOGS / f"socat-{key}-{proxy.name}.log")
                     wait_listening(shim_port, shim)
-                    issuer = check_certificate(shim_port, proxy)
-                    cell.notes.append(f"certificate seen through the shim verified with the "
-                                      f"proxy's CA, issuer CN={issuer!r}")
+                    cell.notes += check_certificate(shim_port, proxy)
                     url = f"https://127.0.0.1:{shim_port}"
                 else:
                     target = f"127.0.0.1:{http_port}"
@@ -902,18 +1074,20 @@ class Bench:
                     wrk(url, lua, s.warmup, s.connections)  # warm-up, discarded
                     for _ in range(s.runs):
 
-                        def once() -> tuple[dict[str, float], dict[str, float], float, float,
+                        def once() -> tuple[dict[str, Any], dict[str, float], float, float,
                                             float]:
                             by_pid, t0, cores = watch.cpu_by_pid(), time.monotonic(), _cpu_times()
                             with sampling(watch) as rss:
-                                figures = wrk(url, lua, s.duration, s.connections)
+                                figures: dict[str, Any] = wrk(url, lua, s.duration,
+                                                              s.connections)
                             load = core_busy(cores, LOAD_CORE)
                             proxy_core = core_busy(cores, PROXY_CORE)
                             elapsed = time.monotonic() - t0
                             after = watch.cpu_by_pid()
                             shares = {pid: (used - by_pid.get(pid, 0.0)) / elapsed * 100
                                       for pid, used in after.items()}
-                            if watch.tree:  # each process's share: are the workers balanced?
+                            if watch.tree:  # each process's share: are the workers balanced,
+                                # which of proxy.py's processes works?
                                 figures = {**figures, "cpu%_by_process": "/".join(
                                     f"{v:.0f}" for _, v in sorted(shares.items()))}
                             return figures, rss, load, proxy_core, sum(shares.values())
@@ -982,26 +1156,30 @@ class Bench:
         cell = Cell()
         url = f"http://127.0.0.1:{self.ports['http']}/{BIG}"
         port = self.ports[proxy.name]
+        limit = self.settings.download_seconds
         argv = pinned(LOAD_CORE, ["curl", "-sS", "-x", f"http://127.0.0.1:{port}",
-                                  "-o", "/dev/null", "--max-time", "180", "-w",
+                                  "-o", "/dev/null", "--max-time", str(limit), "-w",
                                   "%{http_code} %{size_download} %{speed_download} "
                                   "%{time_total}", url])
 
-        def once() -> tuple[float, float, float, float]:
+        def once() -> tuple[float, float, float, float, int]:
             # A fresh proxy each run, so that its peak RSS is this download's.
             with started(proxy, port, tag="-c") as watch:
                 check_http(port, self.ports["http"])
                 base = watch.rss()
                 cpu0 = watch.cpu()
-                result = run(argv, timeout=240)
+                result = run(argv, timeout=limit + 60)
                 fields = result.stdout.split()
-                if result.returncode != 0 or len(fields) != 4 or fields[0] != "200" \
-                        or int(fields[1]) != BIG_SIZE:
+                # curl's 28 is its --max-time: a download still going then is cut and
+                # reported as such (proxy.py 2.4.10 takes many minutes for 512 MiB).
+                if result.returncode not in (0, 28) or len(fields) != 4 \
+                        or fields[0] != "200" or (result.returncode == 0) != (
+                            int(fields[1]) == BIG_SIZE):
                     raise RuntimeError(f"download: curl exit {result.returncode}, "
                                        f"{result.stdout!r}: {result.stderr.strip()}")
                 speed = float(fields[2]) / 1e6
                 cpu = (watch.cpu() - cpu0) / float(fields[3]) * 100
-                return speed, watch.hwm(), base, cpu
+                return speed, watch.hwm(), base, cpu, int(fields[1])
 
         # The origin alone, twice: warms the page cache (the first read of the sparse
         # file is slower) and gives a reference figure, the second.
@@ -1013,11 +1191,21 @@ class Bench:
             cell.notes.append(f"the origin alone, without a proxy: "
                               f"{float(direct.stdout) / 1e6:,.0f} MB/s")
         for i in range(self.settings.runs):
-            (speed, peak, base, cpu), other = self.guarded(once)
+            (speed, peak, base, cpu, received), other = self.guarded(
+                once, repeatable=lambda value: value[4] == BIG_SIZE)
             cell.runs.setdefault("mbps", []).append(speed)
             cell.runs.setdefault("peak", []).append(peak)
             cell.details.append({"run": i + 1, "MB/s": speed, "peak_rss": peak,
-                                 "rss_at_start": base, "cpu%": cpu, "other%": other})
+                                 "rss_at_start": base, "cpu%": cpu, "other%": other,
+                                 "received_MiB": received / 2**20})
+            if received != BIG_SIZE:
+                cell.mark = f"cut at {limit} s"
+                cell.notes.append(
+                    f"UNFINISHED: the download was cut by curl --max-time {limit} after "
+                    f"{received / 2**20:,.0f} of {BIG_SIZE // 2**20} MiB; the MB/s figure is "
+                    "the average over what arrived, the peak RSS the peak until then; not "
+                    "repeated")
+                break
         if max(d["other%"] for d in cell.details) > MAX_OTHER:
             cell.notes.append("DISTURBED: other processes used more than "
                               f"{MAX_OTHER:.0f}% of a core during a kept run")
@@ -1077,7 +1265,7 @@ class Bench:
             return Cell(na="no addons")
         if key.endswith("-workers"):
             if proxy.name != "twistproxy":
-                return Cell(na="single process")
+                return Cell(na=proxy.no_workers)
             if not workers_ok:
                 return Cell(na="no --workers in `twistd twistproxy --help`")
         if key == "a":
@@ -1152,11 +1340,14 @@ def table(bench: Bench, keys: list[str]) -> str:
                     values.append(f"n/a ({cell.na})")
                 else:
                     medians[n] = cell.median(figure.key)
-                    values.append(_fmt(medians[n], figure.digits))
+                    values.append(_fmt(medians[n], figure.digits)
+                                  + (f" ({cell.mark})" if cell.mark else ""))
             ratios = []
             for n in peers:
                 tp, peer = medians.get("twistproxy"), medians.get(n)
-                ratios.append(f"{tp / peer:.2f}" if tp is not None and peer else "n/a")
+                cut = any(cells[m].mark for m in ("twistproxy", n) if m in cells)
+                ratios.append(f"{tp / peer:.2f}{' (cut)' if cut else ''}"
+                              if tp is not None and peer else "n/a")
             rows.append("| " + " | ".join([scenario.title, f"{figure.label} ({figure.unit})",
                                            figure.better, *values, *ratios]) + " |")
     return "\n".join(rows)
@@ -1193,6 +1384,12 @@ def environment(bench: Bench) -> list[str]:
         mitm_version = (f"n/a ({mitm.unavailable})" if mitm.unavailable else
                         _version([str(VENV / "bin" / "mitmdump"), "--version"],
                                  r"Mitmproxy:\s*(\S+)"))
+    proxypy = next((p for p in bench.proxies if p.name == "proxypy"), None)
+    proxypy_version = "not run"
+    if proxypy is not None:
+        proxypy_version = (f"n/a ({proxypy.unavailable})" if proxypy.unavailable else
+                           _version([str(PROXYPY_VENV / "bin" / "proxy"), "--version"],
+                                    r"^v?(\S+)"))
     tools = ", ".join([
         _version(["nginx", "-v"], r"nginx version: (.+)"),
         _version(["wrk", "-v"], r"^(wrk \S+)"),
@@ -1205,6 +1402,7 @@ def environment(bench: Bench) -> list[str]:
         f"Linux {platform.release()}",
         f"- Python {platform.python_version()}, Twisted {twisted.__version__}, "
         f"twistproxy {commit}{' + uncommitted changes' if dirty else ''}",
+        f"- proxy.py {proxypy_version} (in bench/.venv-proxypy)",
         f"- mitmproxy {mitm_version} (in bench/.venv)",
         f"- {tools}",
     ]
@@ -1239,8 +1437,29 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         f"core {LOAD_CORE} with wrk and nginx. In (f) that is a fork per request, so (f) "
         "partly measures socat and the load core, and the proxy's CPU figure below tells "
         "whether the proxy was the bottleneck.",
+        "- All three intercepting proxies verify the origin's certificate against the bench "
+        "origin CA (twistproxy `--upstream-ca`, proxy.py `--ca-file`, mitmproxy "
+        "`ssl_verify_upstream_trusted_ca`).",
+        f"- proxy.py ({PROXYPY_REQUIREMENT}, the peer the issue's targets name) runs "
+        "threadless with one acceptor process and its local executor (`--threadless "
+        "--local-executor 1 --num-acceptors 1 --num-workers 1`: its default mode on Linux; "
+        "`--num-workers` counts only with `--local-executor 0`), `--log-level WARNING` (its "
+        "access log is an INFO line per connection), `--timeout 60` (its idle-client timeout "
+        "is 10 s by default; 60 s is twistproxy's) and no plugin but the stamp in the addon "
+        "rows. It is two processes, the main one (idle after start) and the acceptor that "
+        "does the work: its RSS and CPU figures are their sums. It mints a leaf certificate "
+        "per host by running `openssl` three times (on the first connection, before the "
+        "warm-up) and names the host there as a DNS name even when it is an IP address "
+        "(`DNS:127.0.0.1`), which a client checking host names rejects: the harness's check "
+        "through the shim then verifies the chain only (wrk checks nothing). It does the "
+        "TLS handshakes, with the client and with the origin, with the sockets in blocking "
+        "mode. Its HTTP parser keeps a copy of each response body, grown by concatenation, "
+        "so a long download slows down quadratically: (c) is cut at curl's `--max-time`. "
+        "It reads the origin whatever the client's pace (no backpressure), which (d) shows. "
+        "Its trivial addon adds a request header, not a response header: proxy.py hands "
+        "plugins the response only as raw chunks (bench/addons/proxypy_stamp.py).",
         "- mitmproxy runs with its defaults apart from `-q`, its confdir and "
-        "`ssl_verify_upstream_trusted_ca` (both proxies verify the origin's certificate). "
+        "`ssl_verify_upstream_trusted_ca`. "
         "By default mitmproxy buffers whole bodies (`stream_large_bodies` unset), which shows "
         "in (c) and (d); twistproxy streams bodies larger than its `--body-limit`.",
         "- twistproxy runs with `--quiet` (no flow log line); its 'empty addon chain' still "
@@ -1249,7 +1468,8 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         "- twisted.web.proxy opens a new upstream connection per request (HTTP/1.0, "
         "`Connection: close`) and has no CONNECT.",
         "- RSS is VmRSS/VmHWM from /proc/PID/status (summed over the worker processes "
-        "with `--workers`). In (c) and (d) each run starts a fresh proxy.",
+        "with `--workers`, and over proxy.py's two processes). In (c) and (d) each run "
+        "starts a fresh proxy.",
         "- Before every measured run the harness waits until processes it did not start use "
         f"less than 10% of a core, and it repeats (up to {RETRIES} times) a run during which "
         f"they used more than {MAX_OTHER:.0f}%; `other%` in the runs below is that figure. "
@@ -1313,16 +1533,17 @@ def ensure_tools(install: bool) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description="twistproxy's benchmark against mitmproxy and twisted.web.proxy "
-        "(see bench/README.md).")
+        description="twistproxy's benchmark against proxy.py, mitmproxy and "
+        "twisted.web.proxy (see bench/README.md).")
     parser.add_argument("--quick", action="store_true",
                         help="a short smoke run: one run per figure, 2 s wrk runs")
     parser.add_argument("--only", default="",
                         help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
-    parser.add_argument("--proxies", default="twistproxy,mitmproxy,stock",
-                        help="comma-separated proxies: twistproxy, mitmproxy, stock")
+    parser.add_argument("--proxies", default=",".join(PROXIES),
+                        help=f"comma-separated proxies, of: {', '.join(PROXIES)}")
     parser.add_argument("--no-install", action="store_true",
-                        help="do not apt-get install missing tools nor pip install mitmproxy")
+                        help="do not apt-get install missing tools nor pip install mitmproxy "
+                        "and proxy.py")
     parser.add_argument("--max-wait", type=float, default=300.0,
                         help="seconds, over the whole run, to wait for other processes to "
                         "go quiet before runs (default: 300)")
@@ -1336,11 +1557,11 @@ def main() -> int:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from "
                      f"{', '.join(SCENARIOS)}")
     wanted = [p.strip() for p in args.proxies.split(",") if p.strip()]
-    if bad := [p for p in wanted if p not in ("twistproxy", "mitmproxy", "stock")]:
+    if bad := [p for p in wanted if p not in PROXIES]:
         parser.error(f"unknown proxy {', '.join(bad)}")
     settings = QUICK if args.quick else FULL
     output = args.output or (RESULTS if not args.quick and not args.only
-                             and args.proxies == parser.get_default("proxies")
+                             and sorted(wanted) == sorted(PROXIES)
                              else OUT / f"RESULTS-{'quick' if args.quick else 'partial'}.md")
 
     _preexec()  # a high descriptor limit, inherited by every child (idle clients, proxies)
@@ -1364,8 +1585,8 @@ def main() -> int:
     signal.signal(signal.SIGHUP, terminate)
     signal.signal(signal.SIGINT, terminate)  # even when started in the background
 
-    ports = dict(zip(["http", "https", "twistproxy", "mitmproxy", "stock", "shim"],
-                     free_ports(6), strict=True))
+    names = ["http", "https", *PROXIES, "shim"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     origin_ca, cert, key = make_origin_pki(OUT / "pki")
     proxies: list[Proxy] = []
     for name in wanted:
@@ -1373,6 +1594,8 @@ def main() -> int:
             proxies.append(TwistProxy(origin_ca))
         elif name == "mitmproxy":
             proxies.append(MitmProxy(origin_ca, install=not args.no_install))
+        elif name == "proxypy":
+            proxies.append(ProxyPy(origin_ca, install=not args.no_install))
         else:
             proxies.append(StockProxy())
     twist = next((p for p in proxies if p.name == "twistproxy"), None)
