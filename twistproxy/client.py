@@ -29,7 +29,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._headers import body_framing
-from twistproxy._io import send_now
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (
@@ -163,19 +162,19 @@ class ProxyClient(Protocol):
         self._request_sent = complete
         self._fields = []
         assert self.transport is not None
-        send_now(self.transport, data)
+        self.transport.writeSequence(data)
 
     def write_body(self, data: Sequence[bytes]) -> None:
         """Write more of a streamed request body."""
         assert self.transport is not None
-        send_now(self.transport, data)
+        self.transport.writeSequence(data)
 
     def end_body(self, data: Sequence[bytes] = ()) -> None:
         """Write the end of a streamed request body."""
         self._request_sent = True
         if data:
             assert self.transport is not None
-            send_now(self.transport, data)
+            self.transport.writeSequence(data)
 
     # -- receiving ---------------------------------------------------------
 

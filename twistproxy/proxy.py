@@ -42,7 +42,6 @@ from twisted.web.http import (
 from zope.interface import alsoProvides, implementer
 
 from twistproxy import _headers
-from twistproxy._io import send_now
 from twistproxy._switch import hand_over, take_buffered
 from twistproxy._target import (
     Target,
@@ -1285,14 +1284,6 @@ class Proxy(HTTPChannel):
             return False
         self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
         return True
-
-    def write(self, data: bytes) -> None:
-        """Write response bytes, straight to the socket when nothing is queued."""
-        send_now(self.transport, (data,))
-
-    def writeSequence(self, iovec: Sequence[bytes]) -> None:
-        """Write response pieces, straight to the socket when nothing is queued."""
-        send_now(self.transport, iovec)
 
     _host: Any = None
     _peer: Any = None
