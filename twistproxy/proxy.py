@@ -1161,7 +1161,8 @@ class Proxy(HTTPChannel):
         if self.line_mode:
             if not self._head_deadline.active():
                 self._head_deadline.start(self.factory.limits.header_timeout)
-            if b"\n" in data and self._bare_lf(data):
+            # Every LF behind a CR (two counts in C) is the common case.
+            if data.count(b"\n") != data.count(b"\r\n") and self._bare_lf(data):
                 self._refuse(400, b"Bad Request", "lines must end with CRLF, not a bare LF")
                 return
             self._last_byte = data[-1:]
