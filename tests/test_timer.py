@@ -4,6 +4,9 @@ Tests for :mod:`twistproxy._timer`.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -86,3 +89,24 @@ class DeadlineTests(SynchronousTestCase):
         self.deadline.start(1, lambda: self.expired.append("second"))
         self.clock.advance(1)
         self.assertEqual(self.expired, ["second"])
+
+    def test_stop_lets_go_of_the_callable(self) -> None:
+        """
+        Stopped, the deadline keeps no reference to a callable given to
+        start (its armed call outlives it), and expires with its own again.
+        """
+
+        class Owner:
+            def expire(self) -> None:
+                raise AssertionError("a stopped deadline expired")
+
+        owner = Owner()
+        self.deadline.start(10, owner.expire)
+        self.deadline.stop()
+        gone = weakref.ref(owner)
+        del owner
+        gc.collect()
+        self.assertIsNone(gone())
+        self.deadline.start(5)
+        self.clock.advance(10)
+        self.assertEqual(self.expired, ["first"])

@@ -23,14 +23,15 @@ class Deadline:
 
     :param clock: Where time comes from and calls are scheduled.
     :param expired: Called once the deadline passes while started (no
-        arguments); :meth:`start` may name another callable for one run.
+        arguments); :meth:`start` may name another callable for one run
+        (until it expires or is stopped).
     """
 
-    __slots__ = ("_clock", "_expired", "_at", "_call", "_armed")
+    __slots__ = ("_clock", "_default", "_expired", "_at", "_call", "_armed")
 
     def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
         self._clock = clock
-        self._expired = expired
+        self._default = self._expired = expired
         self._at: float | None = None
         self._call: Any = None
         self._armed = 0.0  # when the armed call comes due
@@ -52,12 +53,17 @@ class Deadline:
             self._armed = at
 
     def stop(self) -> None:
-        """Stop without expiring; the armed call, when it comes, does nothing."""
+        """
+        Stop without expiring; the armed call, when it comes, does nothing.
+        A callable given to :meth:`start` is let go (it may hold a whole
+        finished exchange).
+        """
         self._at = None
+        self._expired = self._default
 
     def cancel(self) -> None:
         """Stop and cancel the armed call (for a connection that is gone)."""
-        self._at = None
+        self.stop()
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
@@ -78,4 +84,5 @@ class Deadline:
             self._armed = at
             return
         self._at = None
-        self._expired()
+        expired, self._expired = self._expired, self._default
+        expired()
