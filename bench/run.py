@@ -50,6 +50,7 @@ VENV = BENCH / ".venv"  # mitmproxy's
 PROXYPY_VENV = BENCH / ".venv-proxypy"
 PROXYPY_REQUIREMENT = "proxy.py==2.4.10"  # the version the targets name
 RESULTS = BENCH / "RESULTS.md"
+ANALYSIS = BENCH / "ANALYSIS.md"  # written by hand; copied into RESULTS.md
 
 PROXY_CORE = "0"
 LOAD_CORE = "1"
@@ -1482,6 +1483,11 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         for name, cell in bench.results.get(key, {}).items():
             for note in dict.fromkeys(cell.notes):
                 lines.append(f"- {key}, {name}: {note}")
+    if ANALYSIS.exists():
+        # The written account of the profile: its own title is replaced by ours.
+        text = ANALYSIS.read_text().strip().split("\n", 1)
+        body = text[1] if text[0].startswith("# ") and len(text) > 1 else "\n".join(text)
+        lines += ["", "## Where the time goes (bench/ANALYSIS.md)", "", body.strip()]
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]
     lines += ["", "## Runs", "", "Every measured run (wrk runs: requests/s, p99 ms, proxy "
