@@ -62,6 +62,9 @@ port)``; the pool adds TLS for ``https`` itself.
 """
 
 
+_NO_FRAMING: tuple[bool, int | None] = (False, None)
+
+
 class IResponseReceiver(TypingProtocol):
     """
     What a :class:`ProxyClient` reports an exchange's response to.  Exactly
@@ -112,12 +115,17 @@ class ProxyClient(Protocol):
         fails the exchange (502).
     :ivar idle_deadline: While the connection waits in a pool, when the pool
         closes it (set by :class:`ProxyClientFactory`).
+    :ivar response_framing: The response being received: ``(chunked,
+        length)`` as :func:`~twistproxy._headers.body_framing` gives them,
+        set before ``response_started`` (``(False, None)`` for a response
+        without a body).
     """
 
     father: IResponseReceiver | None = None
     server: Server | None = None
     max_header_size = 64 * 1024
     idle_deadline: Deadline
+    response_framing: tuple[bool, int | None] = (False, None)
     _header_bytes = 0
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
@@ -235,7 +243,10 @@ class ProxyClient(Protocol):
         self._keep_alive = parser.should_keep_alive()
         version = b"HTTP/" + parser.get_http_version().encode("ascii")
         if not self._head and status != 204 and status != 304:
-            self._until_close = _until_close(fields)
+            self.response_framing = chunked, length = _response_framing(fields)
+            self._until_close = not chunked and length is None
+        else:
+            self.response_framing = _NO_FRAMING
         father = self.father
         assert father is not None
         father.response_started(status, self._reason, version, fields)
@@ -343,29 +354,22 @@ def _address(address: IAddress | None) -> tuple[str, int] | None:
     return (host, port)
 
 
-def _until_close(fields: list[tuple[bytes, bytes]]) -> bool:
+def _response_framing(fields: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
     """
-    Whether a response body with these fields lasts until the connection
-    closes: neither chunked nor with a Content-Length.
+    How a response body with these fields is framed: ``(chunked, length)``
+    as :func:`~twistproxy._headers.body_framing` says, in the same pass
+    refusing transfer codings it cannot relay.
 
     :raises UpstreamProtocolError: for a transfer coding other than chunked,
         which the proxy could not relay without corrupting the body (the
         ``Transfer-Encoding`` field is hop-by-hop, so the client would not
         learn of it).
     """
-    if _unsupported_coding(fields):
-        raise UpstreamProtocolError("unsupported transfer coding in the response")
-    chunked, length = body_framing(fields)
-    return not chunked and length is None
-
-
-def _unsupported_coding(fields: list[tuple[bytes, bytes]]) -> bool:
-    """Whether *fields* name any transfer coding but a single ``chunked``."""
     for name, value in fields:
         if len(name) == 17 and name.lower() == b"transfer-encoding":
             if value.strip().lower() != b"chunked":
-                return True
-    return False
+                raise UpstreamProtocolError("unsupported transfer coding in the response")
+    return body_framing(fields)
 
 
 class ProxyClientFactory(ClientFactory):

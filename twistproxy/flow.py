@@ -272,7 +272,7 @@ class Flow:
     """
 
     __slots__ = (
-        "id",
+        "_id",
         "client_conn",
         "server_conn",
         "error",
@@ -308,7 +308,6 @@ class Flow:
         }
     )
 
-    id: str
     client_conn: Client
     server_conn: Server
     error: Error | None
@@ -337,7 +336,7 @@ class Flow:
             :meth:`kill` sets.
         """
         self._now = now
-        self.id = _new_id()
+        self._id: str | None = None  # made when first asked for
         self.client_conn = client_conn
         self.server_conn = server_conn
         self.error = None
@@ -350,6 +349,18 @@ class Flow:
         self.comment = ""
         self._backup: dict[str, Any] | None = None
         self._resume_waiters: list[defer.Deferred[None]] = []
+
+    @property
+    def id(self) -> str:
+        """A unique id (a UUID4 string), made the first time it is asked for."""
+        ident = self._id
+        if ident is None:
+            ident = self._id = _new_id()
+        return ident
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"

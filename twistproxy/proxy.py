@@ -710,7 +710,11 @@ class ProxyRequest(Request):
         if self.method == b"HEAD" or status in _NO_BODY_STATUS:
             self._response_framing = _headers.NO_BODY
         else:
-            chunked, length = _headers.body_framing(fields)
+            upstream = self._upstream
+            chunked, length = (
+                upstream.response_framing if upstream is not None
+                else _headers.body_framing(fields)
+            )
             if chunked:
                 self._response_framing = _headers.CHUNKED
             elif length is None:
