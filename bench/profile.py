@@ -117,9 +117,54 @@ def profile(args: argparse.Namespace, http_port: int, https_port: int) -> None:
     total = sum(r[0] for r in rows)
     print(f"{requests:,} requests; {total:.0f} us per request under cProfile "
           f"(stats: {stats_file.relative_to(bench.REPO)})")
+    layers: dict[str, float] = {}
+    for own, _, _, where in rows:
+        layer = _layer(where)
+        layers[layer] = layers.get(layer, 0.0) + own
+    print("own time by layer:")
+    for layer, own in sorted(layers.items(), key=lambda item: -item[1]):
+        print(f"  {100 * own / total:5.1f}%  {layer}")
     print(f"{'own us':>7} {'cum us':>7} {'calls':>6}  function")
     for own, cumulative, calls, where in rows[:args.top]:
         print(f"{own:7.1f} {cumulative:7.1f} {calls:6.1f}  {where}")
+
+
+_SYSCALLS = ("'send' of '_socket", "'recv' of '_socket", "'poll' of 'select.epoll",
+             "'modify' of 'select.epoll")
+# (substring of "file:line(function)", layer), first match wins.
+_LAYERS = (
+    ("twistproxy/_headers", "twistproxy: header rules"),
+    ("twistproxy/_target", "twistproxy: request-target parsing"),
+    ("twistproxy/http.py", "twistproxy: flow model"),
+    ("twistproxy/flow.py", "twistproxy: flow model"),
+    ("twistproxy.flow", "twistproxy: flow model"),
+    ("twistproxy/hooks", "twistproxy: hook chain and addons"),
+    ("twistproxy/addons", "twistproxy: hook chain and addons"),
+    ("twistproxy/client", "twistproxy: upstream client (httptools callbacks, pool)"),
+    ("twistproxy/proxy", "twistproxy: channel and request (proxy.py)"),
+    ("twistproxy/", "twistproxy: other"),
+    ("bench/addons", "twistproxy: hook chain and addons"),
+    ("twisted/web", "Twisted: HTTPChannel, Request"),
+    ("twisted/protocols/basic", "Twisted: HTTPChannel, Request"),
+    ("twisted/protocols/tls", "Twisted and pyOpenSSL: TLS"),
+    ("OpenSSL", "Twisted and pyOpenSSL: TLS"),
+    ("_openssl", "Twisted and pyOpenSSL: TLS"),
+    ("twisted/internet/abstract", "Twisted: TCP transport"),
+    ("twisted/internet/tcp", "Twisted: TCP transport"),
+    ("twisted/internet/_newtls", "Twisted: TCP transport"),
+    ("twisted/internet/endpoints", "Twisted: TCP transport"),
+    ("twisted/", "Twisted: reactor, event dispatch, timers"),
+)
+
+
+def _layer(where: str) -> str:
+    """Which layer a profile entry belongs to, for the summary."""
+    if any(name in where for name in _SYSCALLS):
+        return "system calls (send, recv, epoll)"
+    for part, layer in _LAYERS:
+        if part in where:
+            return layer
+    return "builtins and the standard library"
 
 
 def compare(args: argparse.Namespace, http_port: int, https_port: int) -> None:

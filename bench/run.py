@@ -2,13 +2,17 @@
 """
 twistproxy's performance benchmark: one command, ``python bench/run.py``.
 
-Starts an nginx origin (HTTP and HTTPS) on 127.0.0.1, then for each proxy
-(twistproxy, proxy.py, mitmproxy's mitmdump, the stock ``twisted.web.proxy``)
-runs the scenarios of bench/README.md with the proxy pinned to core 0 and
-nginx, wrk, curl, socat and the idle clients pinned to core 1.  Prints a table of the
-median of the runs of each figure with the ratio twistproxy/peer, and writes
-it to bench/RESULTS.md (a full run) or bench/out/RESULTS-*.md (--quick or
---only) with the date, the machine, the versions and the commands run.
+Starts an nginx origin (HTTP and HTTPS) on 127.0.0.1, then runs the scenarios
+of bench/README.md for each proxy (twistproxy, proxy.py, mitmproxy's
+mitmdump, the stock ``twisted.web.proxy``) with the proxy pinned to core 0 and
+nginx, wrk, curl, socat and the idle clients pinned to core 1.  In the wrk
+scenarios the proxies run side by side: all started at once, then round after
+round one measured run per proxy in turn (the order reversed every other
+round), so that the machine's drift in speed hits them alike; the notes give
+the paired ratio twistproxy/peer per round.  Prints a table of the median of
+the runs of each figure with the ratio twistproxy/peer, and writes it to
+bench/RESULTS.md (a full run) or bench/out/RESULTS-*.md (--quick or --only)
+with the date, the machine, the versions and the commands run.
 
 Every process it starts runs in its own process group and is killed when the
 run ends, however it ends.  Only 127.0.0.1 is used; every load is bounded in
@@ -22,6 +26,7 @@ import contextlib
 import datetime
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -142,6 +147,30 @@ SCENARIOS: dict[str, Scenario] = {s.key: s for s in [
     Scenario("a-workers", "(a) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"))),
     Scenario("e-workers", "(e) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"))),
 ]}
+
+
+@dataclass(frozen=True)
+class WrkSetup:
+    """How a wrk scenario loads the proxies."""
+
+    https: bool  # through each proxy's CONNECT shim
+    close: bool  # `Connection: close`
+    addon: bool = False
+    workers: int | None = None  # twistproxy's --workers, unpinned
+    idle: bool = False  # (g): idle keep-alive connections held during each run
+
+
+WRK_SCENARIOS: dict[str, WrkSetup] = {
+    "a": WrkSetup(https=False, close=False),
+    "b": WrkSetup(https=False, close=True),
+    "e": WrkSetup(https=True, close=False),
+    "f": WrkSetup(https=True, close=True),
+    "g": WrkSetup(https=False, close=False, idle=True),
+    "a-addon": WrkSetup(https=False, close=False, addon=True),
+    "e-addon": WrkSetup(https=True, close=False, addon=True),
+    "a-workers": WrkSetup(https=False, close=False, workers=2),
+    "e-workers": WrkSetup(https=True, close=False, workers=2),
+}
 
 
 @dataclass
@@ -864,12 +893,19 @@ def install_venv(venv: Path, requirement: str, log_name: str) -> str | None:
     return None
 
 
+def launch(proxy: Proxy, port: int, *, addon: bool = False, workers: int | None = None,
+           tag: str = "") -> Child:
+    """Start *proxy* on *port* (pinned to the proxy core unless it has workers);
+    returns at once, before it listens."""
+    core = None if workers else PROXY_CORE
+    return Child(pinned(core, proxy.argv(port, addon=addon, workers=workers)),
+                 LOGS / f"{proxy.name}{tag}.log", env=proxy.env(addon=addon))
+
+
 @contextlib.contextmanager
 def started(proxy: Proxy, port: int, *, addon: bool = False, workers: int | None = None,
             tag: str = "") -> Iterator[ProcWatch]:
-    core = None if workers else PROXY_CORE
-    child = Child(pinned(core, proxy.argv(port, addon=addon, workers=workers)),
-                  LOGS / f"{proxy.name}{tag}.log", env=proxy.env(addon=addon))
+    child = launch(proxy, port, addon=addon, workers=workers, tag=tag)
     try:
         wait_listening(port, child)
         yield ProcWatch(child.pid, tree=bool(workers) or proxy.processes)
@@ -995,11 +1031,54 @@ def wrk(url: str, lua: Path, seconds: int, connections: int) -> dict[str, float]
     return parse_wrk(result.stdout)
 
 
+def settle(watch: ProcWatch, limit: float = 5.0) -> None:
+    """Wait (*limit* seconds at most) until the process is idle: at most one clock
+    tick (10 ms) of CPU time over 0.2 s."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = watch.cpu()
+        time.sleep(0.2)
+        if watch.cpu() - before <= 1.0 / _TICK:
+            return
+
+
 # -- scenarios ------------------------------------------------------------------
 
 
 MAX_OTHER = 15.0  # % of a core other processes may use during a run before it is repeated
 RETRIES = 2
+# what a proxy's failure in a scenario raises; the others go on
+MEASURE_ERRORS = (RuntimeError, OSError, ValueError, KeyError)
+
+
+@dataclass
+class Lane:
+    """One proxy in an interleaved wrk scenario: its processes, its target, its runs."""
+
+    proxy: Proxy
+    port: int
+    child: Child | None = None
+    watch: ProcWatch | None = None
+    shim: Child | None = None
+    url: str = ""
+    lua: Path | None = None
+    cell: Cell = field(default_factory=Cell)
+    failed: bool = False
+    idle_ready: list[int] = field(default_factory=list)  # (g), per run
+    idle_rss: list[float] = field(default_factory=list)
+    idle_alive: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop its shim and its proxy; once only."""
+        for child in (self.shim, self.child):
+            if child is not None:
+                child.stop()
+        self.shim = self.child = None
+
+
+def _by_round(cell: Cell, key: str) -> dict[int, float]:
+    """A wrk cell's figure *key* per round (its details and runs are in step)."""
+    return {d["round"]: v for d, v in zip(cell.details, cell.runs.get(key, []), strict=False)}
 
 
 @dataclass
@@ -1034,96 +1113,221 @@ class Bench:
                   "repeating it", flush=True)
         raise AssertionError("unreachable")
 
-    # wrk-based: a, b, e, f, g and the addon and workers variants
+    # wrk-based: a, b, e, f, g and the addon and workers variants, the proxies interleaved
 
-    def wrk_scenario(self, proxy: Proxy, key: str, *, https: bool, close: bool,
-                     addon: bool = False, workers: int | None = None, idle: int = 0) -> Cell:
-        s = self.settings
-        port = self.ports[proxy.name]
-        cell = Cell()
-        http_port, https_port = self.ports["http"], self.ports["https"]
-        with started(proxy, port, addon=addon, workers=workers, tag=f"-{key}") as watch:
-            check_http(port, http_port)
-            if proxy.processes and not workers:
-                cell.notes.append(watch.memory_note())
-            shim = None
-            try:
-                if https:
-                    target = f"127.0.0.1:{https_port}"
-                    lua = write_lua(f"{key}-{proxy.name}", path=f"/{SMALL}", host=target,
-                                    close=close)
-                    shim_port = self.ports["shim"]
-                    shim = Child(pinned(LOAD_CORE, [
-                        "socat", f"TCP-LISTEN:{shim_port},bind=127.0.0.1,fork,reuseaddr,"
-                        "backlog=1024",
-                        f"PROXY:127.0.0.1:{target},proxyport={port}"]),
-                        LOGS / f"socat-{key}-{proxy.name}.log")
-                    wait_listening(shim_port, shim)
-                    cell.notes += check_certificate(shim_port, proxy)
-                    url = f"https://127.0.0.1:{shim_port}"
-                else:
-                    target = f"127.0.0.1:{http_port}"
-                    lua = write_lua(f"{key}-{proxy.name}", path=f"http://{target}/{SMALL}",
-                                    host=target, close=close)
-                    url = f"http://127.0.0.1:{port}"
-                holder = None
-                if idle:
-                    holder = self._hold_idle(port, idle, proxy)
-                    cell.notes.append(f"{holder[1]} idle connections ready; proxy RSS with "
-                                      f"them and no load: {watch.rss():.1f} MiB")
+    def wrk_scenario(self, key: str, proxies: list[Proxy], workers_ok: bool,
+                     errors: list[str]) -> dict[str, Cell]:
+        """
+        The wrk scenario *key* for every proxy, side by side: all of them started
+        at once (each on its own port, with HTTPS each behind its own shim, all on
+        the proxy core), each checked and warmed up, then in each round one
+        measured run per proxy in turn, in *proxies*' order in odd rounds and the
+        reverse in even ones (no proxy always goes first), so that drift in the
+        machine's speed hits them alike; then all are stopped.  A proxy that fails
+        is stopped and drops out (its cell says so, *errors* why); the others go on.
+        """
+        setup = WRK_SCENARIOS[key]
+        cells: dict[str, Cell] = {}
+        lanes: list[Lane] = []
+        with contextlib.ExitStack() as stack:  # stops every lane's processes, however it ends
+            for proxy in proxies:
+                why = self.not_applicable(key, proxy, workers_ok)
+                if why:
+                    cells[proxy.name] = Cell(na=why)
+                    continue
+                lane = Lane(proxy, self.ports[proxy.name])
+                stack.callback(lane.stop)
+                lanes.append(lane)
                 try:
-                    wrk(url, lua, s.warmup, s.connections)  # warm-up, discarded
-                    for _ in range(s.runs):
+                    lane.child = launch(proxy, lane.port, addon=setup.addon,
+                                        workers=setup.workers, tag=f"-{key}")
+                except MEASURE_ERRORS as e:
+                    self._fail(lane, key, e, errors)
+            # All started at once; every one listens before any is loaded.
+            for lane in lanes:
+                if lane.child is not None:
+                    try:
+                        wait_listening(lane.port, lane.child)
+                        lane.watch = ProcWatch(lane.child.pid,
+                                               tree=bool(setup.workers) or lane.proxy.processes)
+                    except MEASURE_ERRORS as e:
+                        self._fail(lane, key, e, errors)
+            for lane in lanes:
+                if not lane.failed:
+                    try:
+                        self._prepare(lane, key, setup)
+                    except MEASURE_ERRORS as e:
+                        self._fail(lane, key, e, errors)
+            for round_ in range(1, self.settings.runs + 1):
+                for lane in lanes if round_ % 2 else lanes[::-1]:
+                    if lane.failed:
+                        continue
+                    idle_peers = [other.watch for other in lanes
+                                  if other is not lane and not other.failed and other.watch]
+                    try:
+                        self._measured_run(lane, setup, round_, idle_peers)
+                    except MEASURE_ERRORS as e:
+                        child = lane.child
+                        if child is not None and not child.alive() and "died" not in str(e):
+                            e = RuntimeError(f"{lane.proxy.label} died ({child.proc.returncode})"
+                                             f" during the runs: {e}\n{child.tail()}")
+                        self._fail(lane, key, e, errors)
+        for lane in lanes:
+            cells[lane.proxy.name] = (Cell(na="failed, see Failures") if lane.failed
+                                      else self._finish(lane, setup))
+        self._paired(key, cells)
+        return {p.name: cells[p.name] for p in proxies}
 
-                        def once() -> tuple[dict[str, Any], dict[str, float], float, float,
-                                            float]:
-                            by_pid, t0, cores = watch.cpu_by_pid(), time.monotonic(), _cpu_times()
-                            with sampling(watch) as rss:
-                                figures: dict[str, Any] = wrk(url, lua, s.duration,
-                                                              s.connections)
-                            load = core_busy(cores, LOAD_CORE)
-                            proxy_core = core_busy(cores, PROXY_CORE)
-                            elapsed = time.monotonic() - t0
-                            after = watch.cpu_by_pid()
-                            shares = {pid: (used - by_pid.get(pid, 0.0)) / elapsed * 100
-                                      for pid, used in after.items()}
-                            if watch.tree:  # each process's share: are the workers balanced,
-                                # which of proxy.py's processes works?
-                                figures = {**figures, "cpu%_by_process": "/".join(
-                                    f"{v:.0f}" for _, v in sorted(shares.items()))}
-                            return figures, rss, load, proxy_core, sum(shares.values())
+    def _fail(self, lane: Lane, key: str, error: BaseException, errors: list[str]) -> None:
+        message = f"{key}, {lane.proxy.label}: {error}"
+        print(f"  FAILED: {message}", flush=True)
+        errors.append(message.splitlines()[0])
+        lane.failed = True
+        lane.stop()  # a broken proxy must not take the proxy core from the others
 
-                        (figures, rss, load, proxy_core, cpu), other = self.guarded(once)
-                        cell.runs.setdefault("rps", []).append(figures["rps"])
-                        cell.runs.setdefault("p99", []).append(figures["p99"])
-                        cell.runs.setdefault("rss", []).append(rss["max"])
-                        cell.runs.setdefault("per_cpu", []).append(
-                            figures["rps"] / (cpu / 100) if cpu > 0 else float("nan"))
-                        cell.details.append({**figures, "cpu%": cpu, "load_core%": load,
-                                             "proxy_core%": proxy_core,
-                                             "other%": other, "rss_max": rss["max"]})
-                        if figures["errors"] or figures["non2xx"]:
-                            cell.notes.append(
-                                f"wrk saw {int(figures['errors'])} socket errors and "
-                                f"{int(figures['non2xx'])} non-2xx responses in a run")
-                finally:
-                    if holder is not None:
-                        alive = self._release_idle(holder[0])
-                        cell.notes.append(f"idle connections still open after the runs: "
-                                          f"{alive}")
-            finally:
-                if shim is not None:
-                    shim.stop()
+    def _prepare(self, lane: Lane, key: str, setup: WrkSetup) -> None:
+        """The proxy's check (and the certificate check through its own shim for
+        HTTPS), then its discarded warm-up run."""
+        proxy, port, watch, s = lane.proxy, lane.port, lane.watch, self.settings
+        assert watch is not None
+        http_port, https_port = self.ports["http"], self.ports["https"]
+        check_http(port, http_port)
+        if proxy.processes and not setup.workers:
+            lane.cell.notes.append(watch.memory_note())
+        if setup.https:
+            target = f"127.0.0.1:{https_port}"
+            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"/{SMALL}", host=target,
+                                 close=setup.close)
+            shim_port = self.ports[f"shim-{proxy.name}"]
+            lane.shim = Child(pinned(LOAD_CORE, [
+                "socat", f"TCP-LISTEN:{shim_port},bind=127.0.0.1,fork,reuseaddr,backlog=1024",
+                f"PROXY:127.0.0.1:{target},proxyport={port}"]),
+                LOGS / f"socat-{key}-{proxy.name}.log")
+            wait_listening(shim_port, lane.shim)
+            lane.cell.notes += check_certificate(shim_port, proxy)
+            lane.url = f"https://127.0.0.1:{shim_port}"
+        else:
+            target = f"127.0.0.1:{http_port}"
+            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"http://{target}/{SMALL}",
+                                 host=target, close=setup.close)
+            lane.url = f"http://127.0.0.1:{port}"
+        wrk(lane.url, lane.lua, s.warmup, s.connections)  # warm-up, discarded
+
+    def _measured_run(self, lane: Lane, setup: WrkSetup, round_: int,
+                      idle_peers: list[ProcWatch]) -> None:
+        """One measured wrk run against *lane*'s proxy (repeated when disturbed), with
+        (g)'s idle connections opened just before it and closed just after it."""
+        s, watch, lua, cell = self.settings, lane.watch, lane.lua, lane.cell
+        assert watch is not None and lua is not None
+
+        def once() -> tuple[dict[str, Any], dict[str, float], float, float, float, float]:
+            peers0 = sum(w.cpu() for w in idle_peers)
+            by_pid, t0, cores = watch.cpu_by_pid(), time.monotonic(), _cpu_times()
+            with sampling(watch) as rss:
+                figures: dict[str, Any] = wrk(lane.url, lua, s.duration, s.connections)
+            load = core_busy(cores, LOAD_CORE)
+            proxy_core = core_busy(cores, PROXY_CORE)
+            elapsed = time.monotonic() - t0
+            after = watch.cpu_by_pid()
+            peers = (sum(w.cpu() for w in idle_peers) - peers0) / elapsed * 100
+            shares = {pid: (used - by_pid.get(pid, 0.0)) / elapsed * 100
+                      for pid, used in after.items()}
+            if watch.tree:  # each process's share: are the workers balanced,
+                # which of proxy.py's processes works?
+                figures = {**figures, "cpu%_by_process": "/".join(
+                    f"{v:.0f}" for _, v in sorted(shares.items()))}
+            return figures, rss, load, proxy_core, sum(shares.values()), peers
+
+        holder = None
+        if setup.idle:
+            holder = self._hold_idle(lane.port, s.idle, lane.proxy)
+            lane.idle_ready.append(holder[1])
+            lane.idle_rss.append(watch.rss())
+        try:
+            (figures, rss, load, proxy_core, cpu, peers), other = self.guarded(once)
+        finally:
+            if holder is not None:
+                lane.idle_alive.append(self._release_idle(holder[0]))
+                settle(watch)  # its closing of them is over before the next proxy's run
+        cell.runs.setdefault("rps", []).append(figures["rps"])
+        cell.runs.setdefault("p99", []).append(figures["p99"])
+        cell.runs.setdefault("rss", []).append(rss["max"])
+        cell.runs.setdefault("per_cpu", []).append(
+            figures["rps"] / (cpu / 100) if cpu > 0 else float("nan"))
+        detail = {"round": round_, **figures, "cpu%": cpu, "load_core%": load,
+                  "proxy_core%": proxy_core, "other%": other, "rss_max": rss["max"]}
+        if idle_peers:
+            detail["idle_peers_cpu%"] = peers
+        cell.details.append(detail)
+        if figures["errors"] or figures["non2xx"]:
+            cell.notes.append(f"wrk saw {int(figures['errors'])} socket errors and "
+                              f"{int(figures['non2xx'])} non-2xx responses in a run")
+        print(f"  round {round_}, {lane.proxy.label}: {figures['rps']:,.0f} req/s, p99 "
+              f"{figures['p99']:.2f} ms, proxy CPU {cpu:.0f}%", flush=True)
+        if setup.idle and lane.proxy.name == "twistproxy":
+            # The target is (g) against our own (a): measured in the same minute, right
+            # after, without the idle connections, since (a) itself ran minutes earlier.
+            (without, *_), _ = self.guarded(once)
+            cell.runs.setdefault("rps_without_idle", []).append(without["rps"])
+            print(f"  round {round_}, {lane.proxy.label} without the idle connections: "
+                  f"{without['rps']:,.0f} req/s", flush=True)
+        if lane.child is not None and not lane.child.alive():
+            raise RuntimeError(f"{lane.proxy.label} died during the run:\n{lane.child.tail()}")
+
+    def _finish(self, lane: Lane, setup: WrkSetup) -> Cell:
+        """The notes summing up *lane*'s runs."""
+        cell = lane.cell
+        if setup.idle:
+            cell.notes.append(
+                f"{'/'.join(str(n) for n in dict.fromkeys(lane.idle_ready))} idle connections "
+                "opened just before each of its runs and closed just after it; proxy RSS "
+                f"with them and no load: {', '.join(f'{v:.1f}' for v in lane.idle_rss)} MiB")
+            cell.notes.append("idle connections still open after each run: "
+                              + "; ".join(lane.idle_alive))
+            without = cell.runs.get("rps_without_idle")
+            if without:
+                ratios = [g / a for g, a in zip(cell.runs["rps"], without, strict=False)]
+                cell.notes.append(
+                    "the same load without the idle connections, right after each run: "
+                    + ", ".join(f"{v:,.0f}" for v in without) + " req/s; (g)/(a) per round: "
+                    + ", ".join(f"{r:.2f}" for r in ratios)
+                    + f" (median {statistics.median(ratios):.2f})")
         others = [d["other%"] for d in cell.details]
         if max(others) > MAX_OTHER:
             cell.notes.append(f"DISTURBED: other processes used up to {max(others):.0f}% of a "
                               "core during a kept run")
         cpus = [d["cpu%"] for d in cell.details]
         loads = [d["load_core%"] for d in cell.details]
+        idle_peers = [d["idle_peers_cpu%"] for d in cell.details if "idle_peers_cpu%" in d]
+        peers = (f"; the other proxies, idle meanwhile: at most {max(idle_peers):.1f}% of a core"
+                 if idle_peers else "")
         cell.notes.append(f"proxy CPU during the runs: {statistics.median(cpus):.0f}% of one "
                           f"core; load core {LOAD_CORE} busy {statistics.median(loads):.0f}% "
-                          "(medians)")
+                          f"(medians){peers}")
         return cell
+
+    def _paired(self, key: str, cells: dict[str, Cell]) -> None:
+        """For each peer, the notes' paired ratios: twistproxy's figure over the peer's
+        in the same round, per round, and their median."""
+        ours = cells.get("twistproxy")
+        if ours is None or not ours.runs:
+            return
+        labels = {p.name: p.label for p in self.proxies}
+        for name, cell in cells.items():
+            if name == "twistproxy" or not cell.runs:
+                continue
+            parts = []
+            for figure in SCENARIOS[key].figures:
+                mine, theirs = _by_round(ours, figure.key), _by_round(cell, figure.key)
+                ratios = [mine[r] / theirs[r] for r in sorted(mine)
+                          if r in theirs and theirs[r]]
+                ratios = [v for v in ratios if math.isfinite(v)]
+                if ratios:
+                    parts.append(f"{figure.label} {', '.join(f'{v:.2f}' for v in ratios)} "
+                                 f"(median {statistics.median(ratios):.2f})")
+            if parts:
+                cell.notes.append(f"paired ratio twistproxy/{labels.get(name, name)} per "
+                                  f"round: {'; '.join(parts)}")
 
     def _hold_idle(self, port: int, count: int, proxy: Proxy) -> tuple[Child, int]:
         argv = pinned(LOAD_CORE, [sys.executable, str(BENCH / "idle_clients.py"),
@@ -1257,41 +1461,31 @@ class Bench:
 
     # dispatch
 
-    def measure(self, key: str, proxy: Proxy, workers_ok: bool) -> Cell:
+    def not_applicable(self, key: str, proxy: Proxy, workers_ok: bool) -> str | None:
+        """Why *proxy* has no figures in scenario *key*, or None."""
         if proxy.unavailable:
-            return Cell(na=proxy.unavailable)
+            return proxy.unavailable
         if key in ("e", "f", "e-addon", "e-workers") and not proxy.connect:
-            return Cell(na="no CONNECT")
+            return "no CONNECT"
         if key.endswith("-addon") and not proxy.addons:
-            return Cell(na="no addons")
+            return "no addons"
         if key.endswith("-workers"):
             if proxy.name != "twistproxy":
-                return Cell(na=proxy.no_workers)
+                return proxy.no_workers
             if not workers_ok:
-                return Cell(na="no --workers in `twistd twistproxy --help`")
-        if key == "a":
-            return self.wrk_scenario(proxy, key, https=False, close=False)
-        if key == "b":
-            return self.wrk_scenario(proxy, key, https=False, close=True)
+                return "no --workers in `twistd twistproxy --help`"
+        return None
+
+    def measure(self, key: str, proxy: Proxy, workers_ok: bool) -> Cell:
+        """(c) or (d) for one proxy; the wrk scenarios run all proxies at once
+        (:meth:`wrk_scenario`)."""
+        why = self.not_applicable(key, proxy, workers_ok)
+        if why:
+            return Cell(na=why)
         if key == "c":
             return self.download(proxy)
         if key == "d":
             return self.slow_reader(proxy)
-        if key == "e":
-            return self.wrk_scenario(proxy, key, https=True, close=False)
-        if key == "f":
-            return self.wrk_scenario(proxy, key, https=True, close=True)
-        if key == "g":
-            return self.wrk_scenario(proxy, key, https=False, close=False,
-                                     idle=self.settings.idle)
-        if key == "a-addon":
-            return self.wrk_scenario(proxy, key, https=False, close=False, addon=True)
-        if key == "e-addon":
-            return self.wrk_scenario(proxy, key, https=True, close=False, addon=True)
-        if key == "a-workers":
-            return self.wrk_scenario(proxy, key, https=False, close=False, workers=2)
-        if key == "e-workers":
-            return self.wrk_scenario(proxy, key, https=True, close=False, workers=2)
         raise AssertionError(key)
 
 
@@ -1318,6 +1512,14 @@ def _fmt(value: float | None, digits: int) -> str:
     if value is None:
         return "–"
     return f"{value:,.{digits}f}"
+
+
+def _summary(key: str, cell: Cell) -> str:
+    """One line for the console: the medians, or why there are none."""
+    if cell.runs:
+        return ", ".join(f"{f.label} {_fmt(cell.median(f.key), f.digits)} {f.unit}"
+                         for f in SCENARIOS[key].figures)
+    return f"n/a: {cell.na}"
 
 
 def table(bench: Bench, keys: list[str]) -> str:
@@ -1417,12 +1619,21 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         "",
         f"Written by `python bench/run.py{' ' + shlex.join(argv) if argv else ''}` on "
         f"{started_at:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} minutes. "
-        "See bench/README.md for what each scenario measures.",
+        "In the wrk scenarios the proxies ran side by side, their runs interleaved round by "
+        "round (below). See bench/README.md for what each scenario measures.",
         "",
         *environment(bench),
         "",
         f"Each figure is the median of {s.runs} run(s); wrk runs last {s.duration} s after "
         f"a discarded {s.warmup} s warm-up, with {s.connections} connections and one thread. "
+        "The wrk scenarios run the proxies side by side, their runs interleaved: all the "
+        "proxies of a scenario are started at once (each on its own port, all on the proxy "
+        "core; an idle proxy uses next to no CPU), each is checked and warmed up, and then each "
+        "round makes one measured run per proxy in turn, in the table's order in odd rounds "
+        "and in reverse in even ones, so that the machine's drift in speed hits them alike; "
+        "the notes give for each peer the paired ratio, twistproxy's figure over the peer's "
+        "in the same round. (c) and (d) start a fresh proxy per run, one proxy after the "
+        "other. "
         f"The proxy is pinned to core {PROXY_CORE} (`taskset -c {PROXY_CORE}`); nginx, wrk, "
         f"curl, socat and the idle clients to core {LOAD_CORE}, except in the `--workers 2` "
         "rows, where the proxy is not pinned. Ratios are twistproxy divided by the peer: "
@@ -1471,6 +1682,13 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         "- RSS is VmRSS/VmHWM from /proc/PID/status (summed over the worker processes "
         "with `--workers`, and over proxy.py's two processes). In (c) and (d) each run "
         "starts a fresh proxy.",
+        *([f"- In (g) each proxy's {s.idle:,} idle connections are opened just before each "
+           "of its runs and closed just after it (then the harness waits until the proxy is "
+           "idle again), so that one proxy at a time holds idle connections: held by every "
+           "proxy through the whole interleaved scenario, they would outlast the 60 s idle "
+           "timeout of twistproxy and proxy.py in a full run, and proxy.py, idle but holding "
+           "1,000 of them, uses about 15% of the proxy core (the others use none)."]
+          if "g" in keys else []),
         "- Before every measured run the harness waits until processes it did not start use "
         f"less than 10% of a core, and it repeats (up to {RETRIES} times) a run during which "
         f"they used more than {MAX_OTHER:.0f}%; `other%` in the runs below is that figure. "
@@ -1490,8 +1708,9 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
         lines += ["", "## Where the time goes (bench/ANALYSIS.md)", "", body.strip()]
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]
-    lines += ["", "## Runs", "", "Every measured run (wrk runs: requests/s, p99 ms, proxy "
-              "CPU %, proxy max RSS MiB, socket errors, non-2xx):", ""]
+    lines += ["", "## Runs", "", "Every measured run (wrk runs: the round, requests/s, p99 "
+              "ms, proxy CPU %, proxy max RSS MiB, socket errors, non-2xx; idle_peers_cpu% is "
+              "the CPU the scenario's other proxies, idle, used during the run):", ""]
     for key in keys:
         for name, cell in bench.results.get(key, {}).items():
             if cell.details:
@@ -1591,7 +1810,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, terminate)
     signal.signal(signal.SIGINT, terminate)  # even when started in the background
 
-    names = ["http", "https", *PROXIES, "shim"]
+    names = ["http", "https", *PROXIES, *(f"shim-{p}" for p in PROXIES)]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     origin_ca, cert, key = make_origin_pki(OUT / "pki")
     proxies: list[Proxy] = []
@@ -1616,26 +1835,29 @@ def main() -> int:
         origin = start_origin(ports["http"], ports["https"], cert, key)
         try:
             for key_ in keys:
-                for proxy in proxies:
+                if key_ in WRK_SCENARIOS:  # all proxies at once, their runs interleaved
                     print(f"[{time.monotonic() - t0:6.0f} s] {SCENARIOS[key_].title} — "
-                          f"{proxy.label}", flush=True)
-                    try:
-                        cell = bench.measure(key_, proxy, workers_ok)
-                    except (RuntimeError, OSError, ValueError, KeyError) as e:
-                        message = f"{key_}, {proxy.label}: {e}"
-                        print(f"  FAILED: {message}", flush=True)
-                        errors.append(message.splitlines()[0])
-                        cell = Cell(na="failed, see Failures")
-                    bench.results.setdefault(key_, {})[proxy.name] = cell
-                    if cell.runs:
-                        summary = ", ".join(
-                            f"{f.label} {_fmt(cell.median(f.key), f.digits)} {f.unit}"
-                            for f in SCENARIOS[key_].figures)
-                        print(f"  {summary}", flush=True)
-                    elif cell.na:
-                        print(f"  n/a: {cell.na}", flush=True)
-                    if not origin.alive():
-                        raise RuntimeError(f"nginx died:\n{origin.tail()}")
+                          f"{', '.join(p.label for p in proxies)}, interleaved", flush=True)
+                    cells = bench.wrk_scenario(key_, proxies, workers_ok, errors)
+                    bench.results[key_] = cells
+                    for proxy in proxies:
+                        print(f"  {proxy.label}: {_summary(key_, cells[proxy.name])}",
+                              flush=True)
+                else:  # one proxy after the other, a fresh proxy per run
+                    for proxy in proxies:
+                        print(f"[{time.monotonic() - t0:6.0f} s] {SCENARIOS[key_].title} — "
+                              f"{proxy.label}", flush=True)
+                        try:
+                            cell = bench.measure(key_, proxy, workers_ok)
+                        except MEASURE_ERRORS as e:
+                            message = f"{key_}, {proxy.label}: {e}"
+                            print(f"  FAILED: {message}", flush=True)
+                            errors.append(message.splitlines()[0])
+                            cell = Cell(na="failed, see Failures")
+                        bench.results.setdefault(key_, {})[proxy.name] = cell
+                        print(f"  {_summary(key_, cell)}", flush=True)
+                if not origin.alive():
+                    raise RuntimeError(f"nginx died:\n{origin.tail()}")
         finally:
             origin.stop()
     finally:
