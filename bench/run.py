@@ -1611,6 +1611,14 @@ def environment(bench: Bench) -> list[str]:
     ]
 
 
+def _analysis() -> str:
+    """bench/ANALYSIS.md for RESULTS.md: without its title, its headings one level down."""
+    text = ANALYSIS.read_text().strip().split("\n", 1)
+    body = text[1] if text[0].startswith("# ") and len(text) > 1 else "\n".join(text)
+    return "\n".join("#" + line if line.startswith("#") else line
+                     for line in body.strip().splitlines())
+
+
 def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed: float,
            argv: list[str], errors: list[str], others_at_start: list[str]) -> str:
     s = bench.settings
@@ -1703,9 +1711,7 @@ def report(bench: Bench, keys: list[str], started_at: datetime.datetime, elapsed
                 lines.append(f"- {key}, {name}: {note}")
     if ANALYSIS.exists():
         # The written account of the profile: its own title is replaced by ours.
-        text = ANALYSIS.read_text().strip().split("\n", 1)
-        body = text[1] if text[0].startswith("# ") and len(text) > 1 else "\n".join(text)
-        lines += ["", "## Where the time goes (bench/ANALYSIS.md)", "", body.strip()]
+        lines += ["", "## Where the time goes (bench/ANALYSIS.md)", "", _analysis()]
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e}" for e in errors]
     lines += ["", "## Runs", "", "Every measured run (wrk runs: the round, requests/s, p99 "
