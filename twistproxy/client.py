@@ -345,8 +345,12 @@ class ProxyClient(Protocol):
         return self.transport.getPeer() if self.transport is not None else None
 
 
-def _address(address: IAddress | None) -> tuple[str, int] | None:
-    """The ``(host, port)`` of an IPv4/IPv6 address, or ``None``."""
+def host_and_port(address: IAddress | None) -> tuple[str, int] | None:
+    """
+    The ``(host, port)`` of an IPv4/IPv6 address (as a transport's
+    ``getPeer``/``getHost`` gives it) for a connection record, or ``None``
+    for an address without both (a UNIX socket, none at all).
+    """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None or port is None:
@@ -475,8 +479,8 @@ class ConnectionPool:
         assert transport is not None
         client.server = Server(
             address=(client.key[1], client.key[2]),
-            peername=_address(transport.getPeer()),
-            sockname=_address(transport.getHost()),
+            peername=host_and_port(transport.getPeer()),
+            sockname=host_and_port(transport.getHost()),
             timestamp_start=self.clock.seconds(),
         )
         return client

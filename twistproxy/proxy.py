@@ -58,7 +58,13 @@ from twistproxy._tls import (
     describe_tls_failure,
 )
 from twistproxy._tunnel import Relay, RelayFactory
-from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient, _address
+from twistproxy.client import (
+    ConnectionPool,
+    EndpointFactory,
+    PoolKey,
+    ProxyClient,
+    host_and_port,
+)
 from twistproxy.errors import (
     AddonError,
     BadRequestTarget,
@@ -401,8 +407,8 @@ class ProxyRequest(Request):
         transport = relay.transport
         server = Server(
             address=flow.server_conn.address,
-            peername=_address(transport.getPeer()),
-            sockname=_address(transport.getHost()),
+            peername=host_and_port(transport.getPeer()),
+            sockname=host_and_port(transport.getHost()),
             timestamp_start=self._now(),
         )
         relay.server = server
@@ -1251,8 +1257,8 @@ class Proxy(HTTPChannel):
             return  # adopted: the outer connection did this
         factory: ProxyFactory = self.factory
         self.client_conn = Client(
-            peername=_address(self.getPeer()),
-            sockname=_address(self.getHost()),
+            peername=host_and_port(self.getPeer()),
+            sockname=host_and_port(self.getHost()),
             timestamp_start=factory.reactor.seconds(),
         )
         if factory.chain.has("client_connected"):
