@@ -1581,18 +1581,17 @@ def environment(bench: Bench) -> list[str]:
     commit = _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
                 timeout=60, record=False).stdout.strip()
-    mitm = next((p for p in bench.proxies if p.name == "mitmproxy"), None)
-    mitm_version = "not run"
-    if mitm is not None:
-        mitm_version = (f"n/a ({mitm.unavailable})" if mitm.unavailable else
-                        _version([str(VENV / "bin" / "mitmdump"), "--version"],
-                                 r"Mitmproxy:\s*(\S+)"))
-    proxypy = next((p for p in bench.proxies if p.name == "proxypy"), None)
-    proxypy_version = "not run"
-    if proxypy is not None:
-        proxypy_version = (f"n/a ({proxypy.unavailable})" if proxypy.unavailable else
-                           _version([str(PROXYPY_VENV / "bin" / "proxy"), "--version"],
-                                    r"^v?(\S+)"))
+
+    def peer_version(name: str, argv: list[str], pattern: str) -> str:
+        proxy = next((p for p in bench.proxies if p.name == name), None)
+        if proxy is None:
+            return "not run"
+        return f"n/a ({proxy.unavailable})" if proxy.unavailable else _version(argv, pattern)
+
+    mitm_version = peer_version("mitmproxy", [str(VENV / "bin" / "mitmdump"), "--version"],
+                                r"Mitmproxy:\s*(\S+)")
+    proxypy_version = peer_version("proxypy", [str(PROXYPY_VENV / "bin" / "proxy"), "--version"],
+                                   r"^v?(\S+)")
     tools = ", ".join([
         _version(["nginx", "-v"], r"nginx version: (.+)"),
         _version(["wrk", "-v"], r"^(wrk \S+)"),
