@@ -125,7 +125,7 @@ class ProxyClient(Protocol):
     server: Server | None = None
     max_header_size = 64 * 1024
     idle_deadline: Deadline
-    response_framing: tuple[bool, int | None] = (False, None)
+    response_framing = _NO_FRAMING
     _header_bytes = 0
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
@@ -361,8 +361,8 @@ def host_and_port(address: IAddress | None) -> tuple[str, int] | None:
 def _response_framing(fields: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
     """
     How a response body with these fields is framed: ``(chunked, length)``
-    as :func:`~twistproxy._headers.body_framing` says, in the same pass
-    refusing transfer codings it cannot relay.
+    as :func:`~twistproxy._headers.body_framing` says, once transfer codings
+    the proxy cannot relay are refused.
 
     :raises UpstreamProtocolError: for a transfer coding other than chunked,
         which the proxy could not relay without corrupting the body (the
