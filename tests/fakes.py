@@ -5,6 +5,9 @@ Fakes for unit tests: an endpoint factory whose connections are in-memory
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import attrs
@@ -17,6 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 
@@ -153,3 +157,13 @@ def connect_tls(
     server = server_factory.protocol(server_factory, server_app)
     _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client, clock=clock)
     return TLSConnection(client, server, client_app, server_app, pump)
+
+
+def write_temp_file(case: SynchronousTestCase, data: bytes, name: str = "users") -> str:
+    """A file *name* holding *data* in a private directory removed after *case*."""
+    directory = tempfile.mkdtemp(prefix="twistproxy-test-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path

@@ -9,13 +9,13 @@ import base64
 import hashlib
 import hmac
 import os
-import shutil
 import tempfile
 from typing import Any
 
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import write_temp_file
 from twistproxy.addons import access
 from twistproxy.addons.access import (
     PROXY_USER,
@@ -368,12 +368,7 @@ class LoadUsersTests(SynchronousTestCase):
 
     def write(self, data: bytes) -> str:
         """A file holding *data*, removed after the test."""
-        directory = tempfile.mkdtemp(prefix="twistproxy-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        path = os.path.join(directory, "users")
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+        return write_temp_file(self, data)
 
     def test_file(self) -> None:
         """

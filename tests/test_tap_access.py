@@ -7,7 +7,6 @@ and the warning about an open proxy.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -16,6 +15,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import write_temp_file
 from tests.options import parse
 from twistproxy.addons.access import HostPolicy, ProxyAuth
 from twistproxy.proxy import ProxyFactory
@@ -45,12 +45,7 @@ class FileTestCase(SynchronousTestCase):
 
     def write(self, data: bytes) -> str:
         """A file holding *data*, removed after the test."""
-        directory = tempfile.mkdtemp(prefix="twistproxy-test-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        path = os.path.join(directory, "users")
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+        return write_temp_file(self, data)
 
     def usage_error(self, *args: str) -> str:
         """The one-line message of the usage error parsing *args* raises."""
