@@ -716,11 +716,9 @@ class ProxyRequest(Request):
         if self.method == b"HEAD" or status in _NO_BODY_STATUS:
             self._response_framing = _headers.NO_BODY
         else:
-            upstream = self._upstream
-            chunked, length = (
-                upstream.response_framing if upstream is not None
-                else _headers.body_framing(fields)
-            )
+            # The client reporting this response read its framing already.
+            assert self._upstream is not None
+            chunked, length = self._upstream.response_framing
             if chunked:
                 self._response_framing = _headers.CHUNKED
             elif length is None:
