@@ -310,7 +310,9 @@ async def test_chromium_refuses_without_the_ca(
     await nss_database(tmp_path, None)
     base = f"https://localhost:{page_origin.port}"
     _, dom, err = await dump_dom(tmp_path, proxy, f"{base}/")
-    assert "ERR_CERT_AUTHORITY_INVALID" in err, err[-3000:]
+    # Chromium names the error in some releases and gives only its number
+    # (-202 is ERR_CERT_AUTHORITY_INVALID) in others, such as Debian's 150.
+    assert "ERR_CERT_AUTHORITY_INVALID" in err or "net_error -202" in err, err[-3000:]
     assert TITLE not in dom
     assert "script-ran" not in dom
     assert f"localhost:{page_origin.port}" in record.connects(), (record.flows, err[-3000:])
