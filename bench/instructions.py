@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""
+Instructions per proxied request, counted by valgrind: a figure that does not
+drift with the machine's load, for telling whether a change made the proxy's
+own work cheaper or dearer.
+
+    python bench/instructions.py                   # this checkout
+    python bench/instructions.py --compare HEAD~3  # this checkout and a revision
+    python bench/instructions.py --addon           # with bench/addons' trivial addon
+
+The driver runs scenario (a)'s exchange inside one process, over in-memory
+transports: a keep-alive client sends ``GET http://127.0.0.1:8000/1k.bin``
+through a ``Proxy`` channel, and the origin's side is a pooled upstream
+connection answered with a 1 KiB response.  Twisted's ``HTTPChannel``,
+httptools, the hook chain, the flow models, the deadlines and the pool all
+run as they do in production; the system calls and the reactor's loop do
+not, so this measures what a change to twistproxy's Python can change.
+
+valgrind's cachegrind counts the instructions of two runs of the driver, with
+``--warm`` and with ``--warm`` plus ``--requests`` requests, and the figure is
+their difference divided by ``--requests``: start-up and imports cancel out.
+The count is the same run after run (within a few hundred instructions per
+request), whatever else the machine is doing, so a difference of 1% is real.
+``bench/profile.py --compare`` measures CPU time under wrk instead: it
+includes the kernel, but the machine's noise is several per cent.
+
+Only in-memory transports are used: nothing listens, nothing connects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out" / "instructions"
+
+BODY = b"x" * 1024
+REQUEST = (
+    b"GET http://127.0.0.1:8000/1k.bin HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+    b"User-Agent: wrk\r\nAccept: */*\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 04:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
+    b"Connection: keep-alive\r\nETag: \"6565d1a0-400\"\r\nAccept-Ranges: bytes\r\n\r\n"
+) + BODY
+
+
+def drive(requests: int, addon: bool) -> None:
+    """
+    Proxy *requests* exchanges over one keep-alive client connection and one
+    pooled upstream connection, checking each answer.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.defer import succeed
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from twistproxy.proxy import ProxyFactory
+
+    origins: list[tuple[object, StringTransport]] = []
+
+    class Endpoint:
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def connect(self, factory: object) -> object:
+            protocol = factory.buildProtocol(None)  # type: ignore[attr-defined]
+            transport = StringTransport(
+                hostAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+                peerAddress=IPv4Address("TCP", "127.0.0.1", self.port),
+            )
+            protocol.makeConnection(transport)
+            origins.append((protocol, transport))
+            return succeed(protocol)
+
+    addons = []
+    if addon:
+        sys.path.insert(0, str(REPO / "bench" / "addons"))
+        import twistproxy_stamp
+
+        addons = list(twistproxy_stamp.addons)
+    factory = ProxyFactory(
+        reactor=MemoryReactorClock(),
+        endpoint_factory=lambda scheme, host, port: Endpoint(port),
+        addons=addons,
+    )
+    channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    client = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+    )
+    channel.makeConnection(client)
+    for _ in range(requests):
+        channel.dataReceived(REQUEST)
+        origin, upstream = origins[-1]
+        if not upstream.value().startswith(b"GET /1k.bin HTTP/1.1\r\n"):
+            raise SystemExit(f"unexpected upstream request: {upstream.value()[:200]!r}")
+        upstream.clear()
+        origin.dataReceived(RESPONSE)  # type: ignore[attr-defined]
+        answer = client.value()
+        if not (answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(BODY)):
+            raise SystemExit(f"unexpected answer: {answer[:200]!r}")
+        client.clear()
+    if len(origins) != 1:
+        raise SystemExit(f"{len(origins)} upstream connections: the pool was not used")
+
+
+def _count(tree: Path, requests: int, addon: bool) -> int:
+    """Instructions valgrind counts for one run of the driver in *tree*."""
+    with tempfile.NamedTemporaryFile(dir=OUT, prefix="cachegrind-", delete=False) as out:
+        path = out.name
+    try:
+        argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                f"--cachegrind-out-file={path}", sys.executable, str(Path(__file__).resolve()),
+                "--drive", str(requests)]
+        if addon:
+            argv.append("--addon")
+        env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
+                              cwd=tree)
+        if done.returncode != 0:
+            raise SystemExit(f"the driver failed in {tree}:\n{done.stderr[-3000:]}")
+        summary = re.search(r"^summary:\s+(\d+)", Path(path).read_text(), re.MULTILINE)
+        if summary is None:
+            raise SystemExit(f"no summary in {path}")
+        return int(summary.group(1))
+    finally:
+        os.unlink(path)
+
+
+def per_request(tree: Path, args: argparse.Namespace) -> float:
+    """Instructions per request in *tree*: the difference of two runs."""
+    base = _count(tree, args.warm, args.addon)
+    more = _count(tree, args.warm + args.requests, args.addon)
+    return (more - base) / args.requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--compare", metavar="REV", default=None,
+                        help="also count a git revision (in a worktree) and give the ratio")
+    parser.add_argument("--addon", action="store_true",
+                        help="load bench/addons/twistproxy_stamp.py (one response hook)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests measured")
+    parser.add_argument("--warm", type=int, default=200, help="requests of the base run")
+    parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive is not None:
+        drive(args.drive, args.addon)
+        return 0
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.warm <= 100_000:
+        parser.error("--requests and --warm must be 1-100000")
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    figures = {"this checkout": per_request(REPO, args)}
+    if args.compare:
+        tree = OUT / "compare-tree"
+        if tree.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                           timeout=60)
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.compare],
+                       cwd=REPO, timeout=120, check=True, capture_output=True)
+        try:
+            figures[args.compare] = per_request(tree, args)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                           timeout=60)
+    what = "with one response hook" if args.addon else "no addon"
+    print(f"(a) keep-alive 1 KiB, in memory, {what}: instructions per request")
+    for label, figure in figures.items():
+        print(f"  {label:>16}: {figure:,.0f}")
+    if args.compare:
+        this, other = figures.values()
+        print(f"  this checkout / {args.compare}: {this / other:.3f}")
+    print(f"({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
