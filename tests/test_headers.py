@@ -12,10 +12,14 @@ from twistproxy._headers import (
     UNTIL_CLOSE,
     VIA,
     body_framing,
+    check_request,
+    check_response,
     connection_tokens,
     request_fields,
     response_fields,
 )
+from twistproxy.errors import InvalidMessage
+from twistproxy.http import Request, Response
 
 HOP_BY_HOP_FIELDS = [
     (b"Keep-Alive", b"timeout=5"),
@@ -416,3 +420,82 @@ class ResponseFieldsTests(SynchronousTestCase):
         """
         out = response_fields([(b"X-A", b"1")], framing=2, close=False)
         self.assertNotIn(b"connection", [name.lower() for name, _ in out])
+
+
+class CheckTests(SynchronousTestCase):
+    """
+    :func:`check_request` and :func:`check_response` refuse, naming the
+    field, anything that would break a message on the wire, whoever set it.
+    """
+
+    def request(self, **changes: object) -> Request:
+        request = Request.make("GET", "http://example.com/a?b=1", headers={"X-A": "1"})
+        for name, value in changes.items():
+            setattr(request, name, value)
+        return request
+
+    def refused(self, check: object, message: object, field: str) -> str:
+        with self.assertRaises(InvalidMessage) as caught:
+            check(message)  # type: ignore[operator]
+        self.assertEqual(caught.exception.field, field)
+        self.assertIn(field, str(caught.exception))
+        return str(caught.exception)
+
+    def test_valid_messages_pass(self) -> None:
+        """A made request and response, obs-text in a reason, pass."""
+        check_request(self.request())
+        check_request(self.request(method="CONNECT", path="", scheme="", authority="h:443"))
+        check_request(self.request(method="OPTIONS", path="*"))
+        check_request(self.request(host="::1", authority="[::1]:8080"))
+        response = Response.make(200, b"hi")
+        response.reason = "O\udcffK"
+        check_response(response)
+
+    def test_request_fields_with_crlf_refused(self) -> None:
+        """A CR or LF in the method, path, host or authority never passes."""
+        self.refused(check_request, self.request(method="GET /x HTTP/1.1\r\n"), "request method")
+        message = self.refused(check_request, self.request(path="/a HTTP/1.1\r\nX: y"),
+                               "request path")
+        self.assertIn("'/a HTTP/1.1\\r\\nX: y'", message)
+        self.refused(check_request, self.request(path="/a b"), "request path")
+        self.refused(check_request, self.request(path="http://x/"), "request path")
+        self.refused(check_request, self.request(path=""), "request path")
+        self.refused(check_request, self.request(host="a\r\nb"), "request host")
+        self.refused(check_request, self.request(host="a/b"), "request host")
+        self.refused(check_request, self.request(host=""), "request host")
+        self.refused(check_request, self.request(authority="a\nb"), "request authority")
+        self.refused(check_request, self.request(port=0), "request port")
+        self.refused(check_request, self.request(scheme="ftp"), "request scheme")
+        self.refused(check_request, self.request(method=b"GET"), "request method")
+        self.refused(check_request, self.request(path="/\ud800"), "request path")
+
+    def test_header_fields_refused(self) -> None:
+        """A name that is not a token, a value with CR, LF or NUL, non-bytes."""
+        for fields, field in [
+            ([(b"X A", b"1")], "request header name"),
+            ([(b"X-A:", b"1")], "request header name"),
+            ([(b"", b"1")], "request header name"),
+            ([(b"X-A", b"1\r\nSet-Cookie: a=b")], "request header value"),
+            ([(b"X-A", b"1\nb")], "request header value"),
+            ([(b"X-A", b"1\x00")], "request header value"),
+            ([("X-A", b"1")], "request header name"),
+            ([(b"X-A", "1")], "request header value"),
+        ]:
+            request = self.request()
+            request.headers.fields = fields  # type: ignore[assignment]
+            self.refused(check_request, request, field)
+
+    def test_response_fields_refused(self) -> None:
+        """A reason with CR, LF or a control, a status outside 100-999, bad fields."""
+        response = Response.make(200)
+        response.reason = "OK\r\nSet-Cookie: a=b"
+        self.refused(check_response, response, "response reason")
+        response.reason = "O\x01K"
+        self.refused(check_response, response, "response reason")
+        for status in (99, 1000, "200", 200.0):
+            response = Response.make(200)
+            response.status_code = status  # type: ignore[assignment]
+            self.refused(check_response, response, "response status")
+        response = Response.make(200)
+        response.headers.fields = [(b"Set-Cookie", b"a\r\nb")]
+        self.refused(check_response, response, "response header value")

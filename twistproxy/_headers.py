@@ -12,13 +12,15 @@ goes on with exactly one unambiguous framing.  Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from twistproxy._target import authority_for
+from twistproxy.errors import InvalidMessage
 
 if TYPE_CHECKING:
-    from twistproxy.http import Request
+    from twistproxy.http import Request, Response
 
 Fields = Sequence[tuple[bytes, bytes]]
 """Header fields as they are on the wire: ``(name, value)`` pairs."""
@@ -270,3 +272,91 @@ def request_head(request: Request, framing: int, via: bytes | None = VIA) -> byt
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+# What may be written (RFC 9110 section 5.6.2, RFC 9112 sections 3 and 4).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_ORIGIN_FORM = re.compile(rb"(?:/[\x21-\x7e]*|\*)\Z")
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+# A host or authority: no controls, no white space, nothing that ends an
+# authority in a URI; IPv6 literals keep their colons (and brackets in an
+# authority).
+_HOST = re.compile(r"[^\x00-\x20\x7f/?#@\[\]\\]+\Z")
+_AUTHORITY = re.compile(r"[^\x00-\x20\x7f/?#@\\]*\Z")
+_SCHEMES = frozenset({"http", "https"})
+
+
+def check_fields(fields: Iterable[tuple[bytes, bytes]], what: str) -> None:
+    """
+    Check header fields before they are written: every name a token, no
+    value holding CR, LF or NUL (the bytes that would end the field, or the
+    message, early).
+
+    :param what: ``"request"`` or ``"response"``, for the message.
+    :raises InvalidMessage: naming the first bad field.
+    """
+    for name, value in fields:
+        if not isinstance(name, bytes) or not _TOKEN.match(name):
+            raise InvalidMessage(f"{what} header name", f"{name!r} is not a token")
+        if not isinstance(value, bytes):
+            raise InvalidMessage(f"{what} header value", f"{name!r} has {value!r}, not bytes")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise InvalidMessage(f"{what} header value", f"{name!r} holds a CR, LF or NUL")
+
+
+def check_request(request: Request) -> None:
+    """
+    Check a request before it is written upstream, whoever set its fields:
+    the method a token, the scheme ``http`` or ``https``, the host, port and
+    authority usable, the path in origin form without spaces or controls,
+    every header field as :func:`check_fields` says.
+
+    :raises InvalidMessage: naming the first bad field.
+    """
+    method = _encoded(request.method, "request method")
+    if not _TOKEN.match(method):
+        raise InvalidMessage("request method", f"{request.method!r} is not a token")
+    if not isinstance(request.host, str) or not _HOST.match(request.host):
+        raise InvalidMessage("request host", f"{request.host!r} is not a host name or address")
+    if not isinstance(request.port, int) or not 0 < request.port < 65536:
+        raise InvalidMessage("request port", f"{request.port!r} is not a port number")
+    if not isinstance(request.authority, str) or not _AUTHORITY.match(request.authority):
+        raise InvalidMessage("request authority", f"{request.authority!r} is not an authority")
+    if method != b"CONNECT":
+        if request.scheme not in _SCHEMES:
+            raise InvalidMessage("request scheme", f"{request.scheme!r} is not http or https")
+        if not _ORIGIN_FORM.match(_encoded(request.path, "request path")):
+            raise InvalidMessage(
+                "request path",
+                f"{request.path!r} is not a path starting with '/' without spaces or controls",
+            )
+    check_fields(request.headers.fields, "request")
+
+
+def check_response(response: Response) -> None:
+    """
+    Check a response before it is written to a client, whoever set its
+    fields: the status a three-digit number, the reason phrase without CR,
+    LF or other controls, every header field as :func:`check_fields` says.
+
+    :raises InvalidMessage: naming the first bad field.
+    """
+    status = response.status_code
+    if type(status) is not int or not 100 <= status <= 999:
+        raise InvalidMessage("response status", f"{status!r} is not a three-digit number")
+    if not _REASON.match(_encoded(response.reason, "response reason")):
+        raise InvalidMessage("response reason", f"{response.reason!r} holds a CR, LF or control")
+    check_fields(response.headers.fields, "response")
+
+
+def _encoded(text: str, field: str) -> bytes:
+    """
+    *text* as it goes on the wire (UTF-8, escaped bytes restored).
+
+    :raises InvalidMessage: naming *field*, if *text* is not a ``str`` that
+        encodes.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except (AttributeError, UnicodeEncodeError):
+        raise InvalidMessage(field, f"{text!r} is not text that can be sent") from None

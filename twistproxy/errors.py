@@ -119,6 +119,25 @@ class HookFailed(TwistProxyError):
         )
 
 
+class InvalidMessage(TwistProxyError):
+    """
+    A request or response cannot be written as it stands: a field holds
+    bytes that would break the message on the wire (a CR or LF in a path,
+    a header value or a reason phrase, a method or header name that is not
+    a token, an unknown scheme).  Raised before a byte of it is written, by
+    whoever set the field (a hook, a flow file, a HAR file, a replay).
+
+    :ivar field: Which field is at fault, as the message names it (for
+        example ``"request path"`` or ``"response header value"``).
+    """
+
+    status, phrase = 500, b"Internal Server Error"
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"invalid {field}: {detail}")
+        self.field = field
+
+
 class AddonError(TwistProxyError):
     """
     An addon cannot be registered or loaded: a misspelt hook name, a hook
