@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
 from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, ProxyClientFactory
 from twistproxy.errors import (
     TwistProxyError,
@@ -48,11 +49,18 @@ class RecordingReceiver:
 
     def __init__(self) -> None:
         self.events: list[tuple[object, ...]] = []
+        self.framings: list[int] = []
 
     def response_started(
-        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: int,
     ) -> None:
         self.events.append(("started", status, reason, version, fields))
+        self.framings.append(framing)
 
     def response_data(self, data: bytes) -> None:
         self.events.append(("data", data))
@@ -158,7 +166,9 @@ class ProxyClientTests(SynchronousTestCase):
         self.receiver = RecordingReceiver()
 
     def send(self, head: bool = False) -> None:
-        self.client.send(self.receiver, [HEAD_REQUEST if head else REQUEST], head=head)
+        self.client.send(
+            self.receiver, [HEAD_REQUEST if head else REQUEST], method=b"HEAD" if head else b"GET"
+        )
 
     def assert_failed(self, error: type[Exception]) -> Failure:
         """
@@ -177,7 +187,7 @@ class ProxyClientTests(SynchronousTestCase):
         `ProxyClient.send` writes the request bytes in order and reports
         nothing yet.
         """
-        self.client.send(self.receiver, [b"POST / HTTP/1.1\r\n", b"\r\n", b"body"], head=False)
+        self.client.send(self.receiver, [b"POST / HTTP/1.1\r\n", b"\r\n", b"body"], method=b"POST")
         self.assertEqual(self.transport.value(), b"POST / HTTP/1.1\r\n\r\nbody")
         self.assertEqual(self.receiver.events, [])
 
@@ -186,7 +196,7 @@ class ProxyClientTests(SynchronousTestCase):
         An incomplete request's body goes out through `write_body` and
         `end_body`, in order.
         """
-        self.client.send(self.receiver, [b"HEAD"], head=False, complete=False)
+        self.client.send(self.receiver, [b"HEAD"], method=b"POST", complete=False)
         self.client.write_body([b"a", b"b"])
         self.client.end_body([b"c"])
         self.assertEqual(self.transport.value(), b"HEADabc")
@@ -215,6 +225,7 @@ class ProxyClientTests(SynchronousTestCase):
                 )
             ],
         )
+        self.assertEqual(self.receiver.framings, [5])
         self.assertEqual(self.receiver.body, b"hello")
 
     def test_no_pool_closes_after_exchange(self) -> None:
@@ -239,6 +250,7 @@ class ProxyClientTests(SynchronousTestCase):
         self.assertEqual(self.receiver.kinds, ["started", "data"])
         self.client.dataReceived(b"0\r\nX-Trailer: t\r\n\r\n")
         self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.framings, [CHUNKED])
         self.assertEqual(self.receiver.body, b"hello world")
 
     def test_chunked_one_byte_at_a_time(self) -> None:
@@ -266,6 +278,7 @@ class ProxyClientTests(SynchronousTestCase):
         self.assertEqual(self.receiver.kinds, ["started", "data"])
         self.client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.framings, [UNTIL_CLOSE])
         self.assertEqual(self.receiver.body, b"abcdef")
 
     def test_close_delimited_body_reset(self) -> None:
@@ -351,6 +364,7 @@ class ProxyClientTests(SynchronousTestCase):
         self.assertEqual(
             self.receiver.started, [(200, b"OK", b"HTTP/1.1", [(b"Content-Length", b"1234")])]
         )
+        self.assertEqual(self.receiver.framings, [NO_BODY])
 
     def test_head_chunked_response_ends_at_headers(self) -> None:
         """
@@ -367,6 +381,7 @@ class ProxyClientTests(SynchronousTestCase):
         self.send()
         self.client.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(self.receiver.kinds, ["started", "ended"])
+        self.assertEqual(self.receiver.framings, [NO_BODY])
 
     def test_not_modified_with_length(self) -> None:
         """
@@ -377,6 +392,7 @@ class ProxyClientTests(SynchronousTestCase):
         self.client.dataReceived(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
         self.assertEqual(self.receiver.kinds, ["started", "ended"])
         self.assertEqual(self.receiver.started[0][0], 304)
+        self.assertEqual(self.receiver.framings, [NO_BODY])
 
     def test_interim_responses_skipped(self) -> None:
         """
@@ -569,7 +585,7 @@ class ProxyClientTests(SynchronousTestCase):
                 client.abandon()
 
         receiver = Abandoning()
-        client.send(receiver, [HEAD_REQUEST], head=True)
+        client.send(receiver, [HEAD_REQUEST], method=b"HEAD")
         client.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
         client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(receiver.kinds, ["started"])
@@ -649,7 +665,9 @@ class ConnectionPoolTests(SynchronousTestCase):
     ) -> RecordingReceiver:
         """Run one exchange on *client*, the server answering *response*."""
         receiver = RecordingReceiver()
-        client.send(receiver, [HEAD_REQUEST if head else REQUEST], head=head)
+        client.send(
+            receiver, [HEAD_REQUEST if head else REQUEST], method=b"HEAD" if head else b"GET"
+        )
         client.dataReceived(response)
         return receiver
 
@@ -860,7 +878,10 @@ class ConnectionPoolTests(SynchronousTestCase):
         client = self.connect()
         receiver = RecordingReceiver()
         client.send(
-            receiver, [b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n"], head=False, complete=False
+            receiver,
+            [b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n"],
+            method=b"POST",
+            complete=False,
         )
         client.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(receiver.kinds, ["started", "ended"])
@@ -875,7 +896,10 @@ class ConnectionPoolTests(SynchronousTestCase):
         client = self.connect()
         receiver = RecordingReceiver()
         client.send(
-            receiver, [b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n"], head=False, complete=False
+            receiver,
+            [b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n"],
+            method=b"POST",
+            complete=False,
         )
         client.end_body([b"ab"])
         client.dataReceived(OK_HI)
@@ -1020,7 +1044,7 @@ class ConnectionPoolTests(SynchronousTestCase):
         """
         busy = self.connect()
         receiver = RecordingReceiver()
-        busy.send(receiver, [REQUEST], head=False)
+        busy.send(receiver, [REQUEST], method=b"GET")
         self.pool.close()
         self.assertFalse(transport_of(busy).disconnected)
         busy.dataReceived(OK_HI)

@@ -11,7 +11,6 @@ from twistproxy._headers import (
     NO_BODY,
     UNTIL_CLOSE,
     VIA,
-    body_framing,
     check_request,
     check_response,
     connection_tokens,
@@ -60,75 +59,6 @@ class ConnectionTokensTests(SynchronousTestCase):
         """
         fields = [(b"Proxy-Connection", b"close"), (b"Connections", b"x"), (b"Host", b"close")]
         self.assertEqual(connection_tokens(fields), frozenset())
-
-
-class BodyFramingTests(SynchronousTestCase):
-    """
-    Tests for `body_framing`.
-    """
-
-    def test_content_length(self) -> None:
-        """
-        A ``Content-Length`` is returned as an integer, whatever its name's
-        case and surrounding whitespace.
-        """
-        self.assertEqual(body_framing([(b"content-LENGTH", b" 42 ")]), (False, 42))
-
-    def test_nothing(self) -> None:
-        """
-        A message with neither framing header has no length and is not
-        chunked.
-        """
-        self.assertEqual(body_framing([(b"Host", b"h")]), (False, None))
-
-    def test_invalid_length_ignored(self) -> None:
-        """
-        A ``Content-Length`` that is not a plain decimal number is not
-        taken as a length.
-        """
-        for value in (b"-1", b"+5", b"abc", b"5 5", b""):
-            with self.subTest(value=value):
-                self.assertEqual(body_framing([(b"Content-Length", value)]), (False, None))
-
-    def test_chunked(self) -> None:
-        """
-        A ``Transfer-Encoding`` ending in ``chunked`` (any case) frames the
-        body as chunked.
-        """
-        self.assertEqual(body_framing([(b"Transfer-Encoding", b"CHUNKED")]), (True, None))
-        self.assertEqual(body_framing([(b"Transfer-Encoding", b"gzip, chunked")]), (True, None))
-
-    def test_chunked_not_last(self) -> None:
-        """
-        ``chunked`` that is not the last transfer coding does not frame the
-        body.
-        """
-        self.assertEqual(body_framing([(b"Transfer-Encoding", b"chunked, gzip")]), (False, None))
-        self.assertEqual(body_framing([(b"Transfer-Encoding", b"gzip")]), (False, None))
-
-    def test_last_transfer_encoding_field_decides(self) -> None:
-        """
-        With several ``Transfer-Encoding`` fields, the last coding of the
-        last field decides.
-        """
-        self.assertEqual(
-            body_framing([(b"Transfer-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")]),
-            (True, None),
-        )
-        self.assertEqual(
-            body_framing([(b"Transfer-Encoding", b"chunked"), (b"Transfer-Encoding", b"gzip")]),
-            (False, None),
-        )
-
-    def test_both_reported(self) -> None:
-        """
-        When both framing headers are present both are reported, so the
-        caller can decide (chunked wins in RFC 9112 section 6.3).
-        """
-        self.assertEqual(
-            body_framing([(b"Content-Length", b"3"), (b"Transfer-Encoding", b"chunked")]),
-            (True, 3),
-        )
 
 
 class RequestFieldsTests(SynchronousTestCase):

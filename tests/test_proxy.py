@@ -49,6 +49,21 @@ class ProxyRequestTests(SynchronousTestCase):
         self.assertRegex(self.factory.via, rb"^1\.1 twistproxy-[0-9a-f]{8}$")
         self.assertEqual(self.transport.value(), b"")
 
+    def test_empty_body_keeps_its_length(self) -> None:
+        """
+        A POST that declares ``Content-Length: 0`` goes upstream with it
+        (origins may answer 411 without); a GET without a body goes without.
+        """
+        self.channel.dataReceived(
+            b"POST http://example.com/a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        [(_, upstream)] = self.endpoints.connections
+        self.assertEqual(
+            upstream.value(),
+            b"POST /a HTTP/1.1\r\nContent-Length: 0\r\nHost: example.com\r\nVia: %s\r\n\r\n"
+            % (self.factory.via,),
+        )
+
     def test_response_relayed_and_connection_pooled(self) -> None:
         """
         The origin's response reaches the client with its framing, and the

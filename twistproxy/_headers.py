@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
 from twistproxy._target import authority_for
 from twistproxy.errors import InvalidMessage
 
@@ -46,16 +47,6 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 VIA = b"1.1 twistproxy"
 """The token this proxy adds to the ``Via`` header of forwarded requests."""
 
-CHUNKED = -1
-"""Framing value: send the body with chunked transfer coding."""
-
-NO_BODY = -2
-"""Framing value: the message has no body and no framing header."""
-
-UNTIL_CLOSE = -3
-"""Framing value: the body ends when the connection closes (HTTP/1.0)."""
-
-
 def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """
     The lower-cased tokens of every ``Connection`` field in *fields*: the
@@ -77,8 +68,10 @@ def _end_to_end(
 ) -> list[tuple[bytes, bytes]]:
     """
     Copy the end-to-end fields of *fields* in order, with the framing header
-    *framing* asks for (a length, :data:`CHUNKED`, :data:`NO_BODY` or
-    :data:`UNTIL_CLOSE`) where the first framing field stood, or appended.
+    *framing* asks for (a length, or :data:`~twistproxy._framing.CHUNKED`,
+    :data:`~twistproxy._framing.NO_BODY` or
+    :data:`~twistproxy._framing.UNTIL_CLOSE`) where the first framing field
+    stood, or appended.
 
     :param replace: lower-cased names whose first field gets a new value (the
         others of that name are dropped); names not present are appended.
@@ -229,26 +222,6 @@ def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
         for name, value in fields
         if (lower := name.lower()) not in HOP_BY_HOP and lower not in named
     ]
-
-
-def body_framing(fields: Fields) -> tuple[bool, int | None]:
-    """
-    How a received message's body is framed, from its fields.
-
-    :returns: ``(chunked, length)``: whether the last transfer coding is
-        chunked, and the declared ``Content-Length`` (or ``None``).
-    """
-    chunked = False
-    length: int | None = None
-    for name, value in fields:
-        size = len(name)
-        if size == 14 and name.lower() == b"content-length":
-            value = value.strip()
-            if value.isdigit():
-                length = int(value)
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-    return chunked, length
 
 
 def request_head(request: Request, framing: int, via: bytes | None = VIA) -> bytes:

@@ -28,7 +28,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistproxy._headers import body_framing
+from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (
@@ -62,9 +62,6 @@ port)``; the pool adds TLS for ``https`` itself.
 """
 
 
-_NO_FRAMING: tuple[bool, int | None] = (False, None)
-
-
 class IResponseReceiver(TypingProtocol):
     """
     What a :class:`ProxyClient` reports an exchange's response to.  Exactly
@@ -73,9 +70,18 @@ class IResponseReceiver(TypingProtocol):
     """
 
     def response_started(
-        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: int,
     ) -> None:
-        """The response's status line and header fields have arrived."""
+        """
+        The response's status line and header fields have arrived; its
+        body is delimited as *framing* says
+        (:func:`~twistproxy._framing.response_framing`).
+        """
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body (transfer coding removed) arrived."""
@@ -115,17 +121,12 @@ class ProxyClient(Protocol):
         fails the exchange (502).
     :ivar idle_deadline: While the connection waits in a pool, when the pool
         closes it (set by :class:`ProxyClientFactory`).
-    :ivar response_framing: The response being received: ``(chunked,
-        length)`` as :func:`~twistproxy._headers.body_framing` gives them,
-        set before ``response_started`` (``(False, None)`` for a response
-        without a body).
     """
 
     father: IResponseReceiver | None = None
     server: Server | None = None
     max_header_size = 64 * 1024
     idle_deadline: Deadline
-    response_framing = _NO_FRAMING
     _header_bytes = 0
     # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
     transport: Any
@@ -134,7 +135,7 @@ class ProxyClient(Protocol):
     _started = False
     _until_close = False
     _request_sent = True
-    _head = False
+    _method = b"GET"
     _keep_alive = True
 
     def __init__(self, key: PoolKey) -> None:
@@ -150,7 +151,7 @@ class ProxyClient(Protocol):
         father: IResponseReceiver,
         data: Sequence[bytes],
         *,
-        head: bool,
+        method: bytes,
         complete: bool = True,
     ) -> None:
         """
@@ -158,13 +159,14 @@ class ProxyClient(Protocol):
 
         :param father: Who receives the response.
         :param data: The bytes to write (head, then body pieces).
-        :param head: The request method is HEAD, so the response has no body.
+        :param method: The request's method, which decides whether the
+            response has a body (not for ``HEAD``).
         :param complete: *data* is the whole request; with ``False`` the
             body follows through :meth:`write_body` and :meth:`end_body`.
         """
         assert self.father is None, "one exchange at a time"
         self.father = father
-        self._head = head
+        self._method = method
         self._started = False
         self._until_close = False
         self._request_sent = complete
@@ -242,15 +244,14 @@ class ProxyClient(Protocol):
         self._started = True
         self._keep_alive = parser.should_keep_alive()
         version = b"HTTP/" + parser.get_http_version().encode("ascii")
-        if not self._head and status != 204 and status != 304:
-            self.response_framing = chunked, length = _response_framing(fields)
-            self._until_close = not chunked and length is None
-        else:
-            self.response_framing = _NO_FRAMING
+        framing = response_framing(self._method, status, fields)
+        self._until_close = framing == UNTIL_CLOSE
         father = self.father
         assert father is not None
-        father.response_started(status, self._reason, version, fields)
-        if self._head and self.father is father:
+        father.response_started(status, self._reason, version, fields, framing)
+        if framing == NO_BODY and status not in NO_BODY_STATUSES and self.father is father:
+            # httptools knows 204 and 304 have no body, not the answer to a
+            # HEAD (or a CONNECT).
             raise _SkipBody()
 
     def on_body(self, body: bytes) -> None:
@@ -356,24 +357,6 @@ def host_and_port(address: IAddress | None) -> tuple[str, int] | None:
     if host is None or port is None:
         return None
     return (host, port)
-
-
-def _response_framing(fields: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
-    """
-    How a response body with these fields is framed: ``(chunked, length)``
-    as :func:`~twistproxy._headers.body_framing` says, once transfer codings
-    the proxy cannot relay are refused.
-
-    :raises UpstreamProtocolError: for a transfer coding other than chunked,
-        which the proxy could not relay without corrupting the body (the
-        ``Transfer-Encoding`` field is hop-by-hop, so the client would not
-        learn of it).
-    """
-    for name, value in fields:
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                raise UpstreamProtocolError("unsupported transfer coding in the response")
-    return body_framing(fields)
 
 
 class ProxyClientFactory(ClientFactory):

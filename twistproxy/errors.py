@@ -38,6 +38,18 @@ class BadRequestTarget(TwistProxyError):
     status, phrase = 400, b"Bad Request"
 
 
+class BadFraming(TwistProxyError):
+    """
+    The client's request is framed in a way the proxy will not relay: a
+    transfer coding other than ``chunked`` (or any in HTTP/1.0), or a
+    ``Content-Length`` that is not a number in range.  Two parsers could
+    disagree about where such a body ends, which is how requests are
+    smuggled.
+    """
+
+    status, phrase = 400, b"Bad Request"
+
+
 class UpstreamConnectFailed(TwistProxyError):
     """
     No connection could be made to the origin server (refused, unreachable).

@@ -42,6 +42,16 @@ from twisted.web.http import (
 from zope.interface import alsoProvides, implementer
 
 from twistproxy import _headers
+from twistproxy._framing import (
+    CHUNKED,
+    MAX_LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    content_length,
+    forwarded_request,
+    forwarded_response,
+    transfer_coding,
+)
 from twistproxy._switch import hand_over, take_buffered
 from twistproxy._target import (
     Target,
@@ -67,6 +77,7 @@ from twistproxy.client import (
 )
 from twistproxy.errors import (
     AddonError,
+    BadFraming,
     BadRequestTarget,
     FlowKilled,
     HookFailed,
@@ -93,7 +104,6 @@ DEFAULT_BODY_LIMIT = 1024 * 1024
 """Bodies up to this many bytes are buffered for the hooks; larger ones stream."""
 
 _WAITING, _BUFFER, _STREAM, _DISCARD, _TUNNEL = range(5)  # what happens to request body bytes
-_NO_BODY_STATUS = frozenset({204, 304})
 _TERMINAL_HOOKS = frozenset({"response", "error"})
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -132,7 +142,8 @@ class ProxyRequest(Request):
     _retried = False
     _upstream_done = False
     _response_mode = _WAITING
-    _response_framing = _headers.NO_BODY
+    _response_framing = NO_BODY
+    _framing = NO_BODY  # the request body's framing, as the client sent it
     _answer: Failure | None = None
     _server_name: str | None = None  # the TLS name for the origin inside a tunnel
     _failure: Failure | None = None  # why the flow failed, for the error page
@@ -619,20 +630,14 @@ class ProxyRequest(Request):
         if streaming:
             body, self._body = self._body, []
             self._body_size = 0
-            if self._body_done:
-                framing = sum(map(len, body))
-                self._request_chunked = False
-            elif self._length is not None:
-                framing = self._length
-            else:
-                framing = _headers.CHUNKED
+            framing = forwarded_request(
+                self._framing, sum(map(len, body)) if self._body_done else None
+            )
         else:
             content = request.raw_content or b""
             body = [content] if content else []
-            had_body = content or self._length or self._length is None
-            framing = len(content) if had_body else _headers.NO_BODY
-            self._request_chunked = False
-        self._request_chunked = framing == _headers.CHUNKED
+            framing = forwarded_request(self._framing, len(content))
+        self._request_chunked = framing == CHUNKED
         data = [_headers.request_head(request, framing, self._factory.via)]
         for piece in body:
             data.extend(self._encode_body(piece))
@@ -640,7 +645,7 @@ class ProxyRequest(Request):
         if streaming and complete:
             data.extend(self._body_end())
             request.timestamp_end = self._now()
-        client.send(self, data, head=request.method == "HEAD", complete=complete)
+        client.send(self, data, method=request.method.encode("ascii"), complete=complete)
         if complete:
             self._watch_upstream()
         if not complete and client.transport is not None:
@@ -703,7 +708,12 @@ class ProxyRequest(Request):
     # -- IResponseReceiver: the response, as the upstream reports it ----
 
     def response_started(
-        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: int,
     ) -> None:
         """The origin's response head arrived: run ``responseheaders``."""
         self._watch_upstream()
@@ -713,19 +723,9 @@ class ProxyRequest(Request):
             version, status, reason, Headers(fields), None, timestamp_start=self._now()
         )
         flow.response = response
-        if self.method == b"HEAD" or status in _NO_BODY_STATUS:
-            self._response_framing = _headers.NO_BODY
-        else:
-            # The client reporting this response read its framing already.
-            assert self._upstream is not None
-            chunked, length = self._upstream.response_framing
-            if chunked:
-                self._response_framing = _headers.CHUNKED
-            elif length is None:
-                self._response_framing = _headers.UNTIL_CLOSE
-            else:
-                self._response_framing = length
-                response.stream = length > self._factory.body_limit
+        self._response_framing = framing
+        if framing > self._factory.body_limit:
+            response.stream = True
         self._response_mode = _WAITING
         if self._factory.chain.has("responseheaders", self):
             self._set_upstream_paused(True)
@@ -738,7 +738,7 @@ class ProxyRequest(Request):
         if flow.killed:
             self._kill()
             return
-        if flow.response.stream and self._response_framing != _headers.NO_BODY:
+        if flow.response.stream and self._response_framing != NO_BODY:
             self._start_streaming()
         else:
             self._response_mode = _BUFFER
@@ -795,9 +795,10 @@ class ProxyRequest(Request):
         flow = self.flow
         assert flow is not None and flow.response is not None
         self._response_mode = _STREAM
-        framing = self._response_framing
-        if framing == _headers.UNTIL_CLOSE or framing == _headers.CHUNKED:
-            framing = _headers.CHUNKED if self.clientproto == b"HTTP/1.1" else _headers.UNTIL_CLOSE
+        framing = forwarded_response(
+            self.method, flow.response.status_code, self._response_framing, None,
+            self.clientproto,
+        )
         body, self._response_body = self._response_body, []
         self._write_head(flow.response, framing, ())
         for piece in body:
@@ -836,10 +837,10 @@ class ProxyRequest(Request):
             return
         response = flow.response
         content = response.raw_content or b""
-        if response.status_code in _NO_BODY_STATUS or response.status_code < 200:
-            self._write_head(response, _headers.NO_BODY, ())
-        else:
-            self._write_head(response, len(content), (content,) if content else ())
+        framing = forwarded_response(
+            self.method, response.status_code, NO_BODY, len(content), self.clientproto
+        )
+        self._write_head(response, framing, (content,) if content and framing > 0 else ())
         self._finish_flow()
 
     def _respond_from_hook(self) -> None:
@@ -865,12 +866,12 @@ class ProxyRequest(Request):
         self.code_message = response.reason.encode("utf-8", "surrogateescape")
         self.startedWriting = 1
         if self.method == b"HEAD":
-            framing = _headers.NO_BODY
+            framing = NO_BODY
             body = ()
             self.write = _discard  # type: ignore[method-assign]
-        elif framing == _headers.UNTIL_CLOSE:
+        elif framing == UNTIL_CLOSE:
             self.channel.persistent = False
-        self.chunked = 1 if framing == _headers.CHUNKED else 0
+        self.chunked = 1 if framing == CHUNKED else 0
         fields = _headers.response_fields(
             response.headers.fields, framing=framing, close=not self.channel.persistent,
             own=self._own_response,
@@ -1027,12 +1028,9 @@ class _BoundedChunks(_ChunkedTransferDecoder):
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
         done: bool = super()._dataReceived_CHUNK_LENGTH()
-        if done and self.length > _MAX_CHUNK:
+        if done and self.length > MAX_LENGTH:
             raise _MalformedChunkedDataError("chunk size out of range")
         return done
-
-
-_MAX_CHUNK = 2**63 - 1
 
 
 class _Busy(Protocol):
@@ -1278,20 +1276,21 @@ class Proxy(HTTPChannel):
             # Twisted refuses NUL, CR and LF only; origins may refuse the rest.
             self._refuse(400, b"Bad Request", "control characters in a header value")
             return False
-        if len(name) == 14 and name.lower() == b"content-length":
-            digits = value.strip(b" \t")
-            if digits.isdigit() and int(digits) > _MAX_CHUNK:
-                self._refuse(400, b"Bad Request", "Content-Length out of range")
-                return False
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            # Only exactly "chunked", and only in HTTP/1.1: anything else is
-            # a way to make two parsers disagree about where a body ends.
-            if value.strip(b" \t").lower() != b"chunked" or self._version != b"HTTP/1.1":
-                self._refuse(400, b"Bad Request", "unsupported Transfer-Encoding")
-                return False
+        framing = None
+        try:
+            if len(name) == 14 and name.lower() == b"content-length":
+                framing = content_length(value)
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                framing = transfer_coding(value, self._version)
+        except BadFraming as e:
+            self._refuse(400, b"Bad Request", str(e))
+            return False
         if not super().headerReceived(line):
             return False
-        self.requests[-1]._raw_headers.append((name, value.strip(b" \t")))
+        request = self.requests[-1]
+        request._raw_headers.append((name, value.strip(b" \t")))
+        if framing is not None:
+            request._framing = framing
         return True
 
     _host: Any = None

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy import _headers
+from twistproxy._framing import forwarded_request, request_framing
 from twistproxy.client import PoolKey
 from twistproxy.errors import UpstreamConnectionLost
 from twistproxy.flow import Error
@@ -189,9 +190,7 @@ class ClientReplay:
         pool = self._factory.pool
         key = PoolKey(request.scheme, request.host, request.port, _server_name(flow))
         content = request.raw_content or b""
-        framing = len(content)
-        if not content and request.headers.get_raw(b"content-length") is None:
-            framing = _headers.NO_BODY
+        framing = forwarded_request(request_framing(request.headers.fields), len(content))
         data = [_headers.request_head(request, framing, self._factory.via)]
         if content:
             data.append(content)
@@ -203,7 +202,7 @@ class ClientReplay:
             if client.server is not None:
                 flow.server_conn = client.server
             collector = _Collector(self._factory.reactor.seconds)
-            client.send(collector, data, head=request.method == "HEAD")
+            client.send(collector, data, method=request.method.encode("ascii"))
             request.timestamp_end = self._factory.reactor.seconds()
             try:
                 return await collector.done
@@ -240,7 +239,12 @@ class _Collector:
         self._body: list[bytes] = []
 
     def response_started(
-        self, status: int, reason: bytes, version: bytes, fields: list[tuple[bytes, bytes]]
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: int,
     ) -> None:
         self.started = True
         self._response = Response(version, status, reason, Headers(fields), None,
