@@ -29,9 +29,9 @@ from twisted.python.failure import Failure
 
 from twistproxy import _headers
 from twistproxy._framing import forwarded_request, request_framing
-from twistproxy.client import PoolKey
-from twistproxy.errors import UpstreamConnectionLost
-from twistproxy.flow import Error
+from twistproxy._headers import check_request
+from twistproxy.client import PoolKey, UpstreamExchange
+from twistproxy.flow import Error, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import Headers, HTTPFlow, Response
 
@@ -184,32 +184,39 @@ class ClientReplay:
         return flow
 
     async def _send(self, flow: HTTPFlow) -> Response:
-        """Send *flow*'s request upstream (once more on a stale pooled connection)."""
+        """
+        Send *flow*'s request through the pool's one upstream path, as live
+        requests go: ``server_connected`` for a new connection, the loop and
+        silence checks, the one retry rule.
+
+        :raises InvalidMessage: if the request holds a field that cannot be
+            written (before anything is sent).
+        """
         request = flow.request
         assert request is not None
-        pool = self._factory.pool
-        key = PoolKey(request.scheme, request.host, request.port, _server_name(flow))
+        check_request(request)
+        factory = self._factory
         content = request.raw_content or b""
         framing = forwarded_request(request_framing(request.headers.fields), len(content))
-        data = [_headers.request_head(request, framing, self._factory.via)]
+        data = [_headers.request_head(request, framing, factory.via)]
         if content:
             data.append(content)
-        for attempt in (1, 2):
-            client = pool.take_idle(key)
-            reused = client is not None
-            if client is None:
-                client = await pool.connect(key)
-            if client.server is not None:
-                flow.server_conn = client.server
-            collector = _Collector(self._factory.reactor.seconds)
-            client.send(collector, data, method=request.method.encode("ascii"))
-            request.timestamp_end = self._factory.reactor.seconds()
-            try:
-                return await collector.done
-            except UpstreamConnectionLost:
-                if not reused or collector.started or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        chain = factory.chain
+        collector = _Collector(flow, data, factory.reactor.seconds)
+        upstream = factory.pool.exchange(
+            PoolKey(request.scheme, request.host, request.port, _server_name(flow)),
+            collector,
+            method=request.method.encode("ascii"),
+            timeout=factory.limits.upstream_timeout,
+            on_connected=(
+                (lambda server: chain.run("server_connected", server))
+                if chain.has("server_connected")
+                else None
+            ),
+        )
+        collector.upstream = upstream
+        upstream.open()
+        return await collector.done
 
 
 def _server_name(flow: HTTPFlow) -> str | None:
@@ -229,14 +236,30 @@ async def _wait(d: Deferred[Any] | None) -> None:
 
 
 class _Collector:
-    """Buffers one response for a replayed request (an ``IResponseReceiver``)."""
+    """
+    Sends one replayed request when its connection is ready and buffers the
+    response (an ``IUpstreamReceiver``).
 
-    def __init__(self, now: Any) -> None:
+    :ivar done: Fires with the response, or fails with why there is none;
+        cancelling it abandons the exchange.
+    """
+
+    upstream: UpstreamExchange
+
+    def __init__(self, flow: HTTPFlow, data: list[bytes], now: Any) -> None:
+        self._flow = flow
+        self._data = data
         self._now = now
-        self.done: Deferred[Response] = Deferred()
-        self.started = False
+        self.done: Deferred[Response] = Deferred(lambda _: self.upstream.abandon())
         self._response: Response | None = None
         self._body: list[bytes] = []
+
+    def upstream_ready(self, server: Server | None) -> None:
+        if server is not None:
+            self._flow.server_conn = server
+        self.upstream.send(self._data, complete=True)
+        assert self._flow.request is not None
+        self._flow.request.timestamp_end = self._now()
 
     def response_started(
         self,
@@ -246,7 +269,9 @@ class _Collector:
         fields: list[tuple[bytes, bytes]],
         framing: int,
     ) -> None:
-        self.started = True
+        server = self.upstream.server
+        if server is not None:
+            self._flow.server_conn = server
         self._response = Response(version, status, reason, Headers(fields), None,
                                   timestamp_start=self._now())
 
