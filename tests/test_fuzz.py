@@ -57,8 +57,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
 from twistproxy._tls import UpstreamTLS
+from twistproxy.channel import Proxy
 from twistproxy.client import ProxyClient
-from twistproxy.proxy import DEFAULT_BODY_LIMIT, Proxy, ProxyFactory, ProxyRequest
+from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory, ProxyRequest
 
 FUZZ = settings(
     max_examples=300,
@@ -501,7 +502,8 @@ class _World:
 
     def receiving_body(self) -> bool:
         """Whether a request is still reading its body from the client."""
-        return any(not r.finished and not r._disconnected and not r._body_done
+        return any(not r.finished and r.channel is not None
+                   and r._exchange is not None and not r._exchange.body_done
                    for r in self.made)
 
     def busy_upstreams(self) -> list[_Upstream]:
@@ -743,7 +745,7 @@ def _exercise(draw: Callable[..., Any], request: bytes) -> None:
     world.lose_client()
     world.run([])
     for made in world.made:
-        assert made.finished or made._disconnected, f"a request outlived its client: {made}"
+        assert made.finished or made.channel is None, f"a request outlived its client: {made}"
     for upstream in world.busy_upstreams():
         assert upstream.transport.disconnecting, "an upstream outlived its client"
     world.factory.pool.close()

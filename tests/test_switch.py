@@ -1,5 +1,5 @@
 """
-Tests for :mod:`twistproxy._switch`, on real :class:`~twistproxy.proxy.Proxy`
+Tests for :mod:`twistproxy._connect`, on real :class:`~twistproxy.channel.Proxy`
 channels over ``StringTransport`` s, and for the ``CONNECT`` passthrough
 tunnel that uses it, in memory end to end.
 """
@@ -16,10 +16,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory, Recorder
-from twistproxy._switch import hand_over, take_buffered
+from twistproxy._connect import hand_over
 from twistproxy._tunnel import Relay
+from twistproxy._twisted_compat import take_buffered
+from twistproxy.channel import Proxy
 from twistproxy.hooks import Addon
-from twistproxy.proxy import Proxy, ProxyFactory
+from twistproxy.proxy import ProxyFactory
 
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _CONNECT = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"

@@ -178,6 +178,28 @@ class UpstreamExchangeTests(SynchronousTestCase):
         fresh.dataReceived(OK_HI)
         self.assertEqual(receiver.kinds, ["started", "data", "ended"])
 
+    def test_retry_takes_a_new_connection(self) -> None:
+        """The retry connects anew even when another idle connection waits."""
+        first = self.pooled()
+        second = self.pooled_beside(first)
+        receiver = Receiver()
+        upstream = self.start(receiver)
+        used = upstream._client
+        assert used in (first, second)
+        used.connectionLost(Failure(ConnectionDone()))  # type: ignore[union-attr]
+        self.assertNotIn(upstream._client, (first, second))
+        self.assertEqual(len(self.endpoints.requested), 3)
+        self.assertEqual(len(receiver.servers), 1)
+
+    def pooled_beside(self, busy: ProxyClient) -> ProxyClient:
+        """A second idle connection: *busy* is taken while it is made."""
+        taken = self.pool.take_idle(KEY)
+        self.assertIs(taken, busy)
+        second = self.pooled()
+        self.pool.release(busy)
+        self.assertEqual(self.pool.idle_count(KEY), 2)
+        return second
+
     def test_second_loss_not_retried(self) -> None:
         """The retried request failing the same way fails the exchange."""
         self.pooled()

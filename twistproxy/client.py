@@ -456,10 +456,12 @@ class UpstreamExchange:
     def open(self) -> None:
         """
         Find a connection: an idle one is ready at once; a new one once it
-        is connected, checked and its ``server_connected`` hook has run.
+        is connected, checked and its ``server_connected`` hook has run.  A
+        retry always takes a new one (an idle one may be as stale as the
+        last).
         """
         self._attempts += 1
-        client = self._pool.take_idle(self._key)
+        client = self._pool.take_idle(self._key) if self._attempts == 1 else None
         if client is not None:
             self._attach(client)
             self._receiver.upstream_ready(client.server)
@@ -823,7 +825,7 @@ class ConnectionPool:
         transport = client.transport
         if transport is not None:
             transport.resumeProducing()
-        client.deadline.start(self.idle_timeout)
+        client.deadline.start(self.idle_timeout, client.abandon)
 
     def forget(self, client: ProxyClient) -> None:
         """Remove *client* from the pool (it closed or was closed)."""

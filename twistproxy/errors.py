@@ -11,6 +11,7 @@ turned into a status line by :func:`error_status`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.internet import error as _ierror
@@ -141,6 +142,7 @@ class InvalidMessage(TwistProxyError):
 
     :ivar field: Which field is at fault, as the message names it (for
         example ``"request path"`` or ``"response header value"``).
+    :ivar detail: What is wrong with it.
     """
 
     status, phrase = 500, b"Internal Server Error"
@@ -148,6 +150,7 @@ class InvalidMessage(TwistProxyError):
     def __init__(self, field: str, detail: str) -> None:
         super().__init__(f"invalid {field}: {detail}")
         self.field = field
+        self.detail = detail
 
 
 class AddonError(TwistProxyError):
@@ -214,6 +217,55 @@ def _detail(error: BaseException) -> str:
     if osError:
         return str(osError)
     return " ".join(str(arg) for arg in error.args if arg) or type(error).__name__
+
+
+def error_response(
+    status: int,
+    phrase: bytes,
+    detail: str,
+    *,
+    version: bytes = b"HTTP/1.1",
+    close: bool = True,
+    head: bool = False,
+    fields: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """
+    The proxy's own answer to a request it cannot serve, whole: the status
+    line, the header fields and a short plain-text page saying why.  Every
+    error the proxy answers with is written by this one function.
+
+    :param status: The status code.
+    :param phrase: Its reason phrase.
+    :param detail: Why, in one line, for the page.
+    :param version: The status line's HTTP version (the client's).
+    :param close: Add ``Connection: close``: the connection ends after it.
+    :param head: The request was ``HEAD``: the fields, without the page.
+    :param fields: Further header fields (``Retry-After``, say).
+    """
+    page = f"{status} {phrase.decode('ascii')}\n\ntwistproxy: {detail}\n".encode(
+        "utf-8", "replace"
+    )
+    lines = [
+        b"%s %d %s\r\n" % (version, status, phrase),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(page),
+    ]
+    lines += [name + b": " + value + b"\r\n" for name, value in fields]
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(page)
+    return b"".join(lines)
+
+
+def describe(failure: Failure) -> str:
+    """
+    What went wrong, in one line, for ``flow.error`` and the error page: the
+    exception's message, or its class name when it has none.
+    """
+    error = failure.value
+    return str(error) or type(error).__name__
 
 
 def error_status(failure: Failure) -> tuple[int, bytes]:

@@ -1,0 +1,213 @@
+# -*- test-case-name: tests.test_switch -*-
+"""
+The ``CONNECT`` path: the tunnel's far end, and the switch from HTTP to it.
+
+A ``CONNECT`` is an exchange like any other (its flow runs ``http_connect``,
+then ``response``), whose upstream side is a :class:`TunnelEnd`: for a
+passthrough tunnel a raw connection to the origin, opened before the client
+is answered, so that a refused port or an unknown name is a 502 rather than
+a ``200`` followed by a dead tunnel; for an intercepted one the certificate
+the proxy will present, minted before the client is answered, for the same
+reason.  Once the flow's hooks are done, :func:`switch` answers
+``200 Connection established`` and hands the connection to the tunnel's
+protocol the way Twisted's own websocket upgrade does: the channel's
+``dataReceived`` and ``connectionLost`` become the new protocol's, and the
+bytes the client sent right behind its ``CONNECT`` (often the TLS
+ClientHello), already read by the channel, are handed on first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistproxy._tunnel import Relay, RelayFactory
+from twistproxy._twisted_compat import take_buffered
+from twistproxy.channel import Proxy, Tunnel
+from twistproxy.client import IUpstreamReceiver, host_and_port, points_at
+from twistproxy.errors import LoopDetected, UpstreamConnectionLost, upstream_error
+from twistproxy.flow import Server
+
+_log = Logger()
+_CLOSED_EARLY = "the server closed before the tunnel opened"
+
+
+class TunnelEnd:
+    """
+    The far end of one ``CONNECT`` tunnel, made ready for its exchange: it
+    reports :meth:`~IUpstreamReceiver.upstream_ready` or
+    :meth:`~IUpstreamReceiver.response_failed` to the *receiver*, as an
+    :class:`~twistproxy.client.UpstreamExchange` does.
+
+    :param factory: The proxy factory (endpoints, certificates, hooks).
+    :param receiver: The CONNECT's request.
+    :param host: Where the tunnel goes.
+    :param port: Where the tunnel goes.
+    :param passthrough: Connect to the origin (a raw relay) rather than
+        intercept.
+    :param here: The address the client reached the proxy on: a
+        connection that leads there fails with
+        :class:`~twistproxy.errors.LoopDetected`.
+    :param on_connected: Runs with the connection's record (the
+        ``server_connected`` hook); a Deferred it returns is waited for.
+    :ivar relay: The origin's side of a passthrough tunnel, once connected.
+    """
+
+    relay: Relay | None = None
+    _pending: Deferred[Any] | None = None
+    _ready = False
+    _over = False
+
+    def __init__(
+        self,
+        factory: Any,
+        receiver: IUpstreamReceiver,
+        *,
+        host: str,
+        port: int,
+        passthrough: bool,
+        here: Any,
+        on_connected: Callable[[Server], Deferred[Any] | None] | None,
+    ) -> None:
+        self._factory = factory
+        self._receiver = receiver
+        self._host = host
+        self._port = port
+        self._passthrough = passthrough
+        self._here = here
+        self._on_connected = on_connected
+
+    def open(self) -> None:
+        """Connect to the origin, or mint the certificate."""
+        factory = self._factory
+        if not self._passthrough:
+            try:
+                factory.intercept_context(self._host)
+            except Exception:
+                _log.failure("no certificate for {host}", host=self._host)
+                self._fail(Failure())
+                return
+            self._ready = True
+            self._receiver.upstream_ready(None)
+            return
+        endpoint = factory.pool.endpoint_factory("tcp", self._host, self._port)
+        relay = Relay(on_close=self._relay_closed)
+        self._pending = d = endpoint.connect(RelayFactory(relay))
+        d.addErrback(upstream_error)
+        d.addCallbacks(self._connected, self._fail)
+
+    def _connected(self, relay: Relay) -> None:
+        self._pending = None
+        self.relay = relay
+        transport = relay.transport
+        server = relay.server = Server(
+            address=(self._host, self._port),
+            peername=host_and_port(transport.getPeer()),
+            sockname=host_and_port(transport.getHost()),
+            timestamp_start=self._factory.reactor.seconds(),
+        )
+        if points_at(transport, self._here):
+            self._fail(Failure(LoopDetected("the tunnel names this proxy itself")))
+            return
+        on_connected = self._on_connected
+        d = on_connected(server) if on_connected is not None else None
+        if d is None:
+            self._connected_ready()
+        else:
+            self._pending = d
+            d.addCallbacks(lambda _: self._connected_ready(), self._fail)
+
+    def _connected_ready(self) -> None:
+        self._pending = None
+        relay = self.relay
+        if relay is not None and relay.lost:
+            self._fail(Failure(UpstreamConnectionLost(_CLOSED_EARLY)))
+            return
+        self._ready = True
+        self._receiver.upstream_ready(relay.server if relay is not None else None)
+
+    def _relay_closed(self, relay: Relay) -> None:
+        """The origin's side closed: before the switch, the tunnel failed."""
+        self._factory.server_closed(relay)
+        if self._ready and not self._over:
+            self._over = True
+            self._receiver.response_failed(Failure(UpstreamConnectionLost(_CLOSED_EARLY)))
+
+    def _fail(self, reason: Failure) -> None:
+        self._pending = None
+        if self._over or reason.check(CancelledError):
+            return
+        self._over = True
+        self._close()
+        self._receiver.response_failed(reason)
+
+    def _close(self) -> None:
+        relay = self.relay
+        if relay is not None and not relay.lost:
+            relay.transport.loseConnection()
+
+    def abandon(self) -> None:
+        """The tunnel will not open: stop connecting, close the origin's side."""
+        if self._over:
+            return
+        self._over = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.addErrback(lambda reason: reason.trap(CancelledError))
+            pending.cancel()
+        self._close()
+
+    def switched(self) -> None:
+        """The tunnel opened: what happens to the connection is not ours any more."""
+        self._over = True
+
+
+def switch(channel: Proxy, tunnel: Tunnel, end: TunnelEnd, finish: Callable[[], None]) -> None:
+    """
+    Answer ``200 Connection established`` on *channel* and hand the
+    connection to the tunnel: a raw relay joined to *end*'s, or TLS
+    interception when *end* has no relay.
+
+    :param finish: Ends the CONNECT request (``Request.finish``), once the
+        answer is written and the channel is kept open for the tunnel.
+    """
+    channel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    buffered = take_buffered(channel)
+    channel.persistent = True  # the tunnel outlives this request
+    finish()
+    end.switched()
+    relay = end.relay
+    protocol: Any
+    if relay is None:
+        protocol = channel.factory.intercepting_protocol(channel, tunnel)
+    else:
+        protocol = Relay(on_close=channel.relay_closed)
+    hand_over(channel, protocol, buffered)
+    channel.stop_deadlines()
+    if relay is not None:
+        relay.on_close = channel.factory.server_closed
+        protocol.join(relay)
+
+
+def hand_over(channel: Proxy, protocol: IProtocol, buffered: bytes) -> None:
+    """
+    Give *channel*'s connection to *protocol*: from now on the transport's
+    bytes and its end go to *protocol*, starting with *buffered*.
+
+    The channel's idle timeout is stopped (the new protocol keeps its own)
+    and it stops being the transport's producer.
+    """
+    transport: Any = channel.transport
+    channel.setTimeout(None)
+    transport.unregisterProducer()
+    channel.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
+    channel.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
+    protocol.makeConnection(transport)
+    transport.resumeProducing()  # HTTPChannel may have paused it while buffering
+    if buffered:
+        protocol.dataReceived(buffered)

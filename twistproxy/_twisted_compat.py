@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.test_twisted_compat -*-
+"""
+Every private name of Twisted's that twistproxy relies on, in one place.
+
+The client side subclasses ``twisted.web.http.HTTPChannel``, which exposes
+no public way to bound a chunked body's chunk sizes, to answer a malformed
+request with a reason, or to take the bytes it has read but not parsed when
+a ``CONNECT`` hands the connection to a tunnel.  The names below do it;
+``tests/test_twisted_compat.py`` checks each of them against the installed
+Twisted and fails naming the one a release renamed, and ``setup.cfg`` pins
+Twisted to the range that test has passed on.  No other module may use a
+private Twisted name.
+"""
+
+from __future__ import annotations
+
+from twisted.web import http
+from twisted.web.http import HTTPChannel
+
+from twistproxy._framing import MAX_LENGTH
+
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("twisted.web.http.HTTPChannel", "_dataBuffer"),
+    ("twisted.web.http.HTTPChannel", "_transferDecoder"),
+    ("twisted.web.http.HTTPChannel", "_maybeChooseTransferDecoder"),
+    ("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect"),
+    ("twisted.web.http", "_ChunkedTransferDecoder"),
+    ("twisted.web.http._ChunkedTransferDecoder", "_dataReceived_CHUNK_LENGTH"),
+    ("twisted.web.http", "_MalformedChunkedDataError"),
+)
+"""``(owner, name)`` of every private Twisted name used here, for the test."""
+
+
+class _BoundedChunks(http._ChunkedTransferDecoder):
+    """
+    Twisted's chunked decoder, refusing chunk sizes beyond
+    :data:`~twistproxy._framing.MAX_LENGTH` (as llhttp does): its own takes
+    any number of hex digits.
+    """
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        done: bool = super()._dataReceived_CHUNK_LENGTH()
+        if done and self.length > MAX_LENGTH:
+            raise http._MalformedChunkedDataError("chunk size out of range")
+        return done
+
+
+class ChannelCompat(HTTPChannel):
+    """
+    The ``HTTPChannel`` methods a subclass overrides under Twisted's private
+    names, forwarded to public ones: :meth:`bad_request` for every malformed
+    request Twisted finds itself, and chunked bodies decoded with chunk sizes
+    bounded.
+    """
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's one place for a malformed request."""
+        self.bad_request()
+
+    def bad_request(self) -> None:
+        """Answer a request Twisted found malformed, and close (override it)."""
+        super()._respondToBadRequestAndDisconnect()
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        """Twisted's choice of body decoder, with chunk sizes bounded."""
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is http._ChunkedTransferDecoder:
+            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
+        return ok
+
+
+def take_buffered(channel: HTTPChannel) -> bytes:
+    """
+    Remove and return the bytes *channel* has read but not parsed: what the
+    client sent after the request being handled (often a TLS ClientHello
+    right behind a ``CONNECT``).
+    """
+    pending: list[bytes] = channel._dataBuffer
+    channel._dataBuffer = []
+    return b"".join(pending) + channel.clearLineBuffer()

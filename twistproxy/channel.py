@@ -1,0 +1,346 @@
+# -*- test-case-name: tests.test_hardening -*-
+"""
+The client side's connection: :class:`Proxy`, an ``HTTPChannel`` that
+frames the client's requests strictly.
+
+Twisted's channel parses the requests and queues them, so pipelined requests
+are answered in order.  This subclass adds what a proxy must refuse that a
+web server may let pass (bare LF line ends, folded header lines, control
+characters, ambiguous framing, heads beyond the configured limits, slow
+heads), keeps every header field as it arrived for the request, records the
+client connection for the flows and runs the connection hooks.  Each
+request is a :class:`~twistproxy.proxy.ProxyRequest`, told when its head is
+complete.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistproxy._framing import content_length, transfer_coding
+from twistproxy._headers import connection_tokens
+from twistproxy._timer import Deadline
+from twistproxy._tls import describe_tls_failure
+from twistproxy._tunnel import Relay
+from twistproxy._twisted_compat import ChannelCompat
+from twistproxy.client import host_and_port
+from twistproxy.errors import BadFraming, error_response
+from twistproxy.flow import Client
+
+_log = Logger()
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@attrs.frozen
+class Tunnel:
+    """
+    Where an intercepted CONNECT tunnel goes: the requests inside it are in
+    origin form and go there, over TLS.
+
+    :ivar host: The CONNECT host.
+    :ivar port: The CONNECT port.
+    """
+
+    host: str
+    port: int
+
+
+class Busy(Protocol):
+    """Answers a connection beyond ``max_connections`` with 503, then closes."""
+
+    def connectionMade(self) -> None:
+        """Answer at once and close."""
+        self.transport.write(  # type: ignore[union-attr]
+            error_response(503, b"Service Unavailable", "too many connections",
+                           fields=[(b"Retry-After", b"1")])
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class Proxy(ChannelCompat):
+    """
+    An HTTP/1.1 connection from a proxy client.
+
+    :ivar client_conn: The connection record shared by this channel's flows.
+    :ivar tunnel: For a channel inside an intercepted tunnel, where the
+        tunnel goes; its requests are in origin form and go there over TLS.
+    """
+
+    client_conn: Client
+    tunnel: Tunnel | None = None
+    # A TCP (or TLS) transport: ITransport, IPushProducer and IConsumer.
+    transport: Any
+    _tls_recorded = False
+    _head_lines = 0  # lines of the request head read so far
+    _head_bytes = 0
+    _last_byte = b""
+    _version = b""  # of the request whose head is being read
+    _request_line = b""
+    _host: Any = None
+    _peer: Any = None
+
+    def adopt(self, client_conn: Client, tunnel: Tunnel) -> None:
+        """
+        Serve the requests inside an intercepted tunnel: the flows share the
+        outer connection's *client_conn*, whose connection hooks already ran.
+        """
+        self.client_conn = client_conn
+        self.tunnel = tunnel
+
+    def tls_server_name(self) -> str:
+        """
+        The name to present to the origin inside the tunnel: the client's
+        SNI, else the tunnel's host.  The first call records the TLS details
+        (version, SNI, ALPN) on :attr:`client_conn`.
+        """
+        tunnel = self.tunnel
+        assert tunnel is not None
+        client = self.client_conn
+        if not self._tls_recorded:
+            self._tls_recorded = True
+            handle = self.transport.getHandle()
+            sni = handle.get_servername()
+            client.tls_established = True
+            client.sni = sni.decode("ascii", "replace") if sni else None
+            client.alpn = handle.get_alpn_proto_negotiated() or None
+            client.tls_version = handle.get_protocol_version_name()
+        return client.sni or tunnel.host
+
+    def handshakeCompleted(self) -> None:
+        """
+        ``IHandshakeListener``: inside an intercepted tunnel, the client's
+        TLS handshake is done; record its details on :attr:`client_conn`.
+        """
+        self.tls_server_name()
+
+    def relay_closed(self, relay: Relay) -> None:
+        """The client's side of a passthrough tunnel closed."""
+        self._closed()
+
+    # -- the request head: limits and strict framing ---------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Start the head timer when a request's first byte arrives, and refuse
+        a head whose lines end in a bare LF (parsers that accept it and
+        parsers that do not would see different requests).
+        """
+        if self.line_mode:
+            if not self._head_deadline.active():
+                self._head_deadline.start(self.factory.limits.header_timeout)
+            # Every LF behind a CR (two counts in C) is the common case.
+            if data.count(b"\n") != data.count(b"\r\n") and self._bare_lf(data):
+                self._refuse(400, b"Bad Request", "lines must end with CRLF, not a bare LF")
+                return
+            self._last_byte = data[-1:]
+        super().dataReceived(data)
+
+    def _bare_lf(self, data: bytes) -> bool:
+        """
+        Whether the head in *data* has a line ending in a bare LF.  Only the
+        head is looked at (a body or a ClientHello may follow it in the same
+        read); the previous read's last byte is context for a CRLF split in
+        two.
+        """
+        last = self._last_byte
+        text = last + data
+        end = text.find(b"\r\n\r\n")
+        return _BARE_LF.search(text, len(last), len(text) if end == -1 else end + 4) is not None
+
+    def _head_timed_out(self) -> None:
+        self._refuse(408, b"Request Timeout", "the request head took too long to arrive")
+
+    def lineReceived(self, line: bytes) -> None:
+        """Enforce the head's limits and refuse folded header lines."""
+        limits = self.factory.limits
+        if self._head_lines == 0:
+            if not line:
+                super().lineReceived(line)  # Twisted eats one stray empty line
+                return
+            if len(line) > limits.max_request_line:
+                self._refuse(414, b"URI Too Long", "the request line is too long")
+                return
+            # Twisted splits it the same way, and refuses any other shape.
+            self._request_line = line
+            self._version = line.rpartition(b" ")[2]
+        elif line and line[0] in (0x20, 0x09):
+            self._refuse(400, b"Bad Request", "folded header lines (obs-fold) are not accepted")
+            return
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > limits.max_header_size:
+            self._refuse(431, b"Request Header Fields Too Large", "the request head is too large")
+            return
+        if line:
+            self._head_lines += 1
+            if self._head_lines > limits.max_header_count + 1:
+                self._refuse(431, b"Request Header Fields Too Large", "too many header fields")
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line longer than any limit allows, still without its end."""
+        if self._head_lines == 0:
+            self._refuse(414, b"URI Too Long", "the request line is too long")
+        else:
+            self._refuse(431, b"Request Header Fields Too Large", "a header line is too long")
+
+    def bad_request(self) -> None:
+        """Twisted found the request malformed: answer with a reason."""
+        self._refuse(400, b"Bad Request", "malformed request")
+
+    def _refuse(self, status: int, phrase: bytes, reason: str) -> None:
+        """Answer a request that cannot be read any further, and close."""
+        self._head_deadline.stop()
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self.transport.write(error_response(status, phrase, reason))
+        self.loseConnection()
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Let Twisted validate the field, then keep its original form."""
+        name, colon, value = line.partition(b":")
+        if _CONTROL.search(value):
+            # Twisted refuses NUL, CR and LF only; origins may refuse the rest.
+            self._refuse(400, b"Bad Request", "control characters in a header value")
+            return False
+        framing = None
+        try:
+            if len(name) == 14 and name.lower() == b"content-length":
+                framing = content_length(value)
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                framing = transfer_coding(value, self._version)
+        except BadFraming as e:
+            self._refuse(400, b"Bad Request", str(e))
+            return False
+        if not super().headerReceived(line):
+            return False
+        request = self.requests[-1]
+        request.fields.append((name, value.strip(b" \t")))
+        if framing is not None:
+            request.framing = framing
+        return True
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Whether the connection stays open after this request: HTTP/1.1
+        without a ``close`` token.  Twisted's own check splits ``Connection``
+        on spaces and misses ``close`` in ``Connection: close, X-Foo``.
+        """
+        if version != b"HTTP/1.1":
+            return False
+        return b"close" not in connection_tokens(request.fields)
+
+    def allHeadersReceived(self) -> None:
+        """The head is complete: the request builds its flow and runs hooks."""
+        self._head_lines = self._head_bytes = 0
+        self._head_deadline.stop()
+        super().allHeadersReceived()
+        command, path, version = self._request_line.split(b" ")
+        self.requests[-1].headers_received(command, path, version)
+
+    # -- the connection ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Record the client and run the ``client_connected`` hook."""
+        clock = self.factory.reactor
+        self._idle_deadline = Deadline(clock, self.timeoutConnection)
+        self._head_deadline = Deadline(clock, self._head_timed_out)
+        super().connectionMade()
+        limits = self.factory.limits
+        # Twisted's own checks answer 400; ours come first with 414/431.
+        self.totalHeadersSize = limits.max_header_size + 1
+        self.maxHeaders = limits.max_header_count + 1
+        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_size)
+        if self.tunnel is not None:
+            return  # adopted: the outer connection did this
+        factory = self.factory
+        self.client_conn = Client(
+            peername=host_and_port(self.getPeer()),
+            sockname=host_and_port(self.getHost()),
+            timestamp_start=factory.reactor.seconds(),
+        )
+        if factory.chain.has("client_connected"):
+            d = factory.chain.run("client_connected", self.client_conn)
+            if d is not None:
+                self.transport.pauseProducing()
+                d.addBoth(self._client_hook_done)
+
+    def _client_hook_done(self, result: object) -> None:
+        """
+        The ``client_connected`` hook ended: the client is served either
+        way; a hook that failed was logged by the chain and is as if absent.
+        """
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def getHost(self) -> Any:
+        """The local address, asked of the transport once (Twisted asks per request)."""
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
+
+    def getPeer(self) -> Any:
+        """The client's address, asked of the transport once."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
+
+    # -- timeouts: Twisted's TimeoutMixin interface, on a Deadline ---------
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """
+        ``TimeoutMixin.setTimeout``: change the idle timeout (``None``: none).
+        Twisted stops and restarts it around every request; a
+        :class:`~twistproxy._timer.Deadline` makes that cost no timer.
+        """
+        previous: float | None = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        if period is None:
+            self._idle_deadline.stop()
+        else:
+            self._idle_deadline.start(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """``TimeoutMixin.resetTimeout``: restart a running idle timeout."""
+        if self.timeOut is not None and self._idle_deadline.active():
+            self._idle_deadline.start(self.timeOut)
+
+    def stop_deadlines(self) -> None:
+        """Cancel every timer of the connection (it closed or changed hands)."""
+        self._idle_deadline.cancel()
+        self._head_deadline.cancel()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Tell the requests, then run the ``client_disconnected`` hook."""
+        super().connectionLost(reason)
+        self.stop_deadlines()
+        if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
+            peer = self.client_conn.peername
+            _log.info(
+                "TLS with client {client} for {host} failed: {why} "
+                "(does the client trust the twistproxy CA?)",
+                client=f"{peer[0]}:{peer[1]}" if peer else "?", host=self.tunnel.host,
+                why=describe_tls_failure(reason, None, None),
+            )
+        self._closed()
+
+    def _closed(self) -> None:
+        client = getattr(self, "client_conn", None)
+        factory = getattr(self, "factory", None)
+        if client is None or factory is None:
+            return
+        client.timestamp_end = factory.reactor.seconds()
+        factory.connections -= 1
+        factory.run_detached("client_disconnected", client)
