@@ -212,11 +212,6 @@ class Supervisor(Service):
                       delay=self.restart_delay)
             self._reactor.callLater(self.restart_delay, self._spawn, worker.number)
 
-    def pid_of(self, number: int) -> int | None:
-        """The process id of worker *number*, if it runs."""
-        process = self._processes.get(number)
-        return None if process is None else process.pid
-
     def stopService(self) -> Deferred[Any]:
         """Stop the workers (TERM, then KILL after 10 s)."""
         super().stopService()
