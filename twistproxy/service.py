@@ -66,7 +66,7 @@ class ProxyService(Service):
     def _listened(self, port: IListeningPort) -> None:
         self._listening = None
         self.port = port
-        self.log.info("twistproxy listening on {address}", address=_describe(port))
+        self.log.info("twistproxy listening on {address}", address=_describe_port(port))
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(port)
@@ -124,7 +124,11 @@ class ProxyService(Service):
         return None
 
 
-def _describe(port: IListeningPort) -> str:
+def _describe_port(port: IListeningPort) -> str:
+    """
+    The address *port* listens on, for the log: ``host:port`` (IPv6
+    literals bracketed), or the address's ``str`` when it has no host.
+    """
     address = port.getHost()
     host = getattr(address, "host", None)
     number = getattr(address, "port", None)
