@@ -33,8 +33,11 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from twistproxy._flowerror import FlowFileError
+from twistproxy._flowerror import Invalid as _Invalid
+from twistproxy._flowerror import describe_value as _describe_value
+from twistproxy._flowerror import join_path as _join
 from twistproxy.flow import Client, Error, Server
-from twistproxy.flowfile import FlowFileError, _describe, _Invalid, _join
 from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _content_type_params
 
 # -- HAR export ----------------------------------------------------------------
@@ -373,7 +376,7 @@ def _get(
         return default
     kinds = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise _Invalid(_join(where, key), f"unexpected {_describe(value)}")
+        raise _Invalid(_join(where, key), f"unexpected {_describe_value(value)}")
     return value
 
 
@@ -408,7 +411,7 @@ def _headers_from_har(items: list[Any], where: str) -> Headers:
     for i, item in enumerate(items):
         here = f"{where}[{i}]"
         if not isinstance(item, Mapping):
-            raise _Invalid(here, f"expected an object, got {_describe(item)}")
+            raise _Invalid(here, f"expected an object, got {_describe_value(item)}")
         name = _get(item, "name", str, here)
         value = _get(item, "value", str, here, default="")
         if name.startswith(":"):
@@ -521,7 +524,7 @@ def _form_body(params: list[Any], where: str) -> bytes:
     pairs = []
     for i, param in enumerate(params):
         if not isinstance(param, Mapping):
-            raise _Invalid(f"{where}[{i}]", f"expected an object, got {_describe(param)}")
+            raise _Invalid(f"{where}[{i}]", f"expected an object, got {_describe_value(param)}")
         pairs.append(
             (
                 _get(param, "name", str, f"{where}[{i}]"),
@@ -572,7 +575,7 @@ def _response_from_har(har: Mapping[str, Any], start: float, end: float) -> Resp
 
 def _flow_from_entry(entry: object, now: Callable[[], float]) -> HTTPFlow:
     if not isinstance(entry, Mapping):
-        raise _Invalid("", f"expected an object, got {_describe(entry)}")
+        raise _Invalid("", f"expected an object, got {_describe_value(entry)}")
     started, request_start, request_end, response_start, response_end = _timestamps(entry)
     request = _request_from_har(_get(entry, "request", Mapping, ""), request_start, request_end)
     response_har = _get(entry, "response", Mapping, "", default={})
