@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._target import join_host_port
 from twistproxy.proxy import ProxyFactory
 
 
@@ -127,11 +128,12 @@ class ProxyService(Service):
 def _describe_port(port: IListeningPort) -> str:
     """
     The address *port* listens on, for the log: ``host:port`` (IPv6
-    literals bracketed), or the address's ``str`` when it has no host.
+    literals bracketed), or the address's ``str`` when it has no host and
+    port.
     """
     address = port.getHost()
     host = getattr(address, "host", None)
     number = getattr(address, "port", None)
-    if host is None:
+    if host is None or number is None:
         return str(address)
-    return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
+    return join_host_port(host, number)
