@@ -1,13 +1,16 @@
 """
-Tests for how the modules of :mod:`twistproxy` import one another, read
-from their source with :mod:`ast`: every ``import`` and ``from ... import``
-of a ``twistproxy`` module counts, at module level, inside a function or
-under ``if TYPE_CHECKING:``, absolute or relative.
+Tests for how the modules of :mod:`twistproxy` are laid out, read from
+their source: how they import one another (with :mod:`ast`: every
+``import`` and ``from ... import`` of a ``twistproxy`` module counts, at
+module level, inside a function or under ``if TYPE_CHECKING:``, absolute or
+relative), and the ``test-case-name`` header that names each one's tests.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -203,3 +206,57 @@ class ImportGraphCheckerTests(SynchronousTestCase):
         )
         self.assertIsNone(find_cycle({"x": {"y": 1}, "y": {}, "z": {"y": 2}}))
         self.assertEqual(find_cycle({"x": {"x": 1}}), ["x", "x"])
+
+
+_HEADER = re.compile(r"# -\*- test-case-name: *(?P<names>[^ ].*?) *-\*-\Z")
+
+
+def named_test_modules(source: str) -> list[str] | None:
+    """
+    The test modules the ``# -*- test-case-name: tests.test_x -*-`` header
+    on the first line of *source* names (several are separated by commas),
+    or ``None`` without one.
+    """
+    first = source.partition("\n")[0]
+    match = _HEADER.match(first)
+    if match is None:
+        return None
+    return [name.strip() for name in match.group("names").split(",")]
+
+
+class TestCaseNameTests(SynchronousTestCase):
+    """
+    Every module of :mod:`twistproxy` names the test modules that test it.
+    """
+
+    def test_every_module_names_existing_tests(self) -> None:
+        """
+        Every module but the packages' ``__init__.py`` starts with a
+        ``test-case-name`` header, and each test module it names exists.
+        """
+        problems = []
+        for name, path in package_modules().items():
+            if path.name == "__init__.py":
+                continue
+            names = named_test_modules(path.read_text(encoding="utf-8"))
+            if names is None:
+                problems.append(f"{name}: no '# -*- test-case-name: ... -*-' first line")
+                continue
+            for test in names:
+                if not test or importlib.util.find_spec(test) is None:
+                    problems.append(f"{name}: names {test!r}, which does not exist")
+        self.assertEqual(problems, [])
+
+    def test_header(self) -> None:
+        """
+        The header gives one or more names, and must be the first line.
+        """
+        self.assertEqual(
+            named_test_modules("# -*- test-case-name: tests.test_a -*-\n"), ["tests.test_a"]
+        )
+        self.assertEqual(
+            named_test_modules('# -*- test-case-name: tests.test_a,tests.test_b -*-\n"""x"""'),
+            ["tests.test_a", "tests.test_b"],
+        )
+        self.assertIsNone(named_test_modules('"""x"""\n# -*- test-case-name: tests.test_a -*-\n'))
+        self.assertIsNone(named_test_modules("# -*- coding: utf-8 -*-\n"))
