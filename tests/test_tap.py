@@ -864,6 +864,37 @@ class ReplayOptionTests(TempDirTestCase):
                 self.assertTrue(message.startswith(f"{option} {path}: line 2: "), message)
                 self.assertIn("not valid JSON", message)
 
+    def test_recording_unwritable(self) -> None:
+        """
+        A recording holding a message that could not be written as it
+        stands (a reason phrase with CR LF in it, a HAR entry whose URL
+        holds one) is a one-line usage error naming the option, the file,
+        the line or entry and the field, for both replay options.
+        """
+        bad = recorded()
+        assert bad.response is not None
+        bad.response.reason = "OK\r\nSet-Cookie: a=b"
+        path = self.write_flows("bad.jsonl", recorded(), bad)
+        har = self.write_har("bad.har", recorded(), recorded())
+        with open(har, encoding="utf-8") as f:
+            document = json.load(f)
+        document["log"]["entries"][1]["request"]["url"] = "http://example.com/a\r\nb"
+        with open(har, "w", encoding="utf-8") as f:
+            json.dump(document, f)
+        for option in ("--server-replay", "--client-replay"):
+            with self.subTest(option=option):
+                message = self.usage_error(option, path)
+                self.assertEqual(
+                    message,
+                    f"{option} {path}: line 2: invalid response reason: "
+                    "'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control",
+                )
+                message = self.usage_error(option, har)
+                self.assertTrue(
+                    message.startswith(f"{option} {har}: log.entries[1].request.url: "), message
+                )
+                self.assertNotIn("\n", message)
+
     def test_recordings_read(self) -> None:
         """
         ``--server-replay`` and ``--client-replay`` are repeatable and take

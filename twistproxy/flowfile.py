@@ -50,8 +50,10 @@ from twistproxy import __version__
 from twistproxy import har as _har
 from twistproxy._flowerror import FlowFileError as FlowFileError  # public here
 from twistproxy._flowerror import Invalid as _Invalid
+from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
+from twistproxy.errors import InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
@@ -314,6 +316,9 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
     :returns: The flow on *line*, upgraded to the current format.
     :raises ValueError: (often :exc:`_Invalid` or :exc:`FlowFileError`) if
         the line is not a flow this version understands.
+    :raises InvalidMessage: if its request or response could not be
+        written as it stands (a CR or LF in a path, a header or a reason, a
+        method or header name that is not a token...).
     """
     try:
         record = json.loads(line)
@@ -338,7 +343,9 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
         version += 1
     state = _FLOW.decode(record, "")
     state["version"] = FLOW_STATE_VERSION
-    return HTTPFlow.from_state(state, now=now)
+    flow = HTTPFlow.from_state(state, now=now)
+    _check_messages(flow)
+    return flow
 
 
 class FlowWriter:
@@ -398,15 +405,19 @@ def read_flows(
     :param now: The clock the flows get (see :class:`~twistproxy.flow.Flow`).
     :returns: An iterator of the flows, not live unless saved live.
     :raises FlowFileError: when the iteration reaches a line that is not
-        valid JSON, has keys or types the format does not have, or comes
-        from a newer format version; the message starts ``line N:``.
+        valid JSON, has keys or types the format does not have, comes from
+        a newer format version, or holds a request or response that could
+        not be written as it stands (``line 2: invalid response reason:
+        'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control``, the field
+        named as :exc:`~twistproxy.errors.InvalidMessage` names it); the
+        message is one line and starts ``line N:``.
     """
     for lineno, line in enumerate(source, start=1):
         if not line.strip():
             continue
         try:
             flow = _decode_line(line, now)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, InvalidMessage) as e:
             raise FlowFileError(f"line {lineno}: {e}") from e
         yield flow
 
