@@ -30,6 +30,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._target import join_host_port
+
 _log = Logger(namespace="twistproxy.workers")
 
 
@@ -178,8 +180,8 @@ class Supervisor(Service):
         escaped = host.replace(":", "\\:")
         self._concrete = f"{kind}:{port}:interface={escaped}"
         super().startService()
-        _log.info("twistproxy listening on {host}:{port} with {count} workers",
-                  host=host, port=port, count=self.count)
+        _log.info("twistproxy listening on {address} with {count} workers",
+                  address=join_host_port(host, port), count=self.count)
         for number in range(self.count):
             self._spawn(number)
 
