@@ -224,6 +224,17 @@ def named_test_modules(source: str) -> list[str] | None:
     return [name.strip() for name in match.group("names").split(",")]
 
 
+def module_exists(name: str) -> bool:
+    """
+    Whether the module *name* can be found (without importing it, though
+    its parent packages are).
+    """
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent that does not exist; an empty name
+        return False
+
+
 class TestCaseNameTests(SynchronousTestCase):
     """
     Every module of :mod:`twistproxy` names the test modules that test it.
@@ -243,7 +254,7 @@ class TestCaseNameTests(SynchronousTestCase):
                 problems.append(f"{name}: no '# -*- test-case-name: ... -*-' first line")
                 continue
             for test in names:
-                if not test or importlib.util.find_spec(test) is None:
+                if not module_exists(test):
                     problems.append(f"{name}: names {test!r}, which does not exist")
         self.assertEqual(problems, [])
 
@@ -260,3 +271,13 @@ class TestCaseNameTests(SynchronousTestCase):
         )
         self.assertIsNone(named_test_modules('"""x"""\n# -*- test-case-name: tests.test_a -*-\n'))
         self.assertIsNone(named_test_modules("# -*- coding: utf-8 -*-\n"))
+
+    def test_module_exists(self) -> None:
+        """
+        An existing test module is found; one that is missing, in a missing
+        package or empty, is not.
+        """
+        self.assertTrue(module_exists("tests.test_imports"))
+        for name in ("tests.test_nothing_here", "no_such_package.test_x", ""):
+            with self.subTest(name=name):
+                self.assertFalse(module_exists(name))
