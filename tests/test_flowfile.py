@@ -33,6 +33,7 @@ from twistproxy.http import Headers, HTTPFlow, Request, Response
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ALL_BYTES = bytes(range(256))
+VALUE_BYTES = bytes(b for b in ALL_BYTES if b not in b"\r\n\x00")
 
 
 def make_flow(**request_overrides: Any) -> HTTPFlow:
@@ -172,12 +173,13 @@ class FlowWriterTests(SynchronousTestCase):
 
     def test_round_trip(self) -> None:
         """
-        A flow with binary bodies, odd headers, TLS details, marks, metadata
-        and timestamps reads back with an equal state.
+        A flow with binary bodies, odd headers (a value holding every byte
+        but the CR, LF and NUL that no value may hold), TLS details, marks,
+        metadata and timestamps reads back with an equal state.
         """
         flow = make_flow()
         assert flow.request is not None
-        flow.request.headers.fields += ((b"X-Raw", b"\x00\r\n" + ALL_BYTES),)
+        flow.request.headers.fields += ((b"X-Raw", VALUE_BYTES),)
         [restored] = read_flows(io.BytesIO(encode(flow)))
         self.assertIsInstance(restored, HTTPFlow)
         self.assertEqual(restored.get_state(), flow.get_state())
@@ -187,7 +189,7 @@ class FlowWriterTests(SynchronousTestCase):
             restored.request.headers.get_all_raw(b"x-odd"),
             [b"caf\xe9 \xff\x7f", b"second", b"third \xc3\xa9"],
         )
-        self.assertEqual(restored.request.headers.get_raw(b"x-raw"), b"\x00\r\n" + ALL_BYTES)
+        self.assertEqual(restored.request.headers.get_raw(b"x-raw"), VALUE_BYTES)
         self.assertEqual(restored.is_replay, "response")
         self.assertEqual(restored.marked, ":star:")
 
@@ -521,3 +523,122 @@ class ReadFlowsTests(SynchronousTestCase):
         self.assertEqual(
             third.error, Error("Connection refused: down.example.org:443", 1718183704.25)
         )
+
+
+def unwritable(**changes: Any) -> HTTPFlow:
+    """
+    :func:`make_flow`'s flow with *changes* applied: each keyword names a
+    message and one of its attributes (``response_reason="..."``) to set,
+    or ``request_fields``/``response_fields``, header fields to add.
+    """
+    flow = make_flow()
+    for key, value in changes.items():
+        message = getattr(flow, key.partition("_")[0])
+        attribute = key.partition("_")[2]
+        if attribute == "fields":
+            message.headers.fields += tuple(value)
+        else:
+            setattr(message, attribute, value)
+    return flow
+
+
+class CheckedRecordingTests(SynchronousTestCase):
+    """
+    Tests for the check `read_flows` makes of every flow: a request or
+    response that could not be written as it stands (as replay would write
+    it) is refused where it is read, naming the line and the field.
+    """
+
+    def assert_refused(self, flow: HTTPFlow, expected: str) -> None:
+        """
+        A flow file of a good flow and then *flow* gives the good flow, then
+        fails with a one-line `FlowFileError` that is exactly *expected*.
+        """
+        flows = read_flows(io.BytesIO(encode(make_flow(), flow)))
+        self.assertIsInstance(next(flows), HTTPFlow)
+        with self.assertRaises(FlowFileError) as caught:
+            next(flows)
+        message = str(caught.exception)
+        self.assertEqual(message, expected)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("\r", message)
+
+    def test_response_reason_with_crlf(self) -> None:
+        """
+        A recorded reason phrase holding CR LF (a header smuggled into the
+        status line) is refused.
+        """
+        self.assert_refused(
+            unwritable(response_reason="OK\r\nSet-Cookie: a=b"),
+            "line 2: invalid response reason: 'OK\\r\\nSet-Cookie: a=b' holds a CR, LF "
+            "or control",
+        )
+
+    def test_request_path_with_crlf(self) -> None:
+        """
+        A recorded request path holding CR LF is refused.
+        """
+        self.assert_refused(
+            unwritable(request_path="/a HTTP/1.1\r\nHost: evil\r\n\r\nGET /b"),
+            "line 2: invalid request path: '/a HTTP/1.1\\r\\nHost: evil\\r\\n\\r\\nGET /b' "
+            "is not a path starting with '/' without spaces or controls",
+        )
+
+    def test_header_name_with_space(self) -> None:
+        """
+        A header name with a space in it, which is not a token, is refused.
+        """
+        self.assert_refused(
+            unwritable(request_fields=[(b"X Bad", b"v")]),
+            "line 2: invalid request header name: b'X Bad' is not a token",
+        )
+
+    def test_header_value_with_lf(self) -> None:
+        """
+        A header value holding a bare LF is refused.
+        """
+        self.assert_refused(
+            unwritable(response_fields=[(b"X-Split", b"a\nInjected: 1")]),
+            "line 2: invalid response header value: b'X-Split' holds a CR, LF or NUL",
+        )
+
+    def test_other_fields(self) -> None:
+        """
+        A method that is not a token, a scheme that is not HTTP and a
+        status out of range are refused too.
+        """
+        cases = [
+            (unwritable(request_method="GET /x"), "invalid request method: "),
+            (unwritable(request_scheme="ftp"), "invalid request scheme: "),
+            (unwritable(request_host="exa mple.com"), "invalid request host: "),
+            (unwritable(response_status_code=1000), "invalid response status: "),
+        ]
+        for flow, expected in cases:
+            with self.subTest(expected=expected):
+                with self.assertRaises(FlowFileError) as caught:
+                    list(read_flows(io.BytesIO(encode(flow))))
+                self.assertTrue(str(caught.exception).startswith(f"line 1: {expected}"))
+
+    def test_request_without_response(self) -> None:
+        """
+        A flow without a response has only its request checked.
+        """
+        [flow] = read_flows(io.BytesIO(encode(failed_flow())))
+        self.assertIsNone(flow.response)
+        bad = failed_flow()
+        assert bad.request is not None
+        bad.request.path = "/\n"
+        with self.assertRaises(FlowFileError) as caught:
+            list(read_flows(io.BytesIO(encode(bad))))
+        self.assertTrue(str(caught.exception).startswith("line 1: invalid request path: "))
+
+    def test_load_flows(self) -> None:
+        """
+        `load_flows` refuses such a file as `read_flows` does.
+        """
+        path = os.path.join(temp_dir(self), "bad.jsonl")
+        with open(path, "wb") as out:
+            dump_flows([make_flow(), unwritable(response_reason="OK\n")], out)
+        with self.assertRaises(FlowFileError) as caught:
+            load_flows(path)
+        self.assertTrue(str(caught.exception).startswith("line 2: invalid response reason: "))

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_flowfile import ALL_BYTES, DATA, encode, failed_flow, make_flow, temp_dir
 from twistproxy import flowfile, har
+from twistproxy._headers import check_request, check_response
 from twistproxy.flow import Client, Error, Server
 from twistproxy.flowfile import FlowFileError, dump_flows, load_flows, main, read_flows
 from twistproxy.har import from_har, to_har
@@ -761,6 +762,105 @@ class FromHARTests(SynchronousTestCase):
             self.assertIn(message, str(caught.exception))
         self.assert_malformed({"log": {"entries": ["x"]}}, "log.entries[0]: expected an object")
 
+    def assert_entry_refused(self, entry: dict[str, Any], expected: str) -> None:
+        """
+        A HAR of a good entry and then *entry* gives the good entry's flow,
+        then fails with a one-line `FlowFileError` that is exactly
+        *expected*.
+        """
+        flows = from_har(har_with(entry))
+        self.assertIsInstance(next(flows), HTTPFlow)
+        with self.assertRaises(FlowFileError) as caught:
+            next(flows)
+        message = str(caught.exception)
+        self.assertEqual(message, expected)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("\r", message)
+
+    def test_response_reason_with_crlf(self) -> None:
+        """
+        A status text holding CR LF (a header smuggled into the status
+        line) is refused, naming the entry and the field.
+        """
+        entry = minimal_entry()
+        entry["response"] = {"status": 200, "statusText": "OK\r\nSet-Cookie: a=b"}
+        self.assert_entry_refused(
+            entry,
+            "log.entries[1]: invalid response reason: 'OK\\r\\nSet-Cookie: a=b' holds a CR, "
+            "LF or control",
+        )
+
+    def test_request_path_with_crlf(self) -> None:
+        """
+        A URL holding CR LF is refused (URL parsing would drop them unseen),
+        as is one whose path holds a space.
+        """
+        entry = minimal_entry()
+        entry["request"]["url"] = "http://example.com/a\r\nInjected: 1"
+        self.assert_entry_refused(
+            entry,
+            "log.entries[1].request.url: 'http://example.com/a\\r\\nInjected: 1' holds a CR, "
+            "LF or control",
+        )
+        entry["request"]["url"] = "http://example.com/a HTTP/1.1"
+        self.assert_entry_refused(
+            entry,
+            "log.entries[1]: invalid request path: '/a HTTP/1.1' is not a path starting with "
+            "'/' without spaces or controls",
+        )
+
+    def test_header_name_with_space(self) -> None:
+        """
+        A header name with a space in it, which is not a token, is refused,
+        naming the header.
+        """
+        entry = minimal_entry()
+        entry["request"]["headers"] = [{"name": "X Bad", "value": "v"}]
+        self.assert_entry_refused(
+            entry, "log.entries[1].request.headers[0]: invalid header name b'X Bad'"
+        )
+
+    def test_header_value_with_lf(self) -> None:
+        """
+        A header value holding a bare LF is refused, naming the header.
+        """
+        entry = minimal_entry()
+        entry["response"] = {
+            "status": 200,
+            "headers": [{"name": "X-Split", "value": "a\nInjected: 1"}],
+        }
+        self.assert_entry_refused(
+            entry,
+            "log.entries[1].response.headers[0]: invalid header value b'a\\nInjected: 1' "
+            "for b'X-Split'",
+        )
+
+    def test_browser_export_checked(self) -> None:
+        """
+        Every entry of the committed browser export imports into a flow
+        that could be written as it stands: its HTTP/2 pseudo-header fields
+        (``:authority``, ``:method``, ``:path``, ``:scheme``), which are not
+        HTTP/1 fields, are dropped.
+        """
+        har = browser_har()
+        names = {
+            h["name"] for e in har["log"]["entries"] for h in e["request"]["headers"]
+        }
+        self.assertTrue({":authority", ":method", ":path", ":scheme"} <= names)
+        flows = list(from_har(har))
+        self.assertEqual(len(flows), len(har["log"]["entries"]))
+        for flow in flows:
+            for message in (flow.request, flow.response):
+                if message is not None:
+                    self.assertEqual(
+                        [name for name, _ in message.headers.fields if name.startswith(b":")],
+                        [],
+                    )
+            assert flow.request is not None
+            check_request(flow.request)
+            if flow.response is not None:
+                check_response(flow.response)
+
     def test_har_flows_har(self) -> None:
         """
         HAR -> flows -> HAR keeps methods, URLs, statuses, headers (but
@@ -971,6 +1071,34 @@ class MainTests(SynchronousTestCase):
         with open(self.path("in.har"), "w") as f:
             f.write("{not json")
         self.assert_fails(["import-har", self.path("in.har"), self.path("out.jsonl")], "in.har: ")
+        self.assertFalse(os.path.exists(self.path("out.jsonl")))
+
+    def test_unwritable_recordings(self) -> None:
+        """
+        A flow file or a HAR holding a message that could not be written
+        as it stands is one line naming the file, the line or entry, and
+        the field; nothing is written.
+        """
+        bad = make_flow()
+        assert bad.response is not None
+        bad.response.reason = "OK\r\nSet-Cookie: a=b"
+        with open(self.path("in.jsonl"), "wb") as out:
+            out.write(encode(make_flow(), bad))
+        self.assert_fails(
+            ["export-har", self.path("in.jsonl"), self.path("out.har")],
+            "in.jsonl: line 2: invalid response reason: 'OK\\r\\nSet-Cookie: a=b'",
+        )
+        self.assertFalse(os.path.exists(self.path("out.har")))
+        self.stderr.truncate(0)
+        self.stderr.seek(0)
+        entry = minimal_entry()
+        entry["response"] = {"status": 200, "statusText": "OK\nX: y"}
+        with open(self.path("in.har"), "w", encoding="utf-8") as f:
+            json.dump(har_with(entry), f)
+        self.assert_fails(
+            ["import-har", self.path("in.har"), self.path("out.jsonl")],
+            "in.har: log.entries[1]: invalid response reason: 'OK\\nX: y'",
+        )
         self.assertFalse(os.path.exists(self.path("out.jsonl")))
 
     def test_usage(self) -> None:

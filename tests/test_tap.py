@@ -306,48 +306,15 @@ class AddonOptionTests(TempDirTestCase):
         self.assertEqual(options["addon"], [first, second])
         self.assertEqual([type(a).__name__ for a in options["addons"]], ["A", "B"])
 
-    def test_missing_file(self) -> None:
+    def test_refused_file(self) -> None:
         """
-        A file that does not exist is refused.
-        """
-        message = self.assert_refused(os.path.join(self.mktemp(), "missing.py"))
-        self.assertIn("no such file", message)
-
-    def test_syntax_error(self) -> None:
-        """
-        A file with a syntax error is refused, with the line number.
+        A file ``load_addons`` refuses is a one-line usage error: the option
+        and its reason, which names the file (the reasons are tested in
+        :mod:`tests.test_script`).
         """
         path = self.write("syntax.py", "x = 1\ndef broken(:\n")
         message = self.assert_refused(path)
-        self.assertIn(f"{path}:2: syntax error", message)
-
-    def test_raises_at_import(self) -> None:
-        """
-        A file that raises while it runs is refused, with the exception.
-        """
-        path = self.write("raises.py", "raise RuntimeError('no network here')\n")
-        message = self.assert_refused(path)
-        self.assertIn("RuntimeError: no network here", message)
-
-    def test_no_addons(self) -> None:
-        """
-        A file without ``addons`` is refused.
-        """
-        message = self.assert_refused(self.write("empty.py", "x = 1\n"))
-        self.assertIn("addons", message)
-
-    def test_misspelt_hook(self) -> None:
-        """
-        A file whose addon has a misspelt hook is refused, with the
-        suggestion.
-        """
-        path = self.write(
-            "misspelt.py",
-            "class Typo:\n    def reqeust(self, flow):\n        pass\naddons = [Typo()]\n",
-        )
-        message = self.assert_refused(path)
-        self.assertIn("reqeust", message)
-        self.assertIn("'request'", message)
+        self.assertTrue(message.startswith(f"--addon {path}:2: syntax error"), message)
 
 
 class FailingReactor(MemoryReactorClock):
@@ -896,6 +863,37 @@ class ReplayOptionTests(TempDirTestCase):
                 message = self.usage_error(option, path)
                 self.assertTrue(message.startswith(f"{option} {path}: line 2: "), message)
                 self.assertIn("not valid JSON", message)
+
+    def test_recording_unwritable(self) -> None:
+        """
+        A recording holding a message that could not be written as it
+        stands (a reason phrase with CR LF in it, a HAR entry whose URL
+        holds one) is a one-line usage error naming the option, the file,
+        the line or entry and the field, for both replay options.
+        """
+        bad = recorded()
+        assert bad.response is not None
+        bad.response.reason = "OK\r\nSet-Cookie: a=b"
+        path = self.write_flows("bad.jsonl", recorded(), bad)
+        har = self.write_har("bad.har", recorded(), recorded())
+        with open(har, encoding="utf-8") as f:
+            document = json.load(f)
+        document["log"]["entries"][1]["request"]["url"] = "http://example.com/a\r\nb"
+        with open(har, "w", encoding="utf-8") as f:
+            json.dump(document, f)
+        for option in ("--server-replay", "--client-replay"):
+            with self.subTest(option=option):
+                message = self.usage_error(option, path)
+                self.assertEqual(
+                    message,
+                    f"{option} {path}: line 2: invalid response reason: "
+                    "'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control",
+                )
+                message = self.usage_error(option, har)
+                self.assertTrue(
+                    message.startswith(f"{option} {har}: log.entries[1].request.url: "), message
+                )
+                self.assertNotIn("\n", message)
 
     def test_recordings_read(self) -> None:
         """

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy._target import Target, parse_absolute_form, parse_authority
+from twistproxy._target import (
+    DEFAULT_PORTS,
+    Target,
+    authority_for,
+    authority_text,
+    join_host_port,
+    parse_absolute_form,
+    parse_authority,
+    split_authority,
+)
 from twistproxy.errors import BadRequestTarget
 
 
@@ -278,3 +287,100 @@ class ParseAuthorityTests(SynchronousTestCase):
         for authority in (b"h:0", b"h:65536", b"h:000080", b"h:abc", b"h: 80"):
             with self.subTest(authority=authority):
                 self.assertRaises(BadRequestTarget, parse_authority, authority, 80)
+
+
+class WriteAuthorityTests(SynchronousTestCase):
+    """
+    Tests for `DEFAULT_PORTS`, `authority_for`, `authority_text` and
+    `join_host_port`: the one way twistproxy writes ``host[:port]``.
+    """
+
+    def test_default_ports(self) -> None:
+        """
+        ``http`` is port 80 and ``https`` 443; no other scheme has one.
+        """
+        self.assertEqual(DEFAULT_PORTS, {"http": 80, "https": 443})
+
+    def test_default_port_left_out(self) -> None:
+        """
+        The scheme's default port is left out, any other port is written;
+        a scheme without a default (``""``, for ``CONNECT``) always gets it.
+        """
+        cases = [
+            ("http", "example.com", 80, "example.com"),
+            ("https", "example.com", 443, "example.com"),
+            ("http", "example.com", 443, "example.com:443"),
+            ("https", "example.com", 8443, "example.com:8443"),
+            ("", "example.com", 443, "example.com:443"),
+        ]
+        for scheme, host, port, expected in cases:
+            with self.subTest(scheme=scheme, port=port):
+                self.assertEqual(authority_text(scheme, host, port), expected)
+                self.assertEqual(authority_for(scheme, host, port), expected.encode("ascii"))
+
+    def test_ipv6_bracketed(self) -> None:
+        """
+        An IPv6 literal is written in brackets, once: a host already in
+        brackets keeps them.
+        """
+        for host in ("::1", "[::1]"):
+            with self.subTest(host=host):
+                self.assertEqual(authority_text("http", host, 80), "[::1]")
+                self.assertEqual(authority_text("http", host, 8080), "[::1]:8080")
+                self.assertEqual(authority_for("https", host, 8443), b"[::1]:8443")
+                self.assertEqual(join_host_port(host, 443), "[::1]:443")
+
+    def test_unicode_host(self) -> None:
+        """
+        A non-ASCII host name is IDNA-encoded for the wire and kept as it is
+        in text.
+        """
+        self.assertEqual(authority_for("https", "b\u00fccher.example", 443),
+                         b"xn--bcher-kva.example")
+        self.assertEqual(authority_for("http", "b\u00fccher.example", 81),
+                         b"xn--bcher-kva.example:81")
+        self.assertEqual(authority_text("http", "b\u00fccher.example", 81),
+                         "b\u00fccher.example:81")
+
+    def test_join_host_port(self) -> None:
+        """
+        `join_host_port` always writes the port, even a default one.
+        """
+        self.assertEqual(join_host_port("example.com", 80), "example.com:80")
+        self.assertEqual(join_host_port("127.0.0.1", 8080), "127.0.0.1:8080")
+        self.assertEqual(join_host_port("fe80::1", 443), "[fe80::1]:443")
+
+
+class SplitAuthorityTests(SynchronousTestCase):
+    """
+    Tests for `split_authority`, the lenient split of a recorded or
+    hook-set ``Host`` value.
+    """
+
+    def test_host_and_port(self) -> None:
+        """
+        ``host:port`` splits into the host and the port as a number; a host
+        alone has no port.
+        """
+        self.assertEqual(split_authority("example.com:8080"), ("example.com", 8080))
+        self.assertEqual(split_authority("example.com"), ("example.com", None))
+
+    def test_ipv6(self) -> None:
+        """
+        A bracketed IPv6 literal loses its brackets; an unbracketed one is
+        a host without a port.
+        """
+        self.assertEqual(split_authority("[::1]:8080"), ("::1", 8080))
+        self.assertEqual(split_authority("[::1]"), ("::1", None))
+        self.assertEqual(split_authority("::1"), ("::1", None))
+
+    def test_never_raises(self) -> None:
+        """
+        What cannot be split is kept: no valid port gives ``None``, an
+        unterminated bracket keeps the whole value as the host.
+        """
+        self.assertEqual(split_authority("example.com:http"), ("example.com", None))
+        self.assertEqual(split_authority("example.com:"), ("example.com", None))
+        self.assertEqual(split_authority("[::1]x"), ("::1", None))
+        self.assertEqual(split_authority("[::1"), ("[::1", None))
+        self.assertEqual(split_authority(""), ("", None))

@@ -1,11 +1,25 @@
 # -*- test-case-name: tests.test_target -*-
 """
-Request-target parsing: where a proxied request goes.
+Request-target parsing: where a proxied request goes; and the one home of
+default ports and of writing and splitting authorities (``host[:port]``).
 
 A forward proxy receives ``GET http://example.com:8080/a?b=1 HTTP/1.1``
 (absolute form, RFC 9112 section 3.2.2); this module turns that target into a
 :class:`Target` naming the scheme, host, port, the origin-form path to send
 upstream and the authority to put in its ``Host`` header.  It does no I/O.
+
+Authorities, everywhere in twistproxy:
+
+- :data:`DEFAULT_PORTS`: the port of each scheme;
+- :func:`authority_for` (bytes, for the wire) and :func:`authority_text`
+  (text, for headers and URLs): ``host[:port]`` without the scheme's
+  default port;
+- :func:`join_host_port`: ``host:port`` always with the port, for logs,
+  messages and ``host:port`` patterns;
+- :func:`parse_authority` splits strictly (a client's request-target) and
+  :func:`split_authority` leniently (a recorded or hook-set ``Host``).
+
+All of them write IPv6 literals in brackets and read them without.
 """
 
 from __future__ import annotations
@@ -125,14 +139,65 @@ def parse_authority(authority: bytes, default_port: int) -> tuple[str, int]:
     return host.decode("ascii"), port
 
 
+def _bracketed(host: str) -> str:
+    """
+    *host* as an authority writes it: an IPv6 literal (a host with a colon)
+    in brackets, unless it already is.
+    """
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def authority_for(scheme: str, host: str, port: int) -> bytes:
     """
-    The authority naming *host* and *port* (``Host`` header form): IPv6
-    literals in brackets, the port left out when it is *scheme*'s default.
+    The authority naming *host* and *port* as it is sent (``Host`` header
+    form): IPv6 literals in brackets, a non-ASCII host name IDNA-encoded,
+    the port left out when it is *scheme*'s default.
     """
-    name = f"[{host}]" if ":" in host else host
+    name = _bracketed(host)
     encoded = name.encode("ascii") if name.isascii() else name.encode("idna")
     return encoded if DEFAULT_PORTS.get(scheme) == port else b"%s:%d" % (encoded, port)
+
+
+def authority_text(scheme: str, host: str, port: int) -> str:
+    """
+    The authority naming *host* and *port* as text, for a ``Host`` header
+    set through the ``str`` API or a URL: like :func:`authority_for`, but
+    the host is kept as it is (not IDNA-encoded).  A scheme without a
+    default port (``""``, for a ``CONNECT`` authority) always gets the port.
+    """
+    name = _bracketed(host)
+    return name if DEFAULT_PORTS.get(scheme) == port else f"{name}:{port}"
+
+
+def join_host_port(host: str, port: int) -> str:
+    """
+    ``host:port``, always with the port, IPv6 literals in brackets
+    (``[::1]:8080``): an address in logs and messages, and what ``host:port``
+    patterns are matched against.
+    """
+    return f"{_bracketed(host)}:{port}"
+
+
+def split_authority(authority: str) -> tuple[str, int | None]:
+    """
+    Split ``host[:port]`` leniently, never raising: for a ``Host`` header
+    that was recorded or set by a hook, not for a client's request-target
+    (:func:`parse_authority` checks those).
+
+    :returns: The host (an IPv6 literal without its brackets; the whole
+        *authority* when it cannot be split) and the port, or ``None`` when
+        there is no valid one.
+    """
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end != -1:
+            rest = authority[end + 1 :]
+            port = rest[1:] if rest.startswith(":") else ""
+            return authority[1:end], int(port) if port.isdigit() else None
+    host, sep, port = authority.rpartition(":")
+    if not sep or ":" in host:
+        return authority, None
+    return host, int(port) if port.isdigit() else None
 
 
 def check_host(fields: Iterable[tuple[bytes, bytes]], target: Target) -> bytes | None:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_timer -*-
 """
 A timeout that costs almost nothing to restart.
 

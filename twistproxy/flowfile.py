@@ -29,9 +29,9 @@ This is core code: it reads no clock (flows take a ``now`` callable), opens
 no sockets, and does I/O only through the file objects (or, for
 :func:`load_flows` and :func:`main`, the paths) it is given.
 
-:mod:`twistproxy.har` imports :exc:`FlowFileError` (and the schema's error
-helpers) from here, so this module imports :mod:`twistproxy.har` only inside
-the functions that use it.
+:exc:`FlowFileError` and the schema's error helpers live in
+:mod:`twistproxy._flowerror`, which :mod:`twistproxy.har` imports too; this
+module imports :mod:`twistproxy.har`, never the other way round.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from twistproxy import __version__
+from twistproxy import har as _har
+from twistproxy._flowerror import FlowFileError as FlowFileError  # public here
+from twistproxy._flowerror import Invalid as _Invalid
+from twistproxy._flowerror import check_messages as _check_messages
+from twistproxy._flowerror import describe_value as _describe_value
+from twistproxy._flowerror import join_path as _join
+from twistproxy.errors import InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
@@ -72,49 +79,7 @@ Empty while there has only been version 1.
 """
 
 
-class FlowFileError(ValueError):
-    """
-    A flow file or HAR is malformed or from a newer twistproxy, or a flow
-    cannot be written.  The message says where: ``line 3: ...`` for a flow
-    file, ``log.entries[2].request: ...`` for a HAR.
-    """
-
-
 # -- The JSON schema of a flow state -----------------------------------------
-
-
-class _Invalid(ValueError):
-    """
-    A value does not fit the schema.
-
-    :ivar where: The value's path, for example ``request.headers[2][0]``
-        (empty for the whole record).
-    :ivar reason: What is wrong with it.
-    """
-
-    def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"{where}: {reason}" if where else reason)
-        self.where = where
-        self.reason = reason
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where and key else where or key
-
-
-_JSON_NAMES = {
-    dict: "an object",
-    list: "a list",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
-
-
-def _describe(value: object) -> str:
-    return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
 class _Kind:
@@ -148,7 +113,7 @@ class _Plain(_Kind):
         if not isinstance(value, self._types) or (
             isinstance(value, bool) and bool not in self._types
         ):
-            raise _Invalid(where, f"expected {self._what}, got {_describe(value)}")
+            raise _Invalid(where, f"expected {self._what}, got {_describe_value(value)}")
         return value
 
 
@@ -175,7 +140,7 @@ class _Latin1(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):
-            raise _Invalid(where, f"expected a string, got {_describe(value)}")
+            raise _Invalid(where, f"expected a string, got {_describe_value(value)}")
         try:
             return value.encode("latin-1")
         except UnicodeEncodeError:
@@ -192,7 +157,7 @@ class _Base64(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, str):
-            raise _Invalid(where, f"expected a base64 string, got {_describe(value)}")
+            raise _Invalid(where, f"expected a base64 string, got {_describe_value(value)}")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -210,7 +175,7 @@ class _List(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, list):
-            raise _Invalid(where, f"expected a list, got {_describe(value)}")
+            raise _Invalid(where, f"expected a list, got {_describe_value(value)}")
         return [self._item.decode(x, f"{where}[{i}]") for i, x in enumerate(value)]
 
 
@@ -226,7 +191,7 @@ class _Pair(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, list) or len(value) != 2:
-            raise _Invalid(where, f"expected a list of two items, got {_describe(value)}")
+            raise _Invalid(where, f"expected a list of two items, got {_describe_value(value)}")
         first, second = self._kinds
         return [first.decode(value[0], f"{where}[0]"), second.decode(value[1], f"{where}[1]")]
 
@@ -236,7 +201,7 @@ class _Object(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
-            raise _Invalid(where, f"expected an object, got {_describe(value)}")
+            raise _Invalid(where, f"expected an object, got {_describe_value(value)}")
         return value
 
 
@@ -254,7 +219,7 @@ class _Record(_Kind):
 
     def decode(self, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
-            raise _Invalid(where, f"expected an object, got {_describe(value)}")
+            raise _Invalid(where, f"expected an object, got {_describe_value(value)}")
         unknown = set(value) - set(self._fields)
         if unknown:
             raise _Invalid(where, f"unknown keys {sorted(unknown)!r}")
@@ -351,6 +316,9 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
     :returns: The flow on *line*, upgraded to the current format.
     :raises ValueError: (often :exc:`_Invalid` or :exc:`FlowFileError`) if
         the line is not a flow this version understands.
+    :raises InvalidMessage: if its request or response could not be
+        written as it stands (a CR or LF in a path, a header or a reason, a
+        method or header name that is not a token...).
     """
     try:
         record = json.loads(line)
@@ -358,7 +326,7 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
         hint = "" if line.endswith(b"\n") else " (the file ends in the middle of this line)"
         raise _Invalid("", f"not valid JSON: {e}{hint}") from None
     if not isinstance(record, dict):
-        raise _Invalid("", f"expected a JSON object, got {_describe(record)}")
+        raise _Invalid("", f"expected a JSON object, got {_describe_value(record)}")
     version = record.pop("version", None)
     if type(version) is not int:
         raise _Invalid("version", f"missing or not an integer: {version!r}")
@@ -375,7 +343,9 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
         version += 1
     state = _FLOW.decode(record, "")
     state["version"] = FLOW_STATE_VERSION
-    return HTTPFlow.from_state(state, now=now)
+    flow = HTTPFlow.from_state(state, now=now)
+    _check_messages(flow)
+    return flow
 
 
 class FlowWriter:
@@ -435,15 +405,19 @@ def read_flows(
     :param now: The clock the flows get (see :class:`~twistproxy.flow.Flow`).
     :returns: An iterator of the flows, not live unless saved live.
     :raises FlowFileError: when the iteration reaches a line that is not
-        valid JSON, has keys or types the format does not have, or comes
-        from a newer format version; the message starts ``line N:``.
+        valid JSON, has keys or types the format does not have, comes from
+        a newer format version, or holds a request or response that could
+        not be written as it stands (``line 2: invalid response reason:
+        'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control``, the field
+        named as :exc:`~twistproxy.errors.InvalidMessage` names it); the
+        message is one line and starts ``line N:``.
     """
     for lineno, line in enumerate(source, start=1):
         if not line.strip():
             continue
         try:
             flow = _decode_line(line, now)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, InvalidMessage) as e:
             raise FlowFileError(f"line {lineno}: {e}") from e
         yield flow
 
@@ -473,15 +447,13 @@ def load_flows(path: str | os.PathLike[str]) -> list[HTTPFlow]:
         :func:`twistproxy.har.from_har` do, or when a HAR file is not JSON.
     :raises OSError: if the file cannot be read.
     """
-    from twistproxy.har import from_har  # twistproxy.har imports this module
-
     with open(path, "rb") as source:
         if os.fspath(path).lower().endswith(".har"):
             try:
                 har = json.load(source)
             except ValueError as e:
                 raise FlowFileError(f"not a HAR file: {e}") from e
-            return list(from_har(har))
+            return list(_har.from_har(har))
         return list(read_flows(source))
 
 
@@ -504,8 +476,6 @@ def _write_output(name: str, write: Callable[[IO[bytes]], object]) -> None:
 
 
 def _export_har(args: argparse.Namespace) -> None:
-    from twistproxy.har import to_har  # twistproxy.har imports this module
-
     source = _open_input(args.input)
     try:
         flows = list(read_flows(source))
@@ -514,14 +484,12 @@ def _export_har(args: argparse.Namespace) -> None:
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    har = to_har(flows, creator_version=__version__)
-    data = json.dumps(har, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    document = _har.to_har(flows, creator_version=__version__)
+    data = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
     _write_output(args.output, lambda out: out.write(data))
 
 
 def _import_har(args: argparse.Namespace) -> None:
-    from twistproxy.har import from_har  # twistproxy.har imports this module
-
     source = _open_input(args.input)
     try:
         data = source.read()
@@ -530,7 +498,7 @@ def _import_har(args: argparse.Namespace) -> None:
             source.close()
     try:
         har = json.loads(data.decode("utf-8-sig"))  # HAR is UTF-8; a BOM is allowed
-        flows = list(from_har(har))
+        flows = list(_har.from_har(har))
     except ValueError as e:  # FlowFileError, JSONDecodeError, UnicodeDecodeError
         raise FlowFileError(f"{args.input}: {e}") from e
     _write_output(args.output, lambda out: dump_flows(flows, out))

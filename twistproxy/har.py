@@ -33,8 +33,13 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from twistproxy._flowerror import FlowFileError
+from twistproxy._flowerror import Invalid as _Invalid
+from twistproxy._flowerror import check_messages as _check_messages
+from twistproxy._flowerror import describe_value as _describe_value
+from twistproxy._flowerror import join_path as _join
+from twistproxy.errors import InvalidMessage
 from twistproxy.flow import Client, Error, Server
-from twistproxy.flowfile import FlowFileError, _describe, _Invalid, _join
 from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _content_type_params
 
 # -- HAR export ----------------------------------------------------------------
@@ -42,6 +47,7 @@ from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _cont
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _FORM = "application/x-www-form-urlencoded"
 
 
@@ -373,7 +379,7 @@ def _get(
         return default
     kinds = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise _Invalid(_join(where, key), f"unexpected {_describe(value)}")
+        raise _Invalid(_join(where, key), f"unexpected {_describe_value(value)}")
     return value
 
 
@@ -408,7 +414,7 @@ def _headers_from_har(items: list[Any], where: str) -> Headers:
     for i, item in enumerate(items):
         here = f"{where}[{i}]"
         if not isinstance(item, Mapping):
-            raise _Invalid(here, f"expected an object, got {_describe(item)}")
+            raise _Invalid(here, f"expected an object, got {_describe_value(item)}")
         name = _get(item, "name", str, here)
         value = _get(item, "value", str, here, default="")
         if name.startswith(":"):
@@ -468,6 +474,8 @@ def _request_from_har(har: Mapping[str, Any], start: float, end: float) -> Reque
     if not _TOKEN.match(method):
         raise _Invalid("request.method", f"not a valid method: {method!r}")
     url = _get(har, "url", str, "request")
+    if _CONTROL.search(url):  # URL parsing would drop a CR, LF or tab unseen
+        raise _Invalid("request.url", f"{url!r} holds a CR, LF or control")
     version = _http_version(_get(har, "httpVersion", str, "request", default=""))
     headers = _headers_from_har(
         _get(har, "headers", list, "request", default=[]), "request.headers"
@@ -521,7 +529,7 @@ def _form_body(params: list[Any], where: str) -> bytes:
     pairs = []
     for i, param in enumerate(params):
         if not isinstance(param, Mapping):
-            raise _Invalid(f"{where}[{i}]", f"expected an object, got {_describe(param)}")
+            raise _Invalid(f"{where}[{i}]", f"expected an object, got {_describe_value(param)}")
         pairs.append(
             (
                 _get(param, "name", str, f"{where}[{i}]"),
@@ -572,7 +580,7 @@ def _response_from_har(har: Mapping[str, Any], start: float, end: float) -> Resp
 
 def _flow_from_entry(entry: object, now: Callable[[], float]) -> HTTPFlow:
     if not isinstance(entry, Mapping):
-        raise _Invalid("", f"expected an object, got {_describe(entry)}")
+        raise _Invalid("", f"expected an object, got {_describe_value(entry)}")
     started, request_start, request_end, response_start, response_end = _timestamps(entry)
     request = _request_from_har(_get(entry, "request", Mapping, ""), request_start, request_end)
     response_har = _get(entry, "response", Mapping, "", default={})
@@ -599,10 +607,11 @@ def _flows_from_entries(entries: list[Any], now: Callable[[], float]) -> Iterato
     for index, entry in enumerate(entries):
         try:
             flow = _flow_from_entry(entry, now)
+            _check_messages(flow)
         except _Invalid as e:
             where = _join(f"log.entries[{index}]", e.where)
             raise FlowFileError(f"{where}: {e.reason}") from e
-        except ValueError as e:
+        except (ValueError, InvalidMessage) as e:
             raise FlowFileError(f"log.entries[{index}]: {e}") from e
         yield flow
 
@@ -613,8 +622,10 @@ def from_har(har: Mapping[str, Any], *, now: Callable[[], float] = time.time) ->
     flows, one per entry, complete enough to replay: method, URL (scheme,
     host, port, path), headers and body.
 
-    HTTP/2 pseudo-headers are dropped and a Host header is added when the
-    entry has none.  Bodies come from ``text`` (base64 when ``encoding``
+    HTTP/2 pseudo-headers (``:authority`` and the like, which are not
+    HTTP/1 fields) are dropped and a Host header is added when the entry
+    has none.  A URL holding a CR, LF or other control character is
+    refused rather than cleaned.  Bodies come from ``text`` (base64 when ``encoding``
     says so, else encoded in the Content-Type's charset) and are encoded
     again with the entry's Content-Encoding, since HAR holds them decoded; a
     response without ``text`` has no captured body (``raw_content`` is
@@ -630,7 +641,11 @@ def from_har(har: Mapping[str, Any], *, now: Callable[[], float] = time.time) ->
     :raises FlowFileError: at once if the document has no ``log.entries``
         list or is not HAR 1.x; during the iteration if an entry is
         malformed, naming it and the field (``log.entries[2].request: missing
-        'url'``).
+        'url'``), or if its request or response could not be written as it
+        stands, as replay would write it (``log.entries[2]: invalid response
+        reason: ...``, the field named as
+        :exc:`~twistproxy.errors.InvalidMessage` names it); the message is
+        one line.
     """
     if not isinstance(har, Mapping) or not isinstance(har.get("log"), Mapping):
         raise FlowFileError("not a HAR document: no log object")

@@ -306,7 +306,7 @@ class HookChain:
         self._first_hooks: dict[type, frozenset[str]] = {}
         self._calls: dict[str, tuple[_HookCall, ...]] = {
             hook: tuple(
-                (_describe(addon), method)
+                (_addon_name(addon), method)
                 for addon in self._addons
                 if (method := _implementation(addon, hook)) is not None
             )
@@ -371,7 +371,7 @@ class HookChain:
         """
         calls = self._calls[hook]
         if first is not None and hook in self._hooks_of(type(first)):
-            calls = ((_describe(first), getattr(first, hook)), *calls)
+            calls = ((_addon_name(first), getattr(first, hook)), *calls)
         if not calls:
             return None
         for index, (description, call) in enumerate(calls):
@@ -621,7 +621,7 @@ def _hook_failed(hook: str, description: str, subject: object, reason: Failure) 
     return Failure(HookFailed(hook, description, reason))
 
 
-def _describe(addon: object) -> str:
+def _addon_name(addon: object) -> str:
     """
     Name *addon* in logs and errors: its class's qualified name, or the
     ``repr`` of a module.
@@ -726,8 +726,8 @@ def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
 def _name_of(addon: object) -> str:
     """
     Name *addon* in a validation error: a class by its own name, anything
-    else as :func:`_describe` does.
+    else as :func:`_addon_name` does.
     """
     if isinstance(addon, type):
         return addon.__qualname__
-    return _describe(addon)
+    return _addon_name(addon)

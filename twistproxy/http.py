@@ -26,11 +26,10 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Literal, Self, TypeVar, overload
 
 from twistproxy import _encoding
+from twistproxy._target import DEFAULT_PORTS, authority_text, split_authority
 from twistproxy.flow import Client, Flow, Server, _check_keys
 
 _T = TypeVar("_T")
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # RFC 9110 field-name (token) and a field value without CR, LF or NUL: what
 # the str API accepts, so that no header set through it can split a message.
@@ -668,35 +667,6 @@ class Message:
         self._decoded = None
 
 
-def _hostport(scheme: str, host: str, port: int) -> str:
-    """
-    :returns: ``host:port`` with IPv6 literals bracketed and the port left
-        out when it is the scheme's default.
-    """
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    if _DEFAULT_PORTS.get(scheme) == port:
-        return host
-    return f"{host}:{port}"
-
-
-def _split_authority(authority: str) -> tuple[str, int | None]:
-    """
-    Split ``host[:port]`` (IPv6 literals bracketed) into the host, without
-    brackets, and the port if there is a valid one.
-    """
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end != -1:
-            rest = authority[end + 1 :]
-            port = rest[1:] if rest.startswith(":") else ""
-            return authority[1:end], int(port) if port.isdigit() else None
-    host, sep, port = authority.rpartition(":")
-    if not sep or ":" in host:
-        return authority, None
-    return host, int(port) if port.isdigit() else None
-
-
 def _parse_url(url: str) -> tuple[str, str, int, str]:
     """
     Parse an absolute URL into scheme, host (without brackets), port and
@@ -713,7 +683,7 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
     port = parts.port  # raises ValueError when out of range
     if port is None:
         try:
-            port = _DEFAULT_PORTS[scheme]
+            port = DEFAULT_PORTS[scheme]
         except KeyError:
             raise ValueError(f"no port in URL and no default for {scheme!r}: {url!r}") from None
     path = parts.path or "/"
@@ -810,7 +780,7 @@ class Request(Message):
         scheme, host, port, path = _parse_url(url)
         fields = _make_headers(headers)
         if b"host" not in fields:
-            fields.insert(0, "Host", _hostport(scheme, host, port))
+            fields.insert(0, "Host", authority_text(scheme, host, port))
         body = content.encode("utf-8") if isinstance(content, str) else content
         request = cls(host, port, method, scheme, "", path, "HTTP/1.1", fields, None)
         needs_length = body or method.upper() in ("POST", "PUT", "PATCH")
@@ -835,14 +805,14 @@ class Request(Message):
         URL raises :exc:`ValueError`.
         """
         if self._is_connect:
-            return self.authority or _hostport("", self.host, self.port)
-        return f"{self.scheme}://{_hostport(self.scheme, self.host, self.port)}{self.path}"
+            return self.authority or authority_text("", self.host, self.port)
+        return f"{self.scheme}://{authority_text(self.scheme, self.host, self.port)}{self.path}"
 
     @url.setter
     def url(self, value: str | bytes) -> None:
         scheme, host, port, path = _parse_url(_to_str(value))
         self.scheme, self.host, self.port, self.path = scheme, host, port, path
-        hostport = _hostport(scheme, host, port)
+        hostport = authority_text(scheme, host, port)
         if self.authority:
             self.authority = hostport
         if b"host" in self.headers:
@@ -872,7 +842,7 @@ class Request(Message):
         """
         host_header = self.host_header
         if host_header:
-            return _split_authority(host_header)[0]
+            return split_authority(host_header)[0]
         return self.host
 
     @property
@@ -886,10 +856,10 @@ class Request(Message):
         host_header = self.host_header
         if not host_header:
             return self.url
-        host, port = _split_authority(host_header)
+        host, port = split_authority(host_header)
         if port is None:
-            port = _DEFAULT_PORTS.get(self.scheme, self.port)
-        return f"{self.scheme}://{_hostport(self.scheme, host, port)}{self.path}"
+            port = DEFAULT_PORTS.get(self.scheme, self.port)
+        return f"{self.scheme}://{authority_text(self.scheme, host, port)}{self.path}"
 
     @property
     def query(self) -> list[tuple[str, str]]:

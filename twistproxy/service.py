@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._target import join_host_port
 from twistproxy.proxy import ProxyFactory
 
 
@@ -66,7 +67,7 @@ class ProxyService(Service):
     def _listened(self, port: IListeningPort) -> None:
         self._listening = None
         self.port = port
-        self.log.info("twistproxy listening on {address}", address=_describe(port))
+        self.log.info("twistproxy listening on {address}", address=_describe_port(port))
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(port)
@@ -124,10 +125,15 @@ class ProxyService(Service):
         return None
 
 
-def _describe(port: IListeningPort) -> str:
+def _describe_port(port: IListeningPort) -> str:
+    """
+    The address *port* listens on, for the log: ``host:port`` (IPv6
+    literals bracketed), or the address's ``str`` when it has no host and
+    port.
+    """
     address = port.getHost()
     host = getattr(address, "host", None)
     number = getattr(address, "port", None)
-    if host is None:
+    if host is None or number is None:
         return str(address)
-    return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
+    return join_host_port(host, number)

@@ -30,6 +30,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._target import join_host_port
+
 _log = Logger(namespace="twistproxy.workers")
 
 
@@ -178,8 +180,8 @@ class Supervisor(Service):
         escaped = host.replace(":", "\\:")
         self._concrete = f"{kind}:{port}:interface={escaped}"
         super().startService()
-        _log.info("twistproxy listening on {host}:{port} with {count} workers",
-                  host=host, port=port, count=self.count)
+        _log.info("twistproxy listening on {address} with {count} workers",
+                  address=join_host_port(host, port), count=self.count)
         for number in range(self.count):
             self._spawn(number)
 
@@ -211,11 +213,6 @@ class Supervisor(Service):
                       number=worker.number, why=reason.getErrorMessage(),
                       delay=self.restart_delay)
             self._reactor.callLater(self.restart_delay, self._spawn, worker.number)
-
-    def pid_of(self, number: int) -> int | None:
-        """The process id of worker *number*, if it runs."""
-        process = self._processes.get(number)
-        return None if process is None else process.pid
 
     def stopService(self) -> Deferred[Any]:
         """Stop the workers (TERM, then KILL after 10 s)."""

@@ -29,6 +29,9 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from tests.e2e.origin import OriginFactory
+from twistproxy.flow import Client, Server
+from twistproxy.flowfile import dump_flows
+from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.tap import Options
 
 pytestmark = pytest.mark.e2e
@@ -318,6 +321,36 @@ async def test_broken_addon(tmp_path: Path) -> None:
         tmp_path,
     )
     assert_usage_error(code, output, "broken.py", "syntax error")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unwritable_recording(tmp_path: Path) -> None:
+    """
+    A ``--server-replay`` file holding a response that could not be
+    written as it stands (a reason phrase with CR LF in it) ends twistd at
+    start with the short hint and one line naming the file, the line and
+    the field, not a traceback.
+    """
+    flows = []
+    for reason in ("OK", "OK\r\nSet-Cookie: a=b"):
+        flow = HTTPFlow(Client(), Server(address=("127.0.0.1", 9)), now=lambda: 1.0)
+        flow.request = Request.make("GET", "http://127.0.0.1:9/")
+        flow.response = Response.make(200, b"recorded")
+        flow.response.reason = reason
+        flows.append(flow)
+    with open(tmp_path / "bad.jsonl", "wb") as out:
+        dump_flows(flows, out)
+    code, output = await run(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--port", str(free_port()),
+         "--server-replay", "bad.jsonl"],
+        tmp_path,
+    )
+    assert_usage_error(
+        code,
+        output,
+        "--server-replay bad.jsonl: line 2: invalid response reason: "
+        "'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control",
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -26,6 +26,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
 
+from twistproxy._target import authority_text, join_host_port
 from twistproxy.filters import Filter, FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.flow import Client
@@ -285,7 +286,7 @@ def _client(flow: HTTPFlow) -> str:
     peer = flow.client_conn.peername
     if peer is None:
         return "-"
-    return f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+    return join_host_port(*peer)
 
 
 # -- host policy -------------------------------------------------------------
@@ -407,7 +408,7 @@ class HostPolicy(Addon):
         if request is None:
             return True
         host = canonical_host(request.host)
-        hostport = f"[{host}]:{request.port}" if ":" in host else f"{host}:{request.port}"
+        hostport = join_host_port(host, request.port)
         subject = _destination_view(flow, request, host) if self._filters else flow
         if any(p.matches(subject, hostport) for p in self._block):
             return False
@@ -417,18 +418,12 @@ class HostPolicy(Addon):
         request = flow.request
         if request is None or self.permits(flow):
             return
-        shown = _hostport(request.host, request.port)
+        shown = join_host_port(request.host, request.port)
         flow.response = Response.make(
             403,
             f"403 Forbidden\n\ntwistproxy: the host policy refuses this request to {shown}.\n",
         )
 
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+\Z")
 
@@ -462,9 +457,7 @@ def _destination_view(flow: HTTPFlow, request: Request, host: str) -> HTTPFlow:
     to *host* and whose ``Host`` header names it.
     """
     connect = request.method.upper() == "CONNECT"
-    name = f"[{host}]" if ":" in host else host
-    default = None if connect else _DEFAULT_PORTS.get(request.scheme)
-    authority = name if request.port == default else f"{name}:{request.port}"
+    authority = authority_text("" if connect else request.scheme, host, request.port)
     header = request.host_header
     if host == request.host and (header is None or header.lower() == authority):
         return flow

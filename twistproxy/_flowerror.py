@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.test_flowfile,tests.test_har -*-
+"""
+The error of files of flows, the helpers that say where in a document a
+value is wrong, and the check every flow read from a file passes: shared by
+flow files (:mod:`twistproxy.flowfile`) and HAR (:mod:`twistproxy.har`),
+which both import it, so that neither imports the other's internals.
+
+:exc:`FlowFileError` is public as ``twistproxy.flowfile.FlowFileError``
+(and ``twistproxy.har`` raises it); the rest is for those two modules.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from twistproxy._headers import check_request, check_response
+from twistproxy.http import HTTPFlow
+
+
+class FlowFileError(ValueError):
+    """
+    A flow file or HAR is malformed, from a newer twistproxy, or holds a
+    request or response that could not be sent as it stands; or a flow
+    cannot be written to a flow file.  The message says where: ``line 3:
+    ...`` for a flow file, ``log.entries[2].request: ...`` for a HAR.
+    """
+
+
+class Invalid(ValueError):
+    """
+    A value does not fit the schema of a flow file line or a HAR entry.
+
+    :ivar where: The value's path, for example ``request.headers[2][0]``
+        (empty for the whole record).
+    :ivar reason: What is wrong with it.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.where = where
+        self.reason = reason
+
+
+def join_path(where: str, key: str) -> str:
+    """
+    The path of *key* inside the value at *where*: ``request.url`` for
+    ``("request", "url")``; either part may be empty.
+    """
+    return f"{where}.{key}" if where and key else where or key
+
+
+_JSON_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def describe_value(value: object) -> str:
+    """
+    What kind of JSON value *value* is, for a message: ``"an object"``,
+    ``"a string"``, ``"null"``...; a type that is not JSON by its name.
+    """
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_messages(flow: HTTPFlow) -> None:
+    """
+    Check that *flow*'s request and response (when it has them) could be
+    written on the wire as they stand, as replay would write them (see
+    :func:`twistproxy._headers.check_request` and
+    :func:`~twistproxy._headers.check_response`): a recording is refused
+    when it is read, not when it is replayed.
+
+    :raises twistproxy.errors.InvalidMessage: naming the first bad field,
+        in a one-line message (the bad value is shown as its ``repr``).
+    """
+    if flow.request is not None:
+        check_request(flow.request)
+    if flow.response is not None:
+        check_response(flow.response)
