@@ -896,6 +896,7 @@ class Exchange:
 
     def _client_gone(self, now: float, arg: Any) -> Actions:
         self._gone = True
+        self._client_paused = False
         actions: list[tuple[Action, Any]] = []
         if self._pending:
             self._pending = False

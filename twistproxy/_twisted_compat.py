@@ -14,8 +14,11 @@ private Twisted name.
 
 from __future__ import annotations
 
-from twisted.web import http
-from twisted.web.http import HTTPChannel
+from twisted.web.http import (  # the module's own attribute access is slow (deprecations)
+    HTTPChannel,
+    _ChunkedTransferDecoder,
+    _MalformedChunkedDataError,
+)
 
 from twistproxy._framing import MAX_LENGTH
 
@@ -31,7 +34,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
 """``(owner, name)`` of every private Twisted name used here, for the test."""
 
 
-class _BoundedChunks(http._ChunkedTransferDecoder):
+class _BoundedChunks(_ChunkedTransferDecoder):
     """
     Twisted's chunked decoder, refusing chunk sizes beyond
     :data:`~twistproxy._framing.MAX_LENGTH` (as llhttp does): its own takes
@@ -41,7 +44,7 @@ class _BoundedChunks(http._ChunkedTransferDecoder):
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
         done: bool = super()._dataReceived_CHUNK_LENGTH()
         if done and self.length > MAX_LENGTH:
-            raise http._MalformedChunkedDataError("chunk size out of range")
+            raise _MalformedChunkedDataError("chunk size out of range")
         return done
 
 
@@ -65,7 +68,7 @@ class ChannelCompat(HTTPChannel):
         """Twisted's choice of body decoder, with chunk sizes bounded."""
         ok: bool = super()._maybeChooseTransferDecoder(header, data)
         decoder = self._transferDecoder
-        if ok and type(decoder) is http._ChunkedTransferDecoder:
+        if ok and type(decoder) is _ChunkedTransferDecoder:
             self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
         return ok
 
