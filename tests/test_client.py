@@ -424,6 +424,18 @@ class ProxyClientTests(SynchronousTestCase):
             self.receiver.started, [(200, b"", b"HTTP/1.1", [(b"Content-Length", b"0")])]
         )
 
+    def test_interim_response_body_dropped(self) -> None:
+        """
+        A body an interim response declares (llhttp reads one for a 199) is
+        not the final response's.
+        """
+        self.send()
+        self.client.dataReceived(
+            b"HTTP/1.1 199 Odd\r\nContent-Length: 3\r\n\r\nxyz" + OK_HI
+        )
+        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.body, b"hi")
+
     def test_interim_response_in_separate_read(self) -> None:
         """
         An interim response arriving on its own reports nothing; the final

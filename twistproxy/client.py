@@ -283,9 +283,12 @@ class ProxyClient(Protocol):
             raise _SkipBody()
 
     def on_body(self, body: bytes) -> None:
-        """httptools callback: a piece of the body."""
+        """
+        httptools callback: a piece of the body; llhttp lets an interim
+        response (say 199) declare one, which is not the final response's.
+        """
         father = self.father
-        if father is not None:
+        if father is not None and self._started:
             father.response_data(body)
 
     def on_message_complete(self) -> None:
