@@ -85,11 +85,13 @@ class IAddon(Interface):
 
     Every hook may return ``None`` (or any other plain value, which is
     ignored), a :class:`~twisted.internet.defer.Deferred` or a coroutine; the
-    proxy waits for it before calling the next addon. A hook that calls
-    ``flow.intercept()`` holds the flow until ``flow.resume()``; a hook that
-    calls ``flow.kill()`` ends the flow and no further hook of the chain runs.
-    A hook that raises is logged with the flow's id and the client is
-    answered 500.
+    proxy waits for it before calling the next addon, up to the proxy's hook
+    deadline (``ProxyFactory(hook_timeout=...)``). A hook that calls
+    ``flow.intercept()`` holds the flow until ``flow.resume()``, with no
+    deadline unless the proxy was given an intercept deadline; a hook that
+    calls ``flow.kill()`` ends the flow and no further hook of the chain
+    runs. A hook that raises, or outlives its deadline, is logged with the
+    flow's id and the client is answered 500.
     """
 
     def client_connected(client: Any) -> object:
