@@ -1196,11 +1196,11 @@ class HookChainDeadlineTests(SynchronousTestCase):
 
     def test_timeout_positive(self) -> None:
         """
-        A deadline that is not a positive number of seconds is a
+        A deadline that is not a positive finite number of seconds is a
         ``ValueError`` naming the parameter.
         """
         for name in ("timeout", "intercept_timeout"):
-            for seconds in (0, -1.0, float("nan")):
+            for seconds in (0, -1.0, float("nan"), float("inf")):
                 with self.subTest(name=name, seconds=seconds):
                     with self.assertRaises(ValueError) as caught:
                         HookChain([], clock=self.clock, **{name: seconds})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
@@ -324,12 +325,13 @@ class HookChain:
             usually resumes it.
         :raises AddonError: if an addon has a misspelt or uncallable hook.
         :raises ValueError: if a timeout is given without a *clock*, or is
-            not a positive number.
+            not a positive finite number (``None`` is the way to say no
+            deadline).
         """
         for name, seconds in (("timeout", timeout), ("intercept_timeout", intercept_timeout)):
             if seconds is None:
                 continue
-            if not seconds > 0:
+            if not (seconds > 0 and math.isfinite(seconds)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
             if clock is None:
                 raise ValueError(f"{name} needs a clock to schedule it on")

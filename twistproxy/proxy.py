@@ -1423,8 +1423,8 @@ class ProxyFactory(HTTPFactory):
     :param intercept_timeout: Seconds a flow held with ``flow.intercept()``
         may wait for ``flow.resume()``; then it fails the same way. ``None``
         (the default): it waits for as long as it takes.
-    :raises ValueError: if *hook_timeout* or *intercept_timeout* is not
-        positive.
+    :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
+        positive finite number.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connections: Client connections open now.
     :ivar via: This proxy's ``Via`` entry, unique to the process.
