@@ -712,23 +712,6 @@ def _settled(subject: Any, hook: str) -> bool:
     return hook in _ANSWERING_HOOKS and getattr(subject, "response", None) is not None
 
 
-def _hook_failed(hook: str, description: str, subject: object, reason: Failure) -> Failure:
-    """
-    Log that *hook* of the addon *description* failed with *reason* and turn
-    it into a :class:`HookFailed` failure.
-    """
-    flow_id = getattr(subject, "id", "?")
-    _log.failure(
-        "Hook {hook!r} of {addon} failed for flow {flow_id}",
-        reason,
-        level=LogLevel.error,
-        hook=hook,
-        addon=description,
-        flow_id=flow_id,
-    )
-    return Failure(HookFailed(hook, description, reason))
-
-
 def _hook_timed_out(
     hook: str, description: str, subject: object, seconds: float, intercepted: bool
 ) -> Failure:
@@ -755,6 +738,23 @@ def _hook_timed_out(
         seconds=seconds,
     )
     return failure
+
+
+def _hook_failed(hook: str, description: str, subject: object, reason: Failure) -> Failure:
+    """
+    Log that *hook* of the addon *description* failed with *reason* and turn
+    it into a :class:`HookFailed` failure.
+    """
+    flow_id = getattr(subject, "id", "?")
+    _log.failure(
+        "Hook {hook!r} of {addon} failed for flow {flow_id}",
+        reason,
+        level=LogLevel.error,
+        hook=hook,
+        addon=description,
+        flow_id=flow_id,
+    )
+    return Failure(HookFailed(hook, description, reason))
 
 
 def _describe(addon: object) -> str:
