@@ -13,6 +13,7 @@ from twistproxy.errors import (
     BadRequestTarget,
     FlowKilled,
     HookFailed,
+    HookTimeout,
     TwistProxyError,
     UpstreamConnectFailed,
     UpstreamConnectionLost,
@@ -178,3 +179,42 @@ class HookFailedTests(SynchronousTestCase):
         self.assertEqual((error_.hook, error_.addon), ("request", "A"))
         self.assertIs(error_.cause, cause)
         self.assertIsInstance(error_, TwistProxyError)
+
+
+class HookTimeoutTests(SynchronousTestCase):
+    """
+    Tests for `HookTimeout`.
+    """
+
+    def test_hook_message(self) -> None:
+        """
+        A hook that timed out is named, with its addon and the deadline.
+        """
+        error_ = HookTimeout("request", "SlowAddon", 0.5)
+        self.assertEqual(str(error_), "hook 'request' of SlowAddon timed out after 0.5 s")
+        self.assertEqual(error_.args, (str(error_),))
+        self.assertFalse(error_.intercepted)
+
+    def test_intercept_message(self) -> None:
+        """
+        A flow held by ``intercept()`` too long names the hook after which it
+        was held, and says it was not resumed.
+        """
+        error_ = HookTimeout("response", "Hold", 30.0, intercepted=True)
+        self.assertEqual(
+            str(error_),
+            "intercept() timed out: the flow was held for 30 s after hook 'response' of "
+            "Hold without being resumed",
+        )
+        self.assertTrue(error_.intercepted)
+
+    def test_is_hook_failed(self) -> None:
+        """
+        It is a `HookFailed` answered 500, with the hook, the addon, the
+        deadline, and a `TimeoutError` as its cause.
+        """
+        error_ = HookTimeout("request", "A", 2.0)
+        self.assertIsInstance(error_, HookFailed)
+        self.assertEqual((error_.hook, error_.addon, error_.seconds), ("request", "A", 2.0))
+        self.assertTrue(error_.cause.check(TimeoutError))
+        self.assertEqual(error_status(Failure(error_)), (500, b"Internal Server Error"))

@@ -8,11 +8,13 @@ import types
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from twistproxy.errors import AddonError, HookFailed
+from twistproxy.errors import AddonError, HookFailed, HookTimeout
 from twistproxy.hooks import FLOW_HOOKS, HOOKS, Addon, HookChain, IAddon, validate_addon
 
 
@@ -775,6 +777,434 @@ class HookChainCancelTests(SynchronousTestCase):
         self.failureResultOf(result, CancelledError)
         flow.resume()
         self.assertEqual(log, ["a.request"])
+
+
+class CountingClock(Clock):
+    """
+    A :class:`Clock` that counts the calls it was asked to schedule,
+    cancelled ones included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> IDelayedCall:
+        """
+        Count the call, then schedule it.
+        """
+        self.scheduled += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class SlowAddon(Addon):
+    """
+    An addon whose ``request`` hook returns a Deferred that fires only when
+    the test says so, recording its cancellation.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+        self.cancelled: list[Deferred[None]] = []
+
+    def request(self, flow: Any) -> Deferred[None]:
+        """
+        :returns: A new Deferred, kept in ``pending``.
+        """
+        d: Deferred[None] = Deferred(self.cancelled.append)
+        self.pending.append(d)
+        return d
+
+
+class HookChainDeadlineTests(SynchronousTestCase):
+    """
+    Tests for the deadlines of :class:`HookChain`: ``timeout`` for what a
+    hook returns, ``intercept_timeout`` for an intercepted flow.
+    """
+
+    def setUp(self) -> None:
+        self.clock = CountingClock()
+
+    def chain(self, addons: list[object], **kwargs: Any) -> HookChain:
+        """
+        A chain of *addons* on the test clock, with a 0.5 s hook deadline
+        unless *kwargs* say otherwise.
+        """
+        kwargs.setdefault("timeout", 0.5)
+        return HookChain(addons, clock=self.clock, **kwargs)
+
+    def assert_timed_out(self, result: Deferred[None] | None) -> HookTimeout:
+        """
+        Assert that *result* failed with ``HookTimeout``, that exactly that
+        was logged, and that no timer is left.
+
+        :returns: The ``HookTimeout``.
+        """
+        assert result is not None
+        failure = self.failureResultOf(result, HookTimeout)
+        self.assertEqual(len(self.flushLoggedErrors(HookTimeout)), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        return failure.value
+
+    def test_deferred_never_fires(self) -> None:
+        """
+        A hook whose Deferred never fires fails the chain with
+        ``HookTimeout`` exactly ``timeout`` seconds after the call returned;
+        its Deferred is cancelled, no further hook runs, and the message
+        names the hook and the addon.
+        """
+        log: list[str] = []
+        slow = SlowAddon()
+        result = self.chain([slow, Recorder("b", log)]).run("request", FakeFlow())
+        assert result is not None
+        self.clock.advance(0.499)
+        self.assertNoResult(result)
+        self.assertEqual(slow.cancelled, [])
+        self.clock.advance(0.001)
+        error = self.assert_timed_out(result)
+        self.assertEqual(slow.cancelled, slow.pending)
+        self.assertEqual(log, [])
+        self.assertEqual((error.hook, error.addon, error.seconds), ("request", "SlowAddon", 0.5))
+        self.assertFalse(error.intercepted)
+        self.assertEqual(str(error), "hook 'request' of SlowAddon timed out after 0.5 s")
+
+    def test_coroutine_never_finishes(self) -> None:
+        """
+        An ``async def`` hook that is still awaiting at the deadline is
+        cancelled: the Deferred it awaits is cancelled, ``CancelledError``
+        is raised inside it, and the chain fails with ``HookTimeout``.
+        """
+        cancelled: list[Deferred[None]] = []
+        pending: Deferred[None] = Deferred(cancelled.append)
+        seen: list[str] = []
+
+        class Async(Addon):
+            async def request(self, flow: Any) -> None:
+                try:
+                    await pending
+                except CancelledError:
+                    seen.append("cancelled")
+                    raise
+
+        result = self.chain([Async()], timeout=2).run("request", FakeFlow())
+        assert result is not None
+        self.clock.advance(1.999)
+        self.assertNoResult(result)
+        self.clock.advance(0.001)
+        error = self.assert_timed_out(result)
+        self.assertEqual(cancelled, [pending])
+        self.assertEqual(seen, ["cancelled"])
+        self.assertEqual(error.addon, Async.__qualname__)
+
+    def test_finishes_just_in_time(self) -> None:
+        """
+        A hook whose Deferred fires just before the deadline passes: the
+        chain goes on, succeeds, and its timer is cancelled.
+        """
+        log: list[str] = []
+        slow = SlowAddon()
+        result = self.chain([slow, Recorder("b", log)]).run("request", FakeFlow())
+        assert result is not None
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.499)
+        slow.pending[0].callback(None)
+        self.assertIsNone(self.successResultOf(result))
+        self.assertEqual(log, ["b.request"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_deadline_per_call(self) -> None:
+        """
+        Each hook call has its own deadline, counted from when it returned:
+        two hooks that each take most of it pass, though together they
+        take longer.
+        """
+        first, second = SlowAddon(), SlowAddon()
+        result = self.chain([first, second]).run("request", FakeFlow())
+        assert result is not None
+        self.clock.advance(0.4)
+        first.pending[0].callback(None)
+        self.assertEqual(len(second.pending), 1)
+        self.clock.advance(0.4)
+        self.assertNoResult(result)
+        second.pending[0].callback(None)
+        self.successResultOf(result)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancellation_consumed(self) -> None:
+        """
+        The ``CancelledError`` a timed-out hook's Deferred fails with is
+        consumed by the chain, not left unhandled; only the timeout is
+        logged.
+        """
+        pending: Deferred[None] = Deferred()
+        chain = self.chain([Recorder("a", [], lambda flow: pending)])
+        result = chain.run("request", FakeFlow())
+        self.clock.advance(0.5)
+        self.assert_timed_out(result)
+        left: list[object] = []
+        pending.addBoth(left.append)
+        self.assertEqual(left, [None])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_canceller_fires_successfully(self) -> None:
+        """
+        A hook whose canceller fires its Deferred successfully does not make
+        the timed-out chain go on.
+        """
+        log: list[str] = []
+        pending: Deferred[None] = Deferred(lambda d: d.callback(None))
+        chain = self.chain([Recorder("a", log, lambda flow: pending), Recorder("b", log)])
+        result = chain.run("response", FakeFlow())
+        self.clock.advance(0.5)
+        self.assert_timed_out(result)
+        self.assertEqual(log, ["a.response"])
+
+    def test_canceller_cancels_chain(self) -> None:
+        """
+        A hook whose canceller cancels the chain itself (say, by closing the
+        client connection) leaves the chain failed with ``CancelledError``;
+        the timeout is still logged.
+        """
+        results: list[Deferred[None]] = []
+        pending: Deferred[None] = Deferred(lambda d: results[0].cancel())
+        result = self.chain([Recorder("a", [], lambda flow: pending)]).run("request", FakeFlow())
+        assert result is not None
+        results.append(result)
+        self.clock.advance(0.5)
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(len(self.flushLoggedErrors(HookTimeout)), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_synchronous_hooks_cost_no_timer(self) -> None:
+        """
+        Hooks that return synchronously schedule nothing, whether the chain
+        never has to wait or they run after a hook that was waited for; an
+        already-fired Deferred schedules nothing either.
+        """
+        log: list[str] = []
+        flow = FakeFlow()
+        self.assertIsNone(
+            self.chain([Recorder("a", log), Recorder("b", log)]).run("request", flow)
+        )
+        fired = self.chain([Recorder("a", log, lambda flow: succeed(None)), Recorder("b", log)])
+        self.successResultOf(fired.run("response", flow))
+        self.assertEqual(self.clock.scheduled, 0)
+        slow = SlowAddon()
+        waiting = self.chain([slow, Recorder("c", log), Recorder("d", log)])
+        result = waiting.run("request", flow)
+        slow.pending[0].callback(None)
+        self.successResultOf(result)
+        self.assertEqual(self.clock.scheduled, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(
+            log, ["a.request", "b.request", "a.response", "b.response", "c.request", "d.request"]
+        )
+
+    def test_intercept_has_no_deadline(self) -> None:
+        """
+        Without ``intercept_timeout``, a flow a hook intercepted waits for
+        ``resume()`` far beyond the hook deadline, with no timer at all.
+        """
+        log: list[str] = []
+        flow = FakeFlow()
+        chain = self.chain([Recorder("a", log, FakeFlow.intercept), Recorder("b", log)])
+        result = chain.run("request", flow)
+        assert result is not None
+        self.clock.advance(3600)
+        self.assertNoResult(result)
+        self.assertEqual(self.clock.scheduled, 0)
+        flow.resume()
+        self.successResultOf(result)
+        self.assertEqual(log, ["a.request", "b.request"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_intercept_after_deferred(self) -> None:
+        """
+        A hook whose Deferred intercepts the flow is held to the hook
+        deadline until the Deferred fires; the wait for ``resume()`` then
+        has no deadline without ``intercept_timeout``.
+        """
+        flow = FakeFlow()
+        pending: Deferred[None] = Deferred()
+        pending.addCallback(lambda ignored: flow.intercept())
+        result = self.chain([Recorder("a", [], lambda flow: pending)]).run("request", flow)
+        assert result is not None
+        self.clock.advance(0.4)
+        pending.callback(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertNoResult(result)
+        flow.resume()
+        self.successResultOf(result)
+
+    def test_intercept_timeout(self) -> None:
+        """
+        With ``intercept_timeout``, a flow still held when it passes fails
+        the chain with ``HookTimeout``: the wait for ``resume()`` is
+        cancelled, and resuming later calls no further hook.
+        """
+        log: list[str] = []
+        flow = FakeFlow()
+        chain = self.chain(
+            [Recorder("a", log, FakeFlow.intercept), Recorder("b", log)], intercept_timeout=30
+        )
+        result = chain.run("request", flow)
+        assert result is not None
+        [waiter] = flow._resume_waiters
+        self.clock.advance(29.9)
+        self.assertNoResult(result)
+        self.clock.advance(0.1)
+        error = self.assert_timed_out(result)
+        self.assertEqual(flow.cancelled_waits, [waiter])
+        self.assertTrue(error.intercepted)
+        self.assertEqual((error.hook, error.addon, error.seconds), ("request", "Recorder", 30))
+        self.assertEqual(
+            str(error),
+            "intercept() timed out: the flow was held for 30 s after hook 'request' of "
+            "Recorder without being resumed",
+        )
+        flow.resume()
+        self.assertEqual(log, ["a.request"])
+
+    def test_intercept_timeout_without_hook_timeout(self) -> None:
+        """
+        ``intercept_timeout`` works alone: a hook's Deferred then has no
+        deadline, the intercepted flow has.
+        """
+        flow = FakeFlow()
+        slow = SlowAddon()
+        hold = Recorder("hold", [], FakeFlow.intercept)
+        result = self.chain([slow, hold], timeout=None, intercept_timeout=5).run("request", flow)
+        assert result is not None
+        self.clock.advance(100)
+        self.assertEqual(self.clock.scheduled, 0)
+        slow.pending[0].callback(None)
+        self.clock.advance(4.9)
+        flow.resume()
+        self.successResultOf(result)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_resumed_in_time(self) -> None:
+        """
+        A flow resumed before ``intercept_timeout`` goes on, and the timer is
+        cancelled.
+        """
+        flow = FakeFlow()
+        chain = self.chain([Recorder("a", [], FakeFlow.intercept)], intercept_timeout=30)
+        result = chain.run("response", flow)
+        assert result is not None
+        self.clock.advance(29)
+        flow.resume()
+        self.successResultOf(result)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_cancels_timer(self) -> None:
+        """
+        Cancelling the chain (the client went away) cancels the hook's
+        Deferred and its timer; nothing is logged.
+        """
+        slow = SlowAddon()
+        result = self.chain([slow]).run("request", FakeFlow())
+        assert result is not None
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(slow.cancelled, slow.pending)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_cancel_with_slow_cleanup(self) -> None:
+        """
+        Cancelling the chain cancels the timer even when the hook's Deferred
+        does not get to the chain's callback at once (the hook's own errback
+        waits for a cleanup that never ends): no timeout comes later.
+        """
+        cleanup: Deferred[None] = Deferred()
+        pending: Deferred[None] = Deferred()
+        pending.addErrback(lambda reason: cleanup)
+        result = self.chain([Recorder("a", [], lambda flow: pending)]).run("request", FakeFlow())
+        assert result is not None
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_cancel_while_intercepted_cancels_timer(self) -> None:
+        """
+        Cancelling the chain while the flow is held cancels the wait for
+        ``resume()`` and the intercept timer.
+        """
+        flow = FakeFlow()
+        chain = self.chain([Recorder("a", [], FakeFlow.intercept)], intercept_timeout=30)
+        result = chain.run("request", flow)
+        assert result is not None
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(len(flow.cancelled_waits), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_connection_hook(self) -> None:
+        """
+        A connection hook (``client_connected``) has the same deadline; the
+        log names the connection record's id.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        cancelled: list[Deferred[None]] = []
+
+        class Connections(Addon):
+            def client_connected(self, client: Any) -> Deferred[None]:
+                return Deferred(cancelled.append)
+
+        result = self.chain([Connections()]).run("client_connected", ConnectionRecord("conn-7"))
+        self.clock.advance(0.5)
+        error = self.assert_timed_out(result)
+        self.assertEqual(error.hook, "client_connected")
+        self.assertEqual(len(cancelled), 1)
+        [event] = [event for event in events if "log_failure" in event]
+        self.assertEqual(
+            (event["hook"], event["addon"], event["flow_id"], event["log_level"]),
+            ("client_connected", Connections.__qualname__, "conn-7", LogLevel.error),
+        )
+
+    def test_first_object(self) -> None:
+        """
+        The ``first`` object's own hook has the deadline too, and is named by
+        its class.
+        """
+
+        class Mine:
+            def request(self, flow: object) -> Deferred[None]:
+                return Deferred()
+
+        result = self.chain([]).run("request", FakeFlow(), first=Mine())
+        self.clock.advance(0.5)
+        self.assertEqual(self.assert_timed_out(result).addon, Mine.__qualname__)
+
+    def test_timeout_needs_clock(self) -> None:
+        """
+        A deadline without a clock to schedule it on is a ``ValueError``.
+        """
+        for kwargs in ({"timeout": 1.0}, {"intercept_timeout": 1.0}):
+            with self.subTest(**kwargs), self.assertRaises(ValueError) as caught:
+                HookChain([], **kwargs)
+            self.assertIn("clock", str(caught.exception))
+
+    def test_timeout_positive(self) -> None:
+        """
+        A deadline that is not a positive finite number of seconds is a
+        ``ValueError`` naming the parameter.
+        """
+        for name in ("timeout", "intercept_timeout"):
+            for seconds in (0, -1.0, float("nan"), float("inf")):
+                with self.subTest(name=name, seconds=seconds):
+                    with self.assertRaises(ValueError) as caught:
+                        HookChain([], clock=self.clock, **{name: seconds})
+                    self.assertIn(name, str(caught.exception))
 
 
 class HookChainFirstTests(SynchronousTestCase):

@@ -7,12 +7,15 @@ for and writes, byte for byte, without sockets.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
 from twistproxy.client import PoolKey
-from twistproxy.errors import AddonError
+from twistproxy.errors import AddonError, HookTimeout
+from twistproxy.flow import Client, Server
+from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory, ProxyRequest
 
@@ -112,6 +115,99 @@ class ProxyFactoryTests(SynchronousTestCase):
         with self.assertRaises(AddonError) as caught:
             ProxyFactory(reactor=MemoryReactorClock(), request_factory=Connections)
         self.assertIn("client_connected", str(caught.exception))
+
+
+class NeverAnswers(Addon):
+    """
+    An addon whose ``request`` hook returns a Deferred that never fires,
+    recording its cancellation.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled: list[Deferred[None]] = []
+
+    def request(self, flow: HTTPFlow) -> Deferred[None]:
+        """
+        :returns: A Deferred that fires only when cancelled.
+        """
+        return Deferred(self.cancelled.append)
+
+
+def _flow() -> HTTPFlow:
+    """
+    A flow with no request, for running hooks on.
+    """
+    return HTTPFlow(Client(), Server(), now=lambda: 0.0)
+
+
+class HookDeadlineTests(SynchronousTestCase):
+    """
+    Tests for ``hook_timeout`` and ``intercept_timeout``, which the factory
+    gives its hook chain.
+    """
+
+    def test_default_hook_timeout(self) -> None:
+        """
+        By default a hook's Deferred may take 60 seconds.
+        """
+        clock = MemoryReactorClock()
+        addon = NeverAnswers()
+        factory = ProxyFactory(reactor=clock, addons=[addon])
+        result = factory.chain.run("request", _flow())
+        assert result is not None
+        clock.advance(59.9)
+        self.assertNoResult(result)
+        clock.advance(0.1)
+        self.assertEqual(self.failureResultOf(result, HookTimeout).value.seconds, 60)
+        self.assertEqual(len(addon.cancelled), 1)
+        self.flushLoggedErrors(HookTimeout)
+
+    def test_no_hook_timeout(self) -> None:
+        """
+        ``hook_timeout=None`` waits as long as it takes.
+        """
+        clock = MemoryReactorClock()
+        factory = ProxyFactory(reactor=clock, addons=[NeverAnswers()], hook_timeout=None)
+        result = factory.chain.run("request", _flow())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        assert result is not None
+        self.assertNoResult(result)
+
+    def test_bad_timeouts(self) -> None:
+        """
+        A deadline that is not positive is refused with ``ValueError``.
+        """
+        for kwargs in ({"hook_timeout": 0}, {"intercept_timeout": -1}):
+            with self.subTest(**kwargs):
+                self.assertRaises(
+                    ValueError, ProxyFactory, reactor=MemoryReactorClock(), **kwargs
+                )
+
+    def test_timed_out_request_hook_answered_500(self) -> None:
+        """
+        A ``request`` hook that outlives ``hook_timeout`` is cancelled and
+        the client is answered 500 naming it; the origin is not contacted.
+        """
+        reactor = MemoryReactorClock()
+        endpoints = FakeEndpointFactory()
+        addon = NeverAnswers()
+        factory = ProxyFactory(
+            reactor=reactor, endpoint_factory=endpoints, addons=[addon], hook_timeout=5
+        )
+        channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        reactor.advance(4.9)
+        self.assertEqual(transport.value(), b"")
+        reactor.advance(0.1)
+        self.assertEqual(len(addon.cancelled), 1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 500 Internal Server Error\r\n"))
+        self.assertIn(
+            b"hook 'request' of NeverAnswers timed out after 5 s", transport.value()
+        )
+        self.assertEqual(endpoints.requested, [])
+        self.flushLoggedErrors(HookTimeout)
 
 
 class StreamBufferTests(SynchronousTestCase):

@@ -6,12 +6,15 @@ Tests for the twistd options that set :class:`twistproxy.limits.Limits`.
 from __future__ import annotations
 
 import resource
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.options import parse
+from twistproxy import tap
+from twistproxy.proxy import ProxyFactory
 from twistproxy.tap import Options, default_max_connections, make_service
 
 
@@ -57,6 +60,74 @@ class LimitOptionTests(SynchronousTestCase):
             with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
                 self.parse(*args)
             self.assertNotIn("\n", str(caught.exception))
+
+
+class HookDeadlineOptionTests(SynchronousTestCase):
+    """
+    ``--hook-timeout`` and ``--intercept-timeout`` reach the proxy factory;
+    bad values are usage errors naming the option.
+    """
+
+    def factory_arguments(self, *args: str) -> dict[str, Any]:
+        """
+        The keyword arguments the service for *args* builds its
+        :class:`ProxyFactory` with.
+        """
+        made: list[dict[str, Any]] = []
+
+        def recording(**kwargs: Any) -> ProxyFactory:
+            made.append(kwargs)
+            return ProxyFactory(**kwargs)
+
+        self.patch(tap, "ProxyFactory", recording)
+        make_service(parse(*args), MemoryReactorClock())
+        [kwargs] = made
+        return kwargs
+
+    def test_defaults(self) -> None:
+        """
+        By default a hook may take 60 seconds and an intercepted flow waits
+        for as long as it takes.
+        """
+        kwargs = self.factory_arguments()
+        self.assertEqual((kwargs["hook_timeout"], kwargs["intercept_timeout"]), (60.0, None))
+
+    def test_options_reach_the_factory(self) -> None:
+        """
+        Each option gives the factory its deadline, in seconds.
+        """
+        kwargs = self.factory_arguments("--hook-timeout", "2.5", "--intercept-timeout", "300")
+        self.assertEqual((kwargs["hook_timeout"], kwargs["intercept_timeout"]), (2.5, 300.0))
+
+    def test_bad_values(self) -> None:
+        """
+        Zero, negative, infinite or non-numeric values are one-line usage
+        errors naming the option and the value.
+        """
+        for option in ("--hook-timeout", "--intercept-timeout"):
+            for value in ("0", "-1", "abc", "inf", "nan"):
+                with self.subTest(option=option, value=value):
+                    with self.assertRaises(usage.UsageError) as caught:
+                        parse(option, value)
+                    message = str(caught.exception)
+                    self.assertNotIn("\n", message)
+                    self.assertIn(f"{option} {value}: not a positive number of seconds", message)
+
+    def test_help(self) -> None:
+        """
+        ``--help`` explains both options, with their defaults.
+        """
+        help_text = " ".join(Options().getUsage(width=1000).split())
+        self.assertIn(
+            "--hook-timeout= Seconds a hook's Deferred or coroutine may take (then 500). "
+            "[default: 60.0]",
+            help_text,
+        )
+        self.assertIn(
+            "--intercept-timeout= Seconds an intercepted flow waits for resume() (then 500). "
+            "[default: no limit]",
+            help_text,
+        )
 
 
 class IgnoredOptionTests(SynchronousTestCase):

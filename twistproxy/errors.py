@@ -132,6 +132,40 @@ class HookFailed(TwistProxyError):
         )
 
 
+class HookTimeout(HookFailed):
+    """
+    An addon's hook did not finish in time: the Deferred, coroutine or other
+    awaitable it returned had not finished within the hook deadline, or the
+    flow it held with ``intercept()`` was not resumed within the intercept
+    deadline. What the hook returned, or the wait for the flow to be
+    resumed, was cancelled.
+
+    :ivar seconds: The deadline that passed, in seconds.
+    :ivar intercepted: ``True`` if it was the wait for ``flow.resume()``
+        after the hook that timed out, ``False`` if it was the hook itself.
+    :ivar cause: A failure wrapping a :class:`TimeoutError` with the same
+        message (nothing was raised by the hook).
+    """
+
+    status, phrase = 500, b"Internal Server Error"
+
+    def __init__(self, hook: str, addon: str, seconds: float, *, intercepted: bool = False) -> None:
+        if intercepted:
+            message = (
+                f"intercept() timed out: the flow was held for {seconds:g} s after hook "
+                f"{hook!r} of {addon} without being resumed"
+            )
+        else:
+            message = f"hook {hook!r} of {addon} timed out after {seconds:g} s"
+        super().__init__(hook, addon, Failure(TimeoutError(message)))
+        self.args = (message,)
+        self.seconds = seconds
+        self.intercepted = intercepted
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class InvalidMessage(TwistProxyError):
     """
     A request or response cannot be written as it stands: a field holds

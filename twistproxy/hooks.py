@@ -7,26 +7,29 @@ the hooks.
 change; :class:`Addon` is a do-nothing base class to subclass. Subclassing is
 optional: any object with some of the hook methods is an addon.
 :class:`HookChain` calls the hooks of a fixed list of addons in order, waits
-for any hook that returns a Deferred or a coroutine, holds the chain while a
-hook has intercepted the flow, and stops early once a hook has answered or
-killed it. :func:`validate_addon` rejects a misspelt hook at registration
-instead of letting it be ignored silently.
+for any hook that returns a Deferred or a coroutine (up to a deadline, if it
+is given one), holds the chain while a hook has intercepted the flow, and
+stops early once a hook has answered or killed it. :func:`validate_addon`
+rejects a misspelt hook at registration instead of letting it be ignored
+silently.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from twistproxy.errors import AddonError, HookFailed
+from twistproxy.errors import AddonError, HookFailed, HookTimeout
 
 __all__ = [
     "FLOW_HOOKS",
@@ -83,11 +86,13 @@ class IAddon(Interface):
 
     Every hook may return ``None`` (or any other plain value, which is
     ignored), a :class:`~twisted.internet.defer.Deferred` or a coroutine; the
-    proxy waits for it before calling the next addon. A hook that calls
-    ``flow.intercept()`` holds the flow until ``flow.resume()``; a hook that
-    calls ``flow.kill()`` ends the flow and no further hook of the chain runs.
-    A hook that raises is logged with the flow's id and the client is
-    answered 500.
+    proxy waits for it before calling the next addon, up to the proxy's hook
+    deadline (``ProxyFactory(hook_timeout=...)``). A hook that calls
+    ``flow.intercept()`` holds the flow until ``flow.resume()``, with no
+    deadline unless the proxy was given an intercept deadline; a hook that
+    calls ``flow.kill()`` ends the flow and no further hook of the chain
+    runs. A hook that raises, or outlives its deadline, is logged with the
+    flow's id and the client is answered 500.
     """
 
     def client_connected(client: Any) -> object:
@@ -280,10 +285,23 @@ class HookChain:
     that asking about or running a hook nobody implements costs a dictionary
     look-up and creates no Deferred.
 
+    A chain may have deadlines: one for each hook call that returns
+    something to wait for (*timeout*), and one for each wait for an
+    intercepted flow to be resumed (*intercept_timeout*). A hook that
+    returns synchronously costs no timer.
+
     :ivar addons: The addons, in the order their hooks run.
     """
 
-    def __init__(self, addons: Sequence[object] = (), first_base: type | None = None) -> None:
+    def __init__(
+        self,
+        addons: Sequence[object] = (),
+        first_base: type | None = None,
+        *,
+        clock: IReactorTime | None = None,
+        timeout: float | None = None,
+        intercept_timeout: float | None = None,
+    ) -> None:
         """
         :param addons: The addons; each is checked with
             :func:`validate_addon`.
@@ -294,10 +312,34 @@ class HookChain:
             the base class may define hook-named methods of its own without
             their being called as hooks. ``None`` means every hook-named
             method of a ``first`` object is a hook.
+        :param clock: Where the deadlines are scheduled; needed if either
+            timeout is given.
+        :param timeout: Seconds a hook call's Deferred, coroutine or other
+            awaitable may take, counted from when the call returned; once
+            they pass it is cancelled and the chain fails with
+            :class:`~twistproxy.errors.HookTimeout`. ``None``: no deadline.
+        :param intercept_timeout: Seconds a flow intercepted by a hook may
+            stay held before the chain gives up on its being resumed and fails
+            with :class:`~twistproxy.errors.HookTimeout`. ``None`` (the
+            default): it waits for as long as it takes, since a person
+            usually resumes it.
         :raises AddonError: if an addon has a misspelt or uncallable hook.
+        :raises ValueError: if a timeout is given without a *clock*, or is
+            not a positive finite number (``None`` is the way to say no
+            deadline).
         """
+        for name, seconds in (("timeout", timeout), ("intercept_timeout", intercept_timeout)):
+            if seconds is None:
+                continue
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
+            if clock is None:
+                raise ValueError(f"{name} needs a clock to schedule it on")
         for addon in addons:
             validate_addon(addon)
+        self._clock = clock
+        self._timeout = timeout
+        self._intercept_timeout = intercept_timeout
         self._addons = tuple(addons)
         self._first_base = first_base
         self._first_ignore: frozenset[str] = (
@@ -360,11 +402,17 @@ class HookChain:
             Otherwise a Deferred that fires with ``None`` when the chain is
             done. It fails with :class:`~twistproxy.errors.HookFailed` if a
             hook raised (synchronously or through its Deferred or
-            coroutine), which ends the chain and is logged; with whatever
+            coroutine), which ends the chain and is logged; with
+            :class:`~twistproxy.errors.HookTimeout` (logged the same way) if
+            what a hook returned had not finished ``timeout`` seconds after
+            the call returned, or *subject* was still intercepted
+            ``intercept_timeout`` seconds after a hook, in which case what
+            the hook returned, or the wait for *subject* to be resumed, is
+            cancelled and no further hook runs; with whatever
             ``subject.wait_for_resume()`` failed with, if it did; and with
             :class:`~twisted.internet.defer.CancelledError` when it is
-            cancelled, which cancels whatever the chain was waiting for and
-            runs no further hook.
+            cancelled, which cancels whatever the chain was waiting for, and
+            its deadline, and runs no further hook.
         :raises KeyError: if *hook* is not one of :data:`HOOKS`.
         :raises AddonError: if *first*'s class, seen for the first time, has
             a misspelt or uncallable hook.
@@ -382,7 +430,7 @@ class HookChain:
             except Exception:
                 return fail(_hook_failed(hook, description, subject, Failure()))
             if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
-                return _PendingChain(hook, subject, calls).start(index, returned)
+                return _PendingChain(self, hook, subject, calls).start(index, returned)
         return None
 
     def first_hooks(self, cls: type) -> frozenset[str]:
@@ -424,18 +472,29 @@ class _PendingChain:
     """
     The rest of one run of a hook chain, once it has had to wait.
 
+    While it waits for what a hook returned, or for the subject to be
+    resumed, at most one timer is armed (``_timer``): that wait's deadline,
+    if the chain has one. It is cancelled when the wait ends; when it comes
+    due instead, it cancels the wait and fails :attr:`result` with
+    :class:`HookTimeout`.
+
     :ivar result: Fires when the chain is done; cancelling it cancels
-        ``_waiting``.
+        ``_waiting`` and ``_timer``.
     """
 
     def __init__(
-        self, hook: str, subject: Any, calls: tuple[_HookCall, ...]
+        self, chain: HookChain, hook: str, subject: Any, calls: tuple[_HookCall, ...]
     ) -> None:
+        self._clock = chain._clock
+        self._timeout = chain._timeout
+        self._intercept_timeout = chain._intercept_timeout
         self._hook = hook
         self._subject = subject
         self._calls = calls
         self._waiting: Deferred[Any] | None = None
-        self._cancelled = False
+        self._timer: IDelayedCall | None = None
+        # Cancelled or timed out: no further hook runs, late results are dropped.
+        self._stopped = False
         self.result: Deferred[None] = Deferred(self._cancel)
 
     def start(self, index: int, returned: object) -> Deferred[None]:
@@ -460,7 +519,7 @@ class _PendingChain:
         else:
             self._hook_done(None, index)
             return
-        self._wait(waiting, self._hook_done, self._hook_raised, index)
+        self._wait(waiting, self._hook_done, self._hook_raised, index, intercepted=False)
 
     def _wait(
         self,
@@ -468,24 +527,51 @@ class _PendingChain:
         done: Callable[[object, int], None],
         failed: Callable[[Failure, int], None],
         index: int,
+        *,
+        intercepted: bool,
     ) -> None:
         """
         Go on with *done* or *failed* once *waiting* fires; until then,
-        cancelling :attr:`result` cancels *waiting*.
+        cancelling :attr:`result` cancels *waiting*, and so does the
+        deadline, if there is one: the intercept deadline if *intercepted*
+        (*waiting* is the wait for the subject to be resumed), otherwise the
+        hook deadline.
         """
         self._waiting = waiting
         waiting.addCallbacks(done, failed, callbackArgs=(index,), errbackArgs=(index,))
+        seconds = self._intercept_timeout if intercepted else self._timeout
+        if seconds is not None and self._waiting is waiting:
+            # Not fired already: the deadline starts now.
+            assert self._clock is not None  # checked by HookChain
+            self._timer = self._clock.callLater(
+                seconds, self._expired, index, seconds, intercepted
+            )
+
+    def _waited(self) -> None:
+        """
+        The wait is over: forget it and cancel its deadline.
+        """
+        self._waiting = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _hook_done(self, ignored: object, index: int) -> None:
         """
         The call at *index* has finished: hold the chain while the subject is
         intercepted, then go on with the next call.
         """
-        self._waiting = None
-        if self._cancelled:
+        self._waited()
+        if self._stopped:
             return
         if getattr(self._subject, "intercepted", False):
-            self._wait(self._subject.wait_for_resume(), self._resumed, self._resume_failed, index)
+            self._wait(
+                self._subject.wait_for_resume(),
+                self._resumed,
+                self._resume_failed,
+                index,
+                intercepted=True,
+            )
         else:
             self._call_from(index + 1)
 
@@ -494,8 +580,8 @@ class _PendingChain:
         The subject was resumed after the call at *index*: go on with the
         next call.
         """
-        self._waiting = None
-        if not self._cancelled:
+        self._waited()
+        if not self._stopped:
             self._call_from(index + 1)
 
     def _call_from(self, start: int) -> None:
@@ -512,10 +598,10 @@ class _PendingChain:
                 returned = call(subject)
             except Exception:
                 failed = _hook_failed(self._hook, description, subject, Failure())
-                if not self._cancelled:
+                if not self._stopped:
                     self.result.errback(failed)
                 return
-            if self._cancelled:
+            if self._stopped:
                 # The hook cancelled the chain itself, say by closing the
                 # client connection: abandon whatever it started.
                 _abandon(returned)
@@ -528,10 +614,10 @@ class _PendingChain:
     def _hook_raised(self, reason: Failure, index: int) -> None:
         """
         The Deferred or coroutine of the call at *index* failed: end the
-        chain with :class:`HookFailed`, unless the chain was cancelled.
+        chain with :class:`HookFailed`, unless the chain was stopped.
         """
-        self._waiting = None
-        if self._cancelled:
+        self._waited()
+        if self._stopped:
             return
         description = self._calls[index][0]
         self.result.errback(_hook_failed(self._hook, description, self._subject, reason))
@@ -541,8 +627,8 @@ class _PendingChain:
         Waiting for the subject to be resumed failed other than by
         cancellation: log it and end the chain with that failure.
         """
-        self._waiting = None
-        if self._cancelled:
+        self._waited()
+        if self._stopped:
             return
         _log.failure(
             "Waiting for flow {flow_id} to be resumed after hook {hook!r} of {addon} failed",
@@ -554,13 +640,35 @@ class _PendingChain:
         )
         self.result.errback(reason)
 
+    def _expired(self, index: int, seconds: float, intercepted: bool) -> None:
+        """
+        The deadline of the wait after the call at *index* passed: run no
+        further hook, cancel the wait, and fail :attr:`result` with
+        :class:`HookTimeout`.
+        """
+        self._timer = None
+        self._stopped = True
+        waiting, self._waiting = self._waiting, None
+        failure = _hook_timed_out(
+            self._hook, self._calls[index][0], self._subject, seconds, intercepted
+        )
+        if waiting is not None:
+            waiting.cancel()
+        # Unless cancelling the wait cancelled the chain too (a canceller
+        # that closed the client connection, say).
+        if not self.result.called:
+            self.result.errback(failure)
+
     def _cancel(self, result: Deferred[None]) -> None:
         """
-        Cancel whatever the chain is waiting for, and run no further hook;
-        :attr:`result` then fails with ``CancelledError``.
+        Cancel whatever the chain is waiting for, and its deadline, and run
+        no further hook; :attr:`result` then fails with ``CancelledError``.
         """
-        self._cancelled = True
+        self._stopped = True
         waiting, self._waiting = self._waiting, None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if waiting is not None:
             waiting.cancel()
 
@@ -602,6 +710,34 @@ def _settled(subject: Any, hook: str) -> bool:
     if hook != "error" and getattr(subject, "killed", False):
         return True
     return hook in _ANSWERING_HOOKS and getattr(subject, "response", None) is not None
+
+
+def _hook_timed_out(
+    hook: str, description: str, subject: object, seconds: float, intercepted: bool
+) -> Failure:
+    """
+    Log that the wait after *hook* of the addon *description* outlived its
+    deadline of *seconds* (the wait for *subject* to be resumed if
+    *intercepted*) and make the :class:`HookTimeout` failure saying so.
+    """
+    failure = Failure(HookTimeout(hook, description, seconds, intercepted=intercepted))
+    if intercepted:
+        message = (
+            "Flow {flow_id} was held by intercept() after hook {hook!r} of {addon} "
+            "for {seconds} s without being resumed"
+        )
+    else:
+        message = "Hook {hook!r} of {addon} timed out after {seconds} s for flow {flow_id}"
+    _log.failure(
+        message,
+        failure,
+        level=LogLevel.error,
+        hook=hook,
+        addon=description,
+        flow_id=getattr(subject, "id", "?"),
+        seconds=seconds,
+    )
+    return failure
 
 
 def _hook_failed(hook: str, description: str, subject: object, reason: Failure) -> Failure:

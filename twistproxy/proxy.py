@@ -475,6 +475,14 @@ class ProxyFactory(HTTPFactory):
     :param upstream_tls: TLS settings towards ``https`` origins (trust,
         ``--insecure``); by default verified against the system's store.
     :param limits: Sizes, counts and times the proxy enforces.
+    :param hook_timeout: Seconds each hook's Deferred or coroutine may take;
+        then it is cancelled and the flow fails with ``HookTimeout`` (500).
+        ``None``: no deadline.
+    :param intercept_timeout: Seconds a flow held with ``flow.intercept()``
+        may wait for ``flow.resume()``; then it fails the same way. ``None``
+        (the default): it waits for as long as it takes.
+    :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
+        positive finite number.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connections: Client connections open now.
     :ivar via: This proxy's ``Via`` entry, unique to the process.
@@ -498,6 +506,8 @@ class ProxyFactory(HTTPFactory):
         ignore_hosts: Sequence[str] = (),
         upstream_tls: UpstreamTLS | None = None,
         limits: Limits | None = None,
+        hook_timeout: float | None = 60.0,
+        intercept_timeout: float | None = None,
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
         self.limits = limits if limits is not None else Limits()
@@ -507,7 +517,10 @@ class ProxyFactory(HTTPFactory):
         self.contexts = ServerContexts(cert_store) if cert_store is not None else None
         self._ignore_hosts = [re.compile(pattern, re.IGNORECASE) for pattern in ignore_hosts]
         self.request_factory = request_factory
-        self.chain = HookChain(addons, first_base=ProxyRequest)
+        self.chain = HookChain(
+            addons, first_base=ProxyRequest, clock=reactor,
+            timeout=hook_timeout, intercept_timeout=intercept_timeout,
+        )
         misplaced = self.chain.first_hooks(request_factory) & set(_CONNECTION_HOOKS)
         if misplaced:
             raise AddonError(

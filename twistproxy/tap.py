@@ -9,6 +9,7 @@ reactor; everything it builds takes the reactor as an argument.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import resource
@@ -111,6 +112,24 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise ValueError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _seconds(option: str) -> Callable[[str], float]:
+    """
+    The coerce function of *option*, a positive finite number of seconds;
+    its error names the option.
+    """
+
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{option} {text}: not a positive number of seconds")
+        return value
+
+    return coerce
 
 
 class Options(usage.Options):
@@ -218,6 +237,20 @@ class Options(usage.Options):
             120.0,
             "Seconds a server may stay silent (then 504, or an aborted response).",
             _positive,
+        ],
+        [
+            "hook-timeout",
+            None,
+            60.0,
+            "Seconds a hook's Deferred or coroutine may take (then 500).",
+            _seconds("--hook-timeout"),
+        ],
+        [
+            "intercept-timeout",
+            None,
+            None,
+            "Seconds an intercepted flow waits for resume() (then 500). [default: no limit]",
+            _seconds("--intercept-timeout"),
         ],
         [
             "max-header-size",
@@ -506,6 +539,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         ignore_hosts=options["ignore-hosts"],
         upstream_tls=options["upstream-tls"],
         limits=options["limits"],
+        hook_timeout=options["hook-timeout"],
+        intercept_timeout=options["intercept-timeout"],
     )
     top = _Main(options["endpoint"])
     if options["worker"]:

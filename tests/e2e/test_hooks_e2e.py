@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from typing import Any
 
 import pytest
@@ -333,3 +334,87 @@ async def test_answer_from_hook_has_timestamps(origin: Running, start_proxy: Any
     await raw(proxy.port, get(origin))
     response = ends.flows[0].response
     assert response.timestamp_start is not None and response.timestamp_end is not None
+
+
+# -- deadlines ------------------------------------------------------------------
+
+
+class Stuck(Addon):
+    """A ``request`` hook whose Deferred never fires; records its cancellation."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[Deferred[None]] = []
+
+    def request(self, flow: HTTPFlow) -> Deferred[None]:
+        return Deferred(self.cancelled.append)
+
+
+class HoldForever(Addon):
+    """Intercepts every flow in ``request`` and keeps it, to resume or not."""
+
+    def __init__(self) -> None:
+        self.held: list[HTTPFlow] = []
+
+    def request(self, flow: HTTPFlow) -> None:
+        flow.intercept()
+        self.held.append(flow)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hook_timeout_answers_500(origin: Running, start_proxy: Any) -> None:
+    """
+    A ``request`` hook whose Deferred never fires is cancelled after
+    ``hook_timeout``: the client gets a 500 naming the hook and saying it
+    timed out, the flow ends with its ``error`` hook, and the origin sees
+    nothing.
+    """
+    stuck, ends = Stuck(), Ends()
+    proxy = await start_proxy(addons=[stuck, ends], hook_timeout=0.5)
+    started = time.monotonic()
+    [parsed] = parse_responses(await raw(proxy.port, get(origin), timeout=5))
+    elapsed = time.monotonic() - started
+    assert parsed.status == 500, parsed.body
+    assert b"hook 'request' of Stuck timed out after 0.5 s" in parsed.body
+    assert 0.5 <= elapsed < 3
+    assert len(stuck.cancelled) == 1
+    assert list(ends.ends.values()) == [["error"]]
+    assert "timed out" in ends.flows[0].error.msg
+    assert origin.factory.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_intercept_timeout_answers_500(origin: Running, start_proxy: Any) -> None:
+    """
+    A flow intercepted and never resumed is given up after
+    ``intercept_timeout``: the client gets a 500 naming the hook and saying
+    it timed out, and the origin sees nothing.
+    """
+    hold = HoldForever()
+    proxy = await start_proxy(addons=[hold], intercept_timeout=0.5)
+    started = time.monotonic()
+    [parsed] = parse_responses(await raw(proxy.port, get(origin), timeout=5))
+    elapsed = time.monotonic() - started
+    assert parsed.status == 500, parsed.body
+    assert b"timed out" in parsed.body and b"intercept()" in parsed.body
+    assert b"hook 'request' of HoldForever" in parsed.body
+    assert 0.5 <= elapsed < 3
+    assert len(hold.held) == 1
+    assert origin.factory.received == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_intercept_outlives_hook_timeout(origin: Running, start_proxy: Any) -> None:
+    """
+    Without ``intercept_timeout``, a held flow waits past ``hook_timeout``
+    for a person: resumed after that deadline, it reaches the origin and
+    the client gets the origin's answer.
+    """
+    hold = HoldForever()
+    proxy = await start_proxy(addons=[hold], hook_timeout=0.2)
+    answer = raw(proxy.port, get(origin), timeout=5)
+    await deferLater(reactor, 0.6, lambda: None)
+    assert len(hold.held) == 1 and not answer.called
+    assert origin.factory.received == []
+    hold.held[0].resume()
+    report = echoed(await answer)
+    assert report["target"] == "/echo"

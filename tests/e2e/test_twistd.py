@@ -310,6 +310,19 @@ async def test_bad_port(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_bad_hook_timeout(tmp_path: Path) -> None:
+    """
+    A ``--hook-timeout`` that is not a positive number of seconds ends
+    twistd with the short hint and one line naming the option, not a
+    traceback.
+    """
+    code, output = await run(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--hook-timeout", "0"], tmp_path
+    )
+    assert_usage_error(code, output, "--hook-timeout 0", "not a positive number of seconds")
+
+
+@pytest_twisted.ensureDeferred
 async def test_broken_addon(tmp_path: Path) -> None:
     """
     An addon file with a syntax error ends twistd with the short hint and
