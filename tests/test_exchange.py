@@ -124,7 +124,8 @@ def plain_get(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     p = Play(made(), seen)
     t.assertEqual(p(Event.HEAD), [])
     t.assertIs(p.state, State.READING)
-    t.assertEqual(p.kinds(Event.BODY_END), [A.SET_REQUEST_BODY, A.OPEN_UPSTREAM])
+    t.assertEqual(p.kinds(Event.BODY_END), [A.OPEN_UPSTREAM])  # no body: nothing to hand over
+    t.assertEqual(p.flow.request.raw_content, b"")  # type: ignore[union-attr]
     t.assertIs(p.state, State.CONNECTING)
     t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, True)])
     t.assertIs(p.state, State.WAITING)
@@ -139,6 +140,24 @@ def plain_get(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     t.assertEqual(p.flow.response.timestamp_start, 14.0)  # type: ignore[union-attr]
     t.assertEqual(p.flow.response.timestamp_end, 16.0)  # type: ignore[union-attr]
     t.assertEqual(p(Event.CLIENT_GONE), [])
+
+
+@scenario
+def whole_heads(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    A request without a body goes in as one HEAD event that says so: a GET
+    goes upstream at once, a CONNECT runs http_connect, a refused request
+    is answered at once.
+    """
+    p = Play(made(), seen)
+    t.assertEqual(p(Event.HEAD, True), [(A.OPEN_UPSTREAM, None)])
+    t.assertTrue(p.exchange.body_done)
+    t.assertEqual(p.flow.request.raw_content, b"")  # type: ignore[union-attr]
+    p = Play(made(b"CONNECT", b"example.com:443", hooks=("http_connect",)), seen)
+    t.assertEqual(p(Event.HEAD, True), [(A.RUN_HOOK, "http_connect")])
+    p = Play(made(uri=b"/nope"), seen)
+    t.assertEqual(p.kinds(Event.HEAD, True), [A.ERROR_PAGE, A.FINISH])
+    t.assertIs(p.state, State.DONE)
 
 
 @scenario
@@ -753,6 +772,10 @@ class ScenarioTests(SynchronousTestCase):
     def test_plain_get(self) -> None:
         """See :func:`plain_get`."""
         self.run_scenario(plain_get)
+
+    def test_whole_heads(self) -> None:
+        """See :func:`whole_heads`."""
+        self.run_scenario(whole_heads)
 
     def test_every_hook(self) -> None:
         """See :func:`every_hook`."""

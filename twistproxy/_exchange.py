@@ -218,7 +218,9 @@ class State(_Identity):
 class Event(_Identity):
     """What happens to an exchange; :meth:`Exchange.handle` takes one at a time."""
 
-    #: The request head was read (in ``NEW``, once).
+    #: The request head was read (in ``NEW``, once); the argument is true
+    #: when the request has no body, so that the head is the whole request
+    #: (no ``BODY_END`` follows).
     HEAD = auto()
     #: A piece of the request body; the argument is the bytes.
     BODY_DATA = auto()
@@ -366,6 +368,54 @@ class ResponseHead:
 Actions = Sequence[tuple[Action, Any]]
 """What :meth:`Exchange.handle` returns: ``(action, argument)`` pairs."""
 
+# Reading an Enum member as a class attribute is a Python-level look-up in
+# CPython 3.11, several times a global's cost; the handlers, run a few times
+# per request, use these module names for the members (and the argument-less
+# actions, ready made).
+_NEW = State.NEW
+_REQUEST_HEADERS = State.REQUEST_HEADERS
+_READING = State.READING
+_REQUEST = State.REQUEST
+_CONNECTING = State.CONNECTING
+_WAITING = State.WAITING
+_RESPONSE_HEADERS = State.RESPONSE_HEADERS
+_RECEIVING = State.RECEIVING
+_STREAMING = State.STREAMING
+_RESPONSE = State.RESPONSE
+_RELAYED = State.RELAYED
+_DISCARDING = State.DISCARDING
+_ERROR = State.ERROR
+_DONE = State.DONE
+_HOLD = Body.HOLD
+_BUFFER = Body.BUFFER
+_STREAM = Body.STREAM
+_DISCARD = Body.DISCARD
+_ABANDON_UPSTREAM = (Action.ABANDON_UPSTREAM, None)
+_ABORT_CLIENT = (Action.ABORT_CLIENT, None)
+_CANCEL_HOOK = (Action.CANCEL_HOOK, None)
+_CLOSE_AFTER = (Action.CLOSE_AFTER, None)
+_DROP_BODY = (Action.DROP_BODY, None)
+_END_BODY = (Action.END_BODY, None)
+_FINISH = (Action.FINISH, None)
+_OPEN_UPSTREAM = (Action.OPEN_UPSTREAM, None)
+_PAUSE_CLIENT = (Action.PAUSE_CLIENT, None)
+_RESUME_CLIENT = (Action.RESUME_CLIENT, None)
+_SET_REQUEST_BODY = (Action.SET_REQUEST_BODY, None)
+_SET_RESPONSE_BODY = (Action.SET_RESPONSE_BODY, None)
+_STOP_BODY = (Action.STOP_BODY, None)
+_SWITCH = (Action.SWITCH, None)
+_ERROR_PAGE_ACTION = Action.ERROR_PAGE
+_FORWARD_BODY_ACTION = Action.FORWARD_BODY
+_HOLD_UPSTREAM_ACTION = Action.HOLD_UPSTREAM
+_KEEP_BODY_ACTION = Action.KEEP_BODY
+_KEEP_RESPONSE_ACTION = Action.KEEP_RESPONSE
+_OPEN_TUNNEL_ACTION = Action.OPEN_TUNNEL
+_RELAY_RESPONSE_ACTION = Action.RELAY_RESPONSE
+_RUN_HOOK_ACTION = Action.RUN_HOOK
+_SEND_HEAD_ACTION = Action.SEND_HEAD
+_SEND_REQUEST_ACTION = Action.SEND_REQUEST
+_WRITE_RESPONSE_ACTION = Action.WRITE_RESPONSE
+
 _NONE: Actions = ()
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
@@ -424,8 +474,8 @@ class Exchange:
         self.body_limit = body_limit
         self.declared = declared
         self.intercepting = intercepting
-        self.state = State.NEW
-        self.body = Body.HOLD
+        self.state = _NEW
+        self.body = _HOLD
         self.body_done = False
         self.failure: Failure | None = None
         self._held = 0  # request body bytes kept
@@ -465,7 +515,7 @@ class Exchange:
         self.state = state
         if hook in self.hooks:
             self._hook = hook
-            return ((Action.RUN_HOOK, hook),)
+            return ((_RUN_HOOK_ACTION, hook),)
         return _AFTER[state](self, now)
 
     def _hook_pending(self, now: float, arg: Any) -> Actions:
@@ -473,17 +523,17 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if not self.body_done and not self._client_paused:
             self._client_paused = True
-            actions.append((Action.PAUSE_CLIENT, None))
-        if self.state is State.RESPONSE_HEADERS and not self._upstream_held:
+            actions.append(_PAUSE_CLIENT)
+        if self.state is _RESPONSE_HEADERS and not self._upstream_held:
             self._upstream_held = True
-            actions.append((Action.HOLD_UPSTREAM, True))
+            actions.append((_HOLD_UPSTREAM_ACTION, True))
         return actions
 
     def _hook_ended(self) -> list[tuple[Action, Any]]:
         self._pending = False
         if self._client_paused:
             self._client_paused = False
-            return [(Action.RESUME_CLIENT, None)]
+            return [_RESUME_CLIENT]
         return []
 
     def _hook_done(self, now: float, arg: Any) -> Actions:
@@ -495,7 +545,7 @@ class Exchange:
             if hook in _REQUEST_HOOKS:
                 assert flow.request is not None
                 check_request(flow.request)
-            if flow.response is not None and self.state is not State.RELAYED and (
+            if flow.response is not None and self.state is not _RELAYED and (
                 hook in _REQUEST_HOOKS or hook in _RESPONSE_HOOKS
             ):
                 check_response(flow.response)
@@ -508,36 +558,48 @@ class Exchange:
     def _hook_failed(self, now: float, reason: Failure) -> Actions:
         actions = self._hook_ended()
         state = self.state
-        if state is State.ERROR:
+        if state is _ERROR:
             actions.extend(self._send_failure(self.failure or reason))
-        elif state is State.RELAYED:
+        elif state is _RELAYED:
             # The streamed response is out: the failure is only recorded.
             assert self.flow is not None
             self.flow.error = Error(describe(reason), now)
-            self.state = State.DONE
+            self.state = _DONE
         else:
             # The response hook was the flow's last; any other still owes
             # the flow its error hook.
-            actions.extend(self._fail(now, reason, state is not State.RESPONSE))
+            actions.extend(self._fail(now, reason, state is not _RESPONSE))
         return actions
 
     # -- the request ---------------------------------------------------------
 
-    def _head(self, now: float, arg: Any) -> Actions:
+    def _head(self, now: float, complete: Any) -> Actions:
         flow = self.flow
+        if complete:  # the request has no body: the head is all of it
+            self.body_done = True
         if flow is None:
-            self.state = State.DISCARDING
-            self.body = Body.DISCARD
+            self.state = _DISCARDING
+            self.body = _DISCARD
+            if complete:
+                return self._refuse()
             return _NONE
         request = flow.request
         assert request is not None
         if request.method == "CONNECT":
-            self.state = State.READING
-            self.body = Body.DISCARD
+            self.state = _READING
+            self.body = _DISCARD
+            if complete:
+                return self._run("http_connect", _REQUEST, now)
             return _NONE
         if self.declared > self.body_limit:
             request.stream = True
-        return self._run("requestheaders", State.REQUEST_HEADERS, now)
+        return self._run("requestheaders", _REQUEST_HEADERS, now)
+
+    def _refuse(self) -> Actions:
+        """Answer a request that cannot be proxied, its body read."""
+        assert self.refusal is not None
+        self.state = _DONE
+        return self._answer(_ERROR_PAGE_ACTION, Failure(self.refusal))
 
     def _after_requestheaders(self, now: float) -> Actions:
         flow = self.flow
@@ -547,10 +609,10 @@ class Exchange:
         if flow.response is not None:
             return self._answered(now)
         if flow.request.stream:
-            self.body = Body.STREAM
-            return self._run("request", State.REQUEST, now)
-        self.body = Body.BUFFER
-        self.state = State.READING
+            self.body = _STREAM
+            return self._run("request", _REQUEST, now)
+        self.body = _BUFFER
+        self.state = _READING
         if self.body_done:
             return self._request_read(now)
         return _NONE
@@ -560,7 +622,10 @@ class Exchange:
         flow = self.flow
         assert flow is not None and flow.request is not None
         flow.request.timestamp_end = now
-        return ((Action.SET_REQUEST_BODY, None), *self._run("request", State.REQUEST, now))
+        if not self._held:  # no body: nothing kept to hand over
+            flow.request.raw_content = b""
+            return self._run("request", _REQUEST, now)
+        return (_SET_REQUEST_BODY, *self._run("request", _REQUEST, now))
 
     def _after_request(self, now: float) -> Actions:
         flow = self.flow
@@ -569,22 +634,22 @@ class Exchange:
             return self._kill(now)
         if flow.response is not None:
             return self._answered(now)
-        self.state = State.CONNECTING
+        self.state = _CONNECTING
         self._upstream = True
         if flow.request.method == "CONNECT":
             flow.passthrough = flow.passthrough or not self.intercepting
-            return ((Action.OPEN_TUNNEL, flow.passthrough),)
-        return ((Action.OPEN_UPSTREAM, None),)
+            return ((_OPEN_TUNNEL_ACTION, flow.passthrough),)
+        return (_OPEN_UPSTREAM,)
 
     def _answered(self, now: float) -> Actions:
         """A hook answered the request: drop its body, answer once it is read."""
-        self.body = Body.DISCARD
-        actions: list[tuple[Action, Any]] = [(Action.DROP_BODY, None)]
+        self.body = _DISCARD
+        actions: list[tuple[Action, Any]] = [_DROP_BODY]
         if not self.body_done:
-            self.state = State.DISCARDING
+            self.state = _DISCARDING
             if self._client_paused:
                 self._client_paused = False
-                actions.append((Action.RESUME_CLIENT, None))
+                actions.append(_RESUME_CLIENT)
             return actions
         actions.extend(self._respond_from_hook(now))
         return actions
@@ -597,61 +662,64 @@ class Exchange:
             response.timestamp_start = now
         if response.timestamp_end is None:
             response.timestamp_end = now
-        return self._run("response", State.RESPONSE, now)
+        return self._run("response", _RESPONSE, now)
 
     def _body_data(self, now: float, data: bytes) -> Actions:
         if self.body_done:
             raise InvalidEvent("BODY_DATA after BODY_END")
         body = self.body
-        if body is Body.DISCARD:
+        if body is _DISCARD:
             return _NONE
-        if body is Body.STREAM and self._sending:
-            return ((Action.FORWARD_BODY, data),)
+        if body is _STREAM and self._sending:
+            return ((_FORWARD_BODY_ACTION, data),)
         self._held += len(data)
-        if body is Body.BUFFER and self._held > self.body_limit:
+        if body is _BUFFER and self._held > self.body_limit:
             # Too big to buffer after all: stream it, and the request hook
             # runs now, without the body.
             flow = self.flow
             assert flow is not None and flow.request is not None
             flow.request.stream = True
-            self.body = Body.STREAM
-            return ((Action.KEEP_BODY, data), *self._run("request", State.REQUEST, now))
-        if body is not Body.BUFFER and self._held > HIGH_WATER and not self._client_paused:
+            self.body = _STREAM
+            return ((_KEEP_BODY_ACTION, data), *self._run("request", _REQUEST, now))
+        if body is not _BUFFER and self._held > HIGH_WATER and not self._client_paused:
             self._client_paused = True
-            return ((Action.KEEP_BODY, data), (Action.PAUSE_CLIENT, None))
-        return ((Action.KEEP_BODY, data),)
+            return ((_KEEP_BODY_ACTION, data), _PAUSE_CLIENT)
+        return ((_KEEP_BODY_ACTION, data),)
 
     def _body_end(self, now: float, arg: Any) -> Actions:
         if self.body_done:
             raise InvalidEvent("BODY_END twice")
         self.body_done = True
+        state = self.state
+        if state is _READING and not self._client_paused:  # the common case
+            flow = self.flow
+            assert flow is not None and flow.request is not None
+            if flow.request.method != "CONNECT":
+                return self._request_read(now)
         actions: list[tuple[Action, Any]] = []
         if self._client_paused:
             self._client_paused = False
-            actions.append((Action.RESUME_CLIENT, None))
-        state = self.state
+            actions.append(_RESUME_CLIENT)
         if self._finish_owed:
             self._finish_owed = False
-            actions.append((Action.FINISH, None))
-        elif state is State.READING:
+            actions.append(_FINISH)
+        elif state is _READING:
             flow = self.flow
             assert flow is not None and flow.request is not None
             if flow.request.method == "CONNECT":
-                actions.extend(self._run("http_connect", State.REQUEST, now))
+                actions.extend(self._run("http_connect", _REQUEST, now))
             else:
                 actions.extend(self._request_read(now))
-        elif state is State.DISCARDING:
+        elif state is _DISCARDING:
             if self.flow is None:
-                assert self.refusal is not None
-                self.state = State.DONE
-                actions.extend(self._answer(Action.ERROR_PAGE, Failure(self.refusal)))
+                actions.extend(self._refuse())
             else:
                 actions.extend(self._respond_from_hook(now))
         elif self._sending:
             self._sending = False
             assert self.flow is not None and self.flow.request is not None
             self.flow.request.timestamp_end = now
-            actions.append((Action.END_BODY, None))
+            actions.append(_END_BODY)
         return actions
 
     # -- upstream ----------------------------------------------------------
@@ -664,26 +732,26 @@ class Exchange:
                 b"HTTP/1.1", 200, b"Connection established", Headers(), b"",
                 timestamp_start=now, timestamp_end=now,
             )
-            return self._run("response", State.RESPONSE, now)
-        self.state = State.WAITING
-        complete = self.body_done or self.body is not Body.STREAM
+            return self._run("response", _RESPONSE, now)
+        self.state = _WAITING
+        complete = self.body_done or self.body is not _STREAM
         if complete:
-            if self.body is Body.STREAM:
+            if self.body is _STREAM:
                 flow.request.timestamp_end = now
-            return ((Action.SEND_REQUEST, True),)
+            return ((_SEND_REQUEST_ACTION, True),)
         self._sending = True
         if self._client_paused:  # the upstream's pace rules from now on
             self._client_paused = False
-            return ((Action.SEND_REQUEST, False), (Action.RESUME_CLIENT, None))
-        return ((Action.SEND_REQUEST, False),)
+            return ((_SEND_REQUEST_ACTION, False), _RESUME_CLIENT)
+        return ((_SEND_REQUEST_ACTION, False),)
 
     def _upstream_failed(self, now: float, reason: Failure) -> Actions:
         self._upstream = False
         self._sending = False
         actions: list[tuple[Action, Any]] = []
-        if self.state is State.RESPONSE_HEADERS and self._pending:
+        if self.state is _RESPONSE_HEADERS and self._pending:
             self._pending = False
-            actions.append((Action.CANCEL_HOOK, None))
+            actions.append(_CANCEL_HOOK)
         actions.extend(self._fail(now, reason, True))
         return actions
 
@@ -709,52 +777,59 @@ class Exchange:
         self._framing = framing = head.framing
         if framing > self.body_limit:
             response.stream = True
-        return self._run("responseheaders", State.RESPONSE_HEADERS, now)
+        return self._run("responseheaders", _RESPONSE_HEADERS, now)
 
     def _after_responseheaders(self, now: float) -> Actions:
         flow = self.flow
         assert flow is not None and flow.response is not None
+        if not (self._upstream_held or self._response_done or flow.response.stream) and (
+            flow.error is None
+        ):
+            self.state = _RECEIVING  # the common case: buffer the body
+            return _NONE
         actions: list[tuple[Action, Any]] = []
         if self._upstream_held:
             self._upstream_held = False
-            actions.append((Action.HOLD_UPSTREAM, False))
+            actions.append((_HOLD_UPSTREAM_ACTION, False))
         if flow.killed:
             actions.extend(self._kill(now))
             return actions
         if flow.response.stream and self._framing != NO_BODY:
             actions.extend(self._stream())
         else:
-            self.state = State.RECEIVING
+            self.state = _RECEIVING
         if self._response_done:
             actions.extend(self._response_complete(now))
         return actions
 
     def _stream(self) -> Actions:
-        self.state = State.STREAMING
+        self.state = _STREAMING
         self._head_sent = True
-        return ((Action.SEND_HEAD, self._framing),)
+        return ((_SEND_HEAD_ACTION, self._framing),)
 
     def _response_data(self, now: float, data: bytes) -> Actions:
         self._response_size += len(data)
         state = self.state
-        if state is State.STREAMING:
-            return ((Action.RELAY_RESPONSE, data),)
-        if state is State.RECEIVING and self._response_size > self.body_limit:
+        if state is _STREAMING:
+            return ((_RELAY_RESPONSE_ACTION, data),)
+        if state is _RECEIVING and self._response_size > self.body_limit:
             assert self.flow is not None and self.flow.response is not None
             self.flow.response.stream = True
-            return ((Action.KEEP_RESPONSE, data), *self._stream())
-        return ((Action.KEEP_RESPONSE, data),)
+            return ((_KEEP_RESPONSE_ACTION, data), *self._stream())
+        return ((_KEEP_RESPONSE_ACTION, data),)
 
     def _response_end(self, now: float, arg: Any) -> Actions:
         self._upstream = False
+        if self.body_done and self.state is not _RESPONSE_HEADERS:
+            return self._response_complete(now)
         actions: list[tuple[Action, Any]] = []
-        if not self.body_done and self.body is Body.STREAM:
+        if not self.body_done and self.body is _STREAM:
             # The origin answered before the upload ended: drop the rest.
-            self.body = Body.DISCARD
+            self.body = _DISCARD
             if self._sending:
                 self._sending = False
-                actions.append((Action.STOP_BODY, None))
-        if self.state is State.RESPONSE_HEADERS:
+                actions.append(_STOP_BODY)
+        if self.state is _RESPONSE_HEADERS:
             self._response_done = True
         else:
             actions.extend(self._response_complete(now))
@@ -764,22 +839,22 @@ class Exchange:
         flow = self.flow
         assert flow is not None and flow.response is not None
         flow.response.timestamp_end = now
-        if self.state is State.STREAMING:
+        if self.state is _STREAMING:
             flow.response.body_size = self._response_size
             actions = list(self._finish())
-            actions.extend(self._run("response", State.RELAYED, now))
+            actions.extend(self._run("response", _RELAYED, now))
             return actions
-        return ((Action.SET_RESPONSE_BODY, None), *self._run("response", State.RESPONSE, now))
+        return (_SET_RESPONSE_BODY, *self._run("response", _RESPONSE, now))
 
     def _after_response(self, now: float) -> Actions:
         flow = self.flow
         assert flow is not None and flow.request is not None and flow.response is not None
         if flow.killed:
             return self._kill(now)
-        self.state = State.DONE
+        self.state = _DONE
         if flow.request.method == "CONNECT" and not self._own:
             if self._tunnel_lost is not None:
-                self.state = State.RESPONSE
+                self.state = _RESPONSE
                 return self._fail(now, self._tunnel_lost, True)
             if flow.response.status_code == 200:
                 flow.live = False
@@ -787,13 +862,13 @@ class Exchange:
                     return self._drop_upstream()
                 self._head_sent = True
                 self._upstream = False
-                return ((Action.SWITCH, None),)
+                return (_SWITCH,)
             # A response hook answered otherwise: that is the answer, no tunnel.
-            return (*self._drop_upstream(), *self._answer(Action.WRITE_RESPONSE, False))
-        return self._answer(Action.WRITE_RESPONSE, self._own)
+            return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
+        return self._answer(_WRITE_RESPONSE_ACTION, self._own)
 
     def _after_relayed(self, now: float) -> Actions:
-        self.state = State.DONE
+        self.state = _DONE
         return _NONE
 
     # -- endings ---------------------------------------------------------------
@@ -809,8 +884,8 @@ class Exchange:
         if self._gone or self._aborted:
             return _NONE
         if self.body_done:
-            return ((action, arg), (Action.FINISH, None))
-        return ((Action.CLOSE_AFTER, None), (action, arg), *self._finish_later())
+            return ((action, arg), _FINISH)
+        return (_CLOSE_AFTER, (action, arg), *self._finish_later())
 
     def _finish(self) -> Actions:
         """A streamed answer is out: end the request, at once or once its body is read."""
@@ -819,16 +894,16 @@ class Exchange:
         if self._gone:
             return _NONE
         if self.body_done:
-            return ((Action.FINISH, None),)
-        return ((Action.CLOSE_AFTER, None), *self._finish_later())
+            return (_FINISH,)
+        return (_CLOSE_AFTER, *self._finish_later())
 
     def _finish_later(self) -> Actions:
         """HTTPChannel ends a request only once its body is read: drop the rest, then end it."""
         self._finish_owed = True
-        self.body = Body.DISCARD
+        self.body = _DISCARD
         if self._client_paused:
             self._client_paused = False
-            return ((Action.RESUME_CLIENT, None),)
+            return (_RESUME_CLIENT,)
         return _NONE
 
     def _drop_upstream(self) -> Actions:
@@ -837,10 +912,10 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self._upstream:
             self._upstream = False
-            actions.append((Action.ABANDON_UPSTREAM, None))
-        if not self.body_done and self.body is not Body.DISCARD:
-            self.body = Body.DISCARD
-            actions.append((Action.DROP_BODY, None))
+            actions.append(_ABANDON_UPSTREAM)
+        if not self.body_done and self.body is not _DISCARD:
+            self.body = _DISCARD
+            actions.append(_DROP_BODY)
         return actions
 
     def _fail(self, now: float, reason: Failure, run_hook: bool) -> Actions:
@@ -849,7 +924,7 @@ class Exchange:
         page when nothing was sent yet, otherwise an aborted connection, so
         a truncated body never looks complete.
         """
-        if self.state is State.DONE or self.state is State.ERROR:
+        if self.state is _DONE or self.state is _ERROR:
             return _NONE
         actions = list(self._drop_upstream())
         self.failure = reason
@@ -857,7 +932,7 @@ class Exchange:
         if flow is not None:
             flow.error = Error(describe(reason), now)
         if flow is not None and run_hook:
-            actions.extend(self._run("error", State.ERROR, now))
+            actions.extend(self._run("error", _ERROR, now))
         else:
             actions.extend(self._send_failure(reason))
         return actions
@@ -866,15 +941,15 @@ class Exchange:
         return self._send_failure(self.failure)
 
     def _send_failure(self, reason: Failure | None) -> Actions:
-        self.state = State.DONE
+        self.state = _DONE
         if self.flow is not None:
             self.flow.live = False
         if self._gone or self._aborted or reason is None:
             return _NONE
         if self._head_sent:
             self._aborted = True
-            return ((Action.ABORT_CLIENT, None),)
-        return self._answer(Action.ERROR_PAGE, reason)
+            return (_ABORT_CLIENT,)
+        return self._answer(_ERROR_PAGE_ACTION, reason)
 
     def _kill(self, now: float) -> Actions:
         """
@@ -887,11 +962,11 @@ class Exchange:
         flow.live = False
         if not self._gone and not self._aborted:
             self._aborted = True
-            actions.append((Action.ABORT_CLIENT, None))
+            actions.append(_ABORT_CLIENT)
         if self.state in _TERMINAL:
-            self.state = State.DONE
+            self.state = _DONE
             return actions
-        actions.extend(self._run("error", State.ERROR, now))
+        actions.extend(self._run("error", _ERROR, now))
         return actions
 
     def _client_gone(self, now: float, arg: Any) -> Actions:
@@ -900,20 +975,20 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self._pending:
             self._pending = False
-            actions.append((Action.CANCEL_HOOK, None))
+            actions.append(_CANCEL_HOOK)
         actions.extend(self._drop_upstream())
         state = self.state
         flow = self.flow
-        if flow is None or state is State.DONE:
-            self.state = State.DONE
+        if flow is None or state is _DONE:
+            self.state = _DONE
             return actions
-        if state is not State.RELAYED and state is not State.ERROR:
+        if state is not _RELAYED and state is not _ERROR:
             flow.error = Error("client disconnected", now)
         flow.live = False
         if state in _TERMINAL:
-            self.state = State.DONE
+            self.state = _DONE
             return actions
-        actions.extend(self._run("error", State.ERROR, now))
+        actions.extend(self._run("error", _ERROR, now))
         return actions
 
     def _ignore(self, now: float, arg: Any) -> Actions:

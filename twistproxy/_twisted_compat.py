@@ -67,9 +67,11 @@ class ChannelCompat(HTTPChannel):
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
         """Twisted's choice of body decoder, with chunk sizes bounded."""
         ok: bool = super()._maybeChooseTransferDecoder(header, data)
-        decoder = self._transferDecoder
-        if ok and type(decoder) is _ChunkedTransferDecoder:
-            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
+        if header == b"Transfer-Encoding":  # Twisted hands the canonical name
+            decoder = self._transferDecoder
+            if ok and type(decoder) is _ChunkedTransferDecoder:
+                self._transferDecoder = _BoundedChunks(decoder.dataCallback,
+                                                       decoder.finishCallback)
         return ok
 
 

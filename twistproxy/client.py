@@ -629,14 +629,16 @@ class UpstreamExchange:
         framing: int,
     ) -> None:
         """The head arrived: the origin spoke; hand it on."""
-        if self._complete:
-            self._watch()
+        client = self._client
+        if self._complete and client is not None:
+            client.deadline.start(self._timeout)  # _silent, as _watch() set it
         self._receiver.response_started(status, reason, version, fields, framing)
 
     def response_data(self, data: bytes) -> None:
         """A piece of the body: the origin spoke; hand it on."""
-        if self._complete:
-            self._watch()
+        client = self._client
+        if self._complete and client is not None:
+            client.deadline.start(self._timeout)  # _silent, as _watch() set it
         self._receiver.response_data(data)
 
     def response_ended(self) -> None:

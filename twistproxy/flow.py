@@ -177,7 +177,8 @@ class Connection:
     :ivar tls_version: The negotiated TLS version (``"TLSv1.3"``), if any.
     """
 
-    id: str = attrs.field(factory=_new_id)
+    # Made when first asked for: a record is made per flow, its id rarely read.
+    _id: str | None = attrs.field(default=None, alias="id", repr=False)
     peername: tuple[str, int] | None = None
     sockname: tuple[str, int] | None = None
     timestamp_start: float | None = None
@@ -190,6 +191,18 @@ class Connection:
 
     _state_keys: ClassVar[tuple[str, ...]] = _CONNECTION_KEYS
     _address_keys: ClassVar[tuple[str, ...]] = ("peername", "sockname")
+
+    @property
+    def id(self) -> str:
+        """A unique id (a UUID4 string), made when first asked for."""
+        made = self._id
+        if made is None:
+            made = self._id = _new_id()
+        return made
+
+    @id.setter
+    def id(self, value: str) -> None:
+        self._id = value
 
     def get_state(self) -> dict[str, Any]:
         """

@@ -404,7 +404,11 @@ class Message:
         :param timestamp_start: When the first byte was seen.
         :param timestamp_end: When the last byte was seen.
         """
-        self.http_version = http_version if isinstance(http_version, str) else _to_str(http_version)
+        self.http_version = (
+            http_version.decode("utf-8", "surrogateescape")
+            if type(http_version) is bytes
+            else _to_str(http_version)
+        )
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.raw_content = content
         self.timestamp_start = timestamp_start
@@ -746,10 +750,19 @@ class Request(Message):
             raise ValueError("trailers are not supported")
         self.host = host
         self.port = port
-        self.method = method if isinstance(method, str) else _to_str(method)
-        self.scheme = scheme if isinstance(scheme, str) else _to_str(scheme)
-        self.authority = authority if isinstance(authority, str) else _to_str(authority)
-        self.path = path if isinstance(path, str) else _to_str(path)
+        # The proxy hands bytes from the wire: decoded here without a call.
+        self.method = (
+            method.decode("utf-8", "surrogateescape") if type(method) is bytes
+            else _to_str(method)
+        )
+        self.scheme = scheme if type(scheme) is str else _to_str(scheme)
+        self.authority = (
+            authority.decode("utf-8", "surrogateescape") if type(authority) is bytes
+            else _to_str(authority)
+        )
+        self.path = (
+            path.decode("utf-8", "surrogateescape") if type(path) is bytes else _to_str(path)
+        )
         Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
 
     def __repr__(self) -> str:
@@ -992,7 +1005,10 @@ class Response(Message):
         if trailers is not None:
             raise ValueError("trailers are not supported")
         self.status_code = status_code
-        self.reason = reason if isinstance(reason, str) else _to_str(reason)
+        self.reason = (
+            reason.decode("utf-8", "surrogateescape") if type(reason) is bytes
+            else _to_str(reason)
+        )
         Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
 
     def __repr__(self) -> str:

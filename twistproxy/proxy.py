@@ -60,6 +60,20 @@ DEFAULT_BODY_LIMIT = 1024 * 1024
 """Bodies up to this many bytes are buffered for the hooks; larger ones stream."""
 
 _CONNECTION_HOOKS = ("client_connected", "client_disconnected", "server_disconnected")
+# The events, as module names: an Enum member read as a class attribute is a
+# Python-level look-up in CPython 3.11.
+_BODY_DATA = Event.BODY_DATA
+_BODY_END = Event.BODY_END
+_CLIENT_GONE = Event.CLIENT_GONE
+_HEAD = Event.HEAD
+_HOOK_DONE = Event.HOOK_DONE
+_HOOK_FAILED = Event.HOOK_FAILED
+_HOOK_PENDING = Event.HOOK_PENDING
+_RESPONSE_DATA = Event.RESPONSE_DATA
+_RESPONSE_END = Event.RESPONSE_END
+_RESPONSE_HEAD = Event.RESPONSE_HEAD
+_UPSTREAM_FAILED = Event.UPSTREAM_FAILED
+_UPSTREAM_READY = Event.UPSTREAM_READY
 _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
@@ -84,16 +98,19 @@ class ProxyRequest(Request):
     channel: Any  # the Proxy channel; Twisted sets it to None once the client is gone
     framing = NO_BODY
     _exchange: Exchange | None = None
+    _handle: Callable[[Event, float, Any], Any]  # the exchange's handle()
     _upstream: Any = None  # the UpstreamExchange, or a CONNECT's TunnelEnd
     _pending: Deferred[Any] | None = None  # the hook chain being waited for
     _body_transport: Any = None  # the upstream transport the client's produces for
     _gone = False  # the client's connection is gone
     _busy = False  # carrying out actions: events wait in _queue
     _chunked = False  # the request body goes upstream chunked
+    _head_due = False  # a request without a body: its head goes in with process()
 
     def __init__(self, channel: Proxy, queued: object = None) -> None:
         super().__init__(channel)
         self._factory: ProxyFactory = channel.factory
+        self._seconds = channel.factory.reactor.seconds
         self.fields: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._response_body: list[bytes] = []
@@ -116,12 +133,18 @@ class ProxyRequest(Request):
             )
         except (BadRequestTarget, LoopDetected) as e:
             refusal = e
-        self._exchange = Exchange(
+        self._exchange = exchange = Exchange(
             self.flow, refusal=refusal, hooks=factory.hooks_for(type(self)),
             body_limit=factory.body_limit, declared=self.framing,
             intercepting=factory.contexts is not None,
         )
-        self._event(Event.HEAD)
+        self._handle = exchange.handle
+        if self.framing == NO_BODY or self.framing == 0:
+            # No body: Twisted calls process() next, where the head goes in
+            # as the whole request, one event instead of two.
+            self._head_due = True
+        else:
+            self._event(_HEAD)
 
     def gotLength(self, length: int | None) -> None:
         """The body's framing comes from the channel (:attr:`framing`)."""
@@ -131,7 +154,7 @@ class ProxyRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         """A piece of the request body (transfer coding removed)."""
-        self._event(Event.BODY_DATA, data)
+        self._event(_BODY_DATA, data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """The whole request is in: Twisted's attributes, then :meth:`process`."""
@@ -141,15 +164,19 @@ class ProxyRequest(Request):
         self.process()
 
     def process(self) -> None:
-        """The request body is complete."""
-        self._event(Event.BODY_END)
+        """The request body is complete (for a request without one: the head too)."""
+        if self._head_due:
+            self._head_due = False
+            self._event(_HEAD, True)
+        else:
+            self._event(_BODY_END)
 
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: the exchange stops."""
         super().connectionLost(reason)
         self._gone = True
         if self._exchange is not None:
-            self._event(Event.CLIENT_GONE)
+            self._event(_CLIENT_GONE)
 
     # -- what the upstream side reports (IUpstreamReceiver) ---------------------
 
@@ -157,7 +184,7 @@ class ProxyRequest(Request):
         """The upstream side is open."""
         if server is not None:
             self.flow.server_conn = server  # type: ignore[union-attr]
-        self._event(Event.UPSTREAM_READY)
+        self._event(_UPSTREAM_READY)
 
     def response_started(
         self, status: int, reason: bytes, version: bytes,
@@ -167,21 +194,21 @@ class ProxyRequest(Request):
         server = self._upstream.server
         if server is not None:
             self.flow.server_conn = server  # type: ignore[union-attr]
-        self._event(Event.RESPONSE_HEAD, ResponseHead(version, status, reason, fields, framing))
+        self._event(_RESPONSE_HEAD, ResponseHead(version, status, reason, fields, framing))
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
-        self._event(Event.RESPONSE_DATA, data)
+        self._event(_RESPONSE_DATA, data)
 
     def response_ended(self) -> None:
         """The response is complete."""
         self._upstream = None
-        self._event(Event.RESPONSE_END)
+        self._event(_RESPONSE_END)
 
     def response_failed(self, reason: Failure) -> None:
         """The upstream side failed."""
         self._upstream = None
-        self._event(Event.UPSTREAM_FAILED, reason)
+        self._event(_UPSTREAM_FAILED, reason)
 
     # -- events in, actions out ---------------------------------------------------
 
@@ -195,37 +222,35 @@ class ProxyRequest(Request):
             return
         self._busy = True
         try:
-            exchange = self._exchange
-            assert exchange is not None
-            clock = self._factory.reactor
-            while True:
-                for action, value in exchange.handle(event, clock.seconds(), arg):
+            for action, value in self._handle(event, self._seconds(), arg):
+                _PERFORM[action](self, value)
+            queue = self._queue
+            while queue:
+                event, arg = queue.pop(0)
+                for action, value in self._handle(event, self._seconds(), arg):
                     _PERFORM[action](self, value)
-                if not self._queue:
-                    return
-                event, arg = self._queue.pop(0)
         finally:
             self._busy = False
 
     def _run_hook(self, hook: str) -> None:
         d = self._factory.chain.run(hook, self.flow, first=self)
         if d is None:
-            self._event(Event.HOOK_DONE)
+            self._event(_HOOK_DONE)
             return
         self._pending = d
         d.addCallbacks(self._hook_done, self._hook_failed, callbackArgs=(d,), errbackArgs=(d,))
         if self._pending is d:
-            self._event(Event.HOOK_PENDING)
+            self._event(_HOOK_PENDING)
 
     def _hook_done(self, result: object, d: Deferred[Any]) -> None:
         if d is self._pending:
             self._pending = None
-            self._event(Event.HOOK_DONE)
+            self._event(_HOOK_DONE)
 
     def _hook_failed(self, reason: Failure, d: Deferred[Any]) -> None:
         if d is self._pending:
             self._pending = None
-            self._event(Event.HOOK_FAILED, reason)
+            self._event(_HOOK_FAILED, reason)
 
     def _cancel_hook(self, _: object) -> None:
         d, self._pending = self._pending, None
