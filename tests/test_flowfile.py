@@ -20,10 +20,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy import flowfile
+from twistproxy.errors import FlowFileError
 from twistproxy.flow import FLOW_STATE_VERSION, Client, Error, Server
 from twistproxy.flowfile import (
     FORMAT_VERSION,
-    FlowFileError,
     FlowWriter,
     dump_flows,
     load_flows,

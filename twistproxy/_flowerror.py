@@ -1,28 +1,18 @@
 # -*- test-case-name: tests.test_flowfile,tests.test_har -*-
 """
-The error of files of flows, the helpers that say where in a document a
+The helpers that say where in a document a
 value is wrong, and the check every flow read from a file passes: shared by
 flow files (:mod:`twistproxy.flowfile`) and HAR (:mod:`twistproxy.har`),
 which both import it, so that neither imports the other's internals.
 
-:exc:`FlowFileError` is public as ``twistproxy.flowfile.FlowFileError``
-(and ``twistproxy.har`` raises it); the rest is for those two modules.
-This module does no I/O.
+Both raise :exc:`~twistproxy.errors.FlowFileError`.  This module does no
+I/O.
 """
 
 from __future__ import annotations
 
 from twistproxy._headers import check_request, check_response
 from twistproxy.http import HTTPFlow
-
-
-class FlowFileError(ValueError):
-    """
-    A flow file or HAR is malformed, from a newer twistproxy, or holds a
-    request or response that could not be sent as it stands; or a flow
-    cannot be written to a flow file.  The message says where: ``line 3:
-    ...`` for a flow file, ``log.entries[2].request: ...`` for a HAR.
-    """
 
 
 class Invalid(ValueError):

@@ -212,6 +212,16 @@ class CertificateAuthorityError(TwistProxyError):
     status, phrase = 500, b"Internal Server Error"
 
 
+class FlowFileError(ValueError):
+    """
+    A flow file or HAR is malformed, from a newer twistproxy, or holds a
+    request or response that could not be sent as it stands; or a flow
+    cannot be written to a flow file.  The message says where: ``line 3:
+    ...`` for a flow file, ``log.entries[2].request: ...`` for a HAR.  Not
+    an answer to a client: it is raised to whoever reads or writes the file.
+    """
+
+
 def upstream_error(reason: Failure) -> Failure:
     """
     Translate a transport failure on the upstream side into twistproxy's

@@ -29,9 +29,10 @@ This is core code: it reads no clock (flows take a ``now`` callable), opens
 no sockets, and does I/O only through the file objects (or, for
 :func:`load_flows` and :func:`main`, the paths) it is given.
 
-:exc:`FlowFileError` and the schema's error helpers live in
-:mod:`twistproxy._flowerror`, which :mod:`twistproxy.har` imports too; this
-module imports :mod:`twistproxy.har`, never the other way round.
+Errors are :exc:`~twistproxy.errors.FlowFileError`.  The schema's error
+helpers live in :mod:`twistproxy._flowerror`, which :mod:`twistproxy.har`
+imports too; this module imports :mod:`twistproxy.har`, never the other
+way round.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ from typing import IO, Any
 
 from twistproxy import __version__
 from twistproxy import har as _har
-from twistproxy._flowerror import FlowFileError as FlowFileError  # public here
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
-from twistproxy.errors import InvalidMessage
+from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 

@@ -11,7 +11,7 @@ keeps everything.  ``python -m twistproxy.flowfile export-har IN OUT`` and
 ``import-har IN OUT`` convert between the two, and
 :func:`~twistproxy.flowfile.load_flows` reads ``.har`` files too.
 
-Errors are :exc:`~twistproxy.flowfile.FlowFileError`, the one error of
+Errors are :exc:`~twistproxy.errors.FlowFileError`, the one error of
 files of flows, naming the place in the document
 (``log.entries[2].request: missing 'url'``).
 
@@ -33,12 +33,11 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from twistproxy._flowerror import FlowFileError
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
-from twistproxy.errors import InvalidMessage
+from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import Client, Error, Server
 from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _content_type_params
 

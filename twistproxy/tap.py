@@ -37,10 +37,10 @@ from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.save import SaveFlows
 from twistproxy.addons.script import load_addons
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
-from twistproxy.errors import AddonError, CertificateAuthorityError
+from twistproxy.errors import AddonError, CertificateAuthorityError, FlowFileError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flowfile import FlowFileError, load_flows
+from twistproxy.flowfile import load_flows
 from twistproxy.http import HTTPFlow
 from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
