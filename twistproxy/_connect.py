@@ -167,19 +167,36 @@ class TunnelEnd:
         self._over = True
 
 
-def switch(channel: Proxy, tunnel: Tunnel, end: TunnelEnd, finish: Callable[[], None]) -> None:
+def open_tunnel(request: Any, passthrough: bool) -> None:
     """
-    Answer ``200 Connection established`` on *channel* and hand the
-    connection to the tunnel: a raw relay joined to *end*'s, or TLS
-    interception when *end* has no relay.
+    The ``OPEN_TUNNEL`` action of a CONNECT's request: make its
+    :class:`TunnelEnd` the exchange's upstream side, and open it.
+    """
+    target = request.flow.request
+    end = TunnelEnd(
+        request.channel.factory, request, host=target.host, port=target.port,
+        passthrough=passthrough, here=request.channel.getHost(),
+        on_connected=request.server_hook(),
+    )
+    request.swap_upstream(end)
+    end.open()
 
-    :param finish: Ends the CONNECT request (``Request.finish``), once the
-        answer is written and the channel is kept open for the tunnel.
+
+def switch(request: Any, _: object) -> None:
     """
+    The ``SWITCH`` action of a CONNECT's request: answer ``200 Connection
+    established`` and hand the connection to the tunnel: a raw relay joined
+    to the tunnel end's, or TLS interception when it has no relay.
+    """
+    channel: Proxy = request.channel
+    end: TunnelEnd = request.swap_upstream(None)
+    target = request.flow.request
+    tunnel = Tunnel(target.host, target.port)
     channel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     buffered = take_buffered(channel)
     channel.persistent = True  # the tunnel outlives this request
-    finish()
+    request.startedWriting = 1  # the 200 went out raw: finish() writes no head
+    request.finish()
     end.switched()
     relay = end.relay
     protocol: Any

@@ -234,7 +234,8 @@ class Event(_Identity):
     #: the Failure.
     HOOK_FAILED = auto()
     #: The upstream side is open and takes the request (for a CONNECT: the
-    #: tunnel can open).
+    #: tunnel can open); the argument is the connection's
+    #: :class:`~twistproxy.flow.Server` record, if there is one.
     UPSTREAM_READY = auto()
     #: The upstream side failed (connecting, TLS, a loop, the
     #: ``server_connected`` hook, the origin's silence, the connection lost
@@ -350,19 +351,21 @@ class ResponseHead:
     :ivar fields: The header fields, in order and case.
     :ivar framing: How its body is delimited
         (:func:`~twistproxy._framing.response_framing`).
+    :ivar server: The record of the connection it arrived on, if known.
     """
 
-    __slots__ = ("version", "status", "reason", "fields", "framing")
+    __slots__ = ("version", "status", "reason", "fields", "framing", "server")
 
     def __init__(
         self, version: bytes, status: int, reason: bytes,
-        fields: list[tuple[bytes, bytes]], framing: int,
+        fields: list[tuple[bytes, bytes]], framing: int, server: Server | None = None,
     ) -> None:
         self.version = version
         self.status = status
         self.reason = reason
         self.fields = fields
         self.framing = framing
+        self.server = server
 
 
 Actions = Sequence[tuple[Action, Any]]
@@ -724,9 +727,11 @@ class Exchange:
 
     # -- upstream ----------------------------------------------------------
 
-    def _upstream_ready(self, now: float, arg: Any) -> Actions:
+    def _upstream_ready(self, now: float, server: Server | None) -> Actions:
         flow = self.flow
         assert flow is not None and flow.request is not None
+        if server is not None:
+            flow.server_conn = server
         if flow.request.method == "CONNECT":
             flow.response = Response(
                 b"HTTP/1.1", 200, b"Connection established", Headers(), b"",
@@ -769,6 +774,8 @@ class Exchange:
     def _response_head(self, now: float, head: ResponseHead) -> Actions:
         flow = self.flow
         assert flow is not None
+        if head.server is not None:  # after a retry, not the one it was sent on first
+            flow.server_conn = head.server
         response = Response(
             head.version, head.status, head.reason, Headers(head.fields), None,
             timestamp_start=now,

@@ -134,6 +134,11 @@ def response_framing(method: bytes, status: int, fields: _Fields) -> int:
     return framing
 
 
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """*data* as one chunk of a chunked body (the last chunk is ``b"0\\r\\n\\r\\n"``)."""
+    return (b"%x\r\n" % len(data), data, b"\r\n")
+
+
 def forwarded_request(received: int, size: int | None) -> int:
     """
     How the proxy frames a request body it sends upstream.

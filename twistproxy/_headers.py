@@ -211,6 +211,23 @@ def response_fields(
     return out
 
 
+def response_head(
+    version: bytes, status: int, reason: bytes, fields: Fields, *, framing: int, close: bool,
+    own: bool = False,
+) -> bytes:
+    """
+    The status line and header fields to send the client, as one bytes
+    object: the fields as :func:`response_fields` gives them.
+
+    :param version: The client's HTTP version.
+    """
+    head = [version, b" %d " % status, reason, b"\r\n"]
+    for name, value in response_fields(fields, framing=framing, close=close, own=own):
+        head += (name, b": ", value, b"\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
 def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
     """
     End-to-end fields of a bodiless response, keeping ``Content-Length`` (it

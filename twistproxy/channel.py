@@ -38,6 +38,7 @@ _log = Logger()
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
 @attrs.frozen
@@ -115,12 +116,33 @@ class Proxy(ChannelCompat):
             client.tls_version = handle.get_protocol_version_name()
         return client.sni or tunnel.host
 
+    def server_name(self, host: str) -> str:
+        """
+        The TLS name to present to an ``https`` origin *host* (and verify it
+        against): inside an intercepted tunnel to that host, the client's
+        SNI (:meth:`tls_server_name`); otherwise *host*.
+        """
+        tunnel = self.tunnel
+        if tunnel is not None and host == tunnel.host:
+            return self.tls_server_name()
+        return host
+
     def handshakeCompleted(self) -> None:
         """
         ``IHandshakeListener``: inside an intercepted tunnel, the client's
         TLS handshake is done; record its details on :attr:`client_conn`.
         """
         self.tls_server_name()
+
+    def make_room_for_streams(self) -> None:
+        """
+        A response streams to the client: let a few reads queue before the
+        client's buffer pauses the origin (at Twisted's 64 KiB every read
+        paused and resumed it).
+        """
+        transport = self.transport
+        if getattr(transport, "bufferSize", _STREAM_BUFFER) < _STREAM_BUFFER:
+            transport.bufferSize = _STREAM_BUFFER
 
     def relay_closed(self, relay: Relay) -> None:
         """The client's side of a passthrough tunnel closed."""

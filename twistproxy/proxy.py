@@ -29,10 +29,17 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
 from zope.interface import alsoProvides
 
-from twistproxy._connect import TunnelEnd, switch
+from twistproxy._connect import open_tunnel, switch
 from twistproxy._exchange import Action, Body, Event, Exchange, ResponseHead, new_flow
-from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE, forwarded_request, forwarded_response
-from twistproxy._headers import request_head, response_fields
+from twistproxy._framing import (
+    CHUNKED,
+    NO_BODY,
+    UNTIL_CLOSE,
+    chunk,
+    forwarded_request,
+    forwarded_response,
+)
+from twistproxy._headers import request_head, response_head
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy.channel import Busy, Proxy, Tunnel
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
@@ -74,7 +81,6 @@ _RESPONSE_END = Event.RESPONSE_END
 _RESPONSE_HEAD = Event.RESPONSE_HEAD
 _UPSTREAM_FAILED = Event.UPSTREAM_FAILED
 _UPSTREAM_READY = Event.UPSTREAM_READY
-_STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
 class ProxyRequest(Request):
@@ -133,11 +139,7 @@ class ProxyRequest(Request):
             )
         except (BadRequestTarget, LoopDetected) as e:
             refusal = e
-        self._exchange = exchange = Exchange(
-            self.flow, refusal=refusal, hooks=factory.hooks_for(type(self)),
-            body_limit=factory.body_limit, declared=self.framing,
-            intercepting=factory.contexts is not None,
-        )
+        self._exchange = exchange = factory.exchange(self, refusal)
         self._handle = exchange.handle
         if self.framing == NO_BODY or self.framing == 0:
             # No body: Twisted calls process() next, where the head goes in
@@ -182,19 +184,15 @@ class ProxyRequest(Request):
 
     def upstream_ready(self, server: Server | None) -> None:
         """The upstream side is open."""
-        if server is not None:
-            self.flow.server_conn = server  # type: ignore[union-attr]
-        self._event(_UPSTREAM_READY)
+        self._event(_UPSTREAM_READY, server)
 
     def response_started(
         self, status: int, reason: bytes, version: bytes,
         fields: list[tuple[bytes, bytes]], framing: int,
     ) -> None:
         """The response head arrived (on the connection now in ``upstream.server``)."""
-        server = self._upstream.server
-        if server is not None:
-            self.flow.server_conn = server  # type: ignore[union-attr]
-        self._event(_RESPONSE_HEAD, ResponseHead(version, status, reason, fields, framing))
+        head = ResponseHead(version, status, reason, fields, framing, self._upstream.server)
+        self._event(_RESPONSE_HEAD, head)
 
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
@@ -238,19 +236,16 @@ class ProxyRequest(Request):
             self._event(_HOOK_DONE)
             return
         self._pending = d
-        d.addCallbacks(self._hook_done, self._hook_failed, callbackArgs=(d,), errbackArgs=(d,))
+        d.addCallbacks(self._hook_ended, self._hook_ended,
+                       callbackArgs=(d, _HOOK_DONE), errbackArgs=(d, _HOOK_FAILED))
         if self._pending is d:
             self._event(_HOOK_PENDING)
 
-    def _hook_done(self, result: object, d: Deferred[Any]) -> None:
+    def _hook_ended(self, result: object, d: Deferred[Any], event: Event) -> None:
+        """The chain *d* fired (a Failure for ``HOOK_FAILED``), unless it was cancelled."""
         if d is self._pending:
             self._pending = None
-            self._event(_HOOK_DONE)
-
-    def _hook_failed(self, reason: Failure, d: Deferred[Any]) -> None:
-        if d is self._pending:
-            self._pending = None
-            self._event(_HOOK_FAILED, reason)
+            self._event(event, result)
 
     def _cancel_hook(self, _: object) -> None:
         d, self._pending = self._pending, None
@@ -269,8 +264,7 @@ class ProxyRequest(Request):
         self._body.append(data)
 
     def _forward_body(self, data: bytes) -> None:
-        chunked = self._chunked
-        self._upstream.write_body((b"%x\r\n" % len(data), data, b"\r\n") if chunked else (data,))
+        self._upstream.write_body(chunk(data) if self._chunked else (data,))
 
     def _set_request_body(self, _: object) -> None:
         body, self._body = self._body, []
@@ -282,34 +276,26 @@ class ProxyRequest(Request):
     def _open_upstream(self, _: object) -> None:
         request = self.flow.request  # type: ignore[union-attr]
         assert request is not None
-        channel = self.channel
-        server_name = None
-        if request.scheme == "https":
-            tunnel = channel.tunnel
-            is_tunnel = tunnel is not None and request.host == tunnel.host
-            server_name = channel.tls_server_name() if is_tunnel else request.host
-        factory = self._factory
+        channel, factory = self.channel, self._factory
+        server_name = channel.server_name(request.host) if request.scheme == "https" else None
         self._upstream = upstream = factory.pool.exchange(
             PoolKey(request.scheme, request.host, request.port, server_name), self,
             method=request.method.encode("ascii"), timeout=factory.limits.upstream_timeout,
-            here=channel.getHost(), on_connected=self._server_hook(),
+            here=channel.getHost(), on_connected=self.server_hook(),
         )
         upstream.open()
 
-    def _open_tunnel(self, passthrough: bool) -> None:
-        request = self.flow.request  # type: ignore[union-attr]
-        assert request is not None
-        self._upstream = end = TunnelEnd(
-            self._factory, self, host=request.host, port=request.port, passthrough=passthrough,
-            here=self.channel.getHost(), on_connected=self._server_hook(),
-        )
-        end.open()
-
-    def _server_hook(self) -> Callable[[Server], Deferred[Any] | None] | None:
+    def server_hook(self) -> Callable[[Server], Deferred[Any] | None] | None:
+        """What runs the ``server_connected`` hook for a new connection (``None``: none)."""
         if "server_connected" not in self._exchange.hooks:  # type: ignore[union-attr]
             return None
         chain = self._factory.chain
         return lambda server: chain.run("server_connected", server, first=self)
+
+    def swap_upstream(self, upstream: Any) -> Any:
+        """Make *upstream* the upstream side (a CONNECT's tunnel end); return the last one."""
+        last, self._upstream = self._upstream, upstream
+        return last
 
     def _send_request(self, complete: bool) -> None:
         request = self.flow.request  # type: ignore[union-attr]
@@ -324,7 +310,7 @@ class ProxyRequest(Request):
         self._chunked = chunked = framing == CHUNKED
         data = [request_head(request, framing, self._factory.via)]
         for piece in body:
-            data += (b"%x\r\n" % len(piece), piece, b"\r\n") if chunked else (piece,)
+            data += chunk(piece) if chunked else (piece,)
         upstream = self._upstream
         upstream.send(data, complete=complete)
         if not complete:
@@ -365,11 +351,7 @@ class ProxyRequest(Request):
             self.write(piece)
         upstream = self._upstream
         if upstream is not None and not self._gone:
-            # Let a few reads queue before the client's buffer pauses the
-            # origin: at Twisted's 64 KiB every read paused and resumed it.
-            transport = self.channel.transport
-            if getattr(transport, "bufferSize", _STREAM_BUFFER) < _STREAM_BUFFER:
-                transport.bufferSize = _STREAM_BUFFER
+            self.channel.make_room_for_streams()
             self.registerProducer(upstream, True)
 
     def _write_response(self, own: bool) -> None:
@@ -384,23 +366,17 @@ class ProxyRequest(Request):
     def _write_head(
         self, response: Response, framing: int, body: Sequence[bytes], own: bool
     ) -> None:
-        self.code = response.status_code
-        self.code_message = response.reason.encode("utf-8", "surrogateescape")
-        self.startedWriting = 1
         channel = self.channel
         if framing == UNTIL_CLOSE:
             channel.persistent = False
-        self.chunked = 1 if framing == CHUNKED else 0
-        fields = response_fields(
-            response.headers.fields, framing=framing, close=not channel.persistent, own=own
-        )
-        head = [self.clientproto, b" %d " % (self.code,), self.code_message, b"\r\n"]
-        for name, value in fields:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        # One joined head: Twisted checks and buffers each written piece.
+        self.code = response.status_code
+        self.code_message = response.reason.encode("utf-8", "surrogateescape")
+        self.startedWriting, self.chunked = 1, int(framing == CHUNKED)
         self.sentLength = sum(map(len, body))
-        channel.writeSequence([b"".join(head), *body])
+        head = response_head(self.clientproto, self.code, self.code_message,
+                             response.headers.fields, framing=framing,
+                             close=not channel.persistent, own=own)
+        channel.writeSequence([head, *body])  # one joined head: Twisted checks each piece
 
     def _error_page(self, reason: Failure) -> None:
         self.code, self.code_message = error_status(reason)
@@ -428,12 +404,6 @@ class ProxyRequest(Request):
         if not self._gone:
             self.channel.transport.abortConnection()
 
-    def _switch(self, _: object) -> None:
-        request = self.flow.request  # type: ignore[union-attr]
-        assert request is not None
-        end, self._upstream = self._upstream, None
-        self.startedWriting = 1  # the 200 goes out raw: finish() writes no head
-        switch(self.channel, Tunnel(request.host, request.port), end, self.finish)
 
 
 _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
@@ -446,7 +416,7 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.SET_REQUEST_BODY: ProxyRequest._set_request_body,
     Action.DROP_BODY: ProxyRequest._drop_body,
     Action.OPEN_UPSTREAM: ProxyRequest._open_upstream,
-    Action.OPEN_TUNNEL: ProxyRequest._open_tunnel,
+    Action.OPEN_TUNNEL: open_tunnel,
     Action.SEND_REQUEST: ProxyRequest._send_request,
     Action.END_BODY: ProxyRequest._end_body,
     Action.STOP_BODY: ProxyRequest._stop_body,
@@ -461,7 +431,7 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.FINISH: ProxyRequest._finish,
     Action.ABANDON_UPSTREAM: ProxyRequest._abandon_upstream,
     Action.ABORT_CLIENT: ProxyRequest._abort_client,
-    Action.SWITCH: ProxyRequest._switch,
+    Action.SWITCH: switch,
 }
 
 
@@ -577,6 +547,14 @@ class ProxyFactory(HTTPFactory):
         channel: Proxy = super().buildProtocol(addr)  # type: ignore[assignment]
         channel.requestFactory = self.request_factory
         return channel
+
+    def exchange(self, request: ProxyRequest, refusal: BaseException | None) -> Exchange:
+        """The exchange for *request*, whose flow is made (or *refusal* says why not)."""
+        return Exchange(
+            request.flow, refusal=refusal, hooks=self.hooks_for(type(request)),
+            body_limit=self.body_limit, declared=request.framing,
+            intercepting=self.contexts is not None,
+        )
 
     def hooks_for(self, cls: type[ProxyRequest]) -> frozenset[str]:
         """The hooks the addons or *cls* (a request class) implement."""
