@@ -13,19 +13,10 @@ from typing import Any
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy._exchange import (
-    _TABLE,
-    HIGH_WATER,
-    Action,
-    Body,
-    Event,
-    Exchange,
-    InvalidEvent,
-    ResponseHead,
-    State,
-    new_flow,
-)
+from twistproxy._events import Action, Body, Event, InvalidEvent, ResponseHead, State
+from twistproxy._exchange import _TABLE, HIGH_WATER, Exchange
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
+from twistproxy._request import new_flow
 from twistproxy.errors import (
     BadRequestTarget,
     HookFailed,

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_client import KEY, OK_HI, REQUEST, FakeEndpointFactory, RecordingReceiver
-from twistproxy._exchange import may_retry
+from twistproxy._request import may_retry
 from twistproxy.client import ConnectionPool, ProxyClient, UpstreamExchange
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
 from twistproxy.flow import Server

@@ -6,370 +6,55 @@ An :class:`Exchange` is the state machine of one request through the proxy
 and its response: which hook runs when, when the request goes upstream,
 whether a body is buffered for the hooks or streamed, when either side is
 paused, and how the exchange ends (a response, an error page, an aborted
-connection).  It is driven by :meth:`Exchange.handle` with an :class:`Event`
-and the time, and answers with the :class:`Action` list the shell carries
-out.  It holds no transport, reads no clock and touches no reactor; the flow
-it works on is plain data.
+connection).  It is driven by :meth:`Exchange.handle` with an event and
+the time, and answers with the list of actions the shell carries out.  It
+holds no transport, reads no clock and touches no reactor; the flow it
+works on is plain data (made from the request head by
+:func:`twistproxy._request.new_flow`).
 
 The shell around it (:class:`~twistproxy.proxy.ProxyRequest` for HTTP/1)
 turns Twisted's callbacks into events and the actions into transport calls.
-The events and actions are the same for any protocol: a head, data, an end,
-an abort on each side, and pausing either side's reading.  What is HTTP/1's
-own (chunked coding, ``Connection``, keeping the connection) stays in the
-shell, so another protocol plugs in as another shell around the same
-decisions.
+What is HTTP/1's own (chunked coding, ``Connection``, keeping the
+connection) stays in the shell, so another protocol plugs in as another
+shell around the same decisions.
 
-The states, their events and what each event leads to are the table
-``_TABLE`` (``(state, event) -> handler``): an event a state does not list
-is a bug in the shell and raises :class:`InvalidEvent`.  Besides its
-state, an exchange keeps what happens to request body bytes (:class:`Body`)
-and whether the body has all arrived, because a request body may stream
-upstream while the response already comes back.
+The states, events and actions are :mod:`twistproxy._events`'; what each
+event does in each state is the table ``_TABLE`` (``(state, event) ->
+handler``): an event a state does not list is a bug in the shell and
+raises :class:`~twistproxy._events.InvalidEvent`.  Besides its state, an
+exchange keeps what happens to request body bytes
+(:class:`~twistproxy._events.Body`) and whether the body has all arrived,
+because a request body may stream upstream while the response already
+comes back.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from enum import Enum, auto
+from collections.abc import Callable
 from typing import Any
 
 from twisted.python.failure import Failure
 
+from twistproxy._events import (
+    HOOK_STATES,
+    TERMINAL_STATES,
+    Action,
+    Actions,
+    Body,
+    Event,
+    InvalidEvent,
+    ResponseHead,
+    State,
+)
 from twistproxy._framing import NO_BODY
 from twistproxy._headers import check_request, check_response
-from twistproxy._target import (
-    Target,
-    authority_for,
-    check_host,
-    parse_absolute_form,
-    parse_authority,
-)
-from twistproxy.errors import BadRequestTarget, InvalidMessage, LoopDetected, describe
-from twistproxy.flow import Client, Error, Server
-from twistproxy.http import Headers, HTTPFlow, Request, Response
-
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-"""
-The methods a proxy may send again on its own (RFC 9110 section 9.2.2):
-sending one twice has the effect of sending it once.
-"""
+from twistproxy.errors import InvalidMessage, describe
+from twistproxy.flow import Error, Server
+from twistproxy.http import Headers, HTTPFlow, Response
 
 HIGH_WATER = 64 * 1024
 """Request body bytes held (before they can go anywhere) before the client is paused."""
 
-
-def may_retry(
-    method: bytes, *, reused: bool, complete: bool, answered: bool, lost: bool, attempts: int
-) -> bool:
-    """
-    The one retry rule: whether a request that failed upstream is sent once
-    more, on a new connection, without telling anyone.
-
-    Only when the failure is the one a kept-alive connection meets when the
-    origin closed it meanwhile: an idempotent request (RFC 9110 section
-    9.2.2: a proxy must not retry any other), written whole, on a reused
-    connection, lost before a single byte of response, and only once.
-
-    :param method: The request's method.
-    :param reused: The connection had carried an exchange before.
-    :param complete: The whole request was written (and is still in hand).
-    :param answered: A byte of a response (even an interim one) arrived.
-    :param lost: The failure is the connection closing or resetting.
-    :param attempts: How many times the request was sent so far.
-    """
-    return (
-        attempts == 1
-        and reused
-        and complete
-        and lost
-        and not answered
-        and method in IDEMPOTENT_METHODS
-    )
-
-
-# -- the flow a request head makes ------------------------------------------
-
-_VISIBLE = re.compile(rb"[\x21-\x7e]+\Z")
-
-
-def new_flow(
-    client: Client,
-    method: bytes,
-    uri: bytes,
-    version: bytes,
-    fields: list[tuple[bytes, bytes]],
-    *,
-    tunnel: tuple[str, int] | None,
-    via: bytes,
-    passthrough: Callable[[str, int], bool],
-    now: float,
-    clock: Callable[[], float],
-) -> HTTPFlow:
-    """
-    The flow for a request head, or why the request cannot be proxied.
-
-    :param client: The client connection's record.
-    :param method: The method from the request line.
-    :param uri: The request-target from the request line.
-    :param version: The HTTP version from the request line.
-    :param fields: The header fields as they arrived (used, not copied).
-    :param tunnel: For a request inside an intercepted tunnel, the
-        ``(host, port)`` the tunnel goes to: origin-form targets go there.
-    :param via: This proxy's ``Via`` entry; a request carrying its token
-        already came through here.
-    :param passthrough: For a CONNECT, whether configuration passes the
-        tunnel through untouched (``flow.passthrough``, which the
-        ``http_connect`` hook may change).
-    :param now: The time, for the request's timestamp.
-    :param clock: The flow's clock (for the time a hook kills it at).
-    :raises BadRequestTarget: for a target that cannot be proxied.
-    :raises LoopDetected: if the request already passed this proxy.
-    """
-    if not _VISIBLE.match(uri):
-        # Twisted lets bytes 0x7f-0xb0 through (it compares with 176 where
-        # it meant octal 0o176); origins would not agree.
-        raise BadRequestTarget("the request-target has invalid characters")
-    if method == b"CONNECT":
-        if tunnel is not None:
-            raise BadRequestTarget("CONNECT inside an intercepted tunnel")
-        host, port = parse_authority(uri, 0)
-        if port == 0:
-            raise BadRequestTarget("CONNECT needs host:port")
-        flow = HTTPFlow(client, Server(address=(host, port)), live=True, now=clock)
-        flow.request = Request(
-            host, port, method, b"", uri, b"", version, Headers(fields), None,
-            timestamp_start=now,
-        )
-        flow.passthrough = passthrough(host, port)
-        return flow
-    headers = Headers(fields)
-    if tunnel is not None and uri[:1] == b"/":
-        host, port = tunnel
-        target = Target(scheme="https", host=host, port=port, path=uri,
-                        authority=authority_for("https", host, port))
-        if headers.get_raw(b"host") is None:
-            headers["Host"] = target.authority
-    else:
-        target = parse_absolute_form(uri)
-        if check_host(fields, target) != target.authority:
-            headers["Host"] = target.authority
-    token = via.split(b" ", 1)[1]
-    for name, value in fields:
-        if len(name) == 3 and name.lower() == b"via" and token in value:
-            raise LoopDetected("the request came back to this proxy (Via)")
-    flow = HTTPFlow(client, Server(address=(target.host, target.port)), live=True, now=clock)
-    flow.request = Request(
-        target.host, target.port, method, target.scheme, target.authority, target.path,
-        version, headers, None, timestamp_start=now,
-    )
-    return flow
-
-
-# -- the machine -------------------------------------------------------------
-
-
-class _Identity(Enum):
-    """An Enum hashed by identity: members are singletons, and the table's
-    look-ups are on the hot path (Enum's own hash is a Python call)."""
-
-    __hash__ = object.__hash__
-
-
-class State(_Identity):
-    """Where one exchange is."""
-
-    #: Built from the request head; nothing has run yet.
-    NEW = auto()
-    #: The ``requestheaders`` hook runs.
-    REQUEST_HEADERS = auto()
-    #: The request body is read: buffered for the ``request`` hook (a
-    #: CONNECT has none, and waits here for its end).
-    READING = auto()
-    #: The ``request`` hook (for a CONNECT: ``http_connect``) runs.
-    REQUEST = auto()
-    #: The upstream side is being opened: a connection and its
-    #: ``server_connected`` hook; for a CONNECT the tunnel's other end, or
-    #: the certificate to intercept it with.
-    CONNECTING = auto()
-    #: The request went upstream (its body may still be streaming); the
-    #: response head has not arrived.
-    WAITING = auto()
-    #: The ``responseheaders`` hook runs; the origin is held back meanwhile.
-    RESPONSE_HEADERS = auto()
-    #: The response body is buffered for the ``response`` hook.
-    RECEIVING = auto()
-    #: The response body goes to the client as it arrives.
-    STREAMING = auto()
-    #: The ``response`` hook runs on a whole response (the origin's, one a
-    #: hook made, a CONNECT's ``200``); then it is written.
-    RESPONSE = auto()
-    #: The ``response`` hook runs after a streamed response was relayed.
-    RELAYED = auto()
-    #: The answer is settled (a hook answered, or the request is refused)
-    #: while the client still sends its body: it is read and dropped first.
-    DISCARDING = auto()
-    #: The ``error`` hook runs; then the error page or the aborted connection.
-    ERROR = auto()
-    #: Over: nothing more is written for this exchange.
-    DONE = auto()
-
-
-class Event(_Identity):
-    """What happens to an exchange; :meth:`Exchange.handle` takes one at a time."""
-
-    #: The request head was read (in ``NEW``, once); the argument is true
-    #: when the request has no body, so that the head is the whole request
-    #: (no ``BODY_END`` follows).
-    HEAD = auto()
-    #: A piece of the request body; the argument is the bytes.
-    BODY_DATA = auto()
-    #: The request body is complete (or there is none).
-    BODY_END = auto()
-    #: The hook chain started by ``RUN_HOOK`` has to be waited for.
-    HOOK_PENDING = auto()
-    #: The hook chain finished.
-    HOOK_DONE = auto()
-    #: The hook chain failed (a hook raised or timed out); the argument is
-    #: the Failure.
-    HOOK_FAILED = auto()
-    #: The upstream side is open and takes the request (for a CONNECT: the
-    #: tunnel can open); the argument is the connection's
-    #: :class:`~twistproxy.flow.Server` record, if there is one.
-    UPSTREAM_READY = auto()
-    #: The upstream side failed (connecting, TLS, a loop, the
-    #: ``server_connected`` hook, the origin's silence, the connection lost
-    #: mid-response); the argument is the Failure.
-    UPSTREAM_FAILED = auto()
-    #: The response head arrived; the argument is a :class:`ResponseHead`.
-    RESPONSE_HEAD = auto()
-    #: A piece of the response body; the argument is the bytes.
-    RESPONSE_DATA = auto()
-    #: The response is complete.
-    RESPONSE_END = auto()
-    #: The client's connection is gone.
-    CLIENT_GONE = auto()
-
-
-class Action(_Identity):
-    """
-    What the shell is to do.  :meth:`Exchange.handle` returns
-    ``(action, argument)`` pairs, carried out in order; an action that
-    makes events happen is last in its list.
-    """
-
-    #: Run the hook named by the argument on the flow, and report
-    #: ``HOOK_PENDING`` (if it has to be waited for), then ``HOOK_DONE`` or
-    #: ``HOOK_FAILED``.
-    RUN_HOOK = auto()
-    #: Cancel the hook chain being waited for; report nothing of it.
-    CANCEL_HOOK = auto()
-    #: Stop reading from the client.
-    PAUSE_CLIENT = auto()
-    #: Read from the client again.
-    RESUME_CLIENT = auto()
-    #: Keep the request body piece given as the argument.
-    KEEP_BODY = auto()
-    #: Write the request body piece given as the argument upstream.
-    FORWARD_BODY = auto()
-    #: The kept request body becomes ``flow.request.raw_content``.
-    SET_REQUEST_BODY = auto()
-    #: Forget the kept request body: it will not be sent.
-    DROP_BODY = auto()
-    #: Open the upstream side for ``flow.request``: report
-    #: ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.
-    OPEN_UPSTREAM = auto()
-    #: For a CONNECT: make ready the tunnel's other end, a connection to the
-    #: origin when the argument (passthrough) is true, or the certificate
-    #: to intercept with; report ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.
-    OPEN_TUNNEL = auto()
-    #: Send the request head upstream with the body in hand: the whole
-    #: request when the argument is true, otherwise the body goes on
-    #: streaming (``FORWARD_BODY``, ``END_BODY``) with the client's
-    #: reading paced by the upstream's.
-    SEND_REQUEST = auto()
-    #: The streamed request body is complete upstream.
-    END_BODY = auto()
-    #: The upstream takes no more request body (it answered first).
-    STOP_BODY = auto()
-    #: Hold back (argument true) or go on reading the response.
-    HOLD_UPSTREAM = auto()
-    #: Keep the response body piece given as the argument.
-    KEEP_RESPONSE = auto()
-    #: Write the response body piece given as the argument to the client.
-    RELAY_RESPONSE = auto()
-    #: The kept response body becomes ``flow.response.raw_content``.
-    SET_RESPONSE_BODY = auto()
-    #: Stream ``flow.response``: its head and the kept body now, the rest
-    #: as it arrives, the origin's reading paced by the client's.  The
-    #: argument is the framing the response arrived with.
-    SEND_HEAD = auto()
-    #: Write ``flow.response`` whole; the argument says whether the proxy
-    #: (a hook) made it rather than an origin.
-    WRITE_RESPONSE = auto()
-    #: Answer with the error page for the Failure given as the argument.
-    ERROR_PAGE = auto()
-    #: Announce that the connection closes after this answer: the client
-    #: is still sending a body nobody wants.
-    CLOSE_AFTER = auto()
-    #: The answer is complete: end the client's request.
-    FINISH = auto()
-    #: Close the upstream side without waiting for anything.
-    ABANDON_UPSTREAM = auto()
-    #: Abort the client's connection (no answer, or a truncated one).
-    ABORT_CLIENT = auto()
-    #: For a CONNECT: answer ``200`` and hand the connection to the tunnel.
-    SWITCH = auto()
-
-
-class Body(_Identity):
-    """What happens to request body bytes as they arrive."""
-
-    #: Kept until the ``requestheaders`` hook decides (the client is paused
-    #: past :data:`HIGH_WATER`).
-    HOLD = auto()
-    #: Kept for the ``request`` hook, up to the body limit.
-    BUFFER = auto()
-    #: Written upstream as they come, once the request has gone; kept
-    #: until then.
-    STREAM = auto()
-    #: Dropped: the answer does not need them.
-    DISCARD = auto()
-
-
-class InvalidEvent(Exception):
-    """An event arrived in a state that cannot take it: a bug in the shell."""
-
-
-class ResponseHead:
-    """
-    The head of a response as it arrived from upstream.
-
-    :ivar version: For example ``b"HTTP/1.1"``.
-    :ivar status: The status code.
-    :ivar reason: The reason phrase.
-    :ivar fields: The header fields, in order and case.
-    :ivar framing: How its body is delimited
-        (:func:`~twistproxy._framing.response_framing`).
-    :ivar server: The record of the connection it arrived on, if known.
-    """
-
-    __slots__ = ("version", "status", "reason", "fields", "framing", "server")
-
-    def __init__(
-        self, version: bytes, status: int, reason: bytes,
-        fields: list[tuple[bytes, bytes]], framing: int, server: Server | None = None,
-    ) -> None:
-        self.version = version
-        self.status = status
-        self.reason = reason
-        self.fields = fields
-        self.framing = framing
-        self.server = server
-
-
-Actions = Sequence[tuple[Action, Any]]
-"""What :meth:`Exchange.handle` returns: ``(action, argument)`` pairs."""
 
 # Reading an Enum member as a class attribute is a Python-level look-up in
 # CPython 3.11, several times a global's cost; the handlers, run a few times
@@ -422,13 +107,6 @@ _WRITE_RESPONSE_ACTION = Action.WRITE_RESPONSE
 _NONE: Actions = ()
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
-_HOOK_STATES = frozenset({
-    State.REQUEST_HEADERS, State.REQUEST, State.RESPONSE_HEADERS, State.RESPONSE,
-    State.RELAYED, State.ERROR,
-})
-# Once the flow's last hook (response or error) has started, a client that
-# goes away no longer earns the flow an error hook.
-_TERMINAL = frozenset({State.RESPONSE, State.RELAYED, State.ERROR, State.DONE})
 
 
 class Exchange:
@@ -458,7 +136,7 @@ class Exchange:
         "body", "body_done", "failure", "_held", "_response_size", "_framing",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
-        "_tunnel_lost", "_own",
+        "_tunnel_lost", "_own", "_connect",
     )
 
     def __init__(
@@ -497,6 +175,8 @@ class Exchange:
         self._finish_owed = False  # the answer is out; finish once the body is read
         self._tunnel_lost: Failure | None = None
         self._own = False  # the response was made by a hook, not an origin
+        # A CONNECT: its "body" is the tunnel's, its upstream a TunnelEnd.
+        self._connect = flow is not None and flow.request.method == "CONNECT"  # type: ignore[union-attr]
 
     def handle(self, event: Event, now: float, arg: Any = None) -> Actions:
         """
@@ -508,8 +188,7 @@ class Exchange:
         handler = _TABLE.get((self.state, event))
         if handler is None:
             raise InvalidEvent(f"{event.name} is not allowed in {self.state.name}")
-        actions: Actions = handler(self, now, arg)
-        return actions
+        return handler(self, now, arg)
 
     # -- hooks -------------------------------------------------------------
 
@@ -586,16 +265,14 @@ class Exchange:
             if complete:
                 return self._refuse()
             return _NONE
-        request = flow.request
-        assert request is not None
-        if request.method == "CONNECT":
+        if self._connect:
             self.state = _READING
             self.body = _DISCARD
             if complete:
                 return self._run("http_connect", _REQUEST, now)
             return _NONE
         if self.declared > self.body_limit:
-            request.stream = True
+            flow.request.stream = True  # type: ignore[union-attr]
         return self._run("requestheaders", _REQUEST_HEADERS, now)
 
     def _refuse(self) -> Actions:
@@ -639,7 +316,7 @@ class Exchange:
             return self._answered(now)
         self.state = _CONNECTING
         self._upstream = True
-        if flow.request.method == "CONNECT":
+        if self._connect:
             flow.passthrough = flow.passthrough or not self.intercepting
             return ((_OPEN_TUNNEL_ACTION, flow.passthrough),)
         return (_OPEN_UPSTREAM,)
@@ -694,11 +371,8 @@ class Exchange:
             raise InvalidEvent("BODY_END twice")
         self.body_done = True
         state = self.state
-        if state is _READING and not self._client_paused:  # the common case
-            flow = self.flow
-            assert flow is not None and flow.request is not None
-            if flow.request.method != "CONNECT":
-                return self._request_read(now)
+        if state is _READING and not self._client_paused and not self._connect:
+            return self._request_read(now)  # the common case
         actions: list[tuple[Action, Any]] = []
         if self._client_paused:
             self._client_paused = False
@@ -707,9 +381,7 @@ class Exchange:
             self._finish_owed = False
             actions.append(_FINISH)
         elif state is _READING:
-            flow = self.flow
-            assert flow is not None and flow.request is not None
-            if flow.request.method == "CONNECT":
+            if self._connect:
                 actions.extend(self._run("http_connect", _REQUEST, now))
             else:
                 actions.extend(self._request_read(now))
@@ -732,7 +404,7 @@ class Exchange:
         assert flow is not None and flow.request is not None
         if server is not None:
             flow.server_conn = server
-        if flow.request.method == "CONNECT":
+        if self._connect:
             flow.response = Response(
                 b"HTTP/1.1", 200, b"Connection established", Headers(), b"",
                 timestamp_start=now, timestamp_end=now,
@@ -753,21 +425,17 @@ class Exchange:
     def _upstream_failed(self, now: float, reason: Failure) -> Actions:
         self._upstream = False
         self._sending = False
+        if self.state is _RESPONSE:  # a CONNECT's far end closed while its response hook ran
+            if not self._connect:
+                raise InvalidEvent("UPSTREAM_FAILED in RESPONSE outside a CONNECT")
+            self._tunnel_lost = reason
+            return _NONE
         actions: list[tuple[Action, Any]] = []
         if self.state is _RESPONSE_HEADERS and self._pending:
             self._pending = False
             actions.append(_CANCEL_HOOK)
         actions.extend(self._fail(now, reason, True))
         return actions
-
-    def _tunnel_failed(self, now: float, reason: Failure) -> Actions:
-        """The tunnel's other end closed while the CONNECT's response hook ran."""
-        flow = self.flow
-        if flow is None or flow.request is None or flow.request.method != "CONNECT":
-            raise InvalidEvent("UPSTREAM_FAILED in RESPONSE outside a CONNECT")
-        self._upstream = False
-        self._tunnel_lost = reason
-        return _NONE
 
     # -- the response ---------------------------------------------------------
 
@@ -859,7 +527,7 @@ class Exchange:
         if flow.killed:
             return self._kill(now)
         self.state = _DONE
-        if flow.request.method == "CONNECT" and not self._own:
+        if self._connect and not self._own:
             if self._tunnel_lost is not None:
                 self.state = _RESPONSE
                 return self._fail(now, self._tunnel_lost, True)
@@ -970,7 +638,7 @@ class Exchange:
         if not self._gone and not self._aborted:
             self._aborted = True
             actions.append(_ABORT_CLIENT)
-        if self.state in _TERMINAL:
+        if self.state in TERMINAL_STATES:
             self.state = _DONE
             return actions
         actions.extend(self._run("error", _ERROR, now))
@@ -992,7 +660,7 @@ class Exchange:
         if state is not _RELAYED and state is not _ERROR:
             flow.error = Error("client disconnected", now)
         flow.live = False
-        if state in _TERMINAL:
+        if state in TERMINAL_STATES:
             self.state = _DONE
             return actions
         actions.extend(self._run("error", _ERROR, now))
@@ -1020,9 +688,9 @@ def _table() -> dict[tuple[State, Event], _Handler]:
         (State.NEW, Event.HEAD): Exchange._head,
         (State.CONNECTING, Event.UPSTREAM_READY): Exchange._upstream_ready,
         (State.WAITING, Event.RESPONSE_HEAD): Exchange._response_head,
-        (State.RESPONSE, Event.UPSTREAM_FAILED): Exchange._tunnel_failed,
+        (State.RESPONSE, Event.UPSTREAM_FAILED): Exchange._upstream_failed,
     }
-    for state in _HOOK_STATES:
+    for state in HOOK_STATES:
         table[state, Event.HOOK_PENDING] = Exchange._hook_pending
         table[state, Event.HOOK_DONE] = Exchange._hook_done
         table[state, Event.HOOK_FAILED] = Exchange._hook_failed

@@ -29,8 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistproxy._exchange import may_retry
 from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
+from twistproxy._request import may_retry
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (

@@ -30,7 +30,8 @@ from twisted.web.http import HTTPFactory, Request
 from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
-from twistproxy._exchange import Action, Body, Event, Exchange, ResponseHead, new_flow
+from twistproxy._events import Action, Body, Event, ResponseHead
+from twistproxy._exchange import Exchange
 from twistproxy._framing import (
     CHUNKED,
     NO_BODY,
@@ -40,6 +41,7 @@ from twistproxy._framing import (
     forwarded_response,
 )
 from twistproxy._headers import request_head, response_head
+from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy.channel import Busy, Proxy, Tunnel
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
