@@ -1,5 +1,5 @@
 """
-Tests for :class:`twistproxy.client.UpstreamExchange`, the one path every
+Tests for :class:`twistproxy._upstream.UpstreamExchange`, the one path every
 request upstream takes (live and replayed): connections from the pool, the
 ``server_connected`` hook, the loop check, the origin's silence and the one
 retry rule.
@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_client import KEY, OK_HI, REQUEST, FakeEndpointFactory, RecordingReceiver
 from twistproxy._request import may_retry
-from twistproxy.client import ConnectionPool, ProxyClient, UpstreamExchange
+from twistproxy._upstream import UpstreamExchange
+from twistproxy.client import ConnectionPool, ProxyClient
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
 from twistproxy.flow import Server
 
@@ -60,8 +61,9 @@ class UpstreamExchangeTests(SynchronousTestCase):
         here: Any = None,
         on_connected: Any = None,
     ) -> UpstreamExchange:
-        upstream = self.pool.exchange(
-            KEY, receiver, method=method, timeout=10.0, here=here, on_connected=on_connected
+        upstream = UpstreamExchange(
+            self.pool, KEY, receiver, method=method, timeout=10.0, here=here,
+            on_connected=on_connected,
         )
         receiver.upstream = upstream
         upstream.open()

@@ -28,8 +28,9 @@ from twisted.python.failure import Failure
 
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
+from twistproxy._upstream import IUpstreamReceiver, points_at
 from twistproxy.channel import Proxy, Tunnel
-from twistproxy.client import IUpstreamReceiver, host_and_port, points_at
+from twistproxy.client import host_and_port
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, upstream_error
 from twistproxy.flow import Server
 
@@ -42,7 +43,7 @@ class TunnelEnd:
     The far end of one ``CONNECT`` tunnel, made ready for its exchange: it
     reports :meth:`~IUpstreamReceiver.upstream_ready` or
     :meth:`~IUpstreamReceiver.response_failed` to the *receiver*, as an
-    :class:`~twistproxy.client.UpstreamExchange` does.
+    :class:`~twistproxy._upstream.UpstreamExchange` does.
 
     :param factory: The proxy factory (endpoints, certificates, hooks).
     :param receiver: The CONNECT's request.

@@ -43,6 +43,7 @@ from twistproxy._framing import (
 from twistproxy._headers import request_head, response_head
 from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._upstream import UpstreamExchange
 from twistproxy.channel import Busy, Proxy, Tunnel
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
 from twistproxy.errors import (
@@ -280,8 +281,8 @@ class ProxyRequest(Request):
         assert request is not None
         channel, factory = self.channel, self._factory
         server_name = channel.server_name(request.host) if request.scheme == "https" else None
-        self._upstream = upstream = factory.pool.exchange(
-            PoolKey(request.scheme, request.host, request.port, server_name), self,
+        self._upstream = upstream = UpstreamExchange(
+            factory.pool, PoolKey(request.scheme, request.host, request.port, server_name), self,
             method=request.method.encode("ascii"), timeout=factory.limits.upstream_timeout,
             here=channel.getHost(), on_connected=self.server_hook(),
         )

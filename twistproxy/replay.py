@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from twistproxy import _headers
 from twistproxy._framing import forwarded_request, request_framing
 from twistproxy._headers import check_request
-from twistproxy.client import PoolKey, UpstreamExchange
+from twistproxy._upstream import UpstreamExchange
+from twistproxy.client import PoolKey
 from twistproxy.flow import Error, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import Headers, HTTPFlow, Response
@@ -203,7 +204,8 @@ class ClientReplay:
             data.append(content)
         chain = factory.chain
         collector = _Collector(flow, data, factory.reactor.seconds)
-        upstream = factory.pool.exchange(
+        upstream = UpstreamExchange(
+            factory.pool,
             PoolKey(request.scheme, request.host, request.port, _server_name(flow)),
             collector,
             method=request.method.encode("ascii"),
