@@ -339,6 +339,28 @@ async def test_answer_from_hook_has_timestamps(origin: Running, start_proxy: Any
 # -- deadlines ------------------------------------------------------------------
 
 
+@pytest_twisted.ensureDeferred
+async def test_failing_client_connected_still_serves(origin: Running,
+                                                     start_proxy: Any) -> None:
+    """
+    A ``client_connected`` hook that raises, or whose Deferred outlives the
+    hook deadline, is logged and the client is served as if it were absent
+    (it used to drop every client without an answer).
+    """
+
+    class Raises(Addon):
+        def client_connected(self, client: Any) -> None:
+            raise RuntimeError("connection hook bug")
+
+    class Slow(Addon):
+        def client_connected(self, client: Any) -> Deferred[None]:
+            return Deferred()
+
+    for addon, timeout in ((Raises(), 60.0), (Slow(), 0.3)):
+        proxy = await start_proxy(addons=[addon], hook_timeout=timeout)
+        assert echoed(await raw(proxy.port, get(origin)))["method"] == "GET"
+
+
 class Stuck(Addon):
     """A ``request`` hook whose Deferred never fires; records its cancellation."""
 
