@@ -8,6 +8,7 @@ machine).  No transport, no reactor: the flow is plain data.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -895,6 +896,32 @@ class TableTests(SynchronousTestCase):
         p(Event.RESPONSE_END)
         with self.assertRaises(InvalidEvent):
             p(Event.UPSTREAM_FAILED, Failure(ValueError()))
+
+
+class DocumentedTableTests(SynchronousTestCase):
+    """
+    ``docs/architecture.rst`` shows the table; it stays the code's.
+    """
+
+    def test_documented_table_is_the_table(self) -> None:
+        """Each state's documented events are exactly those ``_TABLE`` holds for it."""
+        page = Path(__file__).parent.parent / "docs" / "architecture.rst"
+        text = page.read_text().split(".. state-table-start")[1].split(".. state-table-end")[0]
+        documented: dict[str, set[str]] = {}
+        state = ""
+        for line in text.splitlines():
+            if not line.startswith("``") and not line.startswith(" " * 23 + "``"):
+                continue
+            if line.startswith("``"):
+                state, _, line = line.partition(" ")
+                state = state.strip("`")
+            documented.setdefault(state, set()).update(
+                name.strip("`, ") for name in line.split() if name.strip("`, ")
+            )
+        actual = {
+            s.name: {event.name for event in Event if (s, event) in _TABLE} for s in State
+        }
+        self.assertEqual(documented, actual)
 
 
 class NewFlowTests(SynchronousTestCase):
