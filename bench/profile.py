@@ -139,6 +139,7 @@ _LAYERS = (
     ("twistproxy/flow.py", "twistproxy: flow model"),
     ("twistproxy.flow", "twistproxy: flow model"),
     ("twistproxy/hooks", "twistproxy: hook chain and addons"),
+    ("twistproxy/_chain", "twistproxy: hook chain and addons"),
     ("twistproxy/addons", "twistproxy: hook chain and addons"),
     ("twistproxy/client", "twistproxy: upstream client (httptools callbacks, pool)"),
     ("twistproxy/_upstream", "twistproxy: upstream client (httptools callbacks, pool)"),

@@ -1,5 +1,6 @@
 """
-Tests for :mod:`twistproxy.hooks`.
+Tests for :mod:`twistproxy.hooks`, and through its :class:`HookChain` for
+:mod:`twistproxy._chain`.
 """
 
 from __future__ import annotations
@@ -480,6 +481,28 @@ class HookChainFailureTests(SynchronousTestCase):
         self.assertEqual(
             (event["hook"], event["addon"], event["flow_id"]),
             ("request", "Recorder", "flow-42"),
+        )
+
+    def test_log_namespace(self) -> None:
+        """
+        A hook's failure is logged in the ``twistproxy.hooks`` namespace,
+        whether the hook raised or its Deferred failed after a wait.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        pending: Deferred[None] = Deferred()
+        raising = HookChain([Recorder("a", [], _raise)]).run("request", FakeFlow())
+        waiting = HookChain([Recorder("b", [], lambda flow: pending)]).run("request", FakeFlow())
+        pending.errback(Boom("later"))
+        for result in (raising, waiting):
+            assert result is not None
+            self.failureResultOf(result, HookFailed)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 2)
+        self.assertEqual(
+            [event["log_namespace"] for event in events if "log_failure" in event],
+            ["twistproxy.hooks", "twistproxy.hooks"],
         )
 
 

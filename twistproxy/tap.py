@@ -4,13 +4,14 @@ The twistd plugin's options and service: ``twistd -n twistproxy --port 8080``.
 
 :func:`makeService` is the one place in twistproxy that imports the global
 reactor; everything it builds takes the reactor as an argument.
+
+The converters and checks the options use to read their values are in
+:mod:`twistproxy._options`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import os
 import re
 import resource
 import sys
@@ -24,23 +25,27 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twistproxy._tls import UpstreamTLS
-from twistproxy.addons.access import (
-    HostPolicy,
-    ProxyAuth,
-    load_users,
-    parse_host_pattern,
-    parse_user,
+from twistproxy._options import (
+    at_least_one,
+    host_pattern,
+    positive,
+    proxy_auth,
+    read_recordings,
+    regex,
+    seconds,
+    whole,
+    worker_count,
 )
+from twistproxy._tls import UpstreamTLS
+from twistproxy.addons.access import HostPolicy, parse_user
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.save import SaveFlows
 from twistproxy.addons.script import load_addons
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
-from twistproxy.errors import AddonError, CertificateAuthorityError, FlowFileError
+from twistproxy.errors import AddonError, CertificateAuthorityError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flowfile import load_flows
 from twistproxy.http import HTTPFlow
 from twistproxy.limits import Limits
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
@@ -84,54 +89,6 @@ def default_max_connections() -> int:
     return max(16, (soft - 64) // 2)
 
 
-def _workers(text: str) -> int:
-    if text == "auto":
-        return os.cpu_count() or 1
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text!r} is not 'auto' or a whole number of at least 1")
-    return value
-
-
-def _whole(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"{text!r} is not a whole number")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def _seconds(option: str) -> Callable[[str], float]:
-    """
-    The coerce function of *option*, a positive finite number of seconds;
-    its error names the option.
-    """
-
-    def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{option} {text}: not a positive number of seconds")
-        return value
-
-    return coerce
-
-
 class Options(usage.Options):
     """
     Command-line options for ``twistd twistproxy``.
@@ -172,14 +129,14 @@ class Options(usage.Options):
             None,
             60.0,
             "Seconds an idle client connection is kept open.",
-            _positive,
+            positive,
         ],
         [
             "connect-timeout",
             None,
             30.0,
             "Seconds to wait for a connection to a server (then 504).",
-            _positive,
+            positive,
         ],
         [
             "ca-dir",
@@ -214,7 +171,7 @@ class Options(usage.Options):
             None,
             1,
             "Client replay: how many flows are replayed at once.",
-            _at_least_one,
+            at_least_one,
         ],
         [
             "max-connections",
@@ -222,35 +179,35 @@ class Options(usage.Options):
             None,
             "Client connections served at once; more get 503 (0: no limit). "
             "[default: what the file-descriptor limit allows]",
-            _whole,
+            whole,
         ],
         [
             "header-timeout",
             None,
             30.0,
             "Seconds a client may take to send a request head (then 408).",
-            _positive,
+            positive,
         ],
         [
             "upstream-timeout",
             None,
             120.0,
             "Seconds a server may stay silent (then 504, or an aborted response).",
-            _positive,
+            positive,
         ],
         [
             "hook-timeout",
             None,
             60.0,
             "Seconds a hook's Deferred or coroutine may take (then 500).",
-            _seconds("--hook-timeout"),
+            seconds("--hook-timeout"),
         ],
         [
             "intercept-timeout",
             None,
             None,
             "Seconds an intercepted flow waits for resume() (then 500). [default: no limit]",
-            _seconds("--intercept-timeout"),
+            seconds("--intercept-timeout"),
         ],
         [
             "max-header-size",
@@ -271,7 +228,7 @@ class Options(usage.Options):
             None,
             1,
             "Worker processes serving the port ('auto': one per core); a dead one restarts.",
-            _workers,
+            worker_count,
         ],
 
     ]
@@ -321,13 +278,7 @@ class Options(usage.Options):
 
     def opt_ignore_hosts(self, pattern: str) -> None:
         """Pass tunnels whose host:port matches this regex through untouched; repeatable."""
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise usage.UsageError(
-                f"--ignore-hosts {pattern!r}: not a regular expression ({e})"
-            ) from e
-        self["ignore-hosts"].append(pattern)
+        self["ignore-hosts"].append(regex("--ignore-hosts", pattern))
 
     def opt_proxy_auth(self, credentials: str) -> None:
         """Require Basic proxy authentication; accept this USER:PASS. Repeatable."""
@@ -339,11 +290,11 @@ class Options(usage.Options):
 
     def opt_allow_hosts(self, pattern: str) -> None:
         """Refuse (403) destinations that no such pattern matches. Repeatable."""
-        self["allow-hosts"].append(_host_pattern("--allow-hosts", pattern))
+        self["allow-hosts"].append(host_pattern("--allow-hosts", pattern))
 
     def opt_block_hosts(self, pattern: str) -> None:
         """Refuse (403) destinations this pattern matches, even if allowed. Repeatable."""
-        self["block-hosts"].append(_host_pattern("--block-hosts", pattern))
+        self["block-hosts"].append(host_pattern("--block-hosts", pattern))
 
     raw_args: list[str] = []
 
@@ -393,7 +344,7 @@ class Options(usage.Options):
                 f"--replay-unmatched {self['replay-unmatched']}: "
                 f"choose one of {', '.join(UNMATCHED)}"
             )
-        self["proxy-auth-addon"] = self._proxy_auth()
+        self["proxy-auth-addon"] = proxy_auth(self["proxy-auth"], self["proxy-auth-file"])
         self["host-policy"] = None
         if self["allow-hosts"] or self["block-hosts"]:
             self["host-policy"] = HostPolicy(allow=self["allow-hosts"], block=self["block-hosts"])
@@ -403,8 +354,8 @@ class Options(usage.Options):
                 self["save-filter-parsed"] = parse_filter(self["save-filter"])
             except FilterError as e:
                 raise usage.UsageError(f"--save-filter: {e}") from e
-        self["server-replay-flows"] = _read_recordings("--server-replay", self["server-replay"])
-        self["client-replay-flows"] = _read_recordings("--client-replay", self["client-replay"])
+        self["server-replay-flows"] = read_recordings("--server-replay", self["server-replay"])
+        self["client-replay-flows"] = read_recordings("--client-replay", self["client-replay"])
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
         if self["save-filter"] is not None and self["save"] is None:
@@ -433,42 +384,6 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
-
-    def _proxy_auth(self) -> ProxyAuth | None:
-        """The proxy authentication addon for --proxy-auth and --proxy-auth-file, if any."""
-        users: dict[str, str] = {}
-        for credentials in self["proxy-auth"]:
-            user, password = parse_user(credentials)
-            if user in users:
-                raise usage.UsageError(f"--proxy-auth: the user {user!r} is given twice")
-            users[user] = password
-        path = self["proxy-auth-file"]
-        if path is not None:
-            try:
-                from_file = load_users(Path(path).expanduser())
-            except OSError as e:
-                raise usage.UsageError(f"--proxy-auth-file {path}: {e.strerror or e}") from e
-            except ValueError as e:
-                raise usage.UsageError(f"--proxy-auth-file {e}") from None
-            if not from_file:
-                raise usage.UsageError(f"--proxy-auth-file {path}: no users in the file")
-            for user, password in from_file.items():
-                if user in users:
-                    raise usage.UsageError(
-                        f"--proxy-auth-file {path}: the user {user!r} is also given "
-                        "with --proxy-auth"
-                    )
-                users[user] = password
-        return ProxyAuth(users) if users else None
-
-
-def _host_pattern(option: str, pattern: str) -> str:
-    """Check *pattern* for *option*; a usage error in one line if it is invalid."""
-    try:
-        parse_host_pattern(pattern)
-    except ValueError as e:
-        raise usage.UsageError(f"{option} {e}") from None
-    return pattern
 
 
 def makeService(options: Options) -> IService:
@@ -614,19 +529,6 @@ def _without_workers(args: list[str]) -> list[str]:
         elif arg != "--worker" and not arg.startswith(("--workers=", "--port=", "-p")):
             out.append(arg)
     return out
-
-
-def _read_recordings(option: str, paths: list[str]) -> list[HTTPFlow]:
-    """The flows of the files *paths* name, or a usage error naming what is wrong."""
-    flows: list[HTTPFlow] = []
-    for path in paths:
-        try:
-            flows.extend(load_flows(Path(path).expanduser()))
-        except OSError as e:
-            raise usage.UsageError(f"{option} {path}: {e.strerror}") from e
-        except FlowFileError as e:
-            raise usage.UsageError(f"{option} {path}: {e}") from e
-    return flows
 
 
 class _ClientReplayService(Service):
