@@ -28,10 +28,10 @@ from twisted.python.failure import Failure
 
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
-from twistproxy._upstream import IUpstreamReceiver, points_at
+from twistproxy._upstream import IUpstreamReceiver, checked
 from twistproxy.channel import Proxy, Tunnel
 from twistproxy.client import host_and_port
-from twistproxy.errors import LoopDetected, UpstreamConnectionLost, upstream_error
+from twistproxy.errors import UpstreamConnectionLost, upstream_error
 from twistproxy.flow import Server
 
 _log = Logger()
@@ -112,16 +112,10 @@ class TunnelEnd:
             sockname=host_and_port(transport.getHost()),
             timestamp_start=self._factory.reactor.seconds(),
         )
-        if points_at(transport, self._here):
-            self._fail(Failure(LoopDetected("the tunnel names this proxy itself")))
-            return
-        on_connected = self._on_connected
-        d = on_connected(server) if on_connected is not None else None
-        if d is None:
-            self._connected_ready()
-        else:
-            self._pending = d
-            d.addCallbacks(lambda _: self._connected_ready(), self._fail)
+        self._pending = checked(
+            transport, server, here=self._here, on_connected=self._on_connected,
+            ready=self._connected_ready, failed=self._fail, what="tunnel",
+        )
 
     def _connected_ready(self) -> None:
         self._pending = None

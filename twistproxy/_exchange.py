@@ -281,13 +281,22 @@ class Exchange:
         self.state = _DONE
         return self._answer(_ERROR_PAGE_ACTION, Failure(self.refusal))
 
-    def _after_requestheaders(self, now: float) -> Actions:
+    def _settled(self, now: float) -> Actions | None:
+        """After a request hook: what a kill or an answer from the hook does, if either."""
         flow = self.flow
-        assert flow is not None and flow.request is not None
+        assert flow is not None
         if flow.killed:
             return self._kill(now)
         if flow.response is not None:
             return self._answered(now)
+        return None
+
+    def _after_requestheaders(self, now: float) -> Actions:
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        settled = self._settled(now)
+        if settled is not None:
+            return settled
         if flow.request.stream:
             self.body = _STREAM
             return self._run("request", _REQUEST, now)
@@ -310,10 +319,9 @@ class Exchange:
     def _after_request(self, now: float) -> Actions:
         flow = self.flow
         assert flow is not None and flow.request is not None
-        if flow.killed:
-            return self._kill(now)
-        if flow.response is not None:
-            return self._answered(now)
+        settled = self._settled(now)
+        if settled is not None:
+            return settled
         self.state = _CONNECTING
         self._upstream = True
         if self._connect:

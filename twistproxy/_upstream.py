@@ -50,6 +50,38 @@ class IUpstreamReceiver(IResponseReceiver, TypingProtocol):
         """
 
 
+def checked(
+    transport: Any,
+    server: Server,
+    *,
+    here: IAddress | None,
+    on_connected: Callable[[Server], Deferred[Any] | None] | None,
+    ready: Callable[[], object],
+    failed: Callable[[Failure], object],
+    what: str,
+) -> Deferred[Any] | None:
+    """
+    What every new upstream connection goes through before it carries
+    anything (a request's, or a passthrough tunnel's): refused if it leads
+    back to *here* (:class:`~twistproxy.errors.LoopDetected`, naming
+    *what* it was for), then *on_connected* (the ``server_connected``
+    hook) with its record; *ready* is called after, *failed* with the
+    failure instead.
+
+    :returns: The Deferred the hook returned, while it is waited for (to
+        cancel when the connection is abandoned), or ``None``.
+    """
+    if here is not None and points_at(transport, here):
+        failed(Failure(LoopDetected(f"the {what} names this proxy itself")))
+        return None
+    d = on_connected(server) if on_connected is not None else None
+    if d is None:
+        ready()
+        return None
+    d.addCallbacks(lambda _: ready(), failed)
+    return d
+
+
 def points_at(transport: Any, here: IAddress) -> bool:
     """
     Whether an upstream connection reached *here*, the address a client
@@ -147,18 +179,12 @@ class UpstreamExchange:
 
     def _connected(self, client: ProxyClient) -> None:
         self._pending = None
-        if self._here is not None and points_at(client.transport, self._here):
-            client.abandon()
-            self._failed(Failure(LoopDetected("the request names this proxy itself")))
-            return
         self._attach(client)
-        on_connected = self._on_connected
-        d = on_connected(client.server) if on_connected is not None else None  # type: ignore[arg-type]
-        if d is None:
-            self._ready()
-        else:
-            self._pending = d
-            d.addCallbacks(lambda _: self._ready(), self._failed)
+        assert client.server is not None
+        self._pending = checked(
+            client.transport, client.server, here=self._here, on_connected=self._on_connected,
+            ready=self._ready, failed=self._failed, what="request",
+        )
 
     def _ready(self) -> None:
         self._pending = None
