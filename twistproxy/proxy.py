@@ -84,6 +84,7 @@ _RESPONSE_END = Event.RESPONSE_END
 _RESPONSE_HEAD = Event.RESPONSE_HEAD
 _UPSTREAM_FAILED = Event.UPSTREAM_FAILED
 _UPSTREAM_READY = Event.UPSTREAM_READY
+_STREAM = Body.STREAM
 
 
 class ProxyRequest(Request):
@@ -303,7 +304,7 @@ class ProxyRequest(Request):
     def _send_request(self, complete: bool) -> None:
         request = self.flow.request  # type: ignore[union-attr]
         assert request is not None
-        if self._exchange.body is Body.STREAM:  # type: ignore[union-attr]
+        if self._exchange.body is _STREAM:  # type: ignore[union-attr]
             body, self._body = self._body, []
             size = sum(map(len, body))
         else:
