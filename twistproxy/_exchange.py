@@ -47,7 +47,8 @@ from twistproxy._target import (
 )
 from twistproxy.errors import BadRequestTarget, InvalidMessage, LoopDetected, describe
 from twistproxy.flow import Client, Error, Server
-from twistproxy.http import Headers, HTTPFlow, Request, Response
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Request, Response
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 """

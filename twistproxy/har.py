@@ -39,7 +39,8 @@ from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
 from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import Client, Error, Server
-from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _content_type_params
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Message, Request, Response, _content_type_params
 
 # -- HAR export ----------------------------------------------------------------
 

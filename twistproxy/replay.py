@@ -32,8 +32,9 @@ from twistproxy._framing import forwarded_request, request_framing
 from twistproxy._headers import check_request
 from twistproxy.client import PoolKey, UpstreamExchange
 from twistproxy.flow import Error, Server
+from twistproxy.headers import Headers
 from twistproxy.hooks import Addon
-from twistproxy.http import Headers, HTTPFlow, Response
+from twistproxy.http import HTTPFlow, Response
 
 if TYPE_CHECKING:
     from twistproxy.proxy import ProxyFactory
