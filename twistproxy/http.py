@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
 from twistproxy import _encoding
-from twistproxy._target import DEFAULT_PORTS, authority_text, split_authority
+from twistproxy._target import DEFAULT_PORTS, authority_text, parse_url, split_authority
 from twistproxy.flow import Client, Flow, Server, _check_keys
 from twistproxy.headers import Headers, _make_headers, _to_str
 
@@ -371,31 +371,6 @@ class Message:
         self._decoded = None
 
 
-def _parse_url(url: str) -> tuple[str, str, int, str]:
-    """
-    Parse an absolute URL into scheme, host (without brackets), port and
-    path (with the query; without the fragment).
-
-    :raises ValueError: if there is no scheme or host, or no port and the
-        scheme has no default.
-    """
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme
-    host = parts.hostname
-    if not scheme or not host:
-        raise ValueError(f"not an absolute URL: {url!r}")
-    port = parts.port  # raises ValueError when out of range
-    if port is None:
-        try:
-            port = DEFAULT_PORTS[scheme]
-        except KeyError:
-            raise ValueError(f"no port in URL and no default for {scheme!r}: {url!r}") from None
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    return scheme, host, port, path
-
-
 class Request(Message):
     """
     An HTTP request.
@@ -490,7 +465,7 @@ class Request(Message):
         :raises ValueError: if *url* is not an absolute URL or a header is
             invalid.
         """
-        scheme, host, port, path = _parse_url(url)
+        scheme, host, port, path = parse_url(url)
         fields = _make_headers(headers)
         if b"host" not in fields:
             fields.insert(0, "Host", authority_text(scheme, host, port))
@@ -523,7 +498,7 @@ class Request(Message):
 
     @url.setter
     def url(self, value: str | bytes) -> None:
-        scheme, host, port, path = _parse_url(_to_str(value))
+        scheme, host, port, path = parse_url(_to_str(value))
         self.scheme, self.host, self.port, self.path = scheme, host, port, path
         hostport = authority_text(scheme, host, port)
         if self.authority:
