@@ -137,6 +137,7 @@ _LAYERS = (
     ("twistproxy/_target", "twistproxy: request-target parsing"),
     ("twistproxy/http.py", "twistproxy: flow model"),
     ("twistproxy/headers.py", "twistproxy: flow model"),
+    ("twistproxy/_body", "twistproxy: flow model"),
     ("twistproxy/flow.py", "twistproxy: flow model"),
     ("twistproxy.flow", "twistproxy: flow model"),
     ("twistproxy/hooks", "twistproxy: hook chain and addons"),
