@@ -136,6 +136,8 @@ _LAYERS = (
     ("twistproxy/_headers", "twistproxy: header rules"),
     ("twistproxy/_target", "twistproxy: request-target parsing"),
     ("twistproxy/http.py", "twistproxy: flow model"),
+    ("twistproxy/headers.py", "twistproxy: flow model"),
+    ("twistproxy/_body", "twistproxy: flow model"),
     ("twistproxy/flow.py", "twistproxy: flow model"),
     ("twistproxy.flow", "twistproxy: flow model"),
     ("twistproxy/hooks", "twistproxy: hook chain and addons"),

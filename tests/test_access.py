@@ -27,8 +27,9 @@ from twistproxy.addons.access import (
     parse_user,
 )
 from twistproxy.flow import Client, Server
+from twistproxy.headers import Headers
 from twistproxy.hooks import HookChain, validate_addon
-from twistproxy.http import Headers, HTTPFlow, Request
+from twistproxy.http import HTTPFlow, Request
 
 PASSWORD = "s3cret:with colon"
 

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twistproxy import _encoding
 from twistproxy.filters import Filter, FilterError, parse
 from twistproxy.flow import Client, Error, Flow, Server
-from twistproxy.http import Headers, HTTPFlow, Request, Response
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Request, Response
 
 
 def _flow(

@@ -29,7 +29,8 @@ from twistproxy.flowfile import (
     load_flows,
     read_flows,
 )
-from twistproxy.http import Headers, HTTPFlow, Request, Response
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Request, Response
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ALL_BYTES = bytes(range(256))

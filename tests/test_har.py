@@ -26,7 +26,8 @@ from twistproxy.errors import FlowFileError
 from twistproxy.flow import Client, Error, Server
 from twistproxy.flowfile import dump_flows, load_flows, main, read_flows
 from twistproxy.har import from_har, to_har
-from twistproxy.http import Headers, HTTPFlow, Request, Response
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Request, Response
 
 _NUM = (int, float)
 _HAR_REQUIRED: dict[str, dict[str, Any]] = {

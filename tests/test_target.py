@@ -14,6 +14,7 @@ from twistproxy._target import (
     join_host_port,
     parse_absolute_form,
     parse_authority,
+    parse_url,
     split_authority,
 )
 from twistproxy.errors import BadRequestTarget
@@ -384,3 +385,42 @@ class SplitAuthorityTests(SynchronousTestCase):
         self.assertEqual(split_authority("[::1]x"), ("::1", None))
         self.assertEqual(split_authority("[::1"), ("[::1", None))
         self.assertEqual(split_authority(""), ("", None))
+
+
+class ParseUrlTests(SynchronousTestCase):
+    """
+    Tests for `parse_url`, the split of an absolute URL given as text.
+    """
+
+    def test_parts(self) -> None:
+        """
+        A URL splits into scheme, host, port and path with the query; the
+        fragment is dropped and an empty path is ``/``.
+        """
+        self.assertEqual(
+            parse_url("https://example.com:8443/a/b?x=1#frag"),
+            ("https", "example.com", 8443, "/a/b?x=1"),
+        )
+        self.assertEqual(parse_url("http://example.com"), ("http", "example.com", 80, "/"))
+        self.assertEqual(parse_url("http://example.com?q"), ("http", "example.com", 80, "/?q"))
+
+    def test_ipv6(self) -> None:
+        """
+        A bracketed IPv6 host loses its brackets.
+        """
+        self.assertEqual(parse_url("http://[::1]:8000/x"), ("http", "::1", 8000, "/x"))
+
+    def test_other_scheme_with_port(self) -> None:
+        """
+        A scheme without a default port is taken when the URL names one.
+        """
+        self.assertEqual(parse_url("ftp://h:21/f"), ("ftp", "h", 21, "/f"))
+
+    def test_refused(self) -> None:
+        """
+        A URL without scheme or host, with a port out of range, or without
+        a port for a scheme that has no default, raises ValueError.
+        """
+        for bad in ("/relative", "example.com/x", "http://:80/", "http://h:99999/", "ftp://h/x"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_url(bad)

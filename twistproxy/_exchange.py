@@ -50,7 +50,8 @@ from twistproxy._framing import NO_BODY
 from twistproxy._headers import check_request, check_response
 from twistproxy.errors import InvalidMessage, describe
 from twistproxy.flow import Error, Server
-from twistproxy.http import Headers, HTTPFlow, Response
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Response
 
 HIGH_WATER = 64 * 1024
 """Request body bytes held (before they can go anywhere) before the client is paused."""

@@ -25,7 +25,8 @@ from twistproxy._target import (
 )
 from twistproxy.errors import BadRequestTarget, LoopDetected
 from twistproxy.flow import Client, Server
-from twistproxy.http import Headers, HTTPFlow, Request
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Request
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 """

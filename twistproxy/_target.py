@@ -20,11 +20,16 @@ Authorities, everywhere in twistproxy:
   :func:`split_authority` leniently (a recorded or hook-set ``Host``).
 
 All of them write IPv6 literals in brackets and read them without.
+
+:func:`parse_url` splits an absolute URL given as text (by
+``Request.make``, or set as ``Request.url``) into scheme, host (without
+brackets), port and path.
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 import attrs
@@ -198,6 +203,34 @@ def split_authority(authority: str) -> tuple[str, int | None]:
     if not sep or ":" in host:
         return authority, None
     return host, int(port) if port.isdigit() else None
+
+
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """
+    Parse an absolute URL that code gave as text (``Request.make``, setting
+    ``Request.url``) into scheme, host (without brackets), port and path
+    (with the query; without the fragment).  It is lenient, as
+    :func:`urllib.parse.urlsplit` is, and takes any scheme with a port:
+    a client's request-target is parsed by :func:`parse_absolute_form`.
+
+    :raises ValueError: if there is no scheme or host, or no port and the
+        scheme has no default.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme
+    host = parts.hostname
+    if not scheme or not host:
+        raise ValueError(f"not an absolute URL: {url!r}")
+    port = parts.port  # raises ValueError when out of range
+    if port is None:
+        try:
+            port = DEFAULT_PORTS[scheme]
+        except KeyError:
+            raise ValueError(f"no port in URL and no default for {scheme!r}: {url!r}") from None
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return scheme, host, port, path
 
 
 def check_host(fields: Iterable[tuple[bytes, bytes]], target: Target) -> bytes | None:

@@ -33,13 +33,15 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from twistproxy._body import content_type_params as _content_type_params
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
 from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import Client, Error, Server
-from twistproxy.http import Headers, HTTPFlow, Message, Request, Response, _content_type_params
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow, Message, Request, Response
 
 # -- HAR export ----------------------------------------------------------------
 

@@ -1,361 +1,40 @@
 # -*- test-case-name: tests.test_http -*-
 """
-The HTTP models: :class:`Headers`, :class:`Request`, :class:`Response` and
-:class:`HTTPFlow`.
+The HTTP models: :class:`Request`, :class:`Response` and :class:`HTTPFlow`.
+Their header fields are a :class:`~twistproxy.headers.Headers`.
 
 The proxy builds one of each for every request it handles, so building them
 is cheap: nothing is parsed, validated per field or decoded on construction,
 and bodies are decoded only when :attr:`Message.content` or
 :attr:`Message.text` is read.
 
-Text conventions: header names and values and bodies are stored as bytes.
-The ``str`` API decodes them as UTF-8 with ``surrogateescape`` and encodes
-``str`` arguments the same way, so any byte survives a round trip through
-``str``.  Methods that take a header name or value accept ``str`` or
-``bytes``.
+Text conventions, as for the headers: bodies are stored as bytes; the text
+attributes (:attr:`Request.method`, :attr:`Request.path`,
+:attr:`Response.reason`, ...) are ``str``, and ``bytes`` given for them are
+decoded as UTF-8 with ``surrogateescape``, so any byte survives a round
+trip through ``str``.
 """
 
 from __future__ import annotations
 
-import codecs
-import re
 import time
 import urllib.parse
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, ClassVar, Literal, Self, TypeVar, overload
+from typing import Any, ClassVar, Self
 
-from twistproxy import _encoding
-from twistproxy._target import DEFAULT_PORTS, authority_text, split_authority
+from twistproxy._body import MessageBody
+from twistproxy._target import DEFAULT_PORTS, authority_text, parse_url, split_authority
 from twistproxy.flow import Client, Flow, Server, _check_keys
-
-_T = TypeVar("_T")
-
-# RFC 9110 field-name (token) and a field value without CR, LF or NUL: what
-# the str API accepts, so that no header set through it can split a message.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+from twistproxy.headers import Headers, _make_headers, _to_str
 
 
-def _to_bytes(value: str | bytes) -> bytes:
-    """
-    Encode a ``str`` with UTF-8/``surrogateescape``; pass ``bytes`` through.
-    """
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
-
-
-def _to_str(value: str | bytes) -> str:
-    """
-    Decode ``bytes`` with UTF-8/``surrogateescape``; pass ``str`` through.
-    """
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
-
-
-def _field(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
-    """
-    Turn a name and value from the ``str`` API into a checked wire field.
-
-    :raises ValueError: if the name is not a token or the value contains
-        CR, LF or NUL.
-    """
-    bname = _to_bytes(name)
-    bvalue = _to_bytes(value)
-    if not _TOKEN.match(bname):
-        raise ValueError(f"invalid header name {bname!r}")
-    if _BAD_VALUE.search(bvalue):
-        raise ValueError(f"invalid header value {bvalue!r} for {bname!r}")
-    return (bname, bvalue)
-
-
-class Headers(MutableMapping[str, str]):
-    """
-    An ordered list of header fields that keeps every field, in order, with
-    its name spelt as received, and looks names up case-insensitively.
-
-    The mapping API works on ``str`` and sees one entry per distinct name:
-    reading joins repeated fields with ``", "``, :meth:`get_all` and
-    :meth:`set_all` work on every field of a name.  :meth:`get_raw` and
-    :meth:`get_all_raw` are the ``bytes`` API for the proxy's hot path, and
-    :attr:`fields` is the wire form.
-
-    Two :class:`Headers` are equal when their fields are, in the same order
-    and case.
-    """
-
-    __slots__ = ("_fields",)
-
-    _fields: list[tuple[bytes, bytes]]
-
-    def __init__(self, fields: Iterable[tuple[bytes, bytes]] = (), **headers: str | bytes) -> None:
-        """
-        :param fields: ``(name, value)`` byte pairs in wire order.  They are
-            copied as they are, without checks or decoding, so the proxy can
-            pass its parsed header list cheaply; they must be ``bytes``.
-        :param headers: More fields to append, checked, with ``_`` in each
-            name replaced by ``-`` (``content_type="text/html"``).
-        :raises ValueError: if a keyword field is not a valid header.
-        """
-        self._fields = list(fields)
-        for name, value in headers.items():
-            self._fields.append(_field(name.replace("_", "-"), value))
-
-    @property
-    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
-        """
-        Every field as ``(name, value)`` bytes, in order, names as received.
-        Setting it replaces all fields (unchecked, as for the constructor).
-        """
-        return tuple(self._fields)
-
-    @fields.setter
-    def fields(self, value: Iterable[tuple[bytes, bytes]]) -> None:
-        self._fields = list(value)
-
-    # The bytes API
-
-    def get_raw(self, name: bytes) -> bytes | None:
-        """
-        :param name: A header name, any case.
-        :returns: The first value of that header, or ``None``.
-        """
-        lname = name.lower()
-        for n, v in self._fields:
-            if n.lower() == lname:
-                return v
-        return None
-
-    def get_all_raw(self, name: bytes) -> list[bytes]:
-        """
-        :param name: A header name, any case.
-        :returns: Every value of that header, in order (maybe none).
-        """
-        lname = name.lower()
-        return [v for n, v in self._fields if n.lower() == lname]
-
-    # The str mapping API
-
-    def __getitem__(self, name: str | bytes) -> str:
-        """
-        :returns: Every value of *name* joined with ``", "``.
-        :raises KeyError: if there is no such header.
-        """
-        values = self.get_all_raw(_to_bytes(name))
-        if not values:
-            raise KeyError(name)
-        return _to_str(b", ".join(values))
-
-    def __setitem__(self, name: str | bytes, value: str | bytes) -> None:
-        """
-        Set *name* to the single value *value*: the first field of that name
-        keeps its place and spelling, later ones are removed; the field is
-        appended if there is none.
-
-        :raises ValueError: if the name or value is not a valid header.
-        """
-        self.set_all(name, (value,))
-
-    def __delitem__(self, name: str | bytes) -> None:
-        """
-        Remove every field of *name*.
-
-        :raises KeyError: if there is no such header.
-        """
-        lname = _to_bytes(name).lower()
-        kept = [f for f in self._fields if f[0].lower() != lname]
-        if len(kept) == len(self._fields):
-            raise KeyError(name)
-        self._fields = kept
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str | bytes):
-            return False
-        return self.get_raw(_to_bytes(name)) is not None
-
-    def __len__(self) -> int:
-        """
-        :returns: The number of distinct header names.
-        """
-        return len({n.lower() for n, _ in self._fields})
-
-    def __iter__(self) -> Iterator[str]:
-        """
-        Iterate over the distinct names, in order of first appearance, spelt
-        as they first appear.
-        """
-        seen = set()
-        for n, _ in self._fields:
-            lname = n.lower()
-            if lname not in seen:
-                seen.add(lname)
-                yield _to_str(n)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Headers):
-            return self._fields == other._fields
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"Headers({self._fields!r})"
-
-    @overload
-    def get(self, name: str | bytes, /) -> str | None: ...
-
-    @overload
-    def get(self, name: str | bytes, default: str, /) -> str: ...
-
-    @overload
-    def get(self, name: str | bytes, default: _T, /) -> str | _T: ...
-
-    def get(self, name: str | bytes, default: object = None, /) -> object:
-        """
-        :returns: The values of *name* joined with ``", "``, or *default*.
-        """
-        values = self.get_all_raw(_to_bytes(name))
-        if not values:
-            return default
-        return _to_str(b", ".join(values))
-
-    @overload
-    def items(self, multi: Literal[False] = False) -> ItemsView[str, str]: ...
-
-    @overload
-    def items(self, multi: Literal[True]) -> list[tuple[str, str]]: ...
-
-    def items(self, multi: bool = False) -> ItemsView[str, str] | list[tuple[str, str]]:
-        """
-        :param multi: Give every field rather than one entry per name.
-        :returns: With *multi*, a list of every ``(name, value)`` field in
-            order; otherwise a view of ``(name, joined values)`` per name.
-        """
-        if multi:
-            return [(_to_str(n), _to_str(v)) for n, v in self._fields]
-        return ItemsView(self)
-
-    def clear(self) -> None:
-        """
-        Remove every field.
-        """
-        self._fields = []
-
-    def get_all(self, name: str | bytes) -> list[str]:
-        """
-        :returns: Every value of *name*, in order (maybe none).
-        """
-        return [_to_str(v) for v in self.get_all_raw(_to_bytes(name))]
-
-    def set_all(self, name: str | bytes, values: Iterable[str | bytes]) -> None:
-        """
-        Replace every field of *name* with one field per value.  The new
-        fields take the place (and spelling) of the first existing field of
-        that name, or are appended if there is none.  No values removes the
-        header.
-
-        :raises ValueError: if the name or a value is not a valid header.
-        """
-        new = [_field(name, value) for value in values]
-        bname = _to_bytes(name)
-        if not new:
-            _field(bname, b"")
-        lname = bname.lower()
-        fields = self._fields
-        for i, (n, _) in enumerate(fields):
-            if n.lower() == lname:
-                rest = [f for f in fields[i + 1 :] if f[0].lower() != lname]
-                self._fields = fields[:i] + [(n, v) for _, v in new] + rest
-                return
-        fields.extend(new)
-
-    def add(self, name: str | bytes, value: str | bytes) -> None:
-        """
-        Append a field, even if the header is already present.
-
-        :raises ValueError: if the name or value is not a valid header.
-        """
-        self._fields.append(_field(name, value))
-
-    def insert(self, index: int, name: str | bytes, value: str | bytes) -> None:
-        """
-        Insert a field before position *index* of :attr:`fields`.
-
-        :raises ValueError: if the name or value is not a valid header.
-        """
-        self._fields.insert(index, _field(name, value))
-
-    def copy(self) -> Headers:
-        """
-        :returns: An independent copy.
-        """
-        return Headers(self._fields)
-
-    def get_state(self) -> list[list[bytes]]:
-        """
-        :returns: The fields as plain data: ``[name, value]`` byte pairs.
-        """
-        return [[n, v] for n, v in self._fields]
-
-    @classmethod
-    def from_state(cls, state: Iterable[Iterable[bytes]]) -> Self:
-        """
-        Build headers from :meth:`get_state`'s output (pairs may be lists).
-
-        :raises ValueError: if an entry is not a pair of ``bytes``.
-        """
-        fields = []
-        for entry in state:
-            pair = tuple(entry)
-            if len(pair) != 2 or not all(isinstance(x, bytes) for x in pair):
-                raise ValueError(f"invalid header field in state: {entry!r}")
-            fields.append((pair[0], pair[1]))
-        return cls(fields)
-
-
-def _make_headers(headers: Headers | Mapping[str, str] | Iterable[tuple[bytes, bytes]]) -> Headers:
-    """
-    Build a new, checked :class:`Headers` for the ``make`` constructors.
-    """
-    if isinstance(headers, Headers):
-        return headers.copy()
-    result = Headers()
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in pairs:
-        result.add(name, value)
-    return result
-
-
-def _content_type_params(content_type: str) -> tuple[str, dict[str, str]]:
-    """
-    Split a Content-Type value into its media type and its parameters
-    (names lower-cased, quotes removed).
-    """
-    media_type, *params = content_type.split(";")
-    parsed = {}
-    for param in params:
-        key, sep, value = param.partition("=")
-        if sep:
-            parsed[key.strip().lower()] = value.strip().strip('"')
-    return media_type.strip(), parsed
-
-
-def _with_charset(content_type: str, charset: str) -> str:
-    """
-    Return *content_type* with its ``charset`` parameter set to *charset*.
-    """
-    parts = [p for p in content_type.split(";") if p.partition("=")[0].strip().lower() != "charset"]
-    return "; ".join([parts[0].strip(), *(p.strip() for p in parts[1:]), f"charset={charset}"])
-
-
-class Message:
+class Message(MessageBody):
     """
     What requests and responses share: the HTTP version, the headers and
-    the body.
+    the body.  The body's API (:attr:`content`, :attr:`text`,
+    :meth:`decode`, :meth:`encode`, :attr:`body_size`, ...) is
+    :class:`~twistproxy._body.MessageBody`'s.
 
     :ivar http_version: For example ``"HTTP/1.1"``.
     :ivar headers: The header fields.
@@ -367,26 +46,14 @@ class Message:
         pass the body through unbuffered.
     """
 
-    __slots__ = (
-        "http_version",
-        "headers",
-        "raw_content",
-        "timestamp_start",
-        "timestamp_end",
-        "stream",
-        "_decoded",
-        "_streamed_size",
-    )
+    # raw_content, _decoded and _streamed_size are MessageBody's slots.
+    __slots__ = ("http_version", "headers", "timestamp_start", "timestamp_end", "stream")
 
     http_version: str
     headers: Headers
-    raw_content: bytes | None
     timestamp_start: float | None
     timestamp_end: float | None
     stream: bool
-    # (raw_content, content-encoding, decoded): the last decoding, reused
-    # while neither the raw body (by identity) nor the coding changes.
-    _decoded: tuple[bytes, str, bytes] | None
 
     def __init__(
         self,
@@ -415,229 +82,7 @@ class Message:
         self.timestamp_end = timestamp_end
         self.stream = False
         self._decoded = None
-        self._streamed_size: int | None = None
-
-    # Bodies
-
-    @property
-    def body_size(self) -> int | None:
-        """
-        How many body bytes the message had on the wire (transfer coding
-        removed): the length of :attr:`raw_content`, or for a streamed body
-        the count the proxy relayed; ``None`` when unknown.
-        """
-        if self.raw_content is not None:
-            return len(self.raw_content)
-        return self._streamed_size
-
-    @body_size.setter
-    def body_size(self, size: int | None) -> None:
-        self._streamed_size = size
-
-    def _content_encoding(self) -> str | None:
-        """
-        :returns: The Content-Encoding value (all fields joined), or
-            ``None`` if there is none.
-        """
-        values = self.headers.get_all_raw(b"content-encoding")
-        if not values:
-            return None
-        return b",".join(values).decode("latin-1")
-
-    def _update_content_length(self) -> None:
-        """
-        Set an existing Content-Length header to the raw body's length.
-        """
-        if self.raw_content is not None and b"content-length" in self.headers:
-            self.headers[b"Content-Length"] = str(len(self.raw_content))
-
-    def get_content(self, strict: bool = True) -> bytes | None:
-        """
-        The body with its Content-Encoding undone.
-
-        :param strict: Raise if the body does not decode; otherwise return
-            the raw body in that case.
-        :returns: The decoded body, or ``None`` if the body was not captured.
-        :raises ValueError: if *strict* and the coding is unknown or the body
-            is corrupt.
-        """
-        raw = self.raw_content
-        if raw is None:
-            return None
-        encoding = self._content_encoding()
-        if not encoding:
-            return raw
-        cached = self._decoded
-        if cached is not None and cached[0] is raw and cached[1] == encoding:
-            return cached[2]
-        try:
-            decoded = _encoding.decode(raw, encoding)
-        except ValueError:
-            if strict:
-                raise
-            return raw
-        self._decoded = (raw, encoding, decoded)
-        return decoded
-
-    def set_content(self, value: bytes | None) -> None:
-        """
-        Replace the body, encoding it with the current Content-Encoding.  If
-        that coding cannot be applied, the Content-Encoding header is removed
-        and the body is stored as given.  An existing Content-Length header
-        is updated to the new raw length.
-
-        :param value: The plain body, or ``None`` for "not captured".
-        :raises TypeError: if *value* is a ``str`` (use :attr:`text`).
-        """
-        if value is None:
-            self.raw_content = None
-            return
-        if isinstance(value, str):
-            raise TypeError("message content must be bytes, not str; use .text instead")
-        value = bytes(value)
-        encoding = self._content_encoding()
-        raw = value
-        if encoding:
-            try:
-                raw = _encoding.encode(value, encoding)
-            except ValueError:
-                del self.headers[b"content-encoding"]
-            else:
-                self._decoded = (raw, encoding, value)
-        self.raw_content = raw
-        self._update_content_length()
-
-    @property
-    def content(self) -> bytes | None:
-        """
-        The body with its Content-Encoding undone, or ``None`` if it was not
-        captured; reading raises :exc:`ValueError` if it does not decode
-        (see :meth:`get_content`).  Setting it encodes the new body (see
-        :meth:`set_content`).
-        """
-        return self.get_content()
-
-    @content.setter
-    def content(self, value: bytes | None) -> None:
-        self.set_content(value)
-
-    def _charset(self) -> str:
-        """
-        :returns: The codec for :attr:`text`: the Content-Type charset if
-            Python knows it (GB2312 and GBK read as their superset GB18030),
-            else UTF-8.
-        """
-        content_type = self.headers.get_raw(b"content-type")
-        if content_type:
-            _, params = _content_type_params(content_type.decode("latin-1"))
-            charset = params.get("charset")
-            if charset:
-                try:
-                    name = codecs.lookup(charset).name
-                except LookupError:
-                    return "utf-8"
-                return "gb18030" if name in ("gb2312", "gbk") else name
-        return "utf-8"
-
-    def get_text(self, strict: bool = True) -> str | None:
-        """
-        The decoded body as text, in the Content-Type's charset (UTF-8 if
-        there is none or Python does not know it), undecodable bytes kept as
-        surrogate escapes.
-
-        :param strict: As for :meth:`get_content`.
-        :returns: The text, or ``None`` if the body was not captured.
-        :raises ValueError: as :meth:`get_content` does.
-        """
-        content = self.get_content(strict)
-        if content is None:
-            return None
-        return content.decode(self._charset(), "surrogateescape")
-
-    def set_text(self, value: str | None) -> None:
-        """
-        Replace the body with *value* in the Content-Type's charset (as for
-        :meth:`get_text`).  If that charset cannot encode it, UTF-8 is used
-        and the Content-Type's charset changed to ``utf-8``.
-
-        :param value: The text, or ``None`` for "not captured".
-        :raises ValueError: if even UTF-8 cannot encode *value* (lone
-            surrogates other than escapes).
-        """
-        if value is None:
-            self.set_content(None)
-            return
-        charset = self._charset()
-        try:
-            content = value.encode(charset, "surrogateescape")
-        except UnicodeEncodeError:
-            if charset == "utf-8":
-                raise
-            content = value.encode("utf-8", "surrogateescape")
-            content_type = self.headers.get(b"content-type")
-            if content_type is not None:
-                self.headers[b"Content-Type"] = _with_charset(content_type, "utf-8")
-        self.set_content(content)
-
-    @property
-    def text(self) -> str | None:
-        """
-        The decoded body as text (see :meth:`get_text`); setting it encodes
-        the text (see :meth:`set_text`).
-        """
-        return self.get_text()
-
-    @text.setter
-    def text(self, value: str | None) -> None:
-        self.set_text(value)
-
-    def decode(self, strict: bool = True) -> None:
-        """
-        Undo the Content-Encoding for good: store the decoded body as the
-        raw body and remove the Content-Encoding header (updating an
-        existing Content-Length).  Does nothing if the body was not captured
-        or is not encoded.
-
-        :param strict: Raise if the body does not decode; otherwise leave the
-            message unchanged in that case.
-        :raises ValueError: if *strict* and the body does not decode.
-        """
-        if self.raw_content is None or not self._content_encoding():
-            return
-        try:
-            decoded = self.get_content(strict=True)
-        except ValueError:
-            if strict:
-                raise
-            return
-        del self.headers[b"content-encoding"]
-        self.raw_content = decoded
-        self._update_content_length()
-
-    def encode(self, encoding: str) -> None:
-        """
-        Encode the body with *encoding* (replacing any existing coding, which
-        is undone first) and set the Content-Encoding header; ``identity``
-        removes it.  An existing Content-Length is updated.
-
-        :param encoding: A coding :func:`twistproxy._encoding.available`
-            lists.
-        :raises ValueError: if the coding is unknown or unavailable, the
-            current body does not decode, or the body was not captured.
-        """
-        content = self.get_content(strict=True)
-        if content is None:
-            raise ValueError("cannot encode a body that was not captured")
-        raw = _encoding.encode(content, encoding)
-        encoding = encoding.strip()
-        if encoding.lower() == "identity":
-            if b"content-encoding" in self.headers:
-                del self.headers[b"content-encoding"]
-        else:
-            self.headers[b"Content-Encoding"] = encoding
-            self._decoded = (raw, encoding, content)
-        self.raw_content = raw
-        self._update_content_length()
+        self._streamed_size = None
 
     # State
 
@@ -669,31 +114,6 @@ class Message:
         self.timestamp_start = state["timestamp_start"]
         self.timestamp_end = state["timestamp_end"]
         self._decoded = None
-
-
-def _parse_url(url: str) -> tuple[str, str, int, str]:
-    """
-    Parse an absolute URL into scheme, host (without brackets), port and
-    path (with the query; without the fragment).
-
-    :raises ValueError: if there is no scheme or host, or no port and the
-        scheme has no default.
-    """
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme
-    host = parts.hostname
-    if not scheme or not host:
-        raise ValueError(f"not an absolute URL: {url!r}")
-    port = parts.port  # raises ValueError when out of range
-    if port is None:
-        try:
-            port = DEFAULT_PORTS[scheme]
-        except KeyError:
-            raise ValueError(f"no port in URL and no default for {scheme!r}: {url!r}") from None
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    return scheme, host, port, path
 
 
 class Request(Message):
@@ -790,7 +210,7 @@ class Request(Message):
         :raises ValueError: if *url* is not an absolute URL or a header is
             invalid.
         """
-        scheme, host, port, path = _parse_url(url)
+        scheme, host, port, path = parse_url(url)
         fields = _make_headers(headers)
         if b"host" not in fields:
             fields.insert(0, "Host", authority_text(scheme, host, port))
@@ -823,7 +243,7 @@ class Request(Message):
 
     @url.setter
     def url(self, value: str | bytes) -> None:
-        scheme, host, port, path = _parse_url(_to_str(value))
+        scheme, host, port, path = parse_url(_to_str(value))
         self.scheme, self.host, self.port, self.path = scheme, host, port, path
         hostport = authority_text(scheme, host, port)
         if self.authority:

@@ -33,8 +33,9 @@ from twistproxy._headers import check_request
 from twistproxy._upstream import UpstreamExchange
 from twistproxy.client import PoolKey
 from twistproxy.flow import Error, Server
+from twistproxy.headers import Headers
 from twistproxy.hooks import Addon
-from twistproxy.http import Headers, HTTPFlow, Response
+from twistproxy.http import HTTPFlow, Response
 
 if TYPE_CHECKING:
     from twistproxy.proxy import ProxyFactory
