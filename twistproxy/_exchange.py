@@ -58,9 +58,8 @@ HIGH_WATER = 64 * 1024
 
 
 # Reading an Enum member as a class attribute is a Python-level look-up in
-# CPython 3.11, several times a global's cost; the handlers, run a few times
-# per request, use these module names for the members (and the argument-less
-# actions, ready made).
+# CPython 3.11: the hot paths use module names for the members (and for the
+# argument-less actions, ready made); the rare ones read the members.
 _NEW = State.NEW
 _REQUEST_HEADERS = State.REQUEST_HEADERS
 _READING = State.READING
@@ -79,26 +78,21 @@ _HOLD = Body.HOLD
 _BUFFER = Body.BUFFER
 _STREAM = Body.STREAM
 _DISCARD = Body.DISCARD
-_ABANDON_UPSTREAM = (Action.ABANDON_UPSTREAM, None)
 _ABORT_CLIENT = (Action.ABORT_CLIENT, None)
 _CANCEL_HOOK = (Action.CANCEL_HOOK, None)
 _CLOSE_AFTER = (Action.CLOSE_AFTER, None)
 _DROP_BODY = (Action.DROP_BODY, None)
-_END_BODY = (Action.END_BODY, None)
 _FINISH = (Action.FINISH, None)
 _OPEN_UPSTREAM = (Action.OPEN_UPSTREAM, None)
 _PAUSE_CLIENT = (Action.PAUSE_CLIENT, None)
 _RESUME_CLIENT = (Action.RESUME_CLIENT, None)
 _SET_REQUEST_BODY = (Action.SET_REQUEST_BODY, None)
 _SET_RESPONSE_BODY = (Action.SET_RESPONSE_BODY, None)
-_STOP_BODY = (Action.STOP_BODY, None)
-_SWITCH = (Action.SWITCH, None)
 _ERROR_PAGE_ACTION = Action.ERROR_PAGE
 _FORWARD_BODY_ACTION = Action.FORWARD_BODY
 _HOLD_UPSTREAM_ACTION = Action.HOLD_UPSTREAM
 _KEEP_BODY_ACTION = Action.KEEP_BODY
 _KEEP_RESPONSE_ACTION = Action.KEEP_RESPONSE
-_OPEN_TUNNEL_ACTION = Action.OPEN_TUNNEL
 _RELAY_RESPONSE_ACTION = Action.RELAY_RESPONSE
 _RUN_HOOK_ACTION = Action.RUN_HOOK
 _SEND_HEAD_ACTION = Action.SEND_HEAD
@@ -327,7 +321,7 @@ class Exchange:
         self._upstream = True
         if self._connect:
             flow.passthrough = flow.passthrough or not self.intercepting
-            return ((_OPEN_TUNNEL_ACTION, flow.passthrough),)
+            return ((Action.OPEN_TUNNEL, flow.passthrough),)
         return (_OPEN_UPSTREAM,)
 
     def _answered(self, now: float) -> Actions:
@@ -403,7 +397,7 @@ class Exchange:
             self._sending = False
             assert self.flow is not None and self.flow.request is not None
             self.flow.request.timestamp_end = now
-            actions.append(_END_BODY)
+            actions.append((Action.END_BODY, None))
         return actions
 
     # -- upstream ----------------------------------------------------------
@@ -512,7 +506,7 @@ class Exchange:
             self.body = _DISCARD
             if self._sending:
                 self._sending = False
-                actions.append(_STOP_BODY)
+                actions.append((Action.STOP_BODY, None))
         if self.state is _RESPONSE_HEADERS:
             self._response_done = True
         else:
@@ -546,7 +540,7 @@ class Exchange:
                     return self._drop_upstream()
                 self._head_sent = True
                 self._upstream = False
-                return (_SWITCH,)
+                return ((Action.SWITCH, None),)
             # A response hook answered otherwise: that is the answer, no tunnel.
             return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
         return self._answer(_WRITE_RESPONSE_ACTION, self._own)
@@ -596,7 +590,7 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self._upstream:
             self._upstream = False
-            actions.append(_ABANDON_UPSTREAM)
+            actions.append((Action.ABANDON_UPSTREAM, None))
         if not self.body_done and self.body is not _DISCARD:
             self.body = _DISCARD
             actions.append(_DROP_BODY)
