@@ -7,6 +7,7 @@ own work cheaper or dearer.
     python bench/instructions.py                   # this checkout
     python bench/instructions.py --compare HEAD~3  # this checkout and a revision
     python bench/instructions.py --addon           # with bench/addons' trivial addon
+    python bench/instructions.py --certpage        # with the CA page addon twistd loads
 
 The driver runs scenario (a)'s exchange inside one process, over in-memory
 transports: a keep-alive client sends ``GET http://127.0.0.1:8000/1k.bin``
@@ -53,7 +54,7 @@ RESPONSE = (
 ) + BODY
 
 
-def drive(requests: int, addon: bool) -> None:
+def drive(requests: int, addon: bool, certpage: bool = False) -> None:
     """
     Proxy *requests* exchanges over one keep-alive client connection and one
     pooled upstream connection, checking each answer.
@@ -86,6 +87,15 @@ def drive(requests: int, addon: bool) -> None:
         import twistproxy_stamp
 
         addons = list(twistproxy_stamp.addons)
+    if certpage:
+        # What twistd loads when it intercepts (and so in bench/run.py):
+        # a requestheaders hook on every request.
+        from datetime import UTC, datetime
+
+        from twistproxy.addons.certpage import CertPage
+        from twistproxy.certs import CertificateAuthority
+
+        addons.append(CertPage(CertificateAuthority.generate(now=datetime.now(UTC))))
     factory = ProxyFactory(
         reactor=MemoryReactorClock(),
         endpoint_factory=lambda scheme, host, port: Endpoint(port),
@@ -112,7 +122,7 @@ def drive(requests: int, addon: bool) -> None:
         raise SystemExit(f"{len(origins)} upstream connections: the pool was not used")
 
 
-def _count(tree: Path, requests: int, addon: bool) -> int:
+def _count(tree: Path, requests: int, addon: bool, certpage: bool) -> int:
     """Instructions valgrind counts for one run of the driver in *tree*."""
     with tempfile.NamedTemporaryFile(dir=OUT, prefix="cachegrind-", delete=False) as out:
         path = out.name
@@ -122,6 +132,8 @@ def _count(tree: Path, requests: int, addon: bool) -> int:
                 "--drive", str(requests)]
         if addon:
             argv.append("--addon")
+        if certpage:
+            argv.append("--certpage")
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
                               cwd=tree)
@@ -137,8 +149,8 @@ def _count(tree: Path, requests: int, addon: bool) -> int:
 
 def per_request(tree: Path, args: argparse.Namespace) -> float:
     """Instructions per request in *tree*: the difference of two runs."""
-    base = _count(tree, args.warm, args.addon)
-    more = _count(tree, args.warm + args.requests, args.addon)
+    base = _count(tree, args.warm, args.addon, args.certpage)
+    more = _count(tree, args.warm + args.requests, args.addon, args.certpage)
     return (more - base) / args.requests
 
 
@@ -148,12 +160,14 @@ def main() -> int:
                         help="also count a git revision (in a worktree) and give the ratio")
     parser.add_argument("--addon", action="store_true",
                         help="load bench/addons/twistproxy_stamp.py (one response hook)")
+    parser.add_argument("--certpage", action="store_true",
+                        help="load the CA page addon, as twistd does (a requestheaders hook)")
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--warm", type=int, default=200, help="requests of the base run")
     parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive is not None:
-        drive(args.drive, args.addon)
+        drive(args.drive, args.addon, args.certpage)
         return 0
     if not 1 <= args.requests <= 100_000 or not 1 <= args.warm <= 100_000:
         parser.error("--requests and --warm must be 1-100000")
@@ -172,7 +186,9 @@ def main() -> int:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            timeout=60)
-    what = "with one response hook" if args.addon else "no addon"
+    what = ", ".join(name for name, on in (("one response hook", args.addon),
+                                           ("the CA page addon", args.certpage)) if on)
+    what = f"with {what}" if what else "no addon"
     print(f"(a) keep-alive 1 KiB, in memory, {what}: instructions per request")
     for label, figure in figures.items():
         print(f"  {label:>16}: {figure:,.0f}")

@@ -536,8 +536,8 @@ def unwritable(**changes: Any) -> HTTPFlow:
     for key, value in changes.items():
         message = getattr(flow, key.partition("_")[0])
         attribute = key.partition("_")[2]
-        if attribute == "fields":
-            message.headers.fields += tuple(value)
+        if attribute == "fields":  # past the setter's checks, as a file could hold them
+            message.headers = Headers([*message.headers.fields, *value])
         else:
             setattr(message, attribute, value)
     return flow

@@ -186,8 +186,19 @@ class HeadersTests(SynchronousTestCase):
         Setting ``fields`` replaces every field.
         """
         headers = Headers(WIRE)
-        headers.fields = [(b"A", b"1")]
-        self.assertEqual(headers.fields, ((b"A", b"1"),))
+        headers.fields = [(b"A", b"1"), ("B", "2")]
+        self.assertEqual(headers.fields, ((b"A", b"1"), (b"B", b"2")))
+
+    def test_fields_setter_checks(self) -> None:
+        """
+        Setting ``fields`` refuses a field that could split a message, and
+        leaves the fields as they were.
+        """
+        headers = Headers(WIRE)
+        for fields in ([(b"A", b"1\r\nB: 2")], [(b"A B", b"1")], [(b"A", b"\x00")]):
+            with self.assertRaises(ValueError):
+                headers.fields = fields
+        self.assertEqual(headers.fields, tuple(WIRE))
 
     def test_repr(self) -> None:
         """

@@ -47,7 +47,7 @@ from twistproxy._events import (
     State,
 )
 from twistproxy._framing import NO_BODY
-from twistproxy._headers import check_request, check_response
+from twistproxy._headers import check_request, check_response, check_shape
 from twistproxy.errors import InvalidMessage, describe
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
@@ -102,6 +102,8 @@ _WRITE_RESPONSE_ACTION = Action.WRITE_RESPONSE
 _NONE: Actions = ()
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
+_MESSAGE_HOOKS = _REQUEST_HOOKS | _RESPONSE_HOOKS
+
 
 
 class Exchange:
@@ -131,7 +133,7 @@ class Exchange:
         "body", "body_done", "failure", "_held", "_response_size", "_framing",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
-        "_tunnel_lost", "_own", "_connect",
+        "_tunnel_lost", "_own", "_connect", "_shape",
     )
 
     def __init__(
@@ -169,6 +171,7 @@ class Exchange:
         self._aborted = False  # ... or being aborted
         self._finish_owed = False  # the answer is out; finish once the body is read
         self._tunnel_lost: Failure | None = None
+        self._shape: tuple[object, ...] | None = None  # the messages as a hook got them
         self._own = False  # the response was made by a hook, not an origin
         # A CONNECT: its "body" is the tunnel's, its upstream a TunnelEnd.
         self._connect = flow is not None and flow.request.method == "CONNECT"  # type: ignore[union-attr]
@@ -192,6 +195,8 @@ class Exchange:
         self.state = state
         if hook in self.hooks:
             self._hook = hook
+            if hook in _MESSAGE_HOOKS and state is not _RELAYED:
+                self._shape = check_shape(self.flow)  # type: ignore[arg-type]
             return ((_RUN_HOOK_ACTION, hook),)
         return _AFTER[state](self, now)
 
@@ -215,20 +220,22 @@ class Exchange:
 
     def _hook_done(self, now: float, arg: Any) -> Actions:
         actions = self._hook_ended()
-        hook = self._hook
+        shape, self._shape = self._shape, None
         flow = self.flow
         assert flow is not None
-        try:
-            if hook in _REQUEST_HOOKS:
-                assert flow.request is not None
-                check_request(flow.request)
-            if flow.response is not None and self.state is not _RELAYED and (
-                hook in _REQUEST_HOOKS or hook in _RESPONSE_HOOKS
-            ):
-                check_response(flow.response)
-        except InvalidMessage as e:
-            error = InvalidMessage(e.field, f"{e.detail} (set by a {hook!r} hook)")
-            return actions + list(self._fail(now, Failure(error), hook != "response"))
+        if shape is not None and check_shape(flow) != shape:
+            # The hook changed what the models do not check as it is set:
+            # check it all before a byte of it is written.
+            hook = self._hook
+            try:
+                if hook in _REQUEST_HOOKS:
+                    assert flow.request is not None
+                    check_request(flow.request)
+                if flow.response is not None:
+                    check_response(flow.response)
+            except InvalidMessage as e:
+                error = InvalidMessage(e.field, f"{e.detail} (set by a {hook!r} hook)")
+                return actions + list(self._fail(now, Failure(error), hook != "response"))
         actions.extend(_AFTER[self.state](self, now))
         return actions
 

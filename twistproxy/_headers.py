@@ -21,7 +21,7 @@ from twistproxy._target import authority_for
 from twistproxy.errors import InvalidMessage
 
 if TYPE_CHECKING:
-    from twistproxy.http import Request, Response
+    from twistproxy.http import HTTPFlow, Request, Response
 
 Fields = Sequence[tuple[bytes, bytes]]
 """Header fields as they are on the wire: ``(name, value)`` pairs."""
@@ -62,10 +62,10 @@ def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
 def _end_to_end(
     fields: Fields,
     framing: int,
-    replace: dict[bytes, bytes],
-    drop: frozenset[bytes],
-    named: frozenset[bytes] = frozenset(),
-) -> list[tuple[bytes, bytes]]:
+    kinds: dict[bytes, str],
+    host: bytes = b"",
+    second: bool = False,
+) -> tuple[list[tuple[bytes, bytes]], bool]:
     """
     Copy the end-to-end fields of *fields* in order, with the framing header
     *framing* asks for (a length, or :data:`~twistproxy._framing.CHUNKED`,
@@ -73,55 +73,53 @@ def _end_to_end(
     :data:`~twistproxy._framing.UNTIL_CLOSE`) where the first framing field
     stood, or appended.
 
-    :param replace: lower-cased names whose first field gets a new value (the
-        others of that name are dropped); names not present are appended.
-    :param drop: further lower-cased names to remove.
-    :param named: the further hop-by-hop names the ``Connection`` fields
-        list; found in the same pass (a second pass removes them when there
-        are any besides ``close`` and ``keep-alive``).
+    :param kinds: What each special lower-cased name is (one dict look-up a
+        field): framing, ``Connection``, hop-by-hop (dropped), or ``Host``
+        (its first field gets the value *host*, the others are dropped).
+    :param second: This is the second pass, with the further hop-by-hop
+        names the ``Connection`` fields list in *kinds* (made only when they
+        list any besides ``close`` and ``keep-alive``).
+    :returns: The fields, and whether a ``Host`` field was placed.
     """
     out: list[tuple[bytes, bytes]] = []
-    placed: set[bytes] = set()
+    placed = False
     tokens: set[bytes] | None = None
     framed = framing == NO_BODY or framing == UNTIL_CLOSE
+    get = kinds.get
     for name, value in fields:
-        lower = name.lower()
-        kind = _KINDS.get(lower)
-        if kind is not None:
-            if kind is _FRAMING_FIELD:
-                if not framed:
-                    framed = True
-                    out.append(_framing_field(framing, name))
-            elif kind is _CONNECTION_FIELD:
-                tokens = _add_tokens(tokens, value)
-            continue
-        if lower in drop or lower in named:
-            continue
-        if lower in replace:
-            if lower not in placed:
-                placed.add(lower)
-                out.append((name, replace[lower]))
-            continue
-        out.append((name, value))
-    if tokens is not None and not named and not tokens <= _CONNECTION_OPTIONS:
-        return _end_to_end(fields, framing, replace, drop, frozenset(tokens))
+        kind = get(name.lower())
+        if kind is None:
+            out.append((name, value))
+        elif kind is _FRAMING_FIELD:
+            if not framed:
+                framed = True
+                out.append(_framing_field(framing, name))
+        elif kind is _CONNECTION_FIELD:
+            tokens = _add_tokens(tokens, value)
+        elif kind is _HOST_FIELD and not placed:
+            placed = True
+            out.append((name, host))
+    if tokens is not None and not second and not tokens <= _CONNECTION_OPTIONS:
+        named = dict.fromkeys(tokens - _CONNECTION_OPTIONS - _KINDS.keys(), _HOP_FIELD)
+        return _end_to_end(fields, framing, {**kinds, **named}, host, second=True)
     if not framed:
         out.append(_framing_field(framing, b""))
-    for lower, value in replace.items():
-        if lower not in placed:
-            out.append((_CANONICAL.get(lower, lower), value))
-    return out
+    return out, placed
 
 
 _FRAMING_FIELD = "framing"
 _HOP_FIELD = "hop"
 _CONNECTION_FIELD = "connection"
+_HOST_FIELD = "host"
 # Lower-cased name -> what it is to _end_to_end: one dict lookup per field.
 _KINDS = {name: _HOP_FIELD for name in HOP_BY_HOP} | {
     b"connection": _CONNECTION_FIELD,
     b"content-length": _FRAMING_FIELD,
     b"transfer-encoding": _FRAMING_FIELD,
 }
+# A request also drops Expect (the proxy answers 100-continue itself) and
+# gets the target's Host.
+_REQUEST_KINDS = _KINDS | {b"expect": _HOP_FIELD, b"host": _HOST_FIELD}
 # Connection tokens that name no header field.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
 
@@ -137,15 +135,6 @@ def _add_tokens(tokens: set[bytes] | None, value: bytes) -> set[bytes]:
     return tokens
 
 
-_CANONICAL = {b"host": b"Host", b"via": b"Via", b"connection": b"Connection"}
-
-
-def _has(fields: Fields, lower_name: bytes) -> bool:
-    size = len(lower_name)
-    for name, _ in fields:
-        if len(name) == size and name.lower() == lower_name:
-            return True
-    return False
 
 
 def _framing_field(framing: int, original: bytes) -> tuple[bytes, bytes]:
@@ -172,17 +161,12 @@ def request_fields(
     :param framing: The body's length, :data:`CHUNKED` or :data:`NO_BODY`.
     :param via: The ``Via`` entry to add, or ``None`` for none.
     """
-    if _has(fields, b"host"):
-        out = _end_to_end(fields, framing, {b"host": authority}, _REQUEST_DROP)
-    else:
-        out = _end_to_end(fields, framing, {}, _REQUEST_DROP)
+    out, placed = _end_to_end(fields, framing, _REQUEST_KINDS, authority)
+    if not placed:
         out.insert(0, (b"Host", authority))
     if via is not None:
         out.append((b"Via", via))
     return out
-
-
-_REQUEST_DROP = frozenset({b"expect"})
 
 
 def response_fields(
@@ -204,7 +188,7 @@ def response_fields(
     if framing == NO_BODY:
         out = _keep_length(fields)
     else:
-        out = _end_to_end(fields, framing, {}, frozenset())
+        out = _end_to_end(fields, framing, _KINDS)[0]
     out.extend(challenge)
     if close:
         out.append((b"Connection", b"close"))
@@ -352,6 +336,26 @@ def check_response(response: Response) -> None:
     if not _REASON.match(_encoded(response.reason, "response reason")):
         raise InvalidMessage("response reason", f"{response.reason!r} holds a CR, LF or control")
     check_fields(response.headers.fields, "response")
+
+
+def check_shape(flow: HTTPFlow) -> tuple[object, ...]:
+    """
+    What of a flow's messages the checks look at but the models do not
+    check as it is set: the messages themselves, their plain attributes,
+    their header lists (whose changes :class:`~twistproxy.headers.Headers`
+    checks as they are made).  Equal before and after a hook, it tells that
+    whatever was valid still is, and :func:`check_request` and
+    :func:`check_response` need not run again.
+    """
+    request, response = flow.request, flow.response
+    assert request is not None
+    shape: tuple[object, ...] = (
+        request, request.method, request.path, request.host, request.port, request.scheme,
+        request.authority, request.headers, response,
+    )
+    if response is not None:
+        shape += (response.status_code, response.reason, response.headers)
+    return shape
 
 
 def _encoded(text: str, field: str) -> bytes:

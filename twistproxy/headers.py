@@ -103,13 +103,17 @@ class Headers(MutableMapping[str, str]):
     def fields(self) -> tuple[tuple[bytes, bytes], ...]:
         """
         Every field as ``(name, value)`` bytes, in order, names as received.
-        Setting it replaces all fields (unchecked, as for the constructor).
+        Setting it replaces all fields, each checked as :meth:`add` checks it
+        (``str`` names and values are encoded).
+
+        :raises ValueError: on setting, if a name or value is not a valid
+            header; the fields are left as they were.
         """
         return tuple(self._fields)
 
     @fields.setter
-    def fields(self, value: Iterable[tuple[bytes, bytes]]) -> None:
-        self._fields = list(value)
+    def fields(self, value: Iterable[tuple[str | bytes, str | bytes]]) -> None:
+        self._fields = [_field(name, field_value) for name, field_value in value]
 
     # The bytes API
 
