@@ -5,6 +5,7 @@ Where twistproxy's time goes per request, and whether a change made it cheaper.
     python bench/profile.py                   # cProfile of (a): top functions per request
     python bench/profile.py --https           # the same for (e), through the socat shim
     python bench/profile.py --compare HEAD~3  # CPU per request: this checkout against a revision
+    python bench/profile.py --compare HEAD~3 --pairs 5 --rounds 4  # over 5 pairs of processes
 
 The profile runs twistd under cProfile (``--profiler=cprofile``) while wrk
 loads it as in scenario (a) or (e) of bench/run.py (same nginx origin, same
@@ -18,7 +19,10 @@ from a ``git worktree`` of the revision, both pinned to the proxy core, and
 loads them alternately with the same wrk run; it prints each side's CPU
 microseconds per request (user and system, from /proc) and requests/s,
 medians over the rounds.  Both see the same disturbances, so their ratio
-means more than either figure: quote that.
+means more than either figure: quote that.  Two processes of the *same*
+code differ by up to 7% here (memory layout: a fixed PYTHONHASHSEED does not
+remove it), so ``--pairs N`` repeats the whole comparison with fresh
+processes and gives the median of the N ratios: quote that one.
 
 Everything generated goes to bench/out/profile/.  Only 127.0.0.1 is used and
 every load is bounded in time.
@@ -183,6 +187,27 @@ def compare(args: argparse.Namespace, http_port: int, https_port: int) -> None:
     bench.run(["git", "worktree", "add", "--detach", str(tree), args.compare], timeout=120,
               check=True)
     sides = {"this checkout": str(bench.REPO), args.compare: str(tree)}
+    ratios = []
+    try:
+        for pair in range(args.pairs):
+            if args.pairs > 1:
+                print(f"pair {pair + 1} of {args.pairs} (fresh processes):", flush=True)
+            ratios.append(_compare_pair(args, sides, http_port, https_port))
+    finally:
+        bench.run(["git", "worktree", "remove", "--force", str(tree)], timeout=60)
+    if args.pairs > 1:
+        listed = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+        print(f"CPU per request, this checkout / {args.compare}, per pair of processes: "
+              f"{listed}; median {statistics.median(ratios):.3f}")
+
+
+def _compare_pair(
+    args: argparse.Namespace, sides: dict[str, str], http_port: int, https_port: int
+) -> float:
+    """
+    Start one proxy per side, load them alternately for ``args.rounds``
+    rounds, print the medians and return the ratio of CPU per request.
+    """
     children: dict[str, bench.Child] = {}
     ports: dict[str, tuple[int, int]] = {}
     shims: list[bench.Child] = []
@@ -222,13 +247,14 @@ def compare(args: argparse.Namespace, http_port: int, https_port: int) -> None:
             print(f"  {label:>16}: {cpu:6.1f} us CPU per request ({system:.1f} system), "
                   f"{rps:,.0f} req/s")
         this, other = (medians[label][0] for label in sides)
-        print(f"  CPU per request, this checkout / {args.compare}: {this / other:.3f}")
+        print(f"  CPU per request, this checkout / {args.compare}: {this / other:.3f}",
+              flush=True)
+        return this / other
     finally:
         for shim in shims:
             shim.stop()
         for child in children.values():
             child.stop()
-        bench.run(["git", "worktree", "remove", "--force", str(tree)], timeout=60)
 
 
 def main() -> int:
@@ -238,10 +264,12 @@ def main() -> int:
                         help="compare CPU per request with this git revision")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=6, help="runs per side (--compare)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="pairs of fresh processes (--compare): the median of their ratios")
     parser.add_argument("--top", type=int, default=40, help="functions shown (profile)")
     args = parser.parse_args()
-    if not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 20:
-        parser.error("--seconds must be 1-60 and --rounds 1-20")
+    if not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 20 or not 1 <= args.pairs <= 10:
+        parser.error("--seconds must be 1-60, --rounds 1-20 and --pairs 1-10")
     bench.ensure_tools(install=False)
     OUT.mkdir(parents=True, exist_ok=True)
     ca, cert, key = bench.make_origin_pki(bench.OUT / "pki")

@@ -4,11 +4,14 @@ Tests for :mod:`twistproxy._target`.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy._target import (
     DEFAULT_PORTS,
     Target,
+    _parse_step_by_step,
     authority_for,
     authority_text,
     join_host_port,
@@ -424,3 +427,30 @@ class ParseUrlTests(SynchronousTestCase):
         for bad in ("/relative", "example.com/x", "http://:80/", "http://h:99999/", "ftp://h/x"):
             with self.assertRaises(ValueError, msg=bad):
                 parse_url(bad)
+
+
+def _outcome(parse: object, uri: bytes) -> object:
+    """What *parse* makes of *uri*: its Target, or the message it refuses with."""
+    try:
+        return parse(uri)  # type: ignore[operator]
+    except BadRequestTarget as e:
+        return str(e)
+
+
+_URI_PIECES = st.sampled_from([
+    b"http", b"HTTPS", b"https", b"ftp", b"://", b":", b"/", b"?", b"#", b"@", b"[", b"]",
+    b"::1", b"example.com", b"80", b"8080", b"0", b"99999", b"a", b"%20", b"x=1", b"",
+])
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    :func:`parse_absolute_form` parses the common target with one regular
+    expression; whatever it accepts, the step-by-step parse makes the same of.
+    """
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(_URI_PIECES, max_size=8).map(b"".join))
+    def test_same_as_step_by_step(self, uri: bytes) -> None:
+        """Every target: the same Target, or the same refusal."""
+        self.assertEqual(_outcome(parse_absolute_form, uri), _outcome(_parse_step_by_step, uri))

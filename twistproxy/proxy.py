@@ -236,8 +236,9 @@ class ProxyRequest(Request):
 
     def _run_hook(self, hook: str) -> None:
         d = self._factory.chain.run(hook, self.flow, first=self)
-        if d is None:
-            self._event(_HOOK_DONE)
+        if d is None:  # done already; RUN_HOOK ends its list, so its event goes in now
+            for action, value in self._handle(_HOOK_DONE, self._seconds(), None):
+                _PERFORM[action](self, value)
             return
         self._pending = d
         d.addCallbacks(self._hook_ended, self._hook_ended,
