@@ -110,6 +110,12 @@ class FramingTests(SynchronousTestCase):
         self.assert_refused(GET + b"X-A: a\x00b\r\n\r\n")
         self.assert_refused(GET + b"X-A : b\r\n\r\n")
 
+    def test_field_names_that_are_not_tokens(self) -> None:
+        """A field without a colon, with an empty name or one that is not a token: refused."""
+        for line in (b"X-A", b": 1", b"X(A): 1", b"X\x80: 1", b"X/A: 1"):
+            with self.subTest(line=line):
+                self.assert_refused(GET + line + b"\r\n\r\n")
+
     def test_host_contradicting_target(self) -> None:
         """A Host header naming another host than the absolute URI is a 400 page."""
         proxy = _Channel()

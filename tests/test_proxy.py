@@ -88,6 +88,30 @@ class ProxyRequestTests(SynchronousTestCase):
         self.assertTrue(upstream.disconnecting)
         self.assertEqual(self.factory.pool.idle_count(), 0)
 
+    def test_twisted_request_headers_in_a_subclass(self) -> None:
+        """
+        A subclass hook reading Twisted's ``getHeader``/``requestHeaders``
+        sees the fields the client sent (made from :attr:`fields` when
+        first asked for), and the request goes on unchanged.
+        """
+        seen: list[object] = []
+
+        class Reader(ProxyRequest):
+            def request(self, flow: HTTPFlow) -> None:
+                seen.append(self.getHeader(b"x-a"))
+                seen.append(self.requestHeaders.getRawHeaders(b"X-B"))
+                seen.append(self.getHeader(b"missing"))
+
+        factory = ProxyFactory(reactor=self.reactor, endpoint_factory=self.endpoints,
+                               request_factory=Reader)
+        channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nX-A:  one \r\n"
+                             b"X-B: 2\r\nx-b: 3\r\n\r\n")
+        self.assertEqual(seen, [b"one", [b"2", b"3"], None])
+        [(_, upstream)] = self.endpoints.connections
+        self.assertIn(b"X-A: one\r\nX-B: 2\r\nx-b: 3\r\n", upstream.value())
+
 
 class ProxyFactoryTests(SynchronousTestCase):
     """

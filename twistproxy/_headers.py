@@ -59,6 +59,14 @@ def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
     return frozenset(tokens) if tokens else frozenset()
 
 
+def expects_continue(fields: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the first ``Expect`` field of *fields* is ``100-continue``."""
+    for name, value in fields:
+        if len(name) == 6 and name.lower() == b"expect":
+            return value.lower() == b"100-continue"
+    return False
+
+
 def _end_to_end(
     fields: Fields,
     framing: int,

@@ -3,7 +3,8 @@
 Every private name of Twisted's that twistproxy relies on, in one place.
 
 The client side subclasses ``twisted.web.http.HTTPChannel``, which exposes
-no public way to bound a chunked body's chunk sizes, to answer a malformed
+no public way to choose the body's decoder from header fields parsed by the
+subclass, to bound a chunked body's chunk sizes, to answer a malformed
 request with a reason, or to take the bytes it has read but not parsed when
 a ``CONNECT`` hands the connection to a tunnel.  The names below do it;
 ``tests/test_twisted_compat.py`` checks each of them against the installed
@@ -50,10 +51,10 @@ class _BoundedChunks(_ChunkedTransferDecoder):
 
 class ChannelCompat(HTTPChannel):
     """
-    The ``HTTPChannel`` methods a subclass overrides under Twisted's private
-    names, forwarded to public ones: :meth:`bad_request` for every malformed
-    request Twisted finds itself, and chunked bodies decoded with chunk sizes
-    bounded.
+    ``HTTPChannel`` with its private names behind public ones:
+    :meth:`bad_request` for every malformed request Twisted finds itself,
+    and :meth:`choose_body_decoder` for a channel that parses the header
+    fields itself (chunked bodies decoded with chunk sizes bounded).
     """
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -64,15 +65,22 @@ class ChannelCompat(HTTPChannel):
         """Answer a request Twisted found malformed, and close (override it)."""
         super()._respondToBadRequestAndDisconnect()
 
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        """Twisted's choice of body decoder, with chunk sizes bounded."""
-        ok: bool = super()._maybeChooseTransferDecoder(header, data)
-        if header == b"Transfer-Encoding":  # Twisted hands the canonical name
-            decoder = self._transferDecoder
-            if ok and type(decoder) is _ChunkedTransferDecoder:
-                self._transferDecoder = _BoundedChunks(decoder.dataCallback,
-                                                       decoder.finishCallback)
+    def choose_body_decoder(self, name: bytes, value: bytes) -> bool:
+        """
+        Set the request body's decoder from a ``Content-Length`` or
+        ``Transfer-Encoding`` field (*name* in any case), as Twisted's own
+        field parsing would, with chunk sizes bounded.  ``False``: the
+        request was refused (a second framing field, a bad value).
+        """
+        canonical = _CANONICAL[name.lower()]
+        ok: bool = self._maybeChooseTransferDecoder(canonical, value)
+        decoder = self._transferDecoder
+        if ok and type(decoder) is _ChunkedTransferDecoder:
+            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
         return ok
+
+
+_CANONICAL = {b"content-length": b"Content-Length", b"transfer-encoding": b"Transfer-Encoding"}
 
 
 def take_buffered(channel: HTTPChannel) -> bytes:

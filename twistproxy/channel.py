@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._framing import content_length, transfer_coding
-from twistproxy._headers import connection_tokens
+from twistproxy._headers import connection_tokens, expects_continue
 from twistproxy._timer import Deadline
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
@@ -38,6 +38,7 @@ _log = Logger()
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
 
 
@@ -228,27 +229,35 @@ class Proxy(ChannelCompat):
         self.loseConnection()
 
     def headerReceived(self, line: bytes) -> bool:
-        """Let Twisted validate the field, then keep its original form."""
+        """
+        Check a header field and keep it as sent: a token for a name, no
+        control characters in the value (Twisted refuses only NUL, CR and
+        LF; origins may refuse the rest), and a body framing that says one
+        thing.
+        """
         name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None:
+            self.bad_request()
+            return False
         if _CONTROL.search(value):
-            # Twisted refuses NUL, CR and LF only; origins may refuse the rest.
             self._refuse(400, b"Bad Request", "control characters in a header value")
             return False
-        framing = None
-        try:
-            if len(name) == 14 and name.lower() == b"content-length":
-                framing = content_length(value)
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
-                framing = transfer_coding(value, self._version)
-        except BadFraming as e:
-            self._refuse(400, b"Bad Request", str(e))
-            return False
-        if not super().headerReceived(line):
-            return False
+        value = value.strip(b" \t")
         request = self.requests[-1]
-        request.fields.append((name, value.strip(b" \t")))
-        if framing is not None:
-            request.framing = framing
+        request.fields.append((name, value))
+        if len(name) == 14 or len(name) == 17:
+            try:
+                framing = None
+                if name.lower() == b"content-length":
+                    framing = content_length(value)
+                elif name.lower() == b"transfer-encoding":
+                    framing = transfer_coding(value, self._version)
+            except BadFraming as e:
+                self._refuse(400, b"Bad Request", str(e))
+                return False
+            if framing is not None:
+                request.framing = framing
+                return self.choose_body_decoder(name, value)
         return True
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
@@ -262,12 +271,20 @@ class Proxy(ChannelCompat):
         return b"close" not in connection_tokens(request.fields)
 
     def allHeadersReceived(self) -> None:
-        """The head is complete: the request builds its flow and runs hooks."""
+        """
+        The head is complete: whether the connection persists, ``100
+        Continue`` to a client that expects it, and the request builds its
+        flow and runs hooks.  (Twisted's own also parses cookies and reads
+        the fields back from ``requestHeaders``, which a proxy needs not.)
+        """
         self._head_lines = self._head_bytes = 0
         self._head_deadline.stop()
-        super().allHeadersReceived()
+        request = self.requests[-1]
+        self.persistent = self.checkPersistence(request, self._version)
+        if self._version == b"HTTP/1.1" and expects_continue(request.fields):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         command, path, version = self._request_line.split(b" ")
-        self.requests[-1].headers_received(command, path, version)
+        request.headers_received(command, path, version)
 
     # -- the connection ---------------------------------------------------
 

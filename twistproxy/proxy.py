@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
+from twisted.web.http_headers import Headers as TwistedHeaders
 from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
@@ -116,6 +117,7 @@ class ProxyRequest(Request):
     _busy = False  # carrying out actions: events wait in _queue
     _chunked = False  # the request body goes upstream chunked
     _head_due = False  # a request without a body: its head goes in with process()
+    _fields_copied = 0  # of fields, into Twisted's requestHeaders
 
     def __init__(self, channel: Proxy, queued: object = None) -> None:
         super().__init__(channel)
@@ -125,6 +127,25 @@ class ProxyRequest(Request):
         self._body: list[bytes] = []
         self._response_body: list[bytes] = []
         self._queue: list[tuple[Event, Any]] = []
+
+    @property
+    def requestHeaders(self) -> TwistedHeaders:  # noqa: N802  (Twisted's name)
+        """
+        Twisted's ``Request.requestHeaders``, filled from :attr:`fields`
+        when asked for: the channel keeps the fields only once, as sent.
+        """
+        headers = self._twisted_headers
+        fields = self.fields
+        if self._fields_copied < len(fields):
+            for name, value in fields[self._fields_copied:]:
+                headers.addRawHeader(name, value)
+            self._fields_copied = len(fields)
+        return headers
+
+    @requestHeaders.setter
+    def requestHeaders(self, headers: TwistedHeaders) -> None:  # noqa: N802
+        self._twisted_headers = headers
+        self._fields_copied = 0
 
     # -- Twisted's callbacks ---------------------------------------------------
 
