@@ -192,7 +192,10 @@ def compare(args: argparse.Namespace, http_port: int, https_port: int) -> None:
         for pair in range(args.pairs):
             if args.pairs > 1:
                 print(f"pair {pair + 1} of {args.pairs} (fresh processes):", flush=True)
-            ratios.append(_compare_pair(args, sides, http_port, https_port))
+            # Odd pairs start (and first load) the revision first: no side
+            # keeps the advantage or handicap of going first.
+            order = dict(reversed(sides.items())) if pair % 2 else sides
+            ratios.append(_compare_pair(args, order, http_port, https_port))
     finally:
         bench.run(["git", "worktree", "remove", "--force", str(tree)], timeout=60)
     if args.pairs > 1:
@@ -205,8 +208,9 @@ def _compare_pair(
     args: argparse.Namespace, sides: dict[str, str], http_port: int, https_port: int
 ) -> float:
     """
-    Start one proxy per side, load them alternately for ``args.rounds``
-    rounds, print the medians and return the ratio of CPU per request.
+    Start one proxy per side (in the order of *sides*), load them
+    alternately for ``args.rounds`` rounds, print the medians and return
+    the ratio of CPU per request, this checkout's over the revision's.
     """
     children: dict[str, bench.Child] = {}
     ports: dict[str, tuple[int, int]] = {}
@@ -246,7 +250,7 @@ def _compare_pair(
             cpu, system, rps = medians[label]
             print(f"  {label:>16}: {cpu:6.1f} us CPU per request ({system:.1f} system), "
                   f"{rps:,.0f} req/s")
-        this, other = (medians[label][0] for label in sides)
+        this, other = (medians[label][0] for label in ("this checkout", args.compare))
         print(f"  CPU per request, this checkout / {args.compare}: {this / other:.3f}",
               flush=True)
         return this / other

@@ -5,27 +5,14 @@ One exchange's life, decided without I/O.
 An :class:`Exchange` is the state machine of one request through the proxy
 and its response: which hook runs when, when the request goes upstream,
 whether a body is buffered for the hooks or streamed, when either side is
-paused, and how the exchange ends (a response, an error page, an aborted
-connection).  It is driven by :meth:`Exchange.handle` with an event and
-the time, and answers with the list of actions the shell carries out.  It
-holds no transport, reads no clock and touches no reactor; the flow it
-works on is plain data (made from the request head by
-:func:`twistproxy._request.new_flow`).
+paused, and how the exchange ends.  :meth:`Exchange.handle` takes an event
+and the time and answers with the actions the shell carries out (the shell
+for HTTP/1 is :class:`~twistproxy.proxy.ProxyRequest`).  No transport, no
+clock, no reactor: the flow is plain data.
 
-The shell around it (:class:`~twistproxy.proxy.ProxyRequest` for HTTP/1)
-turns Twisted's callbacks into events and the actions into transport calls.
-What is HTTP/1's own (chunked coding, ``Connection``, keeping the
-connection) stays in the shell, so another protocol plugs in as another
-shell around the same decisions.
-
-The states, events and actions are :mod:`twistproxy._events`'; what each
-event does in each state is the table ``_TABLE`` (``(state, event) ->
-handler``): an event a state does not list is a bug in the shell and
-raises :class:`~twistproxy._events.InvalidEvent`.  Besides its state, an
-exchange keeps what happens to request body bytes
-(:class:`~twistproxy._events.Body`) and whether the body has all arrived,
-because a request body may stream upstream while the response already
-comes back.
+What each event does in each state is ``_TABLE``; an event a state does not
+list is a bug in the shell (:class:`~twistproxy._events.InvalidEvent`).
+``docs/architecture.rst`` draws the table and one request's way through it.
 """
 
 from __future__ import annotations
@@ -47,7 +34,7 @@ from twistproxy._events import (
     State,
 )
 from twistproxy._framing import NO_BODY
-from twistproxy._headers import check_request, check_response, check_shape
+from twistproxy._headers import check_messages, check_shape
 from twistproxy.errors import InvalidMessage, describe
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
@@ -78,19 +65,14 @@ _HOLD = Body.HOLD
 _BUFFER = Body.BUFFER
 _STREAM = Body.STREAM
 _DISCARD = Body.DISCARD
-_ABORT_CLIENT = (Action.ABORT_CLIENT, None)
-_CANCEL_HOOK = (Action.CANCEL_HOOK, None)
 _CLOSE_AFTER = (Action.CLOSE_AFTER, None)
-_DROP_BODY = (Action.DROP_BODY, None)
 _FINISH = (Action.FINISH, None)
 _OPEN_UPSTREAM = (Action.OPEN_UPSTREAM, None)
 _PAUSE_CLIENT = (Action.PAUSE_CLIENT, None)
 _RESUME_CLIENT = (Action.RESUME_CLIENT, None)
 _SET_REQUEST_BODY = (Action.SET_REQUEST_BODY, None)
 _SET_RESPONSE_BODY = (Action.SET_RESPONSE_BODY, None)
-_ERROR_PAGE_ACTION = Action.ERROR_PAGE
 _FORWARD_BODY_ACTION = Action.FORWARD_BODY
-_HOLD_UPSTREAM_ACTION = Action.HOLD_UPSTREAM
 _KEEP_BODY_ACTION = Action.KEEP_BODY
 _KEEP_RESPONSE_ACTION = Action.KEEP_RESPONSE
 _RELAY_RESPONSE_ACTION = Action.RELAY_RESPONSE
@@ -103,7 +85,6 @@ _NONE: Actions = ()
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
 _MESSAGE_HOOKS = _REQUEST_HOOKS | _RESPONSE_HOOKS
-
 
 
 class Exchange:
@@ -208,7 +189,7 @@ class Exchange:
             actions.append(_PAUSE_CLIENT)
         if self.state is _RESPONSE_HEADERS and not self._upstream_held:
             self._upstream_held = True
-            actions.append((_HOLD_UPSTREAM_ACTION, True))
+            actions.append((Action.HOLD_UPSTREAM, True))
         return actions
 
     def _hook_ended(self) -> list[tuple[Action, Any]]:
@@ -221,18 +202,11 @@ class Exchange:
     def _hook_done(self, now: float, arg: Any) -> Actions:
         actions = self._hook_ended()
         shape, self._shape = self._shape, None
-        flow = self.flow
-        assert flow is not None
-        if shape is not None and check_shape(flow) != shape:
-            # The hook changed what the models do not check as it is set:
-            # check it all before a byte of it is written.
+        if shape is not None:
+            # What the hook changed is checked before a byte of it is written.
             hook = self._hook
             try:
-                if hook in _REQUEST_HOOKS:
-                    assert flow.request is not None
-                    check_request(flow.request)
-                if flow.response is not None:
-                    check_response(flow.response)
+                check_messages(self.flow, shape, hook in _REQUEST_HOOKS)  # type: ignore[arg-type]
             except InvalidMessage as e:
                 error = InvalidMessage(e.field, f"{e.detail} (set by a {hook!r} hook)")
                 return actions + list(self._fail(now, Failure(error), hook != "response"))
@@ -281,7 +255,7 @@ class Exchange:
         """Answer a request that cannot be proxied, its body read."""
         assert self.refusal is not None
         self.state = _DONE
-        return self._answer(_ERROR_PAGE_ACTION, Failure(self.refusal))
+        return self._answer(Action.ERROR_PAGE, Failure(self.refusal))
 
     def _settled(self, now: float) -> Actions | None:
         """After a request hook: what a kill or an answer from the hook does, if either."""
@@ -334,7 +308,7 @@ class Exchange:
     def _answered(self, now: float) -> Actions:
         """A hook answered the request: drop its body, answer once it is read."""
         self.body = _DISCARD
-        actions: list[tuple[Action, Any]] = [_DROP_BODY]
+        actions: list[tuple[Action, Any]] = [(Action.DROP_BODY, None)]
         if not self.body_done:
             self.state = _DISCARDING
             if self._client_paused:
@@ -443,7 +417,7 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self.state is _RESPONSE_HEADERS and self._pending:
             self._pending = False
-            actions.append(_CANCEL_HOOK)
+            actions.append((Action.CANCEL_HOOK, None))
         actions.extend(self._fail(now, reason, True))
         return actions
 
@@ -475,7 +449,7 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self._upstream_held:
             self._upstream_held = False
-            actions.append((_HOLD_UPSTREAM_ACTION, False))
+            actions.append((Action.HOLD_UPSTREAM, False))
         if flow.killed:
             actions.extend(self._kill(now))
             return actions
@@ -600,7 +574,7 @@ class Exchange:
             actions.append((Action.ABANDON_UPSTREAM, None))
         if not self.body_done and self.body is not _DISCARD:
             self.body = _DISCARD
-            actions.append(_DROP_BODY)
+            actions.append((Action.DROP_BODY, None))
         return actions
 
     def _fail(self, now: float, reason: Failure, run_hook: bool) -> Actions:
@@ -633,8 +607,8 @@ class Exchange:
             return _NONE
         if self._head_sent:
             self._aborted = True
-            return (_ABORT_CLIENT,)
-        return self._answer(_ERROR_PAGE_ACTION, reason)
+            return ((Action.ABORT_CLIENT, None),)
+        return self._answer(Action.ERROR_PAGE, reason)
 
     def _kill(self, now: float) -> Actions:
         """
@@ -647,7 +621,7 @@ class Exchange:
         flow.live = False
         if not self._gone and not self._aborted:
             self._aborted = True
-            actions.append(_ABORT_CLIENT)
+            actions.append((Action.ABORT_CLIENT, None))
         if self.state in TERMINAL_STATES:
             self.state = _DONE
             return actions
@@ -660,7 +634,7 @@ class Exchange:
         actions: list[tuple[Action, Any]] = []
         if self._pending:
             self._pending = False
-            actions.append(_CANCEL_HOOK)
+            actions.append((Action.CANCEL_HOOK, None))
         actions.extend(self._drop_upstream())
         state = self.state
         flow = self.flow

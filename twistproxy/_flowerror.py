@@ -1,18 +1,14 @@
 # -*- test-case-name: tests.test_flowfile,tests.test_har -*-
 """
-The helpers that say where in a document a
-value is wrong, and the check every flow read from a file passes: shared by
-flow files (:mod:`twistproxy.flowfile`) and HAR (:mod:`twistproxy.har`),
-which both import it, so that neither imports the other's internals.
+The helpers that say where in a document a value is wrong: shared by flow
+files (:mod:`twistproxy.flowfile`) and HAR (:mod:`twistproxy.har`), which
+both import it, so that neither imports the other's internals.
 
 Both raise :exc:`~twistproxy.errors.FlowFileError`.  This module does no
 I/O.
 """
 
 from __future__ import annotations
-
-from twistproxy._headers import check_request, check_response
-from twistproxy.http import HTTPFlow
 
 
 class Invalid(ValueError):
@@ -55,20 +51,3 @@ def describe_value(value: object) -> str:
     ``"a string"``, ``"null"``...; a type that is not JSON by its name.
     """
     return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def check_messages(flow: HTTPFlow) -> None:
-    """
-    Check that *flow*'s request and response (when it has them) could be
-    written on the wire as they stand, as replay would write them (see
-    :func:`twistproxy._headers.check_request` and
-    :func:`~twistproxy._headers.check_response`): a recording is refused
-    when it is read, not when it is replayed.
-
-    :raises twistproxy.errors.InvalidMessage: naming the first bad field,
-        in a one-line message (the bad value is shown as its ``repr``).
-    """
-    if flow.request is not None:
-        check_request(flow.request)
-    if flow.response is not None:
-        check_response(flow.response)

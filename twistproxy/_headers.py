@@ -366,6 +366,27 @@ def check_shape(flow: HTTPFlow) -> tuple[object, ...]:
     return shape
 
 
+def check_messages(
+    flow: HTTPFlow, since: tuple[object, ...] | None = None, request: bool = True
+) -> None:
+    """
+    Check that *flow*'s request (when *request*) and response (when it has
+    one) could be written on the wire as they stand: :func:`check_request`
+    and :func:`check_response`.  With *since*, the flow's
+    :func:`check_shape` before a hook, nothing is checked again when the
+    hook left that shape as it was.
+
+    :raises InvalidMessage: naming the first bad field, in a one-line
+        message (the bad value is shown as its ``repr``).
+    """
+    if since is not None and check_shape(flow) == since:
+        return
+    if request and flow.request is not None:
+        check_request(flow.request)
+    if flow.response is not None:
+        check_response(flow.response)
+
+
 def _encoded(text: str, field: str) -> bytes:
     """
     *text* as it goes on the wire (UTF-8, escaped bytes restored).

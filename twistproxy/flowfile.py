@@ -50,9 +50,9 @@ from typing import IO, Any
 from twistproxy import __version__
 from twistproxy import har as _har
 from twistproxy._flowerror import Invalid as _Invalid
-from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
+from twistproxy._headers import check_messages as _check_messages
 from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow

@@ -35,9 +35,9 @@ from typing import Any
 
 from twistproxy._body import content_type_params as _content_type_params
 from twistproxy._flowerror import Invalid as _Invalid
-from twistproxy._flowerror import check_messages as _check_messages
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
+from twistproxy._headers import check_messages as _check_messages
 from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import Client, Error, Server
 from twistproxy.headers import Headers
