@@ -10,16 +10,20 @@ a ``CONNECT`` hands the connection to a tunnel.  The names below do it;
 ``tests/test_twisted_compat.py`` checks each of them against the installed
 Twisted and fails naming the one a release renamed, and ``setup.cfg`` pins
 Twisted to the range that test has passed on.  No other module may use a
-private Twisted name.
+private Twisted name.  :class:`RequestCompat` is the request's side of the
+same arrangement: what Twisted's ``Request`` still expects of a request
+whose channel parses the header fields itself.
 """
 
 from __future__ import annotations
 
 from twisted.web.http import (  # the module's own attribute access is slow (deprecations)
     HTTPChannel,
+    Request,
     _ChunkedTransferDecoder,
     _MalformedChunkedDataError,
 )
+from twisted.web.http_headers import Headers
 
 from twistproxy._framing import MAX_LENGTH
 
@@ -78,6 +82,55 @@ class ChannelCompat(HTTPChannel):
         if ok and type(decoder) is _ChunkedTransferDecoder:
             self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
         return ok
+
+
+class RequestCompat(Request):
+    """
+    Twisted's ``Request`` for a channel that parses the header fields
+    itself (:class:`ChannelCompat`): the fields are kept once, as sent, in
+    :attr:`fields`, and Twisted's ``requestHeaders`` is made from them when
+    somebody asks; Twisted's per-request parsing (``Content-Length``,
+    cookies, the query string) is not done.  :meth:`process` runs once the
+    body is complete, as in Twisted.
+
+    :ivar fields: The header fields as the client sent them, in order and
+        case (filled in by the channel).
+    """
+
+    _fields_copied = 0  # of fields, into Twisted's requestHeaders
+
+    def __init__(self, channel: HTTPChannel, queued: object = None) -> None:
+        super().__init__(channel)
+        self.fields: list[tuple[bytes, bytes]] = []
+
+    @property
+    def requestHeaders(self) -> Headers:
+        """Twisted's ``Request.requestHeaders``, filled from :attr:`fields` when asked for."""
+        headers = self._twisted_headers
+        fields = self.fields
+        if self._fields_copied < len(fields):
+            for name, value in fields[self._fields_copied:]:
+                headers.addRawHeader(name, value)
+            self._fields_copied = len(fields)
+        return headers
+
+    @requestHeaders.setter
+    def requestHeaders(self, headers: Headers) -> None:
+        self._twisted_headers = headers
+        self._fields_copied = 0
+
+    def gotLength(self, length: int | None) -> None:
+        """The body's framing is the channel's (it parsed the fields)."""
+
+    def parseCookies(self) -> None:
+        """Twisted parses ``Cookie`` for every request; a proxy relays it untouched."""
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The whole request is in: Twisted's attributes, then :meth:`process`."""
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        self.args = {}
+        self.process()
 
 
 _CANONICAL = {b"content-length": b"Content-Length", b"transfer-encoding": b"Transfer-Encoding"}

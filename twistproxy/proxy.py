@@ -27,7 +27,6 @@ from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
-from twisted.web.http_headers import Headers as TwistedHeaders
 from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
@@ -44,6 +43,7 @@ from twistproxy._framing import (
 from twistproxy._headers import request_head, response_head
 from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
 from twistproxy.channel import Busy, Proxy, Tunnel
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
@@ -88,7 +88,7 @@ _UPSTREAM_READY = Event.UPSTREAM_READY
 _STREAM = Body.STREAM
 
 
-class ProxyRequest(Request):
+class ProxyRequest(RequestCompat):
     """
     One proxied request and its flow.
 
@@ -100,7 +100,8 @@ class ProxyRequest(Request):
     :ivar flow: The request's flow, once its head is read (``None`` for a
         request the proxy refuses).
     :ivar fields: The header fields as the client sent them, in order and
-        case (filled in by the channel).
+        case (filled in by the channel; see
+        :class:`~twistproxy._twisted_compat.RequestCompat`).
     :ivar framing: How the client frames the body
         (:func:`~twistproxy._framing.request_framing`; set by the channel).
     """
@@ -117,35 +118,14 @@ class ProxyRequest(Request):
     _busy = False  # carrying out actions: events wait in _queue
     _chunked = False  # the request body goes upstream chunked
     _head_due = False  # a request without a body: its head goes in with process()
-    _fields_copied = 0  # of fields, into Twisted's requestHeaders
 
     def __init__(self, channel: Proxy, queued: object = None) -> None:
         super().__init__(channel)
         self._factory: ProxyFactory = channel.factory
         self._seconds = channel.factory.reactor.seconds
-        self.fields: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._response_body: list[bytes] = []
         self._queue: list[tuple[Event, Any]] = []
-
-    @property
-    def requestHeaders(self) -> TwistedHeaders:  # noqa: N802  (Twisted's name)
-        """
-        Twisted's ``Request.requestHeaders``, filled from :attr:`fields`
-        when asked for: the channel keeps the fields only once, as sent.
-        """
-        headers = self._twisted_headers
-        fields = self.fields
-        if self._fields_copied < len(fields):
-            for name, value in fields[self._fields_copied:]:
-                headers.addRawHeader(name, value)
-            self._fields_copied = len(fields)
-        return headers
-
-    @requestHeaders.setter
-    def requestHeaders(self, headers: TwistedHeaders) -> None:  # noqa: N802
-        self._twisted_headers = headers
-        self._fields_copied = 0
 
     # -- Twisted's callbacks ---------------------------------------------------
 
@@ -173,22 +153,9 @@ class ProxyRequest(Request):
         else:
             self._event(_HEAD)
 
-    def gotLength(self, length: int | None) -> None:
-        """The body's framing comes from the channel (:attr:`framing`)."""
-
-    def parseCookies(self) -> None:
-        """Twisted parses ``Cookie`` for every request; a proxy relays it untouched."""
-
     def handleContentChunk(self, data: bytes) -> None:
         """A piece of the request body (transfer coding removed)."""
         self._event(_BODY_DATA, data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        """The whole request is in: Twisted's attributes, then :meth:`process`."""
-        self.method, self.uri, self.clientproto = command, path, version
-        self.path = path.split(b"?", 1)[0]
-        self.args = {}
-        self.process()
 
     def process(self) -> None:
         """The request body is complete (for a request without one: the head too)."""
