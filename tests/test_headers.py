@@ -391,7 +391,9 @@ class CheckTests(SynchronousTestCase):
         self.refused(check_request, self.request(path="/a b"), "request path")
         self.refused(check_request, self.request(path="http://x/"), "request path")
         self.refused(check_request, self.request(path=""), "request path")
-        self.refused(check_request, self.request(host="a\r\nb"), "request host")
+        # Without a Host header to refuse it first (see test_host_setter_refuses_crlf).
+        self.refused(check_request, self.request(host_header=None, host="a\r\nb"),
+                     "request host")
         self.refused(check_request, self.request(host="a/b"), "request host")
         self.refused(check_request, self.request(host=""), "request host")
         self.refused(check_request, self.request(authority="a\nb"), "request authority")
@@ -399,6 +401,16 @@ class CheckTests(SynchronousTestCase):
         self.refused(check_request, self.request(scheme="ftp"), "request scheme")
         self.refused(check_request, self.request(method=b"GET"), "request method")
         self.refused(check_request, self.request(path="/\ud800"), "request path")
+
+    def test_host_setter_refuses_crlf(self) -> None:
+        """
+        A host holding CR LF, set on a request with a Host header, is
+        refused by the header it would go into, and changes nothing.
+        """
+        request = self.request()
+        with self.assertRaises(ValueError):
+            request.host = "a\r\nSet-Cookie: x=y"
+        self.assertEqual((request.host, request.host_header), ("example.com", "example.com"))
 
     def test_header_fields_refused(self) -> None:
         """A name that is not a token, a value with CR, LF or NUL, non-bytes."""

@@ -123,6 +123,40 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(request.authority, "b.example:81")
         self.assertIsNone(request.host_header)
 
+    def test_host_and_port_setters(self) -> None:
+        """
+        Setting the host or the port updates an existing Host header (in
+        place, the default port left out) and a non-empty authority, as
+        setting the URL does; no Host header is added when there was none.
+        """
+        request = self.make_request(
+            authority="example.com",
+            headers=[(b"Accept", b"*/*"), (b"host", b"example.com"), (b"X", b"1")],
+        )
+        request.host = "other.example"
+        self.assertEqual(request.headers.fields[1], (b"host", b"other.example"))
+        self.assertEqual(request.authority, "other.example")
+        request.port = 8080
+        self.assertEqual(request.host_header, "other.example:8080")
+        self.assertEqual(request.authority, "other.example:8080")
+        self.assertEqual(request.url, "http://other.example:8080/path?a=1")
+        request.host = "::1"
+        self.assertEqual(request.host_header, "[::1]:8080")
+        request.port = 80
+        self.assertEqual(request.host_header, "[::1]")
+        bare = self.make_request(headers=[])
+        bare.host = "b.example"
+        self.assertIsNone(bare.host_header)
+        self.assertEqual(bare.authority, "")
+
+    def test_connect_host_and_port_setters(self) -> None:
+        """A CONNECT's authority always names the port."""
+        request = self.make_request(method="CONNECT", authority="example.com:443", path="",
+                                    port=443, headers=[(b"Host", b"example.com:443")])
+        request.host = "other.example"
+        self.assertEqual(request.authority, "other.example:443")
+        self.assertEqual(request.url, "other.example:443")
+
     def test_url_setter_invalid(self) -> None:
         """
         A URL that is not absolute, or has a bad port, is refused.

@@ -120,9 +120,6 @@ class Request(Message):
     """
     An HTTP request.
 
-    :ivar host: The host the request goes to (no brackets on IPv6
-        literals).
-    :ivar port: The port it goes to.
     :ivar method: For example ``"GET"``.
     :ivar scheme: ``"http"`` or ``"https"``.
     :ivar authority: The request-target's authority for absolute-form and
@@ -131,10 +128,10 @@ class Request(Message):
         for CONNECT.
     """
 
-    __slots__ = ("host", "port", "method", "scheme", "authority", "path")
+    __slots__ = ("_host", "_port", "method", "scheme", "authority", "path")
 
-    host: str
-    port: int
+    _host: str
+    _port: int
     method: str
     scheme: str
     authority: str
@@ -168,8 +165,8 @@ class Request(Message):
         """
         if trailers is not None:
             raise ValueError("trailers are not supported")
-        self.host = host
-        self.port = port
+        self._host = host
+        self._port = port
         # The proxy hands bytes from the wire: decoded here without a call.
         self.method = (
             method.decode("utf-8", "surrogateescape") if type(method) is bytes
@@ -223,6 +220,48 @@ class Request(Message):
         return request
 
     @property
+    def host(self) -> str:
+        """
+        The host the request goes to (no brackets on IPv6 literals).
+
+        Setting it updates a non-empty :attr:`authority` and an existing
+        Host header to match, as setting :attr:`url` does.
+        """
+        return self._host
+
+    @host.setter
+    def host(self, value: str | bytes) -> None:
+        host = _to_str(value)
+        self._update_authorities(host, self._port)
+        self._host = host
+
+    @property
+    def port(self) -> int:
+        """
+        The port the request goes to.
+
+        Setting it updates a non-empty :attr:`authority` and an existing
+        Host header to match, as setting :attr:`url` does.
+        """
+        return self._port
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self._update_authorities(self._host, value)
+        self._port = value
+
+    def _update_authorities(self, host: str, port: int) -> None:
+        """
+        Make an existing Host header and a non-empty authority name *host*
+        and *port* (the header first: a value it refuses changes nothing).
+        """
+        hostport = authority_text(self.scheme, host, port)
+        if b"host" in self.headers:
+            self.headers[b"Host"] = hostport
+        if self.authority:
+            self.authority = authority_text("", host, port) if self._is_connect else hostport
+
+    @property
     def _is_connect(self) -> bool:
         return self.method.upper() == "CONNECT"
 
@@ -244,12 +283,8 @@ class Request(Message):
     @url.setter
     def url(self, value: str | bytes) -> None:
         scheme, host, port, path = parse_url(_to_str(value))
-        self.scheme, self.host, self.port, self.path = scheme, host, port, path
-        hostport = authority_text(scheme, host, port)
-        if self.authority:
-            self.authority = hostport
-        if b"host" in self.headers:
-            self.headers[b"Host"] = hostport
+        self.scheme, self._host, self._port, self.path = scheme, host, port, path
+        self._update_authorities(host, port)
 
     @property
     def host_header(self) -> str | None:
@@ -368,8 +403,8 @@ class Request(Message):
         """
         _check_keys(state, self._state_keys, "request")
         self._set_message_state(state)
-        self.host = state["host"]
-        self.port = state["port"]
+        self._host = state["host"]
+        self._port = state["port"]
         self.method = _to_str(state["method"])
         self.scheme = _to_str(state["scheme"])
         self.authority = _to_str(state["authority"])

@@ -440,3 +440,26 @@ async def test_intercept_outlives_hook_timeout(origin: Running, start_proxy: Any
     hold.held[0].resume()
     report = echoed(await answer)
     assert report["target"] == "/echo"
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_and_port_set_by_hook(origin: Running, start_proxy: Any) -> None:
+    """
+    A hook that points a request elsewhere by setting ``host`` and ``port``
+    sends it there with a Host header that names the new place.
+    """
+
+    class Redirect(Addon):
+        def requestheaders(self, flow: HTTPFlow) -> None:
+            flow.request.host = "127.0.0.1"
+            flow.request.port = origin.port
+
+    proxy = await start_proxy(addons=[Redirect()])
+    request = (
+        b"GET http://app.invalid/echo HTTP/1.1\r\n"
+        b"Host: app.invalid\r\nConnection: close\r\n\r\n"
+    )
+    report = echoed(await raw(proxy.port, request))
+    assert [v for n, v in report["headers"] if n.lower() == "host"] == [
+        f"127.0.0.1:{origin.port}"
+    ]
