@@ -23,6 +23,22 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from twistproxy.hooks import Addon
+
+
+class ReadsBodies(Addon):
+    """
+    An addon whose ``request`` and ``response`` hooks read bodies whole
+    (and do nothing): with it loaded, bodies under the limit are buffered
+    rather than streamed.
+    """
+
+    def request(self, flow: Any) -> None:
+        """Nothing; its being here buffers request bodies."""
+
+    def response(self, flow: Any) -> None:
+        """Nothing; its being here buffers response bodies."""
+
 
 @implementer(IStreamClientEndpoint)
 class FakeEndpoint:

@@ -44,8 +44,12 @@ def made(
     declared: int = NO_BODY,
     intercepting: bool = True,
     passthrough: bool = False,
+    whole: Iterable[str] = ("request", "response"),
 ) -> Exchange:
-    """An exchange for a request head, as ProxyRequest makes one."""
+    """
+    An exchange for a request head, as ProxyRequest makes one; by default
+    somebody reads bodies whole (*whole*), so that they are buffered.
+    """
     try:
         flow: HTTPFlow | None = new_flow(
             Client(peername=("127.0.0.1", 5000)), method, uri, b"HTTP/1.1", list(fields),
@@ -56,7 +60,7 @@ def made(
     except (BadRequestTarget, LoopDetected) as e:
         flow, refusal = None, e
     return Exchange(flow, refusal=refusal, hooks=frozenset(hooks), body_limit=body_limit,
-                    declared=declared, intercepting=intercepting)
+                    declared=declared, intercepting=intercepting, whole=frozenset(whole))
 
 
 def kinds(actions: Iterable[tuple[Action, Any]]) -> list[Action]:
@@ -119,13 +123,13 @@ def plain_get(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     t.assertEqual(p.kinds(Event.BODY_END), [A.OPEN_UPSTREAM])  # no body: nothing to hand over
     t.assertEqual(p.flow.request.raw_content, b"")  # type: ignore[union-attr]
     t.assertIs(p.state, State.CONNECTING)
-    t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, True)])
+    t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, (True, None))])
     t.assertIs(p.state, State.WAITING)
     t.assertEqual(p(Event.RESPONSE_HEAD, OK), [])
     t.assertIs(p.state, State.RECEIVING)
-    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [(A.KEEP_RESPONSE, b"hi")])
-    t.assertEqual(p(Event.RESPONSE_END),
-                  [(A.SET_RESPONSE_BODY, None), (A.WRITE_RESPONSE, False), (A.FINISH, None)])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [])  # kept
+    t.assertEqual(p(Event.RESPONSE_END), [(A.WRITE_RESPONSE, False), (A.FINISH, None)])
+    t.assertEqual(p.flow.response.raw_content, b"hi")  # type: ignore[union-attr]
     t.assertIs(p.state, State.DONE)
     t.assertFalse(p.flow.live)
     t.assertEqual(p.flow.request.timestamp_end, 12.0)  # type: ignore[union-attr]
@@ -164,21 +168,20 @@ def every_hook(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     p = Play(made(b"POST", declared=3, hooks=hooks), seen)
     t.assertEqual(p(Event.HEAD), [(A.RUN_HOOK, "requestheaders")])
     t.assertEqual(p.kinds(Event.HOOK_PENDING), [A.PAUSE_CLIENT])
-    t.assertEqual(p(Event.BODY_DATA, b"abc"), [(A.KEEP_BODY, b"abc")])
+    t.assertEqual(p(Event.BODY_DATA, b"abc"), [])  # kept
     t.assertEqual(p.kinds(Event.HOOK_DONE), [A.RESUME_CLIENT])
     t.assertIs(p.state, State.READING)
-    t.assertEqual(p(Event.BODY_END), [(A.SET_REQUEST_BODY, None), (A.RUN_HOOK, "request")])
+    t.assertEqual(p(Event.BODY_END), [(A.RUN_HOOK, "request")])
+    t.assertEqual(p.flow.request.raw_content, b"abc")  # type: ignore[union-attr]
     t.assertEqual(p(Event.HOOK_PENDING), [])  # the body is in: nothing to pause
     t.assertEqual(p.kinds(Event.HOOK_DONE), [A.OPEN_UPSTREAM])
     t.assertEqual(p.kinds(Event.UPSTREAM_READY), [A.SEND_REQUEST])
     t.assertEqual(p(Event.RESPONSE_HEAD, OK), [(A.RUN_HOOK, "responseheaders")])
     t.assertEqual(p(Event.HOOK_PENDING), [(A.HOLD_UPSTREAM, True)])
-    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [(A.KEEP_RESPONSE, b"hi")])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [])  # kept
     t.assertEqual(p(Event.RESPONSE_END), [])  # noted: the hook still runs
-    t.assertEqual(
-        p(Event.HOOK_DONE),
-        [(A.HOLD_UPSTREAM, False), (A.SET_RESPONSE_BODY, None), (A.RUN_HOOK, "response")],
-    )
+    t.assertEqual(p(Event.HOOK_DONE), [(A.HOLD_UPSTREAM, False), (A.RUN_HOOK, "response")])
+    t.assertEqual(p.flow.response.raw_content, b"hi")  # type: ignore[union-attr]
     t.assertIs(p.state, State.RESPONSE)
     t.assertEqual(p(Event.HOOK_PENDING), [])
     t.assertEqual(p.kinds(Event.HOOK_DONE), [A.WRITE_RESPONSE, A.FINISH])
@@ -196,13 +199,18 @@ def streamed_upload(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> N
     t.assertEqual(p.kinds(Event.HEAD), [A.OPEN_UPSTREAM])
     t.assertTrue(p.flow.request.stream)  # type: ignore[union-attr]
     t.assertIs(p.exchange.body, Body.STREAM)
-    t.assertEqual(p.kinds(Event.BODY_DATA, b"x" * HIGH_WATER), [A.KEEP_BODY])
-    t.assertEqual(p.kinds(Event.BODY_DATA, b"x"), [A.KEEP_BODY, A.PAUSE_CLIENT])
+    t.assertEqual(p.kinds(Event.BODY_DATA, b"x" * HIGH_WATER), [])  # kept
+    t.assertEqual(p.kinds(Event.BODY_DATA, b"x"), [A.PAUSE_CLIENT])
     t.assertEqual(p(Event.UPSTREAM_READY),
-                  [(A.SEND_REQUEST, False), (A.RESUME_CLIENT, None)])
+                  [(A.SEND_REQUEST, (False, (b"x" * HIGH_WATER, b"x"))), (A.RESUME_CLIENT, None)])
     t.assertEqual(p(Event.BODY_DATA, b"y"), [(A.FORWARD_BODY, b"y")])
     t.assertEqual(p(Event.BODY_END), [(A.END_BODY, None)])
     t.assertEqual(p.flow.request.timestamp_end, p.now)  # type: ignore[union-attr]
+    # Recorded up to the limit, and how long it was.
+    limit = p.exchange.body_limit
+    t.assertEqual(p.flow.request.raw_content, b"x" * limit)  # type: ignore[union-attr]
+    t.assertEqual(p.flow.request.body_size, HIGH_WATER + 2)  # type: ignore[union-attr]
+    t.assertTrue(p.flow.request.truncated)  # type: ignore[union-attr]
     t.assertEqual(p.kinds(Event.RESPONSE_HEAD, OK), [])
     t.assertIs(p.state, State.RECEIVING)
 
@@ -218,11 +226,10 @@ def upload_answered_early(t: SynchronousTestCase, seen: set[tuple[State, Event]]
     p(Event.HEAD)
     p(Event.UPSTREAM_READY)
     t.assertEqual(p(Event.RESPONSE_HEAD, OK), [])
-    t.assertEqual(p(Event.RESPONSE_DATA, b"no"), [(A.KEEP_RESPONSE, b"no")])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"no"), [])
     t.assertEqual(
         p(Event.RESPONSE_END),
-        [(A.STOP_BODY, None), (A.SET_RESPONSE_BODY, None), (A.CLOSE_AFTER, None),
-         (A.WRITE_RESPONSE, False)],
+        [(A.STOP_BODY, None), (A.CLOSE_AFTER, None), (A.WRITE_RESPONSE, False)],
     )
     t.assertIs(p.state, State.DONE)
     t.assertIs(p.exchange.body, Body.DISCARD)
@@ -240,16 +247,19 @@ def buffered_grows_too_big(t: SynchronousTestCase, seen: set[tuple[State, Event]
     p = Play(made(b"POST", declared=CHUNKED, hooks=("request",), body_limit=4), seen)
     p(Event.HEAD)
     t.assertIs(p.state, State.READING)
-    t.assertEqual(p(Event.BODY_DATA, b"abc"), [(A.KEEP_BODY, b"abc")])
-    t.assertEqual(p(Event.BODY_DATA, b"de"), [(A.KEEP_BODY, b"de"), (A.RUN_HOOK, "request")])
+    t.assertEqual(p(Event.BODY_DATA, b"abc"), [])
+    t.assertEqual(p(Event.BODY_DATA, b"de"), [(A.RUN_HOOK, "request")])
     t.assertTrue(p.flow.request.stream)  # type: ignore[union-attr]
     t.assertIs(p.exchange.body, Body.STREAM)
     t.assertEqual(p.kinds(Event.HOOK_PENDING), [A.PAUSE_CLIENT])
-    t.assertEqual(p(Event.BODY_DATA, b"f"), [(A.KEEP_BODY, b"f")])
+    t.assertEqual(p(Event.BODY_DATA, b"f"), [])
     t.assertEqual(p.kinds(Event.HOOK_DONE), [A.RESUME_CLIENT, A.OPEN_UPSTREAM])
-    t.assertEqual(p(Event.BODY_DATA, b"g"), [(A.KEEP_BODY, b"g")])  # not yet sending
+    t.assertEqual(p(Event.BODY_DATA, b"g"), [])  # not yet sending: kept
     t.assertEqual(p(Event.BODY_END), [])  # CONNECTING: the send will be whole
-    t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, True)])
+    t.assertEqual(p(Event.UPSTREAM_READY),
+                  [(A.SEND_REQUEST, (True, (b"abc", b"de", b"f", b"g")))])
+    t.assertEqual(p.flow.request.raw_content, b"abcd")  # type: ignore[union-attr]
+    t.assertEqual(p.flow.request.body_size, 7)  # type: ignore[union-attr]
 
 
 @scenario
@@ -264,12 +274,14 @@ def streamed_response(t: SynchronousTestCase, seen: set[tuple[State, Event]]) ->
     p(Event.BODY_END)
     p(Event.UPSTREAM_READY)
     big = ResponseHead(b"HTTP/1.1", 200, b"OK", [], 1000)
-    t.assertEqual(p(Event.RESPONSE_HEAD, big), [(A.SEND_HEAD, 1000)])
+    t.assertEqual(p(Event.RESPONSE_HEAD, big), [(A.SEND_HEAD, (1000, ()))])
     t.assertIs(p.state, State.STREAMING)
     t.assertEqual(p(Event.RESPONSE_DATA, b"a"), [(A.RELAY_RESPONSE, b"a")])
     t.assertEqual(p(Event.RESPONSE_END), [(A.FINISH, None), (A.RUN_HOOK, "response")])
     t.assertIs(p.state, State.RELAYED)
     t.assertEqual(p.flow.response.body_size, 1)  # type: ignore[union-attr]
+    t.assertEqual(p.flow.response.raw_content, b"a")  # type: ignore[union-attr]
+    t.assertFalse(p.flow.response.truncated)  # type: ignore[union-attr]
     t.assertEqual(p(Event.HOOK_PENDING), [])
     t.assertEqual(p(Event.HOOK_FAILED, Failure(ValueError("late"))), [])
     t.assertIs(p.state, State.DONE)
@@ -288,13 +300,103 @@ def response_grows_too_big(t: SynchronousTestCase, seen: set[tuple[State, Event]
     p(Event.BODY_END)
     p(Event.UPSTREAM_READY)
     p(Event.RESPONSE_HEAD, ResponseHead(b"HTTP/1.0", 200, b"OK", [], UNTIL_CLOSE))
-    t.assertEqual(p(Event.RESPONSE_DATA, b"ab"), [(A.KEEP_RESPONSE, b"ab")])
-    t.assertEqual(p(Event.RESPONSE_DATA, b"cd"),
-                  [(A.KEEP_RESPONSE, b"cd"), (A.SEND_HEAD, UNTIL_CLOSE)])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"ab"), [])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"cd"), [(A.SEND_HEAD, (UNTIL_CLOSE, (b"ab", b"cd")))])
     t.assertTrue(p.flow.response.stream)  # type: ignore[union-attr]
+    t.assertEqual(p(Event.RESPONSE_DATA, b"ef"), [(A.RELAY_RESPONSE, b"ef")])
     p(Event.RESPONSE_END)
+    t.assertEqual(p.flow.response.raw_content, b"abc")  # type: ignore[union-attr]
+    t.assertEqual(p.flow.response.body_size, 6)  # type: ignore[union-attr]
+    t.assertTrue(p.flow.response.truncated)  # type: ignore[union-attr]
     t.assertEqual(p(Event.HOOK_DONE), [])
     t.assertIs(p.state, State.DONE)
+
+
+@scenario
+def streamed_by_default(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    When nobody reads bodies whole, a request body and a response body
+    stream however small they are, and are still recorded into the flow;
+    a response hook that does not need them whole runs once it is relayed.
+    """
+    p = Play(made(b"POST", declared=3, hooks=("response",), whole=()), seen)
+    t.assertEqual(p(Event.HEAD), [(A.OPEN_UPSTREAM, None)])
+    t.assertTrue(p.flow.request.stream)  # type: ignore[union-attr]
+    t.assertEqual(p(Event.BODY_DATA, b"ab"), [])  # kept until the request goes
+    t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, (False, (b"ab",)))])
+    t.assertEqual(p(Event.BODY_DATA, b"c"), [(A.FORWARD_BODY, b"c")])
+    t.assertEqual(p(Event.BODY_END), [(A.END_BODY, None)])
+    t.assertEqual(p.flow.request.raw_content, b"abc")  # type: ignore[union-attr]
+    t.assertFalse(p.flow.request.truncated)  # type: ignore[union-attr]
+    t.assertEqual(p(Event.RESPONSE_HEAD, OK), [(A.SEND_HEAD, (2, ()))])
+    t.assertTrue(p.flow.response.stream)  # type: ignore[union-attr]
+    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [(A.RELAY_RESPONSE, b"hi")])
+    t.assertEqual(p(Event.RESPONSE_END), [(A.FINISH, None), (A.RUN_HOOK, "response")])
+    t.assertEqual(p.flow.response.raw_content, b"hi")  # type: ignore[union-attr]
+    # A request without a body is not marked streaming: nothing to stream.
+    p = Play(made(whole=()), seen)
+    t.assertEqual(p(Event.HEAD, True), [(A.OPEN_UPSTREAM, None)])
+    t.assertFalse(p.flow.request.stream)  # type: ignore[union-attr]
+    t.assertEqual(p.flow.request.raw_content, b"")  # type: ignore[union-attr]
+
+
+@scenario
+def event_stream(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    A ``text/event-stream`` response streams even when a hook reads bodies
+    whole, unless its ``responseheaders`` hook asks for it buffered.
+    """
+    sse = ResponseHead(b"HTTP/1.1", 200, b"OK",
+                       [(b"content-TYPE", b"Text/Event-Stream; charset=utf-8")], CHUNKED)
+    p = Play(made(hooks=("response",)), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    t.assertEqual(p(Event.RESPONSE_HEAD, sse), [(A.SEND_HEAD, (CHUNKED, ()))])
+    p = Play(made(hooks=("responseheaders", "response")), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    t.assertEqual(p(Event.RESPONSE_HEAD, sse), [(A.RUN_HOOK, "responseheaders")])
+    t.assertTrue(p.flow.response.stream)  # type: ignore[union-attr]
+    p.flow.response.stream = False  # type: ignore[union-attr]
+    t.assertEqual(p(Event.HOOK_DONE), [])
+    t.assertIs(p.state, State.RECEIVING)
+
+
+@scenario
+def stream_transform(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    A callable ``response.stream`` transforms each piece (what was kept
+    too) and is called with ``b""`` at the end for what it still holds; a
+    body of known length goes out chunked, since its length changes, and
+    what the client got is what is recorded.  A transformation that raises
+    fails the flow, the client's connection aborted.
+    """
+    p = Play(made(hooks=("responseheaders",), whole=()), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    p(Event.HOOK_PENDING)
+    t.assertEqual(p(Event.RESPONSE_DATA, b"h"), [])  # kept while the hook runs
+    p.flow.response.stream = lambda data: data.upper() if data else b"!"  # type: ignore[union-attr]
+    t.assertEqual(p(Event.HOOK_DONE),
+                  [(A.HOLD_UPSTREAM, False), (A.SEND_HEAD, (CHUNKED, (b"H",)))])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"i"), [(A.RELAY_RESPONSE, b"I")])
+    t.assertEqual(p(Event.RESPONSE_END), [(A.RELAY_RESPONSE, b"!"), (A.FINISH, None)])
+    t.assertEqual(p.flow.response.raw_content, b"HI!")  # type: ignore[union-attr]
+
+    def broken(data: bytes) -> bytes:
+        raise ValueError("no")
+
+    p = Play(made(hooks=("responseheaders", "error"), whole=()), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    p.flow.response.stream = broken  # type: ignore[union-attr]
+    t.assertEqual(p(Event.HOOK_DONE), [(A.SEND_HEAD, (CHUNKED, ()))])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"x"),
+                  [(A.ABANDON_UPSTREAM, None), (A.RUN_HOOK, "error")])
+    t.assertIn("ValueError: no", p.flow.error.msg)  # type: ignore[union-attr]
+    t.assertEqual(p(Event.HOOK_DONE), [(A.ABORT_CLIENT, None)])
 
 
 @scenario
@@ -307,7 +409,7 @@ def hook_answers(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None
     p = Play(made(b"POST", declared=5, hooks=("requestheaders", "response")), seen)
     p(Event.HEAD)
     p.flow.response = Response.make(403, b"no")
-    t.assertEqual(p(Event.HOOK_DONE), [(A.DROP_BODY, None)])
+    t.assertEqual(p(Event.HOOK_DONE), [])  # the body is dropped as it comes
     t.assertIs(p.state, State.DISCARDING)
     t.assertEqual(p(Event.BODY_DATA, b"12345"), [])
     t.assertEqual(p(Event.BODY_END), [(A.RUN_HOOK, "response")])
@@ -324,8 +426,7 @@ def request_hook_answers(t: SynchronousTestCase, seen: set[tuple[State, Event]])
     p(Event.HEAD)
     p(Event.BODY_END)
     p.flow.response = Response.make(200, b"mock")
-    t.assertEqual(p(Event.HOOK_DONE),
-                  [(A.DROP_BODY, None), (A.WRITE_RESPONSE, True), (A.FINISH, None)])
+    t.assertEqual(p(Event.HOOK_DONE), [(A.WRITE_RESPONSE, True), (A.FINISH, None)])
 
 
 @scenario
@@ -357,7 +458,7 @@ def killed_at_each_hook(t: SynchronousTestCase, seen: set[tuple[State, Event]]) 
     p(Event.HEAD)
     p.flow.kill()
     t.assertEqual(p(Event.HOOK_DONE),
-                  [(A.DROP_BODY, None), (A.ABORT_CLIENT, None), (A.RUN_HOOK, "error")])
+                  [(A.ABORT_CLIENT, None), (A.RUN_HOOK, "error")])
     t.assertIs(p.state, State.ERROR)
     t.assertEqual(p(Event.HOOK_DONE), [])
     t.assertIs(p.state, State.DONE)
@@ -430,7 +531,7 @@ def upstream_fails(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> No
     timeout = Failure(UpstreamTimeout("silent"))
     t.assertEqual(
         p(Event.UPSTREAM_FAILED, timeout),
-        [(A.DROP_BODY, None), (A.CLOSE_AFTER, None), (A.ERROR_PAGE, timeout)],
+        [(A.CLOSE_AFTER, None), (A.ERROR_PAGE, timeout)],
     )
     t.assertEqual(p(Event.BODY_END), [(A.FINISH, None)])
 
@@ -464,8 +565,7 @@ def hooks_fail(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
         for event, arg in steps[: before + 1]:
             p(event, arg)
         first = Failure(HookFailed("x", "Addon", Failure(ValueError("boom"))))
-        dropped = {0: [(A.DROP_BODY, None)],  # the body was still due
-                   5: [(A.ABANDON_UPSTREAM, None)]}.get(before, [])  # the origin answers
+        dropped = {5: [(A.ABANDON_UPSTREAM, None)]}.get(before, [])  # the origin answers
         t.assertEqual(p(Event.HOOK_FAILED, first), [*dropped, (A.RUN_HOOK, "error")])
         answer = [(A.ERROR_PAGE, first), (A.FINISH, None)]
         if before == 0:  # the body is still due: answer, close once it is read
@@ -524,7 +624,7 @@ def client_goes(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     p(Event.HEAD)
     p(Event.HOOK_PENDING)
     t.assertEqual(p(Event.CLIENT_GONE),
-                  [(A.CANCEL_HOOK, None), (A.DROP_BODY, None), (A.RUN_HOOK, "error")])
+                  [(A.CANCEL_HOOK, None), (A.RUN_HOOK, "error")])
     t.assertEqual(p.flow.error.msg, "client disconnected")  # type: ignore[union-attr]
     t.assertEqual(p(Event.HOOK_DONE), [])
     t.assertIs(p.state, State.DONE)
@@ -615,7 +715,7 @@ def connect_intercepted(t: SynchronousTestCase, seen: set[tuple[State, Event]]) 
     p(Event.HEAD)
     p(Event.BODY_END)
     p.flow.response = Response.make(403)
-    t.assertEqual(p.kinds(Event.HOOK_DONE), [A.DROP_BODY, A.WRITE_RESPONSE, A.FINISH])
+    t.assertEqual(p.kinds(Event.HOOK_DONE), [A.WRITE_RESPONSE, A.FINISH])
 
     p = Play(made(b"CONNECT", b"example.com:443", hooks=("response",)), seen)
     p(Event.HEAD)
@@ -635,7 +735,7 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
     p = Play(made(b"PUT", declared=1000, hooks=hooks), seen)
     p(Event.HEAD)
     t.assertIs(p.state, State.CONNECTING)
-    t.assertEqual(p(Event.BODY_DATA, b"a"), [(A.KEEP_BODY, b"a")])
+    t.assertEqual(p(Event.BODY_DATA, b"a"), [])  # kept until the request goes
     p(Event.UPSTREAM_READY)
     p(Event.RESPONSE_HEAD, OK)
     t.assertIs(p.state, State.RESPONSE_HEADERS)
@@ -644,7 +744,7 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
     t.assertIs(p.state, State.RECEIVING)
     t.assertEqual(p(Event.BODY_DATA, b"c"), [(A.FORWARD_BODY, b"c")])
     t.assertEqual(p(Event.BODY_END), [(A.END_BODY, None)])
-    t.assertEqual(p.kinds(Event.RESPONSE_END), [A.SET_RESPONSE_BODY, A.RUN_HOOK])
+    t.assertEqual(p.kinds(Event.RESPONSE_END), [A.RUN_HOOK])
     t.assertEqual(p.kinds(Event.HOOK_DONE), [A.WRITE_RESPONSE, A.FINISH])
 
     for target, steps in (
@@ -669,7 +769,7 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
             t.assertIs(p.state, target)
         else:
             t.assertIs(p.state, State.REQUEST)
-        t.assertEqual(p(Event.BODY_DATA, b"z"), [(A.KEEP_BODY, b"z")])
+        t.assertEqual(p(Event.BODY_DATA, b"z"), [])  # kept
         t.assertEqual(p(Event.BODY_END), [])
 
     p = Play(made(b"PUT", declared=1000, hooks=("responseheaders",)), seen)
@@ -739,7 +839,7 @@ def clients_go_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]
     p(Event.UPSTREAM_READY)
     p(Event.RESPONSE_HEAD, OK)
     t.assertIs(p.state, State.STREAMING)
-    t.assertEqual(p.kinds(Event.CLIENT_GONE), [A.ABANDON_UPSTREAM, A.DROP_BODY])
+    t.assertEqual(p.kinds(Event.CLIENT_GONE), [A.ABANDON_UPSTREAM])
     p = Play(made(b"PUT", declared=1000), seen)
     p(Event.HEAD)
     p(Event.UPSTREAM_READY)
@@ -772,6 +872,18 @@ class ScenarioTests(SynchronousTestCase):
     def test_every_hook(self) -> None:
         """See :func:`every_hook`."""
         self.run_scenario(every_hook)
+
+    def test_streamed_by_default(self) -> None:
+        """See :func:`streamed_by_default`."""
+        self.run_scenario(streamed_by_default)
+
+    def test_event_stream(self) -> None:
+        """See :func:`event_stream`."""
+        self.run_scenario(event_stream)
+
+    def test_stream_transform(self) -> None:
+        """See :func:`stream_transform`."""
+        self.run_scenario(stream_transform)
 
     def test_streamed_upload(self) -> None:
         """See :func:`streamed_upload`."""

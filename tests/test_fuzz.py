@@ -55,7 +55,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.fakes import FakeEndpointFactory
+from tests.fakes import FakeEndpointFactory, ReadsBodies
 from twistproxy._tls import UpstreamTLS
 from twistproxy.channel import Proxy
 from twistproxy.client import ProxyClient
@@ -789,8 +789,10 @@ class FoundByFuzzingTests(SynchronousTestCase):
         self.endpoints = FakeEndpointFactory()
 
     def _proxy(self, request: bytes, body_limit: int = DEFAULT_BODY_LIMIT) -> StringTransport:
+        # An addon reading bodies whole: a body under the limit is buffered.
         factory = ProxyFactory(reactor=self.reactor, endpoint_factory=self.endpoints,
-                               upstream_tls=_UPSTREAM_TLS, body_limit=body_limit)
+                               upstream_tls=_UPSTREAM_TLS, body_limit=body_limit,
+                               addons=[ReadsBodies()])
         channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
         channel.makeConnection(transport)

@@ -1505,9 +1505,13 @@ class AddonTests(SynchronousTestCase):
 
     def test_interface_lists_hooks(self) -> None:
         """
-        ``IAddon`` has exactly one method per hook.
+        ``IAddon`` has exactly one method per hook, and the
+        ``stream_bodies`` attribute.
         """
-        self.assertEqual(sorted(IAddon.names()), sorted(HOOKS))
+        self.assertEqual(sorted(IAddon.names()), sorted([*HOOKS, "stream_bodies"]))
+        methods = [name for name in IAddon.names()
+                   if callable(getattr(IAddon[name], "getSignatureInfo", None))]
+        self.assertEqual(sorted(methods), sorted(HOOKS))
 
     def test_no_op_hooks(self) -> None:
         """

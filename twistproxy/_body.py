@@ -67,15 +67,30 @@ class MessageBody:
         """
         How many body bytes the message had on the wire (transfer coding
         removed): the length of :attr:`raw_content`, or for a streamed body
-        the count the proxy relayed; ``None`` when unknown.
+        recorded only in part (:attr:`truncated`) the count the proxy
+        relayed; ``None`` when unknown.  Setting the body forgets a count
+        that was set.
         """
-        if self.raw_content is not None:
-            return len(self.raw_content)
-        return self._streamed_size
+        size = self._streamed_size
+        if size is not None:
+            return size
+        raw = self.raw_content
+        return None if raw is None else len(raw)
 
     @body_size.setter
     def body_size(self, size: int | None) -> None:
         self._streamed_size = size
+
+    @property
+    def truncated(self) -> bool:
+        """
+        Whether :attr:`raw_content` holds only the start of the body: a
+        streamed body longer than the body limit is recorded up to the
+        limit, and :attr:`body_size` says how long it was.
+        """
+        size = self._streamed_size
+        raw = self.raw_content
+        return size is not None and raw is not None and size > len(raw)
 
     def _content_encoding(self) -> str | None:
         """
@@ -132,6 +147,7 @@ class MessageBody:
         :param value: The plain body, or ``None`` for "not captured".
         :raises TypeError: if *value* is a ``str`` (use :attr:`text`).
         """
+        self._streamed_size = None
         if value is None:
             self.raw_content = None
             return

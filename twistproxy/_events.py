@@ -131,14 +131,8 @@ class Action(_Identity):
     PAUSE_CLIENT = auto()
     #: Read from the client again.
     RESUME_CLIENT = auto()
-    #: Keep the request body piece given as the argument.
-    KEEP_BODY = auto()
     #: Write the request body piece given as the argument upstream.
     FORWARD_BODY = auto()
-    #: The kept request body becomes ``flow.request.raw_content``.
-    SET_REQUEST_BODY = auto()
-    #: Forget the kept request body: it will not be sent.
-    DROP_BODY = auto()
     #: Open the upstream side for ``flow.request``: report
     #: ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.
     OPEN_UPSTREAM = auto()
@@ -146,10 +140,11 @@ class Action(_Identity):
     #: origin when the argument (passthrough) is true, or the certificate
     #: to intercept with; report ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.
     OPEN_TUNNEL = auto()
-    #: Send the request head upstream with the body in hand: the whole
-    #: request when the argument is true, otherwise the body goes on
-    #: streaming (``FORWARD_BODY``, ``END_BODY``) with the client's
-    #: reading paced by the upstream's.
+    #: Send the request head upstream with the body in hand.  The argument
+    #: is ``(complete, pieces)``: *pieces* is the streamed body so far, or
+    #: ``None`` for ``flow.request.raw_content``; when not *complete*, the
+    #: body goes on streaming (``FORWARD_BODY``, ``END_BODY``) with the
+    #: client's reading paced by the upstream's.
     SEND_REQUEST = auto()
     #: The streamed request body is complete upstream.
     END_BODY = auto()
@@ -157,15 +152,13 @@ class Action(_Identity):
     STOP_BODY = auto()
     #: Hold back (argument true) or go on reading the response.
     HOLD_UPSTREAM = auto()
-    #: Keep the response body piece given as the argument.
-    KEEP_RESPONSE = auto()
     #: Write the response body piece given as the argument to the client.
     RELAY_RESPONSE = auto()
-    #: The kept response body becomes ``flow.response.raw_content``.
-    SET_RESPONSE_BODY = auto()
-    #: Stream ``flow.response``: its head and the kept body now, the rest
+    #: Stream ``flow.response``: its head and the body so far now, the rest
     #: as it arrives, the origin's reading paced by the client's.  The
-    #: argument is the framing the response arrived with.
+    #: argument is ``(framing, pieces)``: the framing the body is relayed
+    #: with (as it arrived, or chunked when a ``stream`` callable changes
+    #: it) and the body so far.
     SEND_HEAD = auto()
     #: Write ``flow.response`` whole; the argument says whether the proxy
     #: (a hook) made it rather than an origin.

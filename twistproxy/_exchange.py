@@ -33,9 +33,9 @@ from twistproxy._events import (
     ResponseHead,
     State,
 )
-from twistproxy._framing import NO_BODY
+from twistproxy._framing import CHUNKED, NO_BODY
 from twistproxy._headers import check_messages, check_shape
-from twistproxy.errors import InvalidMessage, describe
+from twistproxy.errors import HookFailed, InvalidMessage, describe
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Response
@@ -70,11 +70,7 @@ _FINISH = (Action.FINISH, None)
 _OPEN_UPSTREAM = (Action.OPEN_UPSTREAM, None)
 _PAUSE_CLIENT = (Action.PAUSE_CLIENT, None)
 _RESUME_CLIENT = (Action.RESUME_CLIENT, None)
-_SET_REQUEST_BODY = (Action.SET_REQUEST_BODY, None)
-_SET_RESPONSE_BODY = (Action.SET_RESPONSE_BODY, None)
 _FORWARD_BODY_ACTION = Action.FORWARD_BODY
-_KEEP_BODY_ACTION = Action.KEEP_BODY
-_KEEP_RESPONSE_ACTION = Action.KEEP_RESPONSE
 _RELAY_RESPONSE_ACTION = Action.RELAY_RESPONSE
 _RUN_HOOK_ACTION = Action.RUN_HOOK
 _SEND_HEAD_ACTION = Action.SEND_HEAD
@@ -85,6 +81,8 @@ _NONE: Actions = ()
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
 _MESSAGE_HOOKS = _REQUEST_HOOKS | _RESPONSE_HOOKS
+_WHOLE_BODY_HOOKS = frozenset({"request", "response"})
+_EVENT_STREAM = b"text/event-stream"
 
 
 class Exchange:
@@ -97,8 +95,13 @@ class Exchange:
         its body has been read.
     :param hooks: The hooks somebody implements: the others are not run
         (and cost no round trip through the shell).
+    :param whole: Of ``request`` and ``response``, the hooks somebody
+        implements who reads bodies whole (see
+        :meth:`~twistproxy.hooks.HookChain.whole_bodies`): a body is buffered
+        for them, and streams when its hook is not in here.
     :param body_limit: Bodies up to this many bytes are buffered for the
-        hooks; larger ones stream.
+        hooks; larger ones stream.  A streamed body is recorded into the
+        flow up to this many bytes (``body_size`` says how many it had).
     :param declared: The request body's framing as it arrived.
     :param intercepting: Whether a CONNECT can be intercepted (the proxy has
         a certificate store); without, every tunnel passes through.
@@ -110,8 +113,9 @@ class Exchange:
     """
 
     __slots__ = (
-        "flow", "refusal", "hooks", "body_limit", "declared", "intercepting", "state",
-        "body", "body_done", "failure", "_held", "_response_size", "_framing",
+        "flow", "refusal", "hooks", "whole", "body_limit", "declared", "intercepting", "state",
+        "body", "body_done", "failure", "_held", "_request_body", "_response_size",
+        "_framing", "_response_body", "_recorded", "_transform",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
         "_tunnel_lost", "_own", "_connect", "_shape",
@@ -123,6 +127,7 @@ class Exchange:
         *,
         refusal: BaseException | None = None,
         hooks: frozenset[str] = frozenset(),
+        whole: frozenset[str] = _WHOLE_BODY_HOOKS,
         body_limit: int,
         declared: int = NO_BODY,
         intercepting: bool = False,
@@ -130,6 +135,7 @@ class Exchange:
         self.flow = flow
         self.refusal = refusal
         self.hooks = hooks
+        self.whole = whole
         self.body_limit = body_limit
         self.declared = declared
         self.intercepting = intercepting
@@ -137,8 +143,14 @@ class Exchange:
         self.body = _HOLD
         self.body_done = False
         self.failure: Failure | None = None
-        self._held = 0  # request body bytes kept
+        self._held = 0  # request body bytes seen (not discarded)
+        # The request body's pieces: kept (HOLD, BUFFER, STREAM before it
+        # goes), then for a streamed body its record, up to body_limit.
+        self._request_body: list[bytes] = []
         self._response_size = 0
+        self._response_body: list[bytes] = []  # kept, then recorded once streaming
+        self._recorded = 0  # bytes in _response_body while streaming
+        self._transform: Callable[[bytes], bytes] | None = None  # a callable response.stream
         self._framing = NO_BODY  # of the response, as it arrived
         self._response_done = False  # the response ended while its head hook ran
         self._hook = ""  # the hook running
@@ -247,7 +259,10 @@ class Exchange:
             if complete:
                 return self._run("http_connect", _REQUEST, now)
             return _NONE
-        if self.declared > self.body_limit:
+        declared = self.declared
+        if declared > self.body_limit or (
+            "request" not in self.whole and declared != NO_BODY and declared != 0
+        ):
             flow.request.stream = True  # type: ignore[union-attr]
         return self._run("requestheaders", _REQUEST_HEADERS, now)
 
@@ -287,10 +302,9 @@ class Exchange:
         flow = self.flow
         assert flow is not None and flow.request is not None
         flow.request.timestamp_end = now
-        if not self._held:  # no body: nothing kept to hand over
-            flow.request.raw_content = b""
-            return self._run("request", _REQUEST, now)
-        return (_SET_REQUEST_BODY, *self._run("request", _REQUEST, now))
+        body, self._request_body = self._request_body, []
+        flow.request.raw_content = _joined(body)
+        return self._run("request", _REQUEST, now)
 
     def _after_request(self, now: float) -> Actions:
         flow = self.flow
@@ -308,7 +322,8 @@ class Exchange:
     def _answered(self, now: float) -> Actions:
         """A hook answered the request: drop its body, answer once it is read."""
         self.body = _DISCARD
-        actions: list[tuple[Action, Any]] = [(Action.DROP_BODY, None)]
+        self._request_body = []
+        actions: list[tuple[Action, Any]] = []
         if not self.body_done:
             self.state = _DISCARDING
             if self._client_paused:
@@ -335,7 +350,11 @@ class Exchange:
         if body is _DISCARD:
             return _NONE
         if body is _STREAM and self._sending:
+            if self._held < self.body_limit:  # recorded, up to the limit
+                self._request_body.append(data)
+            self._held += len(data)
             return ((_FORWARD_BODY_ACTION, data),)
+        self._request_body.append(data)
         self._held += len(data)
         if body is _BUFFER and self._held > self.body_limit:
             # Too big to buffer after all: stream it, and the request hook
@@ -344,11 +363,11 @@ class Exchange:
             assert flow is not None and flow.request is not None
             flow.request.stream = True
             self.body = _STREAM
-            return ((_KEEP_BODY_ACTION, data), *self._run("request", _REQUEST, now))
+            return self._run("request", _REQUEST, now)
         if body is not _BUFFER and self._held > HIGH_WATER and not self._client_paused:
             self._client_paused = True
-            return ((_KEEP_BODY_ACTION, data), _PAUSE_CLIENT)
-        return ((_KEEP_BODY_ACTION, data),)
+            return (_PAUSE_CLIENT,)
+        return _NONE
 
     def _body_end(self, now: float, arg: Any) -> Actions:
         if self.body_done:
@@ -377,9 +396,19 @@ class Exchange:
         elif self._sending:
             self._sending = False
             assert self.flow is not None and self.flow.request is not None
-            self.flow.request.timestamp_end = now
+            self._record_request(now)
             actions.append((Action.END_BODY, None))
         return actions
+
+    def _record_request(self, now: float) -> None:
+        """A streamed request body is all in: what was recorded of it goes to the flow."""
+        request = self.flow.request  # type: ignore[union-attr]
+        assert request is not None
+        request.timestamp_end = now
+        body, self._request_body = self._request_body, []
+        request.raw_content = _capped(body, self.body_limit)
+        if self._held > self.body_limit:
+            request.body_size = self._held
 
     # -- upstream ----------------------------------------------------------
 
@@ -395,16 +424,17 @@ class Exchange:
             )
             return self._run("response", _RESPONSE, now)
         self.state = _WAITING
-        complete = self.body_done or self.body is not _STREAM
-        if complete:
-            if self.body is _STREAM:
-                flow.request.timestamp_end = now
-            return ((_SEND_REQUEST_ACTION, True),)
+        if self.body is not _STREAM:
+            return ((_SEND_REQUEST_ACTION, (True, None)),)
+        held = tuple(self._request_body)
+        if self.body_done:
+            self._record_request(now)
+            return ((_SEND_REQUEST_ACTION, (True, held)),)
         self._sending = True
         if self._client_paused:  # the upstream's pace rules from now on
             self._client_paused = False
-            return ((_SEND_REQUEST_ACTION, False), _RESUME_CLIENT)
-        return ((_SEND_REQUEST_ACTION, False),)
+            return ((_SEND_REQUEST_ACTION, (False, held)), _RESUME_CLIENT)
+        return ((_SEND_REQUEST_ACTION, (False, held)),)
 
     def _upstream_failed(self, now: float, reason: Failure) -> Actions:
         self._upstream = False
@@ -434,7 +464,7 @@ class Exchange:
         )
         flow.response = response
         self._framing = framing = head.framing
-        if framing > self.body_limit:
+        if framing > self.body_limit or "response" not in self.whole or _event_stream(head):
             response.stream = True
         return self._run("responseheaders", _RESPONSE_HEADERS, now)
 
@@ -454,28 +484,53 @@ class Exchange:
             actions.extend(self._kill(now))
             return actions
         if flow.response.stream and self._framing != NO_BODY:
-            actions.extend(self._stream())
+            actions.extend(self._stream(now))
         else:
             self.state = _RECEIVING
         if self._response_done:
             actions.extend(self._response_complete(now))
         return actions
 
-    def _stream(self) -> Actions:
+    def _stream(self, now: float) -> Actions:
+        """Stream the response: its head and what is kept now, the rest as it comes."""
         self.state = _STREAMING
         self._head_sent = True
-        return ((_SEND_HEAD_ACTION, self._framing),)
+        framing = self._framing
+        pieces = self._response_body
+        stream = self.flow.response.stream  # type: ignore[union-attr]
+        if callable(stream):
+            self._transform = stream
+            if framing >= 0:
+                framing = CHUNKED  # the length changes: chunked (or until close)
+            try:
+                pieces = [stream(piece) for piece in pieces]
+            except Exception:
+                return ((_SEND_HEAD_ACTION, (framing, ())),
+                        *self._fail(now, _transform_failed(stream), True))
+            self._response_body = pieces
+        self._recorded = sum(map(len, pieces))
+        return ((_SEND_HEAD_ACTION, (framing, tuple(pieces))),)
 
     def _response_data(self, now: float, data: bytes) -> Actions:
         self._response_size += len(data)
         state = self.state
         if state is _STREAMING:
+            transform = self._transform
+            if transform is not None:
+                try:
+                    data = transform(data)
+                except Exception:
+                    return self._fail(now, _transform_failed(transform), True)
+            if self._recorded < self.body_limit:
+                self._response_body.append(data)
+                self._recorded += len(data)
             return ((_RELAY_RESPONSE_ACTION, data),)
+        self._response_body.append(data)
         if state is _RECEIVING and self._response_size > self.body_limit:
             assert self.flow is not None and self.flow.response is not None
             self.flow.response.stream = True
-            return ((_KEEP_RESPONSE_ACTION, data), *self._stream())
-        return ((_KEEP_RESPONSE_ACTION, data),)
+            return self._stream(now)
+        return _NONE
 
     def _response_end(self, now: float, arg: Any) -> Actions:
         self._upstream = False
@@ -497,13 +552,28 @@ class Exchange:
     def _response_complete(self, now: float) -> Actions:
         flow = self.flow
         assert flow is not None and flow.response is not None
-        flow.response.timestamp_end = now
+        response = flow.response
+        response.timestamp_end = now
+        body, self._response_body = self._response_body, []
         if self.state is _STREAMING:
-            flow.response.body_size = self._response_size
-            actions = list(self._finish())
+            actions: list[tuple[Action, Any]] = []
+            transform = self._transform
+            if transform is not None:
+                try:
+                    tail = transform(b"")  # the end: what the transformation still holds
+                except Exception:
+                    return self._fail(now, _transform_failed(transform), True)
+                if tail:
+                    actions.append((_RELAY_RESPONSE_ACTION, tail))
+                    body.append(tail)
+            response.raw_content = _capped(body, self.body_limit)
+            if self._response_size > self.body_limit:
+                response.body_size = self._response_size
+            actions.extend(self._finish())
             actions.extend(self._run("response", _RELAYED, now))
             return actions
-        return (_SET_RESPONSE_BODY, *self._run("response", _RESPONSE, now))
+        response.raw_content = _joined(body)
+        return self._run("response", _RESPONSE, now)
 
     def _after_response(self, now: float) -> Actions:
         flow = self.flow
@@ -574,7 +644,7 @@ class Exchange:
             actions.append((Action.ABANDON_UPSTREAM, None))
         if not self.body_done and self.body is not _DISCARD:
             self.body = _DISCARD
-            actions.append((Action.DROP_BODY, None))
+            self._request_body = []
         return actions
 
     def _fail(self, now: float, reason: Failure, run_hook: bool) -> Actions:
@@ -652,6 +722,33 @@ class Exchange:
 
     def _ignore(self, now: float, arg: Any) -> Actions:
         return _NONE
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    """The *pieces* of a body as one bytes object, copied only when needed."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join(pieces)
+
+
+def _capped(pieces: list[bytes], limit: int) -> bytes:
+    """The first *limit* bytes of the body in *pieces*: what is recorded of a streamed one."""
+    body = _joined(pieces)
+    return body[:limit] if len(body) > limit else body
+
+
+def _event_stream(head: ResponseHead) -> bool:
+    """Whether the response is a ``text/event-stream`` (it always streams, unless a hook says)."""
+    for name, value in head.fields:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == _EVENT_STREAM
+    return False
+
+
+def _transform_failed(transform: object) -> Failure:
+    """The failure of a callable ``response.stream`` that raised (call it in the ``except``)."""
+    name = getattr(transform, "__qualname__", None) or repr(transform)
+    return Failure(HookFailed("response.stream", name, Failure()))
 
 
 _Handler = Callable[[Exchange, float, Any], Actions]

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from twistproxy._chain import HookCall, PendingChain, hook_failed, settled
 from twistproxy.errors import AddonError
@@ -34,6 +34,7 @@ from twistproxy.errors import AddonError
 __all__ = [
     "FLOW_HOOKS",
     "HOOKS",
+    "WHOLE_BODY_HOOKS",
     "Addon",
     "HookChain",
     "IAddon",
@@ -53,6 +54,13 @@ HOOKS: tuple[str, ...] = (
     "error",
 )
 """Every hook name, in the order a proxied request meets them."""
+
+WHOLE_BODY_HOOKS: frozenset[str] = frozenset({"request", "response"})
+"""
+The hooks that see a message with its body: the proxy buffers a body for
+them, unless every addon implementing the hook says it does not need the
+body whole (``stream_bodies``).
+"""
 
 FLOW_HOOKS: frozenset[str] = frozenset(
     {
@@ -88,6 +96,18 @@ class IAddon(Interface):
     runs. A hook that raises, or outlives its deadline, is logged with the
     flow's id and the client is answered 500.
     """
+
+    stream_bodies = Attribute(
+        """
+        ``True`` when this addon's :meth:`request` and :meth:`response`
+        hooks do not need bodies whole (a logger, a recorder): bodies then
+        flow through as they arrive unless another addon needs them whole,
+        and these hooks see what was recorded of them (up to the body
+        limit; ``flow.response.truncated`` says if that is not all of it).
+        Missing or ``False``: bodies up to the body limit are buffered for
+        this addon's hooks.
+        """
+    )
 
     def client_connected(client: Any) -> object:
         """
@@ -153,7 +173,8 @@ class IAddon(Interface):
     def request(flow: Any) -> object:
         """
         The whole request has been read: its body is buffered in
-        ``flow.request`` unless it is being streamed.
+        ``flow.request`` unless it is being streamed, in which case this
+        runs before the body is read, with none of it.
 
         The hook may change ``flow.request`` in any way; answer the client
         by setting ``flow.response`` (the origin is not contacted and no
@@ -178,10 +199,12 @@ class IAddon(Interface):
     def response(flow: Any) -> object:
         """
         The whole response has been read; its body is buffered in
-        ``flow.response``, or is ``None`` when it was streamed.
+        ``flow.response``.  A streamed body has already been relayed to the
+        client: ``flow.response`` holds what was recorded of it (up to the
+        body limit, ``truncated`` past it).
 
-        The hook may change ``flow.response`` in any way before it is sent
-        to the client; it may kill or intercept the flow.
+        The hook may change a buffered ``flow.response`` in any way before
+        it is sent to the client; it may kill or intercept the flow.
 
         :param flow: The flow being proxied.
         """
@@ -202,7 +225,11 @@ class Addon:
     An addon whose hooks all do nothing. Subclass it and override the hooks
     you need, as plain methods or as ``async def`` methods; the hooks left
     alone cost nothing, because :class:`HookChain` does not call them.
+
+    :cvar stream_bodies: See :attr:`IAddon.stream_bodies`; ``False`` here.
     """
+
+    stream_bodies = False
 
     def client_connected(self, client: Any) -> object:
         """
@@ -338,6 +365,12 @@ class HookChain:
             frozenset() if first_base is None else frozenset(dir(first_base))
         )
         self._first_hooks: dict[type, frozenset[str]] = {}
+        self._whole = frozenset(
+            hook
+            for hook in WHOLE_BODY_HOOKS
+            for addon in self._addons
+            if _implementation(addon, hook) is not None and not _streams_bodies(addon)
+        )
         self._calls: dict[str, tuple[HookCall, ...]] = {
             hook: tuple(
                 (_addon_name(addon), method)
@@ -433,6 +466,19 @@ class HookChain:
                 return pending.start(index, returned)
         return None
 
+    def whole_bodies(self, first: type | None = None) -> frozenset[str]:
+        """
+        Of :data:`WHOLE_BODY_HOOKS`, those for which somebody needs bodies
+        whole: an addon, or the ``first`` class *first*, that implements the
+        hook and does not set ``stream_bodies`` (:attr:`IAddon.stream_bodies`).
+
+        :raises AddonError: if *first*, seen for the first time, has a
+            misspelt or uncallable hook.
+        """
+        if first is None or _streams_bodies(first):
+            return self._whole
+        return self._whole | (self._hooks_of(first) & WHOLE_BODY_HOOKS)
+
     def first_hooks(self, cls: type) -> frozenset[str]:
         """
         The hooks a ``first`` object of class *cls* implements, validating
@@ -466,6 +512,11 @@ class HookChain:
                 )
             self._first_hooks[cls] = hooks
         return hooks
+
+
+def _streams_bodies(addon: object) -> bool:
+    """Whether *addon* (or a ``first`` class) says its hooks need no whole bodies."""
+    return getattr(addon, "stream_bodies", False) is True
 
 
 def _addon_name(addon: object) -> str:

@@ -30,7 +30,7 @@ from twisted.web.http import HTTPFactory, Request
 from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
-from twistproxy._events import Action, Body, Event, ResponseHead
+from twistproxy._events import Action, Event, ResponseHead
 from twistproxy._exchange import Exchange
 from twistproxy._framing import (
     CHUNKED,
@@ -85,7 +85,6 @@ _RESPONSE_END = Event.RESPONSE_END
 _RESPONSE_HEAD = Event.RESPONSE_HEAD
 _UPSTREAM_FAILED = Event.UPSTREAM_FAILED
 _UPSTREAM_READY = Event.UPSTREAM_READY
-_STREAM = Body.STREAM
 
 
 class ProxyRequest(RequestCompat):
@@ -96,6 +95,9 @@ class ProxyRequest(RequestCompat):
     (``requestheaders``, ``request``, ``responseheaders``, ``response``,
     ``error``, ``server_connected``, ``http_connect``) run before every
     addon's, take the flow and may return a Deferred or be coroutines.
+    Bodies are buffered for a subclass's ``request`` and ``response``
+    unless it sets ``stream_bodies = True``
+    (:attr:`~twistproxy.hooks.IAddon.stream_bodies`).
 
     :ivar flow: The request's flow, once its head is read (``None`` for a
         request the proxy refuses).
@@ -106,6 +108,7 @@ class ProxyRequest(RequestCompat):
         (:func:`~twistproxy._framing.request_framing`; set by the channel).
     """
 
+    stream_bodies = False
     flow: HTTPFlow | None = None
     channel: Any  # the Proxy channel; Twisted sets it to None once the client is gone
     framing = NO_BODY
@@ -123,8 +126,6 @@ class ProxyRequest(RequestCompat):
         super().__init__(channel)
         self._factory: ProxyFactory = channel.factory
         self._seconds = channel.factory.reactor.seconds
-        self._body: list[bytes] = []
-        self._response_body: list[bytes] = []
         self._queue: list[tuple[Event, Any]] = []
 
     # -- Twisted's callbacks ---------------------------------------------------
@@ -253,18 +254,8 @@ class ProxyRequest(RequestCompat):
         if not self._gone:
             self.channel.transport.resumeProducing()
 
-    def _keep_body(self, data: bytes) -> None:
-        self._body.append(data)
-
     def _forward_body(self, data: bytes) -> None:
         self._upstream.write_body(chunk(data) if self._chunked else (data,))
-
-    def _set_request_body(self, _: object) -> None:
-        body, self._body = self._body, []
-        self.flow.request.raw_content = _joined(body)  # type: ignore[union-attr]
-
-    def _drop_body(self, _: object) -> None:
-        self._body = []
 
     def _open_upstream(self, _: object) -> None:
         request = self.flow.request  # type: ignore[union-attr]
@@ -290,15 +281,15 @@ class ProxyRequest(RequestCompat):
         last, self._upstream = self._upstream, upstream
         return last
 
-    def _send_request(self, complete: bool) -> None:
+    def _send_request(self, arg: tuple[bool, Sequence[bytes] | None]) -> None:
         request = self.flow.request  # type: ignore[union-attr]
         assert request is not None
-        if self._exchange.body is _STREAM:  # type: ignore[union-attr]
-            body, self._body = self._body, []
+        complete, body = arg
+        if body is not None:
             size = sum(map(len, body))
         else:
             content = request.raw_content or b""
-            body, size = ([content] if content else []), len(content)
+            body, size = ((content,) if content else ()), len(content)
         framing = forwarded_request(self.framing, size if complete else None)
         self._chunked = chunked = framing == CHUNKED
         data = [request_head(request, framing, self._factory.via)]
@@ -322,23 +313,16 @@ class ProxyRequest(RequestCompat):
     def _hold_upstream(self, held: bool) -> None:
         self._upstream.hold(held)
 
-    def _keep_response(self, data: bytes) -> None:
-        self._response_body.append(data)
-
     def _relay_response(self, data: bytes) -> None:
         self.write(data)
 
-    def _set_response_body(self, _: object) -> None:
-        body, self._response_body = self._response_body, []
-        self.flow.response.raw_content = _joined(body)  # type: ignore[union-attr]
-
-    def _send_head(self, received: int) -> None:
+    def _send_head(self, arg: tuple[int, Sequence[bytes]]) -> None:
         response = self.flow.response  # type: ignore[union-attr]
         assert response is not None
+        received, body = arg
         framing = forwarded_response(
             self.method, response.status_code, received, None, self.clientproto
         )
-        body, self._response_body = self._response_body, []
         self._write_head(response, framing, (), own=False)
         for piece in body:
             self.write(piece)
@@ -404,19 +388,14 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.CANCEL_HOOK: ProxyRequest._cancel_hook,
     Action.PAUSE_CLIENT: ProxyRequest._pause_client,
     Action.RESUME_CLIENT: ProxyRequest._resume_client,
-    Action.KEEP_BODY: ProxyRequest._keep_body,
     Action.FORWARD_BODY: ProxyRequest._forward_body,
-    Action.SET_REQUEST_BODY: ProxyRequest._set_request_body,
-    Action.DROP_BODY: ProxyRequest._drop_body,
     Action.OPEN_UPSTREAM: ProxyRequest._open_upstream,
     Action.OPEN_TUNNEL: open_tunnel,
     Action.SEND_REQUEST: ProxyRequest._send_request,
     Action.END_BODY: ProxyRequest._end_body,
     Action.STOP_BODY: ProxyRequest._stop_body,
     Action.HOLD_UPSTREAM: ProxyRequest._hold_upstream,
-    Action.KEEP_RESPONSE: ProxyRequest._keep_response,
     Action.RELAY_RESPONSE: ProxyRequest._relay_response,
-    Action.SET_RESPONSE_BODY: ProxyRequest._set_response_body,
     Action.SEND_HEAD: ProxyRequest._send_head,
     Action.WRITE_RESPONSE: ProxyRequest._write_response,
     Action.ERROR_PAGE: ProxyRequest._error_page,
@@ -426,11 +405,6 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.ABORT_CLIENT: ProxyRequest._abort_client,
     Action.SWITCH: switch,
 }
-
-
-def _joined(pieces: list[bytes]) -> bytes:
-    """The *pieces* of a body as one bytes object, copied only when needed."""
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _ignore_cancel(reason: Failure) -> None:
@@ -515,7 +489,7 @@ class ProxyFactory(HTTPFactory):
                 f"{request_factory.__qualname__} defines {', '.join(sorted(misplaced))}: a "
                 "ProxyRequest lives for one request, so connection hooks belong in an addon"
             )
-        self._hooks: dict[type, frozenset[str]] = {}
+        self._hooks: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
         if endpoint_factory is None:
             endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
         self.pool = pool if pool is not None else ConnectionPool(
@@ -543,20 +517,25 @@ class ProxyFactory(HTTPFactory):
 
     def exchange(self, request: ProxyRequest, refusal: BaseException | None) -> Exchange:
         """The exchange for *request*, whose flow is made (or *refusal* says why not)."""
+        hooks, whole = self.hooks_for(type(request))
         return Exchange(
-            request.flow, refusal=refusal, hooks=self.hooks_for(type(request)),
+            request.flow, refusal=refusal, hooks=hooks, whole=whole,
             body_limit=self.body_limit, declared=request.framing,
             intercepting=self.contexts is not None,
         )
 
-    def hooks_for(self, cls: type[ProxyRequest]) -> frozenset[str]:
-        """The hooks the addons or *cls* (a request class) implement."""
-        hooks = self._hooks.get(cls)
-        if hooks is None:
+    def hooks_for(self, cls: type[ProxyRequest]) -> tuple[frozenset[str], frozenset[str]]:
+        """
+        The hooks the addons or *cls* (a request class) implement, and of
+        ``request`` and ``response`` those somebody needs whole bodies for
+        (:meth:`~twistproxy.hooks.HookChain.whole_bodies`).
+        """
+        cached = self._hooks.get(cls)
+        if cached is None:
             chain = self.chain
             hooks = frozenset(hook for hook in HOOKS if chain.has(hook)) | chain.first_hooks(cls)
-            self._hooks[cls] = hooks
-        return hooks
+            cached = self._hooks[cls] = (hooks, chain.whole_bodies(cls))
+        return cached
 
     def ignores(self, host: str, port: int) -> bool:
         """Whether ``ignore_hosts`` passes a CONNECT to *host*:*port* through."""

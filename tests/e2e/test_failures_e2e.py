@@ -22,6 +22,7 @@ from zope.interface import implementer
 from tests.e2e.conftest import Running, parse_responses, raw
 from tests.e2e.test_hooks_e2e import Ends
 from tests.e2e.test_http_e2e import echoed, get
+from tests.fakes import ReadsBodies
 
 pytestmark = pytest.mark.e2e
 
@@ -100,11 +101,13 @@ async def test_garbage_is_502(origin: Running, proxy: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_buffered_response_cut_short_is_502(origin: Running, proxy: Running) -> None:
+async def test_buffered_response_cut_short_is_502(origin: Running, start_proxy: Any) -> None:
     """
-    A response the origin cuts short while the proxy still buffers it is a
-    502: nothing was sent, so the client learns the truth.
+    A response the origin cuts short while the proxy still buffers it (an
+    addon reads bodies whole) is a 502: nothing was sent, so the client
+    learns the truth.
     """
+    proxy = await start_proxy(addons=[ReadsBodies()])
     status, text = await _status_and_text(proxy, origin.port, "/reset")
     assert status == 502 and b"mid-response" in text
 

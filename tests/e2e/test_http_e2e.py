@@ -15,6 +15,7 @@ import pytest_twisted
 
 from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.origin import OriginFactory, pattern_bytes
+from tests.fakes import ReadsBodies
 from twistproxy.client import PoolKey
 
 pytestmark = pytest.mark.e2e
@@ -171,12 +172,23 @@ async def test_chunked_response(origin: Running, proxy: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_close_delimited_response(origin: Running, proxy: Running) -> None:
-    """A body the origin ends by closing is relayed with explicit framing."""
-    [parsed] = parse_responses(await raw(proxy.port, get(origin, "/close", close=False),
-                                         until=lambda r: r.endswith(b"close")))
-    assert parsed.complete
-    assert parsed.body == b"delimited by close"
+async def test_close_delimited_response(origin: Running, start_proxy: Any) -> None:
+    """
+    A body the origin ends by closing is relayed with explicit framing:
+    chunked as it streams, or its length once buffered (for an addon that
+    reads bodies whole); the client's connection stays open either way.
+    """
+    for addons, framing in (([], b"transfer-encoding"), ([ReadsBodies()], b"content-length")):
+        proxy = await start_proxy(addons=addons)
+
+        def complete(response: bytes) -> bool:
+            return any(parsed.complete for parsed in parse_responses(response))
+
+        [parsed] = parse_responses(await raw(proxy.port, get(origin, "/close", close=False),
+                                             until=complete))
+        assert parsed.complete
+        assert parsed.body == b"delimited by close"
+        assert parsed.header(framing) is not None
 
 
 @pytest_twisted.ensureDeferred

@@ -26,6 +26,8 @@ class FlowLog(Addon):
     :ivar log: The logger the lines go to (namespace ``twistproxy.flow``).
     """
 
+    stream_bodies = True  # it needs what is recorded of a body, not all of it
+
     log = _log
 
     def response(self, flow: HTTPFlow) -> None:

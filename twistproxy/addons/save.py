@@ -25,6 +25,8 @@ class SaveFlows(Addon):
     :ivar saved: How many flows were written.
     """
 
+    stream_bodies = True  # it needs what is recorded of a body, not all of it
+
     def __init__(
         self, out: BinaryIO, *, flow_filter: Callable[[HTTPFlow], bool] | None = None
     ) -> None:
