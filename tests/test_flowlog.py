@@ -27,13 +27,17 @@ class FormatFlowTests(SynchronousTestCase):
     """
 
     def test_response(self) -> None:
-        """A completed flow shows client, method, URL, status, size and time."""
+        """
+        A completed flow shows client, method, URL, status, size, time and
+        the time to the response's first byte.
+        """
         flow = _flow()
         flow.response = Response.make(200, b"x" * 2048)
+        flow.response.timestamp_start = 100.003
         flow.response.timestamp_end = 100.012
         self.assertEqual(
             format_flow(flow),
-            "127.0.0.1:5000 GET http://example.com/a?b=1 -> 200 2.0 KiB 12 ms",
+            "127.0.0.1:5000 GET http://example.com/a?b=1 -> 200 2.0 KiB 12 ms (first byte 3 ms)",
         )
 
     def test_streamed_size(self) -> None:

@@ -57,7 +57,7 @@ from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
-FORMAT_VERSION: int = 1
+FORMAT_VERSION: int = 2
 """
 The version of a flow file line, written as its ``"version"`` key.
 
@@ -67,15 +67,27 @@ written as JSON.  It is not the flow state version itself: a line holds the
 state without the state's own ``"version"`` key, and a line of the current
 format holds a state of the current ``FLOW_STATE_VERSION``.  So a bump of
 ``FLOW_STATE_VERSION`` comes with a bump of this number and an entry in
-:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 1 today.
+:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 2 today.
 """
 
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    Version 1 to 2: messages gained ``body_size``, set when a streamed body
+    was recorded only in part; version 1 recorded streamed bodies as
+    ``null`` content, and kept no size.
+    """
+    for key in ("request", "response"):
+        message = record.get(key)
+        if isinstance(message, dict):
+            message.setdefault("body_size", None)
+    return record
+
+
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1}
 """
 The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
 ``n`` (without its ``"version"`` key) into one of version ``n + 1``.
 Reading applies them in turn until a record reaches :data:`FORMAT_VERSION`.
-Empty while there has only been version 1.
 """
 
 
@@ -255,6 +267,7 @@ _MESSAGE = {
     "content": _Optional(_Base64()),
     "timestamp_start": _TIME,
     "timestamp_end": _TIME,
+    "body_size": _Optional(_INT),
 }
 _FLOW = _Record(
     {

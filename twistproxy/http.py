@@ -92,6 +92,7 @@ class Message(MessageBody):
         "content",
         "timestamp_start",
         "timestamp_end",
+        "body_size",
     )
 
     def _message_state(self) -> dict[str, Any]:
@@ -101,6 +102,8 @@ class Message(MessageBody):
             "content": self.raw_content,
             "timestamp_start": self.timestamp_start,
             "timestamp_end": self.timestamp_end,
+            # Set only for a body recorded in part (or not at all).
+            "body_size": self._streamed_size,
         }
 
     def _set_message_state(self, state: Mapping[str, Any]) -> None:
@@ -113,6 +116,11 @@ class Message(MessageBody):
         self.raw_content = content
         self.timestamp_start = state["timestamp_start"]
         self.timestamp_end = state["timestamp_end"]
+        body_size = state["body_size"]
+        if body_size is not None and (type(body_size) is not int or body_size < 0):
+            raise ValueError(f"message body_size in state must be a whole number or None, "
+                             f"not {body_size!r}")
+        self._streamed_size = body_size
         self._decoded = None
 
 

@@ -25,6 +25,10 @@ Routes (by path prefix):
 - ``/bigheaders``: a response whose header fields take 128 KiB.
 - ``/midheaders``: half a response head, then a reset.
 - ``/stall``: the head and 10 of 1000 body bytes, then nothing.
+- ``/trickle/N/MS``: a chunked ``text/plain`` body of N pieces
+  (``piece-i\n``), one every MS milliseconds; ``/events/N/MS`` the same as
+  server-sent events (``data: i\n\n``, ``text/event-stream``).  The
+  factory's ``trickled`` is when the last piece was written.
 """
 
 from __future__ import annotations
@@ -173,12 +177,34 @@ class OriginProtocol(Protocol):
             write(b"HTTP/1.1 100 Continue\r\n\r\n"
                   b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
                   b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal")
+        elif path.startswith(("/trickle/", "/events/")):
+            _, kind, count, ms = path.split("/")
+            events = kind == "events"
+            content_type = b"text/event-stream" if events else b"text/plain"
+            write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n" % content_type)
+            self._trickle(0, int(count), int(ms) / 1000, events)
         elif path.startswith("/gzip"):
             body = gzip.compress(b"hello, compressed world")
             write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         else:
             write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found")
+
+
+    def _trickle(self, index: int, count: int, interval: float, events: bool) -> None:
+        """Write piece *index* of *count*, and the next one *interval* seconds on."""
+        from twisted.internet import reactor
+
+        if self.transport is None or self.transport.disconnected:
+            return
+        if index == count:
+            self.transport.write(b"0\r\n\r\n")
+            self.factory.trickled = reactor.seconds()
+            return
+        piece = b"data: %d\n\n" % index if events else b"piece-%d\n" % index
+        self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        reactor.callLater(interval, self._trickle, index + 1, count, interval, events)
 
 
 @implementer(IPushProducer)
@@ -223,6 +249,7 @@ class OriginFactory(Factory):
         self.connections = 0
         self.open = 0
         self.body_sent = 0  # bytes of /bytes/N bodies written so far
+        self.trickled: float | None = None  # when /trickle or /events ended
 
 
 def pattern_bytes(size: int) -> bytes:

@@ -17,9 +17,12 @@ class FlowLog(Addon):
     """
     Logs each flow once, when it ends, at level info::
 
-        127.0.0.1:50312 GET http://example.com/ -> 200 1.2 KiB 14 ms
+        127.0.0.1:50312 GET http://example.com/ -> 200 1.2 KiB 14 ms (first byte 9 ms)
 
-    A failed flow logs its error instead of a status.  The twistd plugin loads
+    The time is from the request's first byte to the response's last; the
+    first byte is the response's, which is what a streamed response (a
+    feed of server-sent events, say) is waited for.  A failed flow logs its
+    error instead of a status.  The twistd plugin loads
     this addon unless ``--quiet`` is given; embedding applications add it to
     their addons when they want the lines.
 
@@ -59,6 +62,10 @@ def format_flow(flow: HTTPFlow) -> str:
     else:
         outcome, end = "-", None
     took = f" {(end - start) * 1000:.0f} ms" if start is not None and end is not None else ""
+    if took and flow.error is None and response is not None:
+        first = response.timestamp_start
+        if first is not None:
+            took += f" (first byte {(first - start) * 1000:.0f} ms)"  # type: ignore[operator]
     return f"{who} {what} -> {outcome}{took}"
 
 
