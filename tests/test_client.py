@@ -50,6 +50,7 @@ class RecordingReceiver:
     def __init__(self) -> None:
         self.events: list[tuple[object, ...]] = []
         self.framings: list[int] = []
+        self.reads_done: list[list[str]] = []  # the kinds of events so far, at each
 
     def response_started(
         self,
@@ -64,6 +65,9 @@ class RecordingReceiver:
 
     def response_data(self, data: bytes) -> None:
         self.events.append(("data", data))
+
+    def read_done(self) -> None:
+        self.reads_done.append(list(self.kinds))
 
     def response_ended(self) -> None:
         self.events.append(("ended",))
@@ -212,8 +216,11 @@ class ProxyClientTests(SynchronousTestCase):
             b"HTTP/1.1 201 Created Fine\r\nx-one: 1\r\nContent-Length: 5\r\nX-Two: 2\r\n\r\nhel"
         )
         self.assertEqual(self.receiver.kinds, ["started", "data"])
+        # The read that brought the head is over, said once, after its body piece.
+        self.assertEqual(self.receiver.reads_done, [["started", "data"]])
         self.client.dataReceived(b"lo")
         self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(len(self.receiver.reads_done), 1)
         self.assertEqual(
             self.receiver.started,
             [

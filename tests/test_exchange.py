@@ -265,22 +265,27 @@ def buffered_grows_too_big(t: SynchronousTestCase, seen: set[tuple[State, Event]
 @scenario
 def streamed_response(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     """
-    A response beyond the limit streams: its head goes at once, each piece
-    as it comes; the request finishes at the end, then the response hook
-    runs, too late to change anything; its failure is only recorded.
+    A response beyond the limit streams: its head goes once the read that
+    brought it is handled, with what came in that read, then each piece as
+    it comes; the request finishes at the end, then the response hook runs,
+    too late to change anything; its failure is only recorded.
     """
     p = Play(made(hooks=("response",)), seen)
     p(Event.HEAD)
     p(Event.BODY_END)
     p(Event.UPSTREAM_READY)
     big = ResponseHead(b"HTTP/1.1", 200, b"OK", [], 1000)
-    t.assertEqual(p(Event.RESPONSE_HEAD, big), [(A.SEND_HEAD, (1000, ()))])
+    t.assertEqual(p(Event.RESPONSE_HEAD, big), [])
     t.assertIs(p.state, State.STREAMING)
-    t.assertEqual(p(Event.RESPONSE_DATA, b"a"), [(A.RELAY_RESPONSE, b"a")])
+    t.assertTrue(p.exchange.head_due)
+    t.assertEqual(p(Event.RESPONSE_DATA, b"a"), [])  # in the head's read
+    t.assertEqual(p(Event.READ_DONE), [(A.SEND_HEAD, (1000, (b"a",)))])
+    t.assertFalse(p.exchange.head_due)
+    t.assertEqual(p(Event.RESPONSE_DATA, b"b"), [(A.RELAY_RESPONSE, b"b")])
     t.assertEqual(p(Event.RESPONSE_END), [(A.FINISH, None), (A.RUN_HOOK, "response")])
     t.assertIs(p.state, State.RELAYED)
-    t.assertEqual(p.flow.response.body_size, 1)  # type: ignore[union-attr]
-    t.assertEqual(p.flow.response.raw_content, b"a")  # type: ignore[union-attr]
+    t.assertEqual(p.flow.response.body_size, 2)  # type: ignore[union-attr]
+    t.assertEqual(p.flow.response.raw_content, b"ab")  # type: ignore[union-attr]
     t.assertFalse(p.flow.response.truncated)  # type: ignore[union-attr]
     t.assertEqual(p(Event.HOOK_PENDING), [])
     t.assertEqual(p(Event.HOOK_FAILED, Failure(ValueError("late"))), [])
@@ -328,10 +333,13 @@ def streamed_by_default(t: SynchronousTestCase, seen: set[tuple[State, Event]]) 
     t.assertEqual(p(Event.BODY_END), [(A.END_BODY, None)])
     t.assertEqual(p.flow.request.raw_content, b"abc")  # type: ignore[union-attr]
     t.assertFalse(p.flow.request.truncated)  # type: ignore[union-attr]
-    t.assertEqual(p(Event.RESPONSE_HEAD, OK), [(A.SEND_HEAD, (2, ()))])
+    t.assertEqual(p(Event.RESPONSE_HEAD, OK), [])  # held back until the read is done
     t.assertTrue(p.flow.response.stream)  # type: ignore[union-attr]
-    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [(A.RELAY_RESPONSE, b"hi")])
-    t.assertEqual(p(Event.RESPONSE_END), [(A.FINISH, None), (A.RUN_HOOK, "response")])
+    t.assertEqual(p(Event.RESPONSE_DATA, b"hi"), [])
+    # All of it came in the head's read: written whole, then the hook.
+    t.assertEqual(p(Event.RESPONSE_END),
+                  [(A.WRITE_RESPONSE, False), (A.FINISH, None), (A.RUN_HOOK, "response")])
+    t.assertIs(p.state, State.RELAYED)
     t.assertEqual(p.flow.response.raw_content, b"hi")  # type: ignore[union-attr]
     # A request without a body is not marked streaming: nothing to stream.
     p = Play(made(whole=()), seen)
@@ -351,7 +359,8 @@ def event_stream(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None
     p = Play(made(hooks=("response",)), seen)
     p(Event.HEAD, True)
     p(Event.UPSTREAM_READY)
-    t.assertEqual(p(Event.RESPONSE_HEAD, sse), [(A.SEND_HEAD, (CHUNKED, ()))])
+    t.assertEqual(p(Event.RESPONSE_HEAD, sse), [])
+    t.assertEqual(p(Event.READ_DONE), [(A.SEND_HEAD, (CHUNKED, ()))])
     p = Play(made(hooks=("responseheaders", "response")), seen)
     p(Event.HEAD, True)
     p(Event.UPSTREAM_READY)
@@ -387,16 +396,21 @@ def stream_transform(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> 
     def broken(data: bytes) -> bytes:
         raise ValueError("no")
 
-    p = Play(made(hooks=("responseheaders", "error"), whole=()), seen)
-    p(Event.HEAD, True)
-    p(Event.UPSTREAM_READY)
-    p(Event.RESPONSE_HEAD, OK)
-    p.flow.response.stream = broken  # type: ignore[union-attr]
-    t.assertEqual(p(Event.HOOK_DONE), [(A.SEND_HEAD, (CHUNKED, ()))])
-    t.assertEqual(p(Event.RESPONSE_DATA, b"x"),
-                  [(A.ABANDON_UPSTREAM, None), (A.RUN_HOOK, "error")])
-    t.assertIn("ValueError: no", p.flow.error.msg)  # type: ignore[union-attr]
-    t.assertEqual(p(Event.HOOK_DONE), [(A.ABORT_CLIENT, None)])
+    for head_out in (False, True):
+        p = Play(made(hooks=("responseheaders", "error"), whole=()), seen)
+        p(Event.HEAD, True)
+        p(Event.UPSTREAM_READY)
+        p(Event.RESPONSE_HEAD, OK)
+        p.flow.response.stream = broken  # type: ignore[union-attr]
+        t.assertEqual(p(Event.HOOK_DONE), [])  # at once: the head waits for the read's end
+        if head_out:
+            t.assertEqual(p(Event.READ_DONE), [(A.SEND_HEAD, (CHUNKED, ()))])
+        t.assertEqual(p(Event.RESPONSE_DATA, b"x"),
+                      [(A.ABANDON_UPSTREAM, None), (A.RUN_HOOK, "error")])
+        t.assertIn("ValueError: no", p.flow.error.msg)  # type: ignore[union-attr]
+        # The client's connection is aborted once the head is out; before, an error page.
+        t.assertEqual(p.kinds(Event.HOOK_DONE),
+                      [A.ABORT_CLIENT] if head_out else [A.ERROR_PAGE, A.FINISH])
 
 
 @scenario
@@ -522,8 +536,19 @@ def upstream_fails(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> No
     p(Event.UPSTREAM_READY)
     p(Event.RESPONSE_HEAD, OK)
     t.assertIs(p.state, State.STREAMING)
+    p(Event.READ_DONE)  # the head is out
     t.assertEqual(p(Event.UPSTREAM_FAILED, reason), [(A.RUN_HOOK, "error")])
     t.assertEqual(p(Event.HOOK_FAILED, Failure(ValueError())), [(A.ABORT_CLIENT, None)])
+
+    # Failing while the head is still held back: nothing was sent, an error page.
+    p = Play(made(hooks=("error",), body_limit=0), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    t.assertTrue(p.exchange.head_due)
+    t.assertEqual(p(Event.UPSTREAM_FAILED, reason), [(A.RUN_HOOK, "error")])
+    t.assertFalse(p.exchange.head_due)
+    t.assertEqual(p(Event.HOOK_DONE), [(A.ERROR_PAGE, reason), (A.FINISH, None)])
 
     p = Play(made(b"PUT", declared=1000), seen)
     p(Event.HEAD)
@@ -793,8 +818,8 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
     p(Event.HEAD)
     p(Event.UPSTREAM_READY)
     p(Event.RESPONSE_HEAD, OK)
-    t.assertEqual(p.kinds(Event.RESPONSE_END),
-                  [A.STOP_BODY, A.CLOSE_AFTER, A.RUN_HOOK])
+    t.assertEqual(p.kinds(Event.RESPONSE_END),  # whole in the head's read: written whole
+                  [A.STOP_BODY, A.CLOSE_AFTER, A.WRITE_RESPONSE, A.RUN_HOOK])
     t.assertIs(p.state, State.RELAYED)
     t.assertEqual(p(Event.BODY_DATA, b"dropped"), [])
     t.assertEqual(p(Event.BODY_END), [(A.FINISH, None)])

@@ -110,6 +110,10 @@ class Event(_Identity):
     RESPONSE_DATA = auto()
     #: The response is complete.
     RESPONSE_END = auto()
+    #: The read from the origin that brought the response head has been
+    #: handled; the shell reports it while the exchange's ``head_due`` is
+    #: set (a streamed response's head held back to go out with its body).
+    READ_DONE = auto()
     #: The client's connection is gone.
     CLIENT_GONE = auto()
 

@@ -78,6 +78,7 @@ _SEND_REQUEST_ACTION = Action.SEND_REQUEST
 _WRITE_RESPONSE_ACTION = Action.WRITE_RESPONSE
 
 _NONE: Actions = ()
+_SEND_WHOLE_REQUEST: Actions = ((Action.SEND_REQUEST, (True, None)),)  # its body is raw_content
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
 _MESSAGE_HOOKS = _REQUEST_HOOKS | _RESPONSE_HOOKS
@@ -110,12 +111,15 @@ class Exchange:
     :ivar body: What happens to request body bytes (:class:`Body`).
     :ivar body_done: The request body has all arrived.
     :ivar failure: The first failure of the exchange, once it failed.
+    :ivar head_due: A streamed response's head is held back until the read
+        from the origin that brought it is handled (``READ_DONE``), so that
+        a response that came whole in that read is written whole.
     """
 
     __slots__ = (
         "flow", "refusal", "hooks", "whole", "body_limit", "declared", "intercepting", "state",
         "body", "body_done", "failure", "_held", "_request_body", "_response_size",
-        "_framing", "_response_body", "_recorded", "_transform",
+        "_framing", "_response_body", "_recorded", "_transform", "head_due",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
         "_tunnel_lost", "_own", "_connect", "_shape",
@@ -151,6 +155,7 @@ class Exchange:
         self._response_body: list[bytes] = []  # kept, then recorded once streaming
         self._recorded = 0  # bytes in _response_body while streaming
         self._transform: Callable[[bytes], bytes] | None = None  # a callable response.stream
+        self.head_due = False
         self._framing = NO_BODY  # of the response, as it arrived
         self._response_done = False  # the response ended while its head hook ran
         self._hook = ""  # the hook running
@@ -302,8 +307,11 @@ class Exchange:
         flow = self.flow
         assert flow is not None and flow.request is not None
         flow.request.timestamp_end = now
-        body, self._request_body = self._request_body, []
-        flow.request.raw_content = _joined(body)
+        if self._held:
+            body, self._request_body = self._request_body, []
+            flow.request.raw_content = _joined(body)
+        else:  # no body: nothing kept
+            flow.request.raw_content = b""
         return self._run("request", _REQUEST, now)
 
     def _after_request(self, now: float) -> Actions:
@@ -425,7 +433,7 @@ class Exchange:
             return self._run("response", _RESPONSE, now)
         self.state = _WAITING
         if self.body is not _STREAM:
-            return ((_SEND_REQUEST_ACTION, (True, None)),)
+            return _SEND_WHOLE_REQUEST
         held = tuple(self._request_body)
         if self.body_done:
             self._record_request(now)
@@ -471,45 +479,63 @@ class Exchange:
     def _after_responseheaders(self, now: float) -> Actions:
         flow = self.flow
         assert flow is not None and flow.response is not None
-        if not (self._upstream_held or self._response_done or flow.response.stream) and (
-            flow.error is None
-        ):
-            self.state = _RECEIVING  # the common case: buffer the body
-            return _NONE
+        if not (self._upstream_held or self._response_done) and flow.error is None:
+            stream = flow.response.stream
+            if not stream:
+                self.state = _RECEIVING  # buffer the body
+                return _NONE
+            if stream is True and self._framing != NO_BODY and not flow.killed:
+                self.state = _STREAMING  # stream it, the head once this read is handled
+                self.head_due = True
+                return _NONE
         actions: list[tuple[Action, Any]] = []
-        if self._upstream_held:
+        held = self._upstream_held  # the hook was waited for: no read is being handled
+        if held:
             self._upstream_held = False
             actions.append((Action.HOLD_UPSTREAM, False))
         if flow.killed:
             actions.extend(self._kill(now))
             return actions
         if flow.response.stream and self._framing != NO_BODY:
-            actions.extend(self._stream(now))
+            actions.extend(self._stream(now, later=not held))
         else:
             self.state = _RECEIVING
         if self._response_done:
             actions.extend(self._response_complete(now))
         return actions
 
-    def _stream(self, now: float) -> Actions:
-        """Stream the response: its head and what is kept now, the rest as it comes."""
+    def _stream(self, now: float, later: bool = False) -> Actions:
+        """
+        Stream the response: its head and what is kept now, the rest as it
+        comes; or, *later*, once the read that brought the head is handled.
+        """
         self.state = _STREAMING
-        self._head_sent = True
-        framing = self._framing
-        pieces = self._response_body
         stream = self.flow.response.stream  # type: ignore[union-attr]
         if callable(stream):
             self._transform = stream
-            if framing >= 0:
-                framing = CHUNKED  # the length changes: chunked (or until close)
             try:
-                pieces = [stream(piece) for piece in pieces]
+                self._response_body = [stream(piece) for piece in self._response_body]
             except Exception:
-                return ((_SEND_HEAD_ACTION, (framing, ())),
-                        *self._fail(now, _transform_failed(stream), True))
-            self._response_body = pieces
+                return self._fail(now, _transform_failed(stream), True)
+        if later:
+            self.head_due = True
+            return _NONE
+        return self._head_out(self._response_body)
+
+    def _head_out(self, pieces: list[bytes]) -> Actions:
+        """The streamed response's head goes, with *pieces*, the body so far."""
+        self.head_due = False
+        self._head_sent = True
+        framing = self._framing
+        if self._transform is not None and framing >= 0:
+            framing = CHUNKED  # the length changes: chunked (or until close)
         self._recorded = sum(map(len, pieces))
         return ((_SEND_HEAD_ACTION, (framing, tuple(pieces))),)
+
+    def _read_done(self, now: float, arg: Any) -> Actions:
+        if not self.head_due:
+            raise InvalidEvent("READ_DONE without a head held back")
+        return self._head_out(self._response_body)
 
     def _response_data(self, now: float, data: bytes) -> Actions:
         self._response_size += len(data)
@@ -521,6 +547,9 @@ class Exchange:
                     data = transform(data)
                 except Exception:
                     return self._fail(now, _transform_failed(transform), True)
+            if self.head_due:  # it goes with the head
+                self._response_body.append(data)
+                return _NONE
             if self._recorded < self.body_limit:
                 self._response_body.append(data)
                 self._recorded += len(data)
@@ -564,12 +593,22 @@ class Exchange:
                 except Exception:
                     return self._fail(now, _transform_failed(transform), True)
                 if tail:
-                    actions.append((_RELAY_RESPONSE_ACTION, tail))
                     body.append(tail)
-            response.raw_content = _capped(body, self.body_limit)
-            if self._response_size > self.body_limit:
+                    if not self.head_due:
+                        actions.append((_RELAY_RESPONSE_ACTION, tail))
+            whole = _joined(body)
+            limit = self.body_limit
+            response.raw_content = whole if len(whole) <= limit else whole[:limit]
+            if self._response_size > limit:
                 response.body_size = self._response_size
-            actions.extend(self._finish())
+            if self.head_due and len(whole) <= limit:
+                # It came whole in the read that brought its head: written whole.
+                self.head_due = False
+                actions.extend(self._answer(_WRITE_RESPONSE_ACTION, False))
+            else:
+                if self.head_due:
+                    actions.extend(self._head_out(body))
+                actions.extend(self._finish())
             actions.extend(self._run("response", _RELAYED, now))
             return actions
         response.raw_content = _joined(body)
@@ -655,6 +694,7 @@ class Exchange:
         """
         if self.state is _DONE or self.state is _ERROR:
             return _NONE
+        self.head_due = False  # an error page, if nothing was sent
         actions = list(self._drop_upstream())
         self.failure = reason
         flow = self.flow
@@ -700,6 +740,7 @@ class Exchange:
 
     def _client_gone(self, now: float, arg: Any) -> Actions:
         self._gone = True
+        self.head_due = False
         self._client_paused = False
         actions: list[tuple[Action, Any]] = []
         if self._pending:
@@ -770,6 +811,7 @@ def _table() -> dict[tuple[State, Event], _Handler]:
         (State.CONNECTING, Event.UPSTREAM_READY): Exchange._upstream_ready,
         (State.WAITING, Event.RESPONSE_HEAD): Exchange._response_head,
         (State.RESPONSE, Event.UPSTREAM_FAILED): Exchange._upstream_failed,
+        (State.STREAMING, Event.READ_DONE): Exchange._read_done,
     }
     for state in HOOK_STATES:
         table[state, Event.HOOK_PENDING] = Exchange._hook_pending

@@ -340,6 +340,10 @@ class UpstreamExchange:
             client.deadline.start(self._timeout)  # _silent, as _watch() set it
         self._receiver.response_data(data)
 
+    def read_done(self) -> None:
+        """The read that brought the head is handled: hand it on."""
+        self._receiver.read_done()
+
     def response_ended(self) -> None:
         """The response is complete."""
         self._client = None  # back in the pool, or closed: not ours any more

@@ -86,6 +86,12 @@ class IResponseReceiver(TypingProtocol):
     def response_data(self, data: bytes) -> None:
         """A piece of the response body (transfer coding removed) arrived."""
 
+    def read_done(self) -> None:
+        """
+        The read from the origin that carried the response's head has been
+        handled (with whatever of the body came in it).
+        """
+
     def response_ended(self) -> None:
         """The response is complete."""
 
@@ -137,6 +143,7 @@ class ProxyClient(Protocol):
     reused = False
     _pool: ConnectionPool | None = None
     _started = False
+    _head_read = False  # the read being handled brought a response head
     _until_close = False
     _request_sent = True
     _method = b"GET"
@@ -201,6 +208,10 @@ class ProxyClient(Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if self._head_read:  # this read brought a head: say it is over
+                self._head_read = False
+                if self.father is not None:
+                    self.father.read_done()
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _SkipBody):
@@ -254,6 +265,7 @@ class ProxyClient(Protocol):
         self._until_close = framing == UNTIL_CLOSE
         father = self.father
         assert father is not None
+        self._head_read = True
         father.response_started(status, self._reason, version, fields, framing)
         if framing == NO_BODY and status not in NO_BODY_STATUSES and self.father is father:
             # httptools knows 204 and 304 have no body, not the answer to a

@@ -191,6 +191,11 @@ class ProxyRequest(RequestCompat):
         """A piece of the response body."""
         self._event(_RESPONSE_DATA, data)
 
+    def read_done(self) -> None:
+        """The read that brought the response head is handled."""
+        if self._exchange.head_due:  # type: ignore[union-attr]
+            self._event(Event.READ_DONE)
+
     def response_ended(self) -> None:
         """The response is complete."""
         self._upstream = None
@@ -314,7 +319,15 @@ class ProxyRequest(RequestCompat):
         self._upstream.hold(held)
 
     def _relay_response(self, data: bytes) -> None:
-        self.write(data)
+        # Request.write's first-write and HEAD checks are for a head it
+        # writes itself: _write_head wrote this one.
+        if data and not self._gone:
+            self.sentLength += len(data)
+            transport = self.channel.transport
+            if self.chunked:
+                transport.writeSequence(chunk(data))
+            else:
+                transport.write(data)
 
     def _send_head(self, arg: tuple[int, Sequence[bytes]]) -> None:
         response = self.flow.response  # type: ignore[union-attr]
@@ -323,9 +336,11 @@ class ProxyRequest(RequestCompat):
         framing = forwarded_response(
             self.method, response.status_code, received, None, self.clientproto
         )
-        self._write_head(response, framing, (), own=False)
+        data: list[bytes] = []
         for piece in body:
-            self.write(piece)
+            if piece:
+                data += chunk(piece) if framing == CHUNKED else (piece,)
+        self._write_head(response, framing, data, own=False)
         upstream = self._upstream
         if upstream is not None and not self._gone:
             self.channel.make_room_for_streams()

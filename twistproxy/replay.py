@@ -281,6 +281,9 @@ class _Collector:
     def response_data(self, data: bytes) -> None:
         self._body.append(data)
 
+    def read_done(self) -> None:
+        pass  # the body is kept whole
+
     def response_ended(self) -> None:
         response = self._response
         assert response is not None

@@ -190,3 +190,17 @@ async def test_stream_transform_and_truncated_record(start_proxy: Any) -> None:
     assert flow.response.raw_content == shouted[:20]
     assert flow.response.truncated
     assert flow.response.body_size == len(shouted)
+
+
+@pytest_twisted.ensureDeferred
+async def test_whole_in_one_read_is_written_whole(origin: Running, proxy: Running) -> None:
+    """
+    A streamed response that came whole in the read that brought its head
+    (``/chunked`` is written at once) goes out whole, with its length, as
+    a buffered one would.
+    """
+    reads = await timed(proxy.port, request(origin.port, "/chunked"))
+    [parsed] = parse_responses(b"".join(piece for _, piece in reads))
+    assert parsed.body == b"chunk-0 chunk-1 chunk-2 chunk-3 chunk-4 "
+    assert parsed.header(b"content-length") == b"40"
+    assert parsed.header(b"transfer-encoding") is None
