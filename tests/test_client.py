@@ -69,6 +69,9 @@ class RecordingReceiver:
     def read_done(self) -> None:
         self.reads_done.append(list(self.kinds))
 
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.events.append(("trailers", fields))
+
     def response_ended(self) -> None:
         self.events.append(("ended",))
 
@@ -256,7 +259,8 @@ class ProxyClientTests(SynchronousTestCase):
         )
         self.assertEqual(self.receiver.kinds, ["started", "data"])
         self.client.dataReceived(b"0\r\nX-Trailer: t\r\n\r\n")
-        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.kinds, ["started", "data", "trailers", "ended"])
+        self.assertIn(("trailers", [(b"X-Trailer", b"t")]), self.receiver.events)
         self.assertEqual(self.receiver.framings, [CHUNKED])
         self.assertEqual(self.receiver.body, b"hello world")
 

@@ -194,6 +194,24 @@ class FlowWriterTests(SynchronousTestCase):
         self.assertEqual(restored.is_replay, "response")
         self.assertEqual(restored.marked, ":star:")
 
+    def test_round_trip_truncated_body_and_trailers(self) -> None:
+        """
+        A response recorded in part (its whole length kept) and trailers on
+        both messages read back as they were.
+        """
+        flow = make_flow()
+        assert flow.request is not None and flow.response is not None
+        flow.request.trailers = Headers([(b"X-Checksum", b"1\xe9")])
+        flow.response.raw_content = b"the start"
+        flow.response.body_size = 5000
+        flow.response.trailers = Headers([(b"grpc-status", b"0")])
+        [restored] = read_flows(io.BytesIO(encode(flow)))
+        self.assertEqual(restored.get_state(), flow.get_state())
+        assert restored.response is not None and restored.request is not None
+        self.assertTrue(restored.response.truncated)
+        self.assertEqual(restored.response.body_size, 5000)
+        self.assertEqual(restored.request.trailers, flow.request.trailers)
+
     def test_round_trip_failed_flow(self) -> None:
         """
         A flow with an error and no response round-trips.

@@ -283,11 +283,20 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(gzip.decompress(raw), b"data" * 10)
         self.assertEqual(request.headers["content-length"], str(len(raw)))
 
-    def test_trailers_refused(self) -> None:
+    def test_trailers(self) -> None:
         """
-        Trailers are not supported yet.
+        Trailers are a Headers (fields given are made one), kept in the
+        state, and checked like header fields as they are set.
         """
-        self.assertRaises(ValueError, self.make_request, trailers=[])
+        request = self.make_request(trailers=[(b"X-Sum", b"abc")])
+        assert request.trailers is not None
+        self.assertEqual(request.trailers["x-sum"], "abc")
+        again = Request.from_state(request.get_state())
+        self.assertEqual(again.trailers, request.trailers)
+        self.assertIsNone(self.make_request().trailers)
+        self.assertIsNone(Request.from_state(self.make_request().get_state()).trailers)
+        with self.assertRaises(ValueError):
+            request.trailers["X-Bad"] = "a\r\nb"
 
     def test_state_round_trip(self) -> None:
         """

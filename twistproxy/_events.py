@@ -87,7 +87,8 @@ class Event(_Identity):
     HEAD = auto()
     #: A piece of the request body; the argument is the bytes.
     BODY_DATA = auto()
-    #: The request body is complete (or there is none).
+    #: The request body is complete (or there is none); the argument is
+    #: the trailer fields of a chunked body, if it had any.
     BODY_END = auto()
     #: The hook chain started by ``RUN_HOOK`` has to be waited for.
     HOOK_PENDING = auto()
@@ -108,7 +109,8 @@ class Event(_Identity):
     RESPONSE_HEAD = auto()
     #: A piece of the response body; the argument is the bytes.
     RESPONSE_DATA = auto()
-    #: The response is complete.
+    #: The response is complete; the argument is the trailer fields of a
+    #: chunked body, if it had any.
     RESPONSE_END = auto()
     #: The read from the origin that brought the response head has been
     #: handled; the shell reports it while the exchange's ``head_due`` is

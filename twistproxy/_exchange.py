@@ -377,10 +377,12 @@ class Exchange:
             return (_PAUSE_CLIENT,)
         return _NONE
 
-    def _body_end(self, now: float, arg: Any) -> Actions:
+    def _body_end(self, now: float, trailers: Any) -> Actions:
         if self.body_done:
             raise InvalidEvent("BODY_END twice")
         self.body_done = True
+        if trailers and self.flow is not None:
+            self.flow.request.trailers = Headers(trailers)  # type: ignore[union-attr]
         state = self.state
         if state is _READING and not self._client_paused and not self._connect:
             return self._request_read(now)  # the common case
@@ -561,8 +563,10 @@ class Exchange:
             return self._stream(now)
         return _NONE
 
-    def _response_end(self, now: float, arg: Any) -> Actions:
+    def _response_end(self, now: float, trailers: Any) -> Actions:
         self._upstream = False
+        if trailers:
+            self.flow.response.trailers = Headers(trailers)  # type: ignore[union-attr]
         if self.body_done and self.state is not _RESPONSE_HEADERS:
             return self._response_complete(now)
         actions: list[tuple[Action, Any]] = []

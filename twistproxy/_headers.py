@@ -44,8 +44,34 @@ legacy ``Proxy-Connection`` and the proxy's own authentication fields)."""
 
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
+_NOT_IN_TRAILERS = HOP_BY_HOP | {
+    b"content-length", b"host", b"content-encoding", b"content-type", b"content-range",
+    b"authorization", b"cache-control", b"expect", b"range", b"set-cookie", b"cookie",
+}
+"""Fields a trailer must not carry: framing, routing, how to read the content
+(RFC 9110 section 6.5.1); a recipient may not merge them into the head."""
+
 VIA = b"1.1 twistproxy"
 """The token this proxy adds to the ``Via`` header of forwarded requests."""
+
+def trailer_fields(fields: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The *fields* a trailer may pass on: those it must not carry are left out."""
+    return [(name, value) for name, value in fields if name.lower() not in _NOT_IN_TRAILERS]
+
+
+def last_chunk(trailers: Iterable[tuple[bytes, bytes]] | None) -> bytes:
+    """
+    The end of a chunked body: the last chunk and the *trailers* (those
+    :func:`trailer_fields` lets through).
+    """
+    if not trailers:
+        return b"0\r\n\r\n"
+    lines = [b"0\r\n"]
+    for name, value in trailer_fields(trailers):
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
 
 def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """
@@ -328,6 +354,8 @@ def check_request(request: Request) -> None:
                 f"{request.path!r} is not a path starting with '/' without spaces or controls",
             )
     check_fields(request.headers.fields, "request")
+    if request.trailers is not None:
+        check_fields(request.trailers.fields, "request trailer")
 
 
 def check_response(response: Response) -> None:
@@ -344,6 +372,8 @@ def check_response(response: Response) -> None:
     if not _REASON.match(_encoded(response.reason, "response reason")):
         raise InvalidMessage("response reason", f"{response.reason!r} holds a CR, LF or control")
     check_fields(response.headers.fields, "response")
+    if response.trailers is not None:
+        check_fields(response.trailers.fields, "response trailer")
 
 
 def check_shape(flow: HTTPFlow) -> tuple[object, ...]:
@@ -359,10 +389,10 @@ def check_shape(flow: HTTPFlow) -> tuple[object, ...]:
     assert request is not None
     shape: tuple[object, ...] = (
         request, request.method, request.path, request.host, request.port, request.scheme,
-        request.authority, request.headers, response,
+        request.authority, request.headers, request.trailers, response,
     )
     if response is not None:
-        shape += (response.status_code, response.reason, response.headers)
+        shape += (response.status_code, response.reason, response.headers, response.trailers)
     return shape
 
 

@@ -17,6 +17,8 @@ whose channel parses the header fields itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.web.http import (  # the module's own attribute access is slow (deprecations)
     HTTPChannel,
     Request,
@@ -34,6 +36,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.web.http.HTTPChannel", "_respondToBadRequestAndDisconnect"),
     ("twisted.web.http", "_ChunkedTransferDecoder"),
     ("twisted.web.http._ChunkedTransferDecoder", "_dataReceived_CHUNK_LENGTH"),
+    ("twisted.web.http._ChunkedTransferDecoder", "_trailerHeaders"),
     ("twisted.web.http", "_MalformedChunkedDataError"),
 )
 """``(owner, name)`` of every private Twisted name used here, for the test."""
@@ -43,8 +46,22 @@ class _BoundedChunks(_ChunkedTransferDecoder):
     """
     Twisted's chunked decoder, refusing chunk sizes beyond
     :data:`~twistproxy._framing.MAX_LENGTH` (as llhttp does): its own takes
-    any number of hex digits.
+    any number of hex digits.  The trailer lines it read are handed to
+    *trailers* just before the body is reported finished.
     """
+
+    def __init__(
+        self,
+        data_callback: Callable[[bytes], None],
+        finish_callback: Callable[[bytes], object],
+        trailers: Callable[[list[bytes]], object],
+    ) -> None:
+        def finished(rest: bytes) -> None:
+            if self._trailerHeaders:
+                trailers([bytes(line) for line in self._trailerHeaders])
+            finish_callback(rest)
+
+        super().__init__(data_callback, finished)
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
         done: bool = super()._dataReceived_CHUNK_LENGTH()
@@ -80,8 +97,16 @@ class ChannelCompat(HTTPChannel):
         ok: bool = self._maybeChooseTransferDecoder(canonical, value)
         decoder = self._transferDecoder
         if ok and type(decoder) is _ChunkedTransferDecoder:
-            self._transferDecoder = _BoundedChunks(decoder.dataCallback, decoder.finishCallback)
+            self._transferDecoder = _BoundedChunks(
+                decoder.dataCallback, decoder.finishCallback, self.trailers_received
+            )
         return ok
+
+    def trailers_received(self, lines: list[bytes]) -> None:
+        """
+        A chunked request body ended with trailer *lines* (``name: value``,
+        unparsed), just before the request is complete (override it).
+        """
 
 
 class RequestCompat(Request):
@@ -95,7 +120,11 @@ class RequestCompat(Request):
 
     :ivar fields: The header fields as the client sent them, in order and
         case (filled in by the channel).
+    :ivar trailers: The trailer fields of a chunked body, once it ended
+        with some (filled in by the channel), else ``None``.
     """
+
+    trailers: list[tuple[bytes, bytes]] | None = None
 
     _fields_copied = 0  # of fields, into Twisted's requestHeaders
 

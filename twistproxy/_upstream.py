@@ -344,6 +344,10 @@ class UpstreamExchange:
         """The read that brought the head is handled: hand it on."""
         self._receiver.read_done()
 
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The body's trailers: hand them on."""
+        self._receiver.response_trailers(fields)
+
     def response_ended(self) -> None:
         """The response is complete."""
         self._client = None  # back in the pool, or closed: not ours any more

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._framing import content_length, transfer_coding
-from twistproxy._headers import connection_tokens, expects_continue
+from twistproxy._headers import connection_tokens, expects_continue, trailer_fields
 from twistproxy._timer import Deadline
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
@@ -259,6 +259,20 @@ class Proxy(ChannelCompat):
                 request.framing = framing
                 return self.choose_body_decoder(name, value)
         return True
+
+    def trailers_received(self, lines: list[bytes]) -> None:
+        """
+        Keep a chunked request's trailer fields on the request, each checked
+        as a header field is; a line that is not a field is dropped (it is
+        never passed on), as are the fields no trailer may carry.
+        """
+        request = self.requests[-1]
+        trailers = []
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if colon and _TOKEN.fullmatch(name) and not _CONTROL.search(value):
+                trailers.append((name, value.strip(b" \t")))
+        request.trailers = trailer_fields(trailers)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """

@@ -92,6 +92,9 @@ class IResponseReceiver(TypingProtocol):
         handled (with whatever of the body came in it).
         """
 
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The chunked body ended with trailer *fields* (the end follows)."""
+
     def response_ended(self) -> None:
         """The response is complete."""
 
@@ -237,6 +240,7 @@ class ProxyClient(Protocol):
         self.answered = True
         self._reason = b""
         self._header_bytes = 0
+        self._fields = []
 
     def on_status(self, reason: bytes) -> None:
         """httptools callback: the reason phrase (not called when it is empty)."""
@@ -282,8 +286,14 @@ class ProxyClient(Protocol):
             father.response_data(body)
 
     def on_message_complete(self) -> None:
-        """httptools callback: a message is complete."""
+        """
+        httptools callback: a message is complete; fields read after its
+        head were its trailers.
+        """
         if self._started:
+            trailers, self._fields = self._fields, []
+            if trailers and self.father is not None:
+                self.father.response_trailers(trailers)
             self.handleResponseEnd()
 
     def handleResponseEnd(self) -> None:

@@ -73,13 +73,15 @@ format holds a state of the current ``FLOW_STATE_VERSION``.  So a bump of
 def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
     """
     Version 1 to 2: messages gained ``body_size``, set when a streamed body
-    was recorded only in part; version 1 recorded streamed bodies as
-    ``null`` content, and kept no size.
+    was recorded only in part (version 1 recorded streamed bodies as
+    ``null`` content, and kept no size), and ``trailers`` (version 1 kept
+    none).
     """
     for key in ("request", "response"):
         message = record.get(key)
         if isinstance(message, dict):
             message.setdefault("body_size", None)
+            message.setdefault("trailers", None)
     return record
 
 
@@ -268,6 +270,7 @@ _MESSAGE = {
     "timestamp_start": _TIME,
     "timestamp_end": _TIME,
     "body_size": _Optional(_INT),
+    "trailers": _Optional(_List(_Pair(_Latin1(), _Latin1()))),
 }
 _FLOW = _Record(
     {

@@ -44,16 +44,22 @@ class Message(MessageBody):
     :ivar timestamp_end: When the last byte was seen, if known.
     :ivar stream: Set by a ``requestheaders``/``responseheaders`` hook to
         pass the body through unbuffered.
+    :ivar trailers: The trailer fields that followed a chunked body, or
+        ``None`` (there were none).  A message with trailers is sent
+        chunked, its trailers after the body.
     """
 
     # raw_content, _decoded and _streamed_size are MessageBody's slots.
-    __slots__ = ("http_version", "headers", "timestamp_start", "timestamp_end", "stream")
+    __slots__ = (
+        "http_version", "headers", "timestamp_start", "timestamp_end", "stream", "trailers",
+    )
 
     http_version: str
     headers: Headers
     timestamp_start: float | None
     timestamp_end: float | None
     stream: bool
+    trailers: Headers | None
 
     def __init__(
         self,
@@ -62,6 +68,7 @@ class Message(MessageBody):
         content: bytes | None,
         timestamp_start: float | None = None,
         timestamp_end: float | None = None,
+        trailers: Headers | Iterable[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """
         :param http_version: For example ``"HTTP/1.1"``.
@@ -81,6 +88,10 @@ class Message(MessageBody):
         self.timestamp_start = timestamp_start
         self.timestamp_end = timestamp_end
         self.stream = False
+        self.trailers = (
+            None if trailers is None
+            else trailers if isinstance(trailers, Headers) else Headers(trailers)
+        )
         self._decoded = None
         self._streamed_size = None
 
@@ -93,6 +104,7 @@ class Message(MessageBody):
         "timestamp_start",
         "timestamp_end",
         "body_size",
+        "trailers",
     )
 
     def _message_state(self) -> dict[str, Any]:
@@ -104,6 +116,7 @@ class Message(MessageBody):
             "timestamp_end": self.timestamp_end,
             # Set only for a body recorded in part (or not at all).
             "body_size": self._streamed_size,
+            "trailers": None if self.trailers is None else self.trailers.get_state(),
         }
 
     def _set_message_state(self, state: Mapping[str, Any]) -> None:
@@ -121,6 +134,8 @@ class Message(MessageBody):
             raise ValueError(f"message body_size in state must be a whole number or None, "
                              f"not {body_size!r}")
         self._streamed_size = body_size
+        trailers = state["trailers"]
+        self.trailers = None if trailers is None else Headers.from_state(trailers)
         self._decoded = None
 
 
@@ -156,7 +171,7 @@ class Request(Message):
         http_version: str | bytes,
         headers: Headers | Iterable[tuple[bytes, bytes]],
         content: bytes | None,
-        trailers: None = None,
+        trailers: Headers | Iterable[tuple[bytes, bytes]] | None = None,
         timestamp_start: float | None = None,
         timestamp_end: float | None = None,
     ) -> None:
@@ -168,11 +183,8 @@ class Request(Message):
             wire fields.
         :param content: The raw (still encoded) body, or ``None`` if it is
             not captured.
-        :param trailers: Not supported yet; must be ``None``.
-        :raises ValueError: if *trailers* is given.
+        :param trailers: The trailer fields, or ``None``.
         """
-        if trailers is not None:
-            raise ValueError("trailers are not supported")
         self._host = host
         self._port = port
         # The proxy hands bytes from the wire: decoded here without a call.
@@ -188,7 +200,9 @@ class Request(Message):
         self.path = (
             path.decode("utf-8", "surrogateescape") if type(path) is bytes else _to_str(path)
         )
-        Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
+        Message.__init__(
+            self, http_version, headers, content, timestamp_start, timestamp_end, trailers
+        )
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
@@ -450,7 +464,7 @@ class Response(Message):
         reason: str | bytes,
         headers: Headers | Iterable[tuple[bytes, bytes]],
         content: bytes | None,
-        trailers: None = None,
+        trailers: Headers | Iterable[tuple[bytes, bytes]] | None = None,
         timestamp_start: float | None = None,
         timestamp_end: float | None = None,
     ) -> None:
@@ -462,17 +476,16 @@ class Response(Message):
             wire fields.
         :param content: The raw (still encoded) body, or ``None`` if it is
             not captured.
-        :param trailers: Not supported yet; must be ``None``.
-        :raises ValueError: if *trailers* is given.
+        :param trailers: The trailer fields, or ``None``.
         """
-        if trailers is not None:
-            raise ValueError("trailers are not supported")
         self.status_code = status_code
         self.reason = (
             reason.decode("utf-8", "surrogateescape") if type(reason) is bytes
             else _to_str(reason)
         )
-        Message.__init__(self, http_version, headers, content, timestamp_start, timestamp_end)
+        Message.__init__(
+            self, http_version, headers, content, timestamp_start, timestamp_end, trailers
+        )
 
     def __repr__(self) -> str:
         return f"<Response {self.status_code} {self.reason}>"

@@ -40,7 +40,7 @@ from twistproxy._framing import (
     forwarded_request,
     forwarded_response,
 )
-from twistproxy._headers import request_head, response_head
+from twistproxy._headers import last_chunk, request_head, response_head
 from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
@@ -121,6 +121,7 @@ class ProxyRequest(RequestCompat):
     _busy = False  # carrying out actions: events wait in _queue
     _chunked = False  # the request body goes upstream chunked
     _head_due = False  # a request without a body: its head goes in with process()
+    _response_trailers: list[tuple[bytes, bytes]] | None = None
 
     def __init__(self, channel: Proxy, queued: object = None) -> None:
         super().__init__(channel)
@@ -164,7 +165,7 @@ class ProxyRequest(RequestCompat):
             self._head_due = False
             self._event(_HEAD, True)
         else:
-            self._event(_BODY_END)
+            self._event(_BODY_END, self.trailers)
 
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: the exchange stops."""
@@ -191,6 +192,10 @@ class ProxyRequest(RequestCompat):
         """A piece of the response body."""
         self._event(_RESPONSE_DATA, data)
 
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The response body's trailer fields (its end comes next)."""
+        self._response_trailers = fields
+
     def read_done(self) -> None:
         """The read that brought the response head is handled."""
         if self._exchange.head_due:  # type: ignore[union-attr]
@@ -199,7 +204,7 @@ class ProxyRequest(RequestCompat):
     def response_ended(self) -> None:
         """The response is complete."""
         self._upstream = None
-        self._event(_RESPONSE_END)
+        self._event(_RESPONSE_END, self._response_trailers)
 
     def response_failed(self, reason: Failure) -> None:
         """The upstream side failed."""
@@ -295,11 +300,17 @@ class ProxyRequest(RequestCompat):
         else:
             content = request.raw_content or b""
             body, size = ((content,) if content else ()), len(content)
-        framing = forwarded_request(self.framing, size if complete else None)
+        trailers = request.trailers
+        if trailers:  # they follow a chunked body
+            framing = CHUNKED
+        else:
+            framing = forwarded_request(self.framing, size if complete else None)
         self._chunked = chunked = framing == CHUNKED
         data = [request_head(request, framing, self._factory.via)]
         for piece in body:
             data += chunk(piece) if chunked else (piece,)
+        if complete and chunked:
+            data.append(last_chunk(trailers.fields if trailers else None))
         upstream = self._upstream
         upstream.send(data, complete=complete)
         if not complete:
@@ -308,7 +319,10 @@ class ProxyRequest(RequestCompat):
 
     def _end_body(self, _: object) -> None:
         self._stop_body(None)
-        self._upstream.end_body((b"0\r\n\r\n",) if self._chunked else ())
+        trailers = self.flow.request.trailers  # type: ignore[union-attr]
+        self._upstream.end_body(
+            (last_chunk(trailers.fields if trailers else None),) if self._chunked else ()
+        )
 
     def _stop_body(self, _: object) -> None:
         transport, self._body_transport = self._body_transport, None
@@ -353,6 +367,14 @@ class ProxyRequest(RequestCompat):
         framing = forwarded_response(
             self.method, response.status_code, NO_BODY, len(content), self.clientproto
         )
+        trailers = response.trailers
+        if trailers and framing >= 0 and self.clientproto == b"HTTP/1.1":
+            # Trailers follow a chunked body: the body as one chunk, then them.
+            body = [*chunk(content), last_chunk(trailers.fields)] if content else [
+                last_chunk(trailers.fields)]
+            self._write_head(response, CHUNKED, body, own)
+            self.chunked = 0  # the last chunk is out
+            return
         self._write_head(response, framing, (content,) if content and framing > 0 else (), own)
 
     def _write_head(
@@ -384,6 +406,12 @@ class ProxyRequest(RequestCompat):
     def _finish(self, _: object) -> None:
         if self.producer is not None:
             self.unregisterProducer()
+        if self.chunked:  # a streamed chunked body: its last chunk, with any trailers
+            response = self.flow.response if self.flow is not None else None
+            trailers = response.trailers if response is not None else None
+            if trailers and not self._gone:
+                self.channel.transport.write(last_chunk(trailers.fields))
+                self.chunked = 0
         self.finish()
 
     def _abandon_upstream(self, _: object) -> None:

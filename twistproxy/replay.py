@@ -284,6 +284,10 @@ class _Collector:
     def read_done(self) -> None:
         pass  # the body is kept whole
 
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        assert self._response is not None
+        self._response.trailers = Headers(fields)
+
     def response_ended(self) -> None:
         response = self._response
         assert response is not None

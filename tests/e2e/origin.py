@@ -29,6 +29,10 @@ Routes (by path prefix):
   (``piece-i\n``), one every MS milliseconds; ``/events/N/MS`` the same as
   server-sent events (``data: i\n\n``, ``text/event-stream``).  The
   factory's ``trickled`` is when the last piece was written.
+- ``/trailers/MS``: a chunked body ``hello`` whose last chunk, MS
+  milliseconds later, carries the trailers ``X-Sum: abc`` and
+  ``Host: elsewhere`` (a field no trailer may carry).  A request's
+  trailers show in ``/echo``'s headers, after its header fields.
 """
 
 from __future__ import annotations
@@ -184,6 +188,17 @@ class OriginProtocol(Protocol):
             write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n" % content_type)
             self._trickle(0, int(count), int(ms) / 1000, events)
+        elif path.startswith("/trailers/"):
+            from twisted.internet import reactor
+
+            write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                  b"5\r\nhello\r\n")
+            last = b"0\r\nX-Sum: abc\r\nHost: elsewhere\r\n\r\n"
+            delay = int(path.split("/")[2]) / 1000
+            if delay:
+                reactor.callLater(delay, write, last)
+            else:
+                write(last)
         elif path.startswith("/gzip"):
             body = gzip.compress(b"hello, compressed world")
             write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
