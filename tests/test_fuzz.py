@@ -522,11 +522,13 @@ class _World:
 
 
 class _Message:
-    """One request as httptools parsed it."""
+    """One request as httptools parsed it (fields after its head are trailers)."""
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
         self.complete = False
         self.version: str | None = None
 
@@ -534,7 +536,10 @@ class _Message:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        (self.trailers if self.head_done else self.headers).append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -589,7 +594,7 @@ def check_upstream_requests(world: _World) -> None:
             assert len(lengths) + len(codings) <= 1, f"more than one framing: {data!r}"
             assert all(v.isdigit() for v in lengths), data
             assert all(v == b"chunked" for v in codings), data
-            for name, value in headers:
+            for name, value in headers + message.trailers:
                 assert _TOKEN.match(name), f"bad field name {name!r}: {data!r}"
                 assert value == value.strip(b" \t"), data
                 assert not re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value), data
