@@ -13,7 +13,12 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError,
 )
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    ITLSTransport,
+)
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
+from twistproxy._tunnel import Relay
 from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, ProxyClientFactory
 from twistproxy.errors import (
     TwistProxyError,
@@ -30,6 +36,7 @@ from twistproxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from twistproxy.flow import Server
 
 KEY = PoolKey("http", "example.com", 80)
 OTHER_KEY = PoolKey("http", "example.org", 80)
@@ -1125,3 +1132,113 @@ class ConnectionPoolTests(SynchronousTestCase):
         client.makeConnection(StringTransport())
         client.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.disconnected, [])
+
+
+@implementer(ITLSTransport)
+class _TLSCapableTransport(StringTransport):
+    """
+    A ``StringTransport`` that can start TLS (``ITLSTransport``), recording
+    the connection creator it was given.
+
+    :ivar started: The creators ``startTLS`` was called with.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hostAddress=LOCAL, peerAddress=PEER)
+        self.started: list[object] = []
+
+    def startTLS(self, creator: object, normal: bool = True) -> None:  # noqa: N802
+        """Record the creator."""
+        self.started.append(creator)
+
+
+class AdoptTests(SynchronousTestCase):
+    """
+    Tests for `ConnectionPool.adopt`: a connection a ``CONNECT`` opened is
+    kept as an idle connection of the pool.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.pool = ConnectionPool(reactor=self.reactor, endpoint_factory=FakeEndpointFactory())
+        self.disconnected: list[ProxyClient] = []
+        self.pool.on_disconnect = self.disconnected.append
+
+    def relay(self, transport: StringTransport | None = None) -> Relay:
+        """An unjoined relay (a CONNECT's origin side) with its record."""
+        relay = Relay()
+        relay.makeConnection(transport if transport is not None else StringTransport(
+            hostAddress=LOCAL, peerAddress=PEER))
+        relay.server = Server(address=("example.com", 80), timestamp_start=1.0)
+        return relay
+
+    def test_plain_connection_kept_idle(self) -> None:
+        """
+        An ``http`` connection is idle in the pool for its key, keeps the
+        CONNECT's record, and carries the next exchange for that key: the
+        origin's bytes reach the new protocol, not the relay.
+        """
+        relay = self.relay()
+        adopted = self.pool.adopt(KEY, relay)
+        self.assertEqual(self.pool.idle_count(KEY), 1)
+        client = self.pool.take_idle(KEY)
+        self.assertIs(client, adopted)
+        assert client is not None
+        self.assertIs(client.server, relay.server)
+        self.assertIs(client.transport, relay.transport)
+        receiver = RecordingReceiver()
+        client.send(receiver, [REQUEST], method=b"GET")
+        self.assertEqual(transport_of(client).value(), REQUEST)
+        relay.dataReceived(OK_HI)  # a TCP transport still delivers to the relay
+        self.assertEqual(receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(receiver.body, b"hi")
+
+    def test_end_reaches_the_pool(self) -> None:
+        """
+        The adopted connection's end is the pool's to see (it leaves the
+        pool, ``server_disconnected`` runs), as for a connection it made.
+        """
+        relay = self.relay()
+        client = self.pool.adopt(KEY, relay)
+        relay.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.pool.idle_count(), 0)
+        self.assertEqual(self.disconnected, [client])
+
+    def test_half_close_closes(self) -> None:
+        """The origin closing its side of an adopted connection closes it."""
+        relay = self.relay()
+        self.pool.adopt(KEY, relay)
+        relay.readConnectionLost()
+        self.assertTrue(relay.transport.disconnecting)
+
+    def test_https_starts_tls_with_server_name(self) -> None:
+        """For ``https``, TLS starts on the connection with the key's server name."""
+        transport = _TLSCapableTransport()
+        key = PoolKey("https", "example.com", 443, "sni.example")
+        client = self.pool.adopt(key, self.relay(transport))
+        self.assertIsNotNone(client)
+        [creator] = transport.started
+        self.assertEqual(creator._server_name, "sni.example")  # type: ignore[attr-defined]
+        self.assertEqual(self.pool.idle_count(key), 1)
+
+    def test_https_without_tls_closed(self) -> None:
+        """A transport that cannot start TLS is closed, not kept for ``https``."""
+        relay = self.relay()
+        self.assertIsNone(self.pool.adopt(PoolKey("https", "example.com", 443), relay))
+        self.assertTrue(relay.transport.disconnecting)
+        self.assertEqual(self.pool.idle_count(), 0)
+
+    def test_origin_spoke_first_closed(self) -> None:
+        """A connection on which the origin sent bytes nobody asked for is closed."""
+        relay = self.relay()
+        relay.dataReceived(b"220 smtp.example ESMTP\r\n")
+        self.assertIsNone(self.pool.adopt(KEY, relay))
+        self.assertTrue(relay.transport.disconnecting)
+        self.assertEqual(self.pool.idle_count(), 0)
+
+    def test_closed_connection_not_kept(self) -> None:
+        """A connection that already ended is not kept."""
+        relay = self.relay()
+        relay.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.pool.adopt(KEY, relay))
+        self.assertEqual(self.pool.idle_count(), 0)

@@ -3,12 +3,12 @@
 The ``CONNECT`` path: the tunnel's far end, and the switch from HTTP to it.
 
 A ``CONNECT`` is an exchange like any other (its flow runs ``http_connect``,
-then ``response``), whose upstream side is a :class:`TunnelEnd`: for a
-passthrough tunnel a raw connection to the origin, opened before the client
-is answered, so that a refused port or an unknown name is a 502 rather than
-a ``200`` followed by a dead tunnel; for an intercepted one the certificate
-the proxy will present, minted before the client is answered, for the same
-reason.  Once the flow's hooks are done, :func:`switch` answers
+then ``response``), whose upstream side is a :class:`TunnelEnd`: a raw
+connection to the origin, opened before the client is answered, so that a
+refused port or an unknown name is a 502 (a connect timeout a 504) rather
+than a ``200`` followed by a dead tunnel; to intercept, the certificate the
+proxy will present is minted first, for the same reason.  Once the flow's
+hooks are done, :func:`switch` answers
 ``200 Connection established`` and hands the connection to the tunnel's
 protocol the way Twisted's own websocket upgrade does: the channel's
 ``dataReceived`` and ``connectionLost`` become the new protocol's, and the
@@ -49,14 +49,15 @@ class TunnelEnd:
     :param receiver: The CONNECT's request.
     :param host: Where the tunnel goes.
     :param port: Where the tunnel goes.
-    :param passthrough: Connect to the origin (a raw relay) rather than
-        intercept.
+    :param passthrough: Relay the tunnel untouched rather than intercept
+        it (which mints the certificate first).
     :param here: The address the client reached the proxy on: a
         connection that leads there fails with
         :class:`~twistproxy.errors.LoopDetected`.
     :param on_connected: Runs with the connection's record (the
         ``server_connected`` hook); a Deferred it returns is waited for.
-    :ivar relay: The origin's side of a passthrough tunnel, once connected.
+    :ivar relay: The origin's side of the tunnel, once connected.
+    :ivar passthrough: The *passthrough* given.
     """
 
     relay: Relay | None = None
@@ -79,23 +80,23 @@ class TunnelEnd:
         self._receiver = receiver
         self._host = host
         self._port = port
-        self._passthrough = passthrough
+        self.passthrough = passthrough
         self._here = here
         self._on_connected = on_connected
 
     def open(self) -> None:
-        """Connect to the origin, or mint the certificate."""
+        """
+        Mint the certificate (to intercept), then connect to the origin
+        (either way): both fail the CONNECT rather than its tunnel.
+        """
         factory = self._factory
-        if not self._passthrough:
+        if not self.passthrough:
             try:
                 factory.intercept_context(self._host)
             except Exception:
                 _log.failure("no certificate for {host}", host=self._host)
                 self._fail(Failure())
                 return
-            self._ready = True
-            self._receiver.upstream_ready(None)
-            return
         endpoint = factory.pool.endpoint_factory("tcp", self._host, self._port)
         relay = Relay(on_close=self._relay_closed)
         self._pending = d = endpoint.connect(RelayFactory(relay))
@@ -181,7 +182,7 @@ def switch(request: Any, _: object) -> None:
     """
     The ``SWITCH`` action of a CONNECT's request: answer ``200 Connection
     established`` and hand the connection to the tunnel: a raw relay joined
-    to the tunnel end's, or TLS interception when it has no relay.
+    to the tunnel end's, or TLS interception.
     """
     channel: Proxy = request.channel
     end: TunnelEnd = request.swap_upstream(None)
@@ -194,15 +195,16 @@ def switch(request: Any, _: object) -> None:
     request.finish()
     end.switched()
     relay = end.relay
+    assert relay is not None
+    relay.on_close = channel.factory.server_closed
     protocol: Any
-    if relay is None:
-        protocol = channel.factory.intercepting_protocol(channel, tunnel)
-    else:
+    if end.passthrough:
         protocol = Relay(on_close=channel.relay_closed)
+    else:
+        protocol = channel.factory.intercepting_protocol(channel, tunnel, relay)
     hand_over(channel, protocol, buffered)
     channel.stop_deadlines()
-    if relay is not None:
-        relay.on_close = channel.factory.server_closed
+    if end.passthrough:
         protocol.join(relay)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -67,6 +67,23 @@ class Relay(Protocol):
         for side in (self, peer):
             if side._read_done:
                 side.readConnectionLost()  # a half-close that came before the join
+
+    @property
+    def early(self) -> bool:
+        """Bytes arrived on this side before it was joined (its peer spoke first)."""
+        return bool(self._pending)
+
+    def give_to(self, protocol: IProtocol) -> None:
+        """
+        Give this side's connection, unjoined, to *protocol*: from now on its
+        bytes and its end go there (its half-close as the whole end).  The
+        caller connects *protocol* to :attr:`transport`.
+        """
+        assert self.peer is None, "a joined relay carries its tunnel"
+        self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
+        self.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
+        self.readConnectionLost = self.transport.loseConnection  # type: ignore[method-assign]
+        self.on_close = None
 
     def dataReceived(self, data: bytes) -> None:
         """Hand *data* to the peer (kept until the peer is joined)."""

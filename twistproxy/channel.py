@@ -30,7 +30,7 @@ from twistproxy._timer import Deadline
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
 from twistproxy._twisted_compat import ChannelCompat
-from twistproxy.client import host_and_port
+from twistproxy.client import PoolKey, host_and_port
 from twistproxy.errors import BadFraming, error_response
 from twistproxy.flow import Client
 
@@ -89,14 +89,33 @@ class Proxy(ChannelCompat):
     _request_line = b""
     _host: Any = None
     _peer: Any = None
+    _origin: Relay | None = None
 
-    def adopt(self, client_conn: Client, tunnel: Tunnel) -> None:
+    def adopt(self, client_conn: Client, tunnel: Tunnel, origin: Relay | None = None) -> None:
         """
         Serve the requests inside an intercepted tunnel: the flows share the
         outer connection's *client_conn*, whose connection hooks already ran.
+
+        :param origin: The connection the ``CONNECT`` opened to the tunnel's
+            target: the pool keeps it for the first request (see
+            :meth:`pool_origin`), or it is closed with this channel.
         """
         self.client_conn = client_conn
         self.tunnel = tunnel
+        self._origin = origin
+
+    def pool_origin(self, server_name: str | None) -> None:
+        """
+        Hand the ``CONNECT``'s connection to the upstream pool, as an idle
+        connection for the tunnel's host and port (for ``https``, TLS with
+        *server_name*), where the first request inside takes it.
+        """
+        origin, self._origin = self._origin, None
+        tunnel = self.tunnel
+        if origin is None or tunnel is None:
+            return
+        scheme = "https" if server_name is not None else "http"
+        self.factory.pool.adopt(PoolKey(scheme, tunnel.host, tunnel.port, server_name), origin)
 
     def tls_server_name(self) -> str:
         """
@@ -131,9 +150,10 @@ class Proxy(ChannelCompat):
     def handshakeCompleted(self) -> None:
         """
         ``IHandshakeListener``: inside an intercepted tunnel, the client's
-        TLS handshake is done; record its details on :attr:`client_conn`.
+        TLS handshake is done; record its details on :attr:`client_conn`,
+        and start TLS with the same name on the ``CONNECT``'s connection.
         """
-        self.tls_server_name()
+        self.pool_origin(self.tls_server_name())
 
     def make_room_for_streams(self) -> None:
         """
@@ -379,6 +399,9 @@ class Proxy(ChannelCompat):
         """Tell the requests, then run the ``client_disconnected`` hook."""
         super().connectionLost(reason)
         self.stop_deadlines()
+        origin, self._origin = self._origin, None
+        if origin is not None and not origin.lost:
+            origin.transport.loseConnection()  # the client left before a request
         if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
             peer = self.client_conn.peername
             _log.info(

@@ -23,7 +23,7 @@ from service_identity import VerificationError
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ITLSTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +41,8 @@ from twistproxy.flow import Server
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
+
+    from twistproxy._tunnel import Relay
 
 _log = Logger()
 
@@ -487,6 +489,32 @@ class ConnectionPool:
         )
         d.addCallbacks(self._record, upstream_error)
         return d
+
+    def adopt(self, key: PoolKey, relay: Relay) -> ProxyClient | None:
+        """
+        Keep a connection opened elsewhere (a ``CONNECT``'s to its target,
+        whose ``server_connected`` hook ran then) as an idle connection for
+        *key*, with its record; for ``https`` TLS starts on it with *key*'s
+        server name, verified as on a connection of the pool's own.
+
+        :returns: The connection's protocol, or ``None`` when it could not be
+            kept (closed already; the origin sent bytes nobody asked for; TLS
+            cannot start on its transport) and was closed.
+        """
+        transport = relay.transport
+        if relay.lost:
+            return None
+        if relay.early or (key.scheme == "https" and not ITLSTransport.providedBy(transport)):
+            transport.loseConnection()
+            return None
+        client = ProxyClientFactory(self, key).buildProtocol(None)
+        client.server = relay.server
+        relay.give_to(client)
+        client.makeConnection(transport)
+        if key.scheme == "https":
+            transport.startTLS(self.tls.creator_for(key.server_name or key.host))
+        self.release(client)
+        return client
 
     def _record(self, client: ProxyClient) -> ProxyClient:
         transport = client.transport

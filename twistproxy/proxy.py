@@ -598,15 +598,18 @@ class ProxyFactory(HTTPFactory):
         assert self.contexts is not None
         return self.contexts.context_for(host)
 
-    def intercepting_protocol(self, channel: Proxy, tunnel: Tunnel) -> Any:
+    def intercepting_protocol(
+        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
+    ) -> Any:
         """
         The protocol that takes over *channel*'s connection to intercept the
         tunnel: TLS towards the client around a new channel that adopts
-        *channel*'s client record.
+        *channel*'s client record, and *origin*, the connection the
+        ``CONNECT`` opened, for its first request.
         """
         assert self.contexts is not None
         inner = self._channel(channel.transport.getPeer())
-        inner.adopt(channel.client_conn, tunnel)
+        inner.adopt(channel.client_conn, tunnel, origin)
         alsoProvides(inner, IHandshakeListener)
         creator = InterceptingServerTLS(self.contexts, tunnel.host)
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
