@@ -1103,16 +1103,32 @@ class NewFlowTests(SynchronousTestCase):
         over https, and the client's Host is kept.
         """
         flow = new_flow(Client(), b"GET", b"/x", b"HTTP/1.1", [(b"Host", b"alias")],
-                        tunnel=("example.com", 8443), via=VIA, passthrough=lambda h, p: False,
-                        now=0.0, clock=lambda: 0.0)
+                        tunnel=("https", "example.com", 8443), via=VIA,
+                        passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
         request = flow.request
         assert request is not None
         self.assertEqual((request.scheme, request.host, request.port, request.path),
                          ("https", "example.com", 8443, "/x"))
         self.assertEqual(request.headers.fields, ((b"Host", b"alias"),))
         with self.assertRaises(BadRequestTarget):
-            new_flow(Client(), b"CONNECT", b"a:443", b"HTTP/1.1", [], tunnel=("a", 443),
+            new_flow(Client(), b"CONNECT", b"a:443", b"HTTP/1.1", [], tunnel=("https", "a", 443),
                      via=VIA, passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
+
+    def test_plain_tunnel(self) -> None:
+        """
+        Inside a tunnel that carries plain HTTP, origin form goes to the
+        tunnel's host over http, with a Host made from it when the client
+        sent none (the default port left out).
+        """
+        for port, authority in ((8080, "example.com:8080"), (80, "example.com")):
+            flow = new_flow(Client(), b"GET", b"/x", b"HTTP/1.1", [],
+                            tunnel=("http", "example.com", port), via=VIA,
+                            passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
+            request = flow.request
+            assert request is not None
+            self.assertEqual((request.scheme, request.host, request.port, request.path),
+                             ("http", "example.com", port, "/x"))
+            self.assertEqual(request.headers.fields, ((b"Host", authority.encode()),))
 
     def test_killed_flow_uses_its_clock(self) -> None:
         """The flow's clock stamps a kill (the exchange reads no clock)."""

@@ -22,7 +22,8 @@ class LimitsTests(SynchronousTestCase):
         """
         The defaults are the documented ones: 8 KiB request line, 64 KiB
         header blocks, 256 header fields, 30 s for a request head, 120 s of
-        origin silence and no connection limit.
+        origin silence, 3 s for a tunnel's first bytes and no connection
+        limit.
         """
         limits = Limits()
         self.assertEqual(
@@ -34,6 +35,7 @@ class LimitsTests(SynchronousTestCase):
                 "max_response_header_size": 64 * 1024,
                 "header_timeout": 30.0,
                 "upstream_timeout": 120.0,
+                "sniff_timeout": 3.0,
                 "max_connections": 0,
             },
         )
@@ -81,7 +83,7 @@ class LimitsTests(SynchronousTestCase):
         A timeout of 0 or less is refused, naming the field and the value;
         a fraction of a second is accepted.
         """
-        for name in ("header_timeout", "upstream_timeout"):
+        for name in ("header_timeout", "upstream_timeout", "sniff_timeout"):
             for value in (0, -1.5):
                 with self.subTest(name=name, value=value):
                     with self.assertRaises(ValueError) as caught:

@@ -6,6 +6,9 @@ tunnel that uses it, in memory end to end.
 
 from __future__ import annotations
 
+import contextlib
+import ssl
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -19,8 +22,10 @@ from tests.fakes import FakeEndpointFactory, Recorder
 from twistproxy._connect import hand_over
 from twistproxy._tunnel import Relay
 from twistproxy._twisted_compat import take_buffered
+from twistproxy.certs import CertificateAuthority, CertificateStore
 from twistproxy.channel import Proxy
 from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -45,18 +50,27 @@ class _Holding(Addon):
         return d
 
 
+class _TCPTransport(StringTransport):
+    """A ``StringTransport`` with TCP's ``setTcpNoDelay`` (which it claims)."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802  (Twisted's name)
+        """Nothing to set."""
+
+
 class _Channel:
     """A proxy channel on a ``StringTransport``, and what it connects upstream."""
 
-    def __init__(self, addons: tuple[object, ...] = (), timeout: float = 60.0) -> None:
+    def __init__(
+        self, addons: tuple[object, ...] = (), timeout: float = 60.0, **kwargs: Any
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.endpoints = FakeEndpointFactory()
         self.factory = ProxyFactory(
             reactor=self.reactor, endpoint_factory=self.endpoints, addons=addons,
-            timeout=timeout,
+            timeout=timeout, **kwargs,
         )
         self.channel: Proxy = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = _TCPTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
         self.channel.makeConnection(self.transport)
 
 
@@ -251,3 +265,127 @@ class PassthroughTunnelTests(SynchronousTestCase):
         written = proxy.transport.value()
         self.assertTrue(written.startswith(b"HTTP/1.1 502 "), written)
         self.assertNotIn(b"200 Connection established", written)
+
+
+def _client_hello() -> bytes:
+    """A real TLS ClientHello, made by Python's ssl module."""
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="example.com")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+_REAL_HELLO = _client_hello()
+_NOW = datetime.now(UTC).replace(microsecond=0)  # OpenSSL checks against the real clock
+_CA = CertificateAuthority.generate(now=_NOW, common_name="twistproxy test CA")
+
+
+class SniffingTunnelTests(SynchronousTestCase):
+    """
+    Tests for intercepted ``CONNECT`` tunnels (a certificate store is
+    given): the proxy connects to the origin, answers ``200``, and the
+    client's first bytes (:class:`Sniffer`) decide what the tunnel carries.
+    """
+
+    def setUp(self) -> None:
+        self.open()
+
+    def open(self, *addons: object) -> None:
+        """Open the tunnel on a new proxy with *addons*."""
+        self.proxy = _Channel(addons, cert_store=CertificateStore(_CA, now=lambda: _NOW))
+        self.proxy.channel.dataReceived(_CONNECT)
+        self.assertEqual(self.proxy.transport.value(), _ESTABLISHED)
+        self.proxy.transport.clear()
+        [(self.origin, self.upstream)] = self.proxy.endpoints.connections
+        self.assertIsInstance(self.origin, Relay)
+
+    def test_tls_intercepted(self) -> None:
+        """
+        A ClientHello, even one that arrives a byte at a time, is
+        intercepted: it goes to the proxy's TLS (which answers), not to the
+        origin, and the origin's connection waits in the pool.
+        """
+        for byte in _REAL_HELLO[:2]:
+            self.proxy.channel.dataReceived(bytes([byte]))
+        self.assertEqual(self.proxy.transport.value(), b"")
+        self.proxy.channel.dataReceived(_REAL_HELLO[2:])
+        self.assertEqual(self.upstream.value(), b"")
+        self.assertTrue(self.proxy.transport.value().startswith(b"\x16\x03"))  # ServerHello
+        self.assertFalse(self.upstream.disconnecting)
+
+    def test_http_served_as_flows(self) -> None:
+        """
+        An HTTP request line, even split, makes an ``http`` flow for the
+        tunnel's host and port, sent on the connection the CONNECT opened.
+        """
+        seen: list[HTTPFlow] = []
+
+        class Watch(Addon):
+            def request(self, flow: HTTPFlow) -> None:
+                seen.append(flow)
+
+        self.open(Watch())
+        self.proxy.channel.dataReceived(b"GET /a HT")
+        self.assertEqual(seen, [])
+        self.proxy.channel.dataReceived(b"TP/1.1\r\nHost: example.com:443\r\n\r\n")
+        [flow] = seen
+        self.assertEqual(flow.request.url, "http://example.com:443/a")
+        self.assertEqual(len(self.proxy.endpoints.connections), 1)
+        self.assertTrue(self.upstream.value().startswith(b"GET /a HTTP/1.1\r\n"))
+        self.origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        written = self.proxy.transport.value()
+        self.assertTrue(written.startswith(b"HTTP/1.1 200 OK\r\n"), written)
+        self.assertTrue(written.endswith(b"\r\n\r\nhi"), written)
+
+    def test_other_bytes_relayed_raw(self) -> None:
+        """Bytes that are neither TLS nor HTTP go to the origin untouched, and back."""
+        self.proxy.channel.dataReceived(b"\x00\x01binary")
+        self.assertEqual(self.upstream.value(), b"\x00\x01binary")
+        self.origin.dataReceived(b"answer")
+        self.assertEqual(self.proxy.transport.value(), b"answer")
+
+    def test_origin_speaks_first(self) -> None:
+        """
+        An origin that speaks before the client (SMTP's greeting) makes the
+        tunnel raw at once: the greeting reaches the client, and what the
+        client then sends reaches the origin, HTTP-looking or not.
+        """
+        self.origin.dataReceived(b"220 mail.example ESMTP\r\n")
+        self.assertEqual(self.proxy.transport.value(), b"220 mail.example ESMTP\r\n")
+        self.proxy.channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(self.upstream.value(), b"GET / HTTP/1.1\r\n")
+        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
+
+    def test_silent_client_relayed_raw(self) -> None:
+        """
+        A client that says nothing for ``sniff_timeout`` gets a raw tunnel:
+        a ClientHello sent later goes to the origin untouched.
+        """
+        self.proxy.reactor.advance(self.proxy.factory.limits.sniff_timeout - 0.1)
+        self.proxy.channel.dataReceived(b"\x16")
+        self.assertEqual(self.upstream.value(), b"")
+        self.proxy.reactor.advance(0.1)
+        self.assertEqual(self.upstream.value(), b"\x16")
+        self.proxy.channel.dataReceived(b"\x03\x01")
+        self.assertEqual(self.upstream.value(), b"\x16\x03\x01")
+
+    def test_client_gone_while_sniffing(self) -> None:
+        """A client that leaves before deciding closes the origin's connection."""
+        seen: list[Any] = []
+
+        class Watch(Addon):
+            def client_disconnected(self, client: Any) -> None:
+                seen.append(client)
+
+        self.open(Watch())
+        self.proxy.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.upstream.disconnecting)
+        self.assertEqual(seen, [self.proxy.channel.client_conn])
+        self.assertEqual(self.proxy.reactor.getDelayedCalls(), [])
+
+    def test_origin_closes_while_sniffing(self) -> None:
+        """An origin that closes before the client speaks closes the client."""
+        self.origin.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.proxy.transport.disconnecting)

@@ -36,13 +36,13 @@ class LimitOptionTests(SynchronousTestCase):
         """Each option sets its limit on the factory's Limits."""
         limits = self.factory(self.parse(
             "--max-connections", "7", "--header-timeout", "2.5", "--upstream-timeout", "9",
-            "--max-header-size", "32k", "--max-request-line", "1k",
+            "--max-header-size", "32k", "--max-request-line", "1k", "--sniff-timeout", "0.5",
         )).limits
         self.assertEqual(
             (limits.max_connections, limits.header_timeout, limits.upstream_timeout,
              limits.max_header_size, limits.max_response_header_size,
-             limits.max_request_line),
-            (7, 2.5, 9.0, 32768, 32768, 1024),
+             limits.max_request_line, limits.sniff_timeout),
+            (7, 2.5, 9.0, 32768, 32768, 1024, 0.5),
         )
 
     def test_default_max_connections_from_descriptors(self) -> None:
@@ -56,6 +56,7 @@ class LimitOptionTests(SynchronousTestCase):
         """Negative, zero or too small values are one-line usage errors."""
         for args in (["--max-connections", "-1"], ["--header-timeout", "0"],
                      ["--upstream-timeout", "-3"], ["--max-request-line", "10"],
+                     ["--sniff-timeout", "0"],
                      ["--max-header-size", "lots"]):
             with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
                 self.parse(*args)

@@ -23,9 +23,11 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._sniff import Carried, sniff
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
@@ -182,12 +184,12 @@ def switch(request: Any, _: object) -> None:
     """
     The ``SWITCH`` action of a CONNECT's request: answer ``200 Connection
     established`` and hand the connection to the tunnel: a raw relay joined
-    to the tunnel end's, or TLS interception.
+    to the tunnel end's when it is passed through, or a :class:`Sniffer`
+    that lets the client's first bytes decide.
     """
     channel: Proxy = request.channel
     end: TunnelEnd = request.swap_upstream(None)
     target = request.flow.request
-    tunnel = Tunnel(target.host, target.port)
     channel.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
     buffered = take_buffered(channel)
     channel.persistent = True  # the tunnel outlives this request
@@ -197,15 +199,121 @@ def switch(request: Any, _: object) -> None:
     relay = end.relay
     assert relay is not None
     relay.on_close = channel.factory.server_closed
-    protocol: Any
     if end.passthrough:
         protocol = Relay(on_close=channel.relay_closed)
-    else:
-        protocol = channel.factory.intercepting_protocol(channel, tunnel, relay)
-    hand_over(channel, protocol, buffered)
-    channel.stop_deadlines()
-    if end.passthrough:
+        hand_over(channel, protocol, buffered)
+        channel.stop_deadlines()
         protocol.join(relay)
+        return
+    sniffer = Sniffer(channel, target.host, target.port, relay)
+    hand_over(channel, sniffer, buffered)
+    channel.stop_deadlines()
+    sniffer.start()
+
+
+class Sniffer(Protocol):
+    """
+    The client's side of an intercepted tunnel until its first bytes say
+    what it carries (:func:`~twistproxy._sniff.sniff`): a TLS ClientHello
+    is intercepted (:meth:`~twistproxy.proxy.ProxyFactory.intercepting_protocol`),
+    an HTTP request line is served as plain ``http`` flows on a channel of
+    its own, anything else is relayed raw to *origin*, the connection the
+    ``CONNECT`` opened.
+
+    An origin that speaks (or closes) before the client does makes the
+    tunnel raw at once: TLS and HTTP clients speak first, so that is a
+    server-speaks-first protocol (SMTP, SSH, FTP...).  A client that says
+    nothing for ``limits.sniff_timeout`` seconds gets a raw tunnel too.
+
+    :ivar carried: What the tunnel was found to carry, once decided.
+    """
+
+    carried: Carried | None = None
+    _next: IProtocol | None = None
+    _timer: Any = None
+
+    def __init__(self, channel: Proxy, host: str, port: int, origin: Relay) -> None:
+        self._channel = channel
+        self._host = host
+        self._port = port
+        self._origin = origin
+        self._buffer = b""
+
+    def start(self) -> None:
+        """Watch the origin, and the clock, unless the client decided already."""
+        if self.carried is not None:
+            return
+        origin = self._origin
+        if origin.early or origin.lost:
+            self._decide(Carried.RAW)
+            return
+        origin.on_early = self._origin_spoke
+        origin.on_close = self._origin_closed
+        factory = self._channel.factory
+        self._timer = factory.reactor.callLater(
+            factory.limits.sniff_timeout, self._decide, Carried.RAW)
+
+    def dataReceived(self, data: bytes) -> None:
+        """The client's bytes: kept until they decide."""
+        if self._next is not None:  # decided while hand_over fed the first bytes
+            self._next.dataReceived(data)
+            return
+        self._buffer += data
+        carried = sniff(self._buffer, self._channel.factory.limits.max_request_line)
+        if carried is not None:
+            self._decide(carried)
+
+    def _origin_spoke(self, origin: Relay) -> None:
+        self._decide(Carried.RAW)
+
+    def _origin_closed(self, origin: Relay) -> None:
+        self._channel.factory.server_closed(origin)
+        self._decide(Carried.RAW)
+
+    def _decide(self, carried: Carried) -> None:
+        if self.carried is not None:
+            return
+        self.carried = carried
+        self._stop_watching()
+        channel, origin = self._channel, self._origin
+        factory = channel.factory
+        buffered, self._buffer = self._buffer, b""
+        _log.debug("tunnel to {host}:{port} carries {carried}", host=self._host,
+                   port=self._port, carried=carried.value)
+        protocol: Any
+        if carried is Carried.TLS:
+            protocol = factory.intercepting_protocol(
+                channel, Tunnel(self._host, self._port), origin)
+        elif carried is Carried.HTTP:
+            protocol = factory.tunnel_channel(
+                channel, Tunnel(self._host, self._port, "http"), origin)
+            protocol.pool_origin(None)
+        else:
+            protocol = Relay(on_close=channel.relay_closed)
+        self._next = protocol
+        hand_over(channel, protocol, buffered)
+        if carried is Carried.RAW:
+            protocol.join(origin)
+
+    def _stop_watching(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        origin = self._origin
+        origin.on_early = None
+        if origin.on_close == self._origin_closed:
+            origin.on_close = self._channel.factory.server_closed
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The client left before it said anything decisive: close the origin."""
+        if self.carried is not None:
+            return
+        self.carried = Carried.RAW  # nothing more to decide
+        self._stop_watching()
+        origin = self._origin
+        if not origin.lost:
+            origin.transport.loseConnection()
+        self._channel.relay_closed()
 
 
 def hand_over(channel: Proxy, protocol: IProtocol, buffered: bytes) -> None:
@@ -218,7 +326,8 @@ def hand_over(channel: Proxy, protocol: IProtocol, buffered: bytes) -> None:
     """
     transport: Any = channel.transport
     channel.setTimeout(None)
-    transport.unregisterProducer()
+    if transport.producer is not None:  # the channel's; none on a second hand-over
+        transport.unregisterProducer()
     channel.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
     channel.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
     protocol.makeConnection(transport)

@@ -73,7 +73,7 @@ def new_flow(
     version: bytes,
     fields: list[tuple[bytes, bytes]],
     *,
-    tunnel: tuple[str, int] | None,
+    tunnel: tuple[str, str, int] | None,
     via: bytes,
     passthrough: Callable[[str, int], bool],
     now: float,
@@ -88,7 +88,8 @@ def new_flow(
     :param version: The HTTP version from the request line.
     :param fields: The header fields as they arrived (used, not copied).
     :param tunnel: For a request inside an intercepted tunnel, the
-        ``(host, port)`` the tunnel goes to: origin-form targets go there.
+        ``(scheme, host, port)`` the tunnel goes to: origin-form targets go
+        there (``https`` inside TLS, ``http`` in the clear).
     :param via: This proxy's ``Via`` entry; a request carrying its token
         already came through here.
     :param passthrough: For a CONNECT, whether configuration passes the
@@ -118,9 +119,9 @@ def new_flow(
         return flow
     headers = Headers(fields)
     if tunnel is not None and uri[:1] == b"/":
-        host, port = tunnel
-        target = Target(scheme="https", host=host, port=port, path=uri,
-                        authority=authority_for("https", host, port))
+        scheme, host, port = tunnel
+        target = Target(scheme=scheme, host=host, port=port, path=uri,
+                        authority=authority_for(scheme, host, port))
         if headers.get_raw(b"host") is None:
             headers["Host"] = target.authority
     else:

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_tunnel -*-
 """
-The raw byte relay of a passthrough CONNECT tunnel.
+The raw byte relay of a CONNECT tunnel passed through, or found to carry
+neither TLS nor HTTP.
 
 Two :class:`Relay` protocols, one on the client's connection and one on the
 origin's, hand each other's bytes on.  Each transport is registered as the
@@ -11,6 +12,7 @@ half-close, so protocols that shut down their sending side first still work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
@@ -29,6 +31,8 @@ class Relay(Protocol):
     :ivar peer: The other side, once joined.
     :ivar relayed: Bytes received on this side and handed to the peer.
     :ivar on_close: Called once with this side when its connection ends.
+    :ivar on_early: Called with this side when it receives bytes or a
+        half-close before it is joined (the origin spoke first).
     :ivar server: The origin's connection record, on the origin's side.
     :ivar lost: This side's connection has ended.
     """
@@ -37,8 +41,10 @@ class Relay(Protocol):
     server: Server | None = None
     transport: Any
     lost = False
+    on_early: Callable[[Relay], object] | None = None
     _read_done = False
     _write_done = False
+    _paused = False  # reading stopped until the join: bytes nobody takes yet
 
     def __init__(self, on_close: Any = None) -> None:
         self.relayed = 0
@@ -64,14 +70,17 @@ class Relay(Protocol):
             pending, side._pending = side._pending, []
             for data in pending:
                 side.dataReceived(data)
+            if side._paused:
+                side._paused = False
+                side.transport.resumeProducing()
         for side in (self, peer):
             if side._read_done:
                 side.readConnectionLost()  # a half-close that came before the join
 
     @property
     def early(self) -> bool:
-        """Bytes arrived on this side before it was joined (its peer spoke first)."""
-        return bool(self._pending)
+        """Bytes or a half-close arrived on this side before it was joined."""
+        return bool(self._pending) or (self._read_done and self.peer is None)
 
     def give_to(self, protocol: IProtocol) -> None:
         """
@@ -83,13 +92,22 @@ class Relay(Protocol):
         self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
         self.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
         self.readConnectionLost = self.transport.loseConnection  # type: ignore[method-assign]
-        self.on_close = None
+        self.on_close = self.on_early = None
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         """Hand *data* to the peer (kept until the peer is joined)."""
         peer = self.peer
         if peer is None:
+            # Kept for the peer; reading stops meanwhile, so an origin that
+            # talks before the tunnel opens cannot fill the proxy's memory.
             self._pending.append(data)
+            if not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            self._spoke_early()
             return
         self.relayed += len(data)
         peer.transport.write(data)
@@ -98,13 +116,21 @@ class Relay(Protocol):
         """This side is done sending: tell the peer the same way."""
         self._read_done = True
         peer = self.peer
-        if peer is not None and peer.transport is not None:
+        if peer is None:
+            self._spoke_early()
+        elif peer.transport is not None:
             half_close = getattr(peer.transport, "loseWriteConnection", None)
             if half_close is not None:
                 half_close()
             else:
                 peer.transport.loseConnection()
         self._maybe_close()
+
+    def _spoke_early(self) -> None:
+        on_early = self.on_early
+        if on_early is not None:
+            self.on_early = None
+            on_early(self)
 
     def writeConnectionLost(self) -> None:
         """Our sending side closed."""

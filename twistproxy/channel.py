@@ -46,14 +46,17 @@ _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is p
 class Tunnel:
     """
     Where an intercepted CONNECT tunnel goes: the requests inside it are in
-    origin form and go there, over TLS.
+    origin form and go there, over TLS (``https``) or in the clear
+    (``http``), as the client speaks inside the tunnel.
 
     :ivar host: The CONNECT host.
     :ivar port: The CONNECT port.
+    :ivar scheme: ``https`` (TLS inside the tunnel) or ``http``.
     """
 
     host: str
     port: int
+    scheme: str = "https"
 
 
 class Busy(Protocol):
@@ -74,7 +77,7 @@ class Proxy(ChannelCompat):
 
     :ivar client_conn: The connection record shared by this channel's flows.
     :ivar tunnel: For a channel inside an intercepted tunnel, where the
-        tunnel goes; its requests are in origin form and go there over TLS.
+        tunnel goes; its requests are in origin form and go there.
     """
 
     client_conn: Client
@@ -107,15 +110,15 @@ class Proxy(ChannelCompat):
     def pool_origin(self, server_name: str | None) -> None:
         """
         Hand the ``CONNECT``'s connection to the upstream pool, as an idle
-        connection for the tunnel's host and port (for ``https``, TLS with
-        *server_name*), where the first request inside takes it.
+        connection for the tunnel's scheme, host and port (for ``https``,
+        TLS with *server_name*), where the first request inside takes it.
         """
         origin, self._origin = self._origin, None
         tunnel = self.tunnel
         if origin is None or tunnel is None:
             return
-        scheme = "https" if server_name is not None else "http"
-        self.factory.pool.adopt(PoolKey(scheme, tunnel.host, tunnel.port, server_name), origin)
+        key = PoolKey(tunnel.scheme, tunnel.host, tunnel.port, server_name)
+        self.factory.pool.adopt(key, origin)
 
     def tls_server_name(self) -> str:
         """
@@ -143,7 +146,7 @@ class Proxy(ChannelCompat):
         SNI (:meth:`tls_server_name`); otherwise *host*.
         """
         tunnel = self.tunnel
-        if tunnel is not None and host == tunnel.host:
+        if tunnel is not None and host == tunnel.host and tunnel.scheme == "https":
             return self.tls_server_name()
         return host
 
@@ -165,8 +168,8 @@ class Proxy(ChannelCompat):
         if getattr(transport, "bufferSize", _STREAM_BUFFER) < _STREAM_BUFFER:
             transport.bufferSize = _STREAM_BUFFER
 
-    def relay_closed(self, relay: Relay) -> None:
-        """The client's side of a passthrough tunnel closed."""
+    def relay_closed(self, relay: Relay | None = None) -> None:
+        """The client's side of a tunnel closed (relayed raw, or not yet sniffed)."""
         self._closed()
 
     # -- the request head: limits and strict framing ---------------------

@@ -36,6 +36,10 @@ class Limits:
         first response byte that is ``504 Gateway Timeout``, during the body
         the connections are aborted.  Time the proxy itself holds the origin
         back for a slow client does not count.
+    :ivar sniff_timeout: Seconds an intercepted tunnel waits for the
+        client's first bytes, which say whether it carries TLS, HTTP or
+        something else; a client that says nothing for that long gets a raw
+        tunnel (an origin that speaks first makes it raw at once).
     :ivar max_connections: Client connections served at once; more are
         answered ``503 Service Unavailable`` and closed.  ``0`` means no
         limit.
@@ -49,4 +53,5 @@ class Limits:
     )
     header_timeout: float = attrs.field(default=30.0, validator=_positive_number)
     upstream_timeout: float = attrs.field(default=120.0, validator=_positive_number)
+    sniff_timeout: float = attrs.field(default=3.0, validator=_positive_number)
     max_connections: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])

@@ -140,7 +140,7 @@ class ProxyRequest(RequestCompat):
         try:
             self.flow = new_flow(
                 self.channel.client_conn, command, uri, version, self.fields,
-                tunnel=(tunnel.host, tunnel.port) if tunnel is not None else None,
+                tunnel=(tunnel.scheme, tunnel.host, tunnel.port) if tunnel is not None else None,
                 via=factory.via, passthrough=factory.passes_through,
                 now=factory.reactor.seconds(), clock=factory.reactor.seconds,
             )
@@ -602,18 +602,31 @@ class ProxyFactory(HTTPFactory):
         self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
     ) -> Any:
         """
-        The protocol that takes over *channel*'s connection to intercept the
-        tunnel: TLS towards the client around a new channel that adopts
-        *channel*'s client record, and *origin*, the connection the
-        ``CONNECT`` opened, for its first request.
+        The protocol that takes over *channel*'s connection to intercept a
+        tunnel that carries TLS: TLS towards the client around a new channel
+        (see :meth:`tunnel_channel`).
         """
         assert self.contexts is not None
-        inner = self._channel(channel.transport.getPeer())
-        inner.adopt(channel.client_conn, tunnel, origin)
+        inner = self.tunnel_channel(channel, tunnel, origin)
         alsoProvides(inner, IHandshakeListener)
         creator = InterceptingServerTLS(self.contexts, tunnel.host)
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
         return tls_factory.protocol(tls_factory, inner)
+
+    def tunnel_channel(
+        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
+    ) -> Proxy:
+        """
+        A new channel for the requests inside an intercepted tunnel: it
+        adopts *channel*'s client record, *tunnel* (where its origin-form
+        requests go, and over which scheme) and *origin*, the connection the
+        ``CONNECT`` opened, for the first of them.  Inside TLS it is
+        :meth:`intercepting_protocol`'s; in the clear it takes *channel*'s
+        connection itself.
+        """
+        inner = self._channel(channel.transport.getPeer())
+        inner.adopt(channel.client_conn, tunnel, origin)
+        return inner
 
     def server_closed(self, owner: ProxyClient | Relay) -> None:
         """

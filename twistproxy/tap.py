@@ -196,6 +196,14 @@ class Options(usage.Options):
             positive,
         ],
         [
+            "sniff-timeout",
+            None,
+            3.0,
+            "Seconds an intercepted tunnel waits for the client's first bytes "
+            "(TLS or HTTP) before relaying it raw.",
+            positive,
+        ],
+        [
             "hook-timeout",
             None,
             60.0,
@@ -380,6 +388,7 @@ class Options(usage.Options):
                 max_response_header_size=self["max-header-size"],
                 header_timeout=self["header-timeout"],
                 upstream_timeout=self["upstream-timeout"],
+                sniff_timeout=self["sniff-timeout"],
                 max_connections=default_max_connections() if maximum is None else maximum,
             )
         except ValueError as e:

@@ -1,13 +1,15 @@
 """
 CONNECT tunnels end to end: the eager connection to the target (a failure
 is the CONNECT's own answer, for intercepted and passed-through tunnels
-alike), with raw sockets and curl on 127.0.0.1.
+alike), and what an intercepted tunnel carries (plain HTTP, raw TCP, a
+server that speaks first), with raw sockets and curl on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -22,13 +24,16 @@ from twisted.internet.interfaces import (
     IReactorPluggableNameResolver,
     IResolutionReceiver,
 )
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from tests.e2e.conftest import Running, parse_responses, raw
+from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.test_failures_e2e import _Failing
 from tests.e2e.test_hooks_e2e import Ends
 from twistproxy.flow import Server
 from twistproxy.hooks import Addon
+from twistproxy.limits import Limits
 
 pytestmark = pytest.mark.e2e
 
@@ -204,3 +209,177 @@ async def test_connect_to_the_proxy_itself_is_508(start_proxy: Any, start_https_
     [parsed] = parse_responses(await raw(proxy.port, _connect("127.0.0.1", proxy.port)))
     assert parsed.status == 508
     assert b"tunnel names this proxy itself" in parsed.body
+
+
+# -- what the tunnel carries ---------------------------------------------------
+
+
+class _LineOrigin(Protocol):
+    """
+    A line-based origin: it greets first when its factory has a greeting
+    (as SMTP does), and answers each line with the factory's prefix and
+    the line.
+    """
+
+    factory: _LineOrigins
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self._buffer = b""
+        if self.factory.greeting:
+            self.transport.write(self.factory.greeting)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.factory.lines.append(line + b"\n")
+            self.transport.write(self.factory.prefix + line + b"\n")  # type: ignore[union-attr]
+
+
+class _LineOrigins(Factory):
+    protocol = _LineOrigin
+
+    def __init__(self, greeting: bytes = b"", prefix: bytes = b"") -> None:
+        self.greeting = greeting
+        self.prefix = prefix
+        self.lines: list[bytes] = []
+        self.connections = 0
+
+
+@pytest_twisted.async_yield_fixture
+async def start_line_origin() -> AsyncIterator[Any]:
+    """Start line origins on 127.0.0.1; stopped after the test."""
+    ports: list[Any] = []
+
+    def start(**kwargs: Any) -> Running:
+        factory = _LineOrigins(**kwargs)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        ports.append(port)
+        return Running(port, factory)
+
+    yield start
+    for port in ports:
+        await port.stopListening()
+
+
+def _through_tunnel(proxy_port: int, origin_port: int, lines: list[bytes],
+                    *, wait_for: bytes = b"", timeout: float = 10.0) -> bytes:
+    """
+    Blocking: open a tunnel to *origin_port* on a raw socket, read the
+    ``200`` and then until *wait_for* has come (if given); then send each of
+    *lines* and read until its answer's line end.  Returns everything read
+    after the ``200``.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout) as sock:
+        sock.sendall(_connect("127.0.0.1", origin_port, close=False))
+        received = b""
+
+        def read_until(done: Callable[[bytes], bool]) -> None:
+            nonlocal received
+            while not done(received) and time.monotonic() < deadline:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                received += piece
+
+        read_until(lambda data: b"\r\n\r\n" in data)
+        head, _, received = received.partition(b"\r\n\r\n")
+        assert head == b"HTTP/1.1 200 Connection established", head
+        read_until(lambda data: wait_for in data)
+        for line in lines:
+            expected = received.count(b"\n") + 1
+            sock.sendall(line)
+            read_until(lambda data, n=expected: data.count(b"\n") >= n)  # type: ignore[misc]
+        return received
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_plain_http_inside_intercepted_tunnel(origin: Running,
+                                                    start_https_proxy: Any) -> None:
+    """
+    ``curl --proxytunnel`` with an ``http://`` URL speaks plain HTTP inside
+    the CONNECT tunnel: the proxy serves it as ``http`` flows for the
+    tunnel's host and port, through the hooks, on the connection the
+    CONNECT opened (the origin sees one connection for the two requests).
+    """
+    ends = Ends()
+    proxy = await start_https_proxy(addons=[ends])
+    url = f"http://127.0.0.1:{origin.port}/echo?plain=1"
+    out, err, code = await curl("-p", "-x", f"http://127.0.0.1:{proxy.port}", url, url)
+    assert code == 0, err
+    assert out.count(b'"target": "/echo?plain=1"') == 2
+    [connect, *inner] = ends.flows
+    assert connect.request.method == "CONNECT" and connect.response.status_code == 200
+    assert [flow.request.url for flow in inner] == [url, url]
+    assert all(flow.response.status_code == 200 for flow in inner)
+    assert all(flow.server_conn is connect.server_conn for flow in inner)
+    assert not inner[0].client_conn.tls_established
+    assert origin.factory.connections == 1
+    via = dict(origin.factory.received[0].headers).get(b"Via", b"")
+    assert b"twistproxy" in via  # the proxy made the request, not a raw relay
+
+
+@pytest_twisted.ensureDeferred
+async def test_raw_tcp_inside_intercepted_tunnel(start_https_proxy: Any,
+                                                 start_line_origin: Any) -> None:
+    """
+    Bytes that are neither TLS nor HTTP (a line protocol) are relayed
+    untouched to the origin through the CONNECT's connection, both ways.
+    """
+    line_origin = start_line_origin(prefix=b"echo: ")
+    ends = Ends()
+    proxy = await start_https_proxy(addons=[ends])
+    lines = [b"hello there\n", b"GET / HTTP/1.1\n", b"\x16\x03\x01 bytes\n"]
+    received = await deferToThread(_through_tunnel, proxy.port, line_origin.port, lines)
+    assert received == b"".join(b"echo: " + line for line in lines)
+    assert line_origin.factory.lines == lines
+    assert line_origin.factory.connections == 1
+    [connect] = ends.flows  # no flows inside a raw tunnel
+    assert connect.request.method == "CONNECT"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_speaks_first(start_https_proxy: Any, start_line_origin: Any) -> None:
+    """
+    An origin that greets first (SMTP-like) is relayed raw at once: the
+    client gets the greeting without saying anything, long before the
+    sniffing wait (an hour here) is over, and the conversation goes on.
+    """
+    line_origin = start_line_origin(greeting=b"220 mail.test ESMTP\r\n", prefix=b"250 ")
+    proxy = await start_https_proxy(limits=Limits(sniff_timeout=3600))
+    received = await deferToThread(
+        _through_tunnel, proxy.port, line_origin.port, [b"EHLO client.test\r\n"],
+        wait_for=b"ESMTP\r\n")
+    assert received == b"220 mail.test ESMTP\r\n250 EHLO client.test\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_client_gets_raw_tunnel(start_https_proxy: Any,
+                                             start_line_origin: Any) -> None:
+    """
+    A client that says nothing for ``sniff_timeout`` gets a raw tunnel: what
+    it sends after (TLS-looking bytes here) reaches the origin untouched.
+    """
+    line_origin = start_line_origin(prefix=b"echo: ")
+    proxy = await start_https_proxy(limits=Limits(sniff_timeout=0.05))
+
+    def late(proxy_port: int, origin_port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+            sock.sendall(_connect("127.0.0.1", origin_port, close=False))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(1024)
+            time.sleep(0.5)  # well past the wait
+            sock.sendall(b"\x16\x03\x01 late\n")
+            while answer.count(b"\n") < 3:
+                piece = sock.recv(1024)
+                if not piece:
+                    break
+                answer += piece
+            return answer
+
+    received = await deferToThread(late, proxy.port, line_origin.port)
+    assert received.endswith(b"\r\n\r\necho: \x16\x03\x01 late\n"), received
