@@ -274,21 +274,21 @@ class ProxyAuthTests(SynchronousTestCase):
         client = _client()
         self.auth.http_connect(_connect("example.com", 443, client=client,
                                         headers=[_basic("bob", "hunter2")]))
-        client.tls_established = True
+        client.tunnel = ("example.com", 443)
         for path in ("/a", "/b"):
             inner = _flow(f"https://example.com{path}", client=client)
             self.auth.requestheaders(inner)
             self.assertIsNone(inner.response)
             self.assertEqual(inner.metadata[PROXY_USER], "bob")
 
-    def test_tls_alone_is_not_enough(self) -> None:
+    def test_tunnel_alone_is_not_enough(self) -> None:
         """
-        A connection with TLS established but no CONNECT accepted by this
-        addon (one refused, say) still needs credentials.
+        A connection whose tunnel opened but whose CONNECT this addon did not
+        accept (one refused, say) still needs credentials.
         """
         client = _client()
         self.auth.http_connect(_connect("example.com", 443, client=client))
-        client.tls_established = True
+        client.tunnel = ("example.com", 443)
         inner = _flow("https://example.com/", client=client)
         self.auth.requestheaders(inner)
         self.assert_refused(inner)
@@ -296,11 +296,13 @@ class ProxyAuthTests(SynchronousTestCase):
     def test_accepted_connect_without_tunnel(self) -> None:
         """
         After an accepted CONNECT whose tunnel did not open (the connection
-        has no TLS), a plain request on the connection needs credentials.
+        records no tunnel, TLS or not), a plain request on the connection
+        needs credentials.
         """
         client = _client()
         self.auth.http_connect(_connect("example.com", 443, client=client,
                                         headers=[_basic("bob", "hunter2")]))
+        client.tls_established = True  # as if: TLS alone is not the tunnel
         plain = _flow("http://example.com/", client=client)
         self.auth.requestheaders(plain)
         self.assert_refused(plain)
@@ -529,7 +531,7 @@ class HostPolicyTests(SynchronousTestCase):
         """
         policy = HostPolicy(allow=[r"^good\.example:443$"])
         client = _client()
-        client.tls_established = True
+        client.tunnel = ("good.example", 443)
         self.assert_passes(policy, _flow("https://good.example/", client=client))
         self.assert_refused(policy, _flow("https://evil.example/", client=client),
                             "evil.example:443")

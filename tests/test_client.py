@@ -1193,6 +1193,16 @@ class AdoptTests(SynchronousTestCase):
         self.assertEqual(receiver.kinds, ["started", "data", "ended"])
         self.assertEqual(receiver.body, b"hi")
 
+    def test_counts_as_reused(self) -> None:
+        """
+        The adopted connection waited idle, as a kept-alive one does: it
+        counts as reused, so a request it loses before any answer may be
+        sent again on a new connection (the retry rule).
+        """
+        client = self.pool.adopt(KEY, self.relay())
+        assert client is not None
+        self.assertTrue(client.reused)
+
     def test_end_reaches_the_pool(self) -> None:
         """
         The adopted connection's end is the pool's to see (it leaves the

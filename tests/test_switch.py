@@ -177,8 +177,10 @@ class PassthroughTunnelTests(SynchronousTestCase):
         untouched.
         """
         proxy = _Channel()
+        self.assertIsNone(proxy.channel.client_conn.tunnel)
         relay, upstream = self._connect(proxy)
         self.assertEqual(proxy.transport.value(), _ESTABLISHED)
+        self.assertEqual(proxy.channel.client_conn.tunnel, ("example.com", 443))
         proxy.transport.clear()
         proxy.channel.dataReceived(_CLIENT_HELLO)
         self.assertEqual(upstream.value(), _CLIENT_HELLO)
@@ -297,6 +299,7 @@ class SniffingTunnelTests(SynchronousTestCase):
         self.proxy = _Channel(addons, cert_store=CertificateStore(_CA, now=lambda: _NOW))
         self.proxy.channel.dataReceived(_CONNECT)
         self.assertEqual(self.proxy.transport.value(), _ESTABLISHED)
+        self.assertEqual(self.proxy.channel.client_conn.tunnel, ("example.com", 443))
         self.proxy.transport.clear()
         [(self.origin, self.upstream)] = self.proxy.endpoints.connections
         self.assertIsInstance(self.origin, Relay)

@@ -196,6 +196,7 @@ def switch(request: Any, _: object) -> None:
     request.startedWriting = 1  # the 200 went out raw: finish() writes no head
     request.finish()
     end.switched()
+    channel.client_conn.tunnel = (target.host, target.port)
     relay = end.relay
     assert relay is not None
     relay.on_close = channel.factory.server_closed

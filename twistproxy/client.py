@@ -126,7 +126,9 @@ class ProxyClient(Protocol):
     :ivar father: The receiver of the exchange in progress, ``None`` between
         exchanges; taken and cleared by :meth:`handleResponseEnd` and on
         failure, so each exchange ends once.
-    :ivar reused: ``True`` once the connection has carried an exchange.
+    :ivar reused: ``True`` once the connection has carried an exchange, or
+        waited idle before its first (one the pool adopted): the origin may
+        have closed it meanwhile, so the retry rule applies to it.
     :ivar server: The connection record flows using this connection share.
     :ivar max_header_size: Bytes a response's header fields may take; more
         fails the exchange (502).
@@ -509,6 +511,7 @@ class ConnectionPool:
             return None
         client = ProxyClientFactory(self, key).buildProtocol(None)
         client.server = relay.server
+        client.reused = True  # it waited: as stale as a kept-alive connection
         relay.give_to(client)
         client.makeConnection(transport)
         if key.scheme == "https":

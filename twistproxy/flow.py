@@ -244,7 +244,14 @@ class Connection:
 class Client(Connection):
     """
     The connection from the client to the proxy.
+
+    :ivar tunnel: Where the ``CONNECT`` tunnel this connection became goes,
+        ``(host, port)``, once the proxy opened it (answered ``200``);
+        every request after that came through the tunnel.  Not kept in
+        flow files: the flows inside carry their host and port.
     """
+
+    tunnel: tuple[str, int] | None = attrs.field(default=None, repr=False)
 
 
 @attrs.define(kw_only=True, eq=False)

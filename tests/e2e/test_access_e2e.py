@@ -315,3 +315,48 @@ async def test_authentication_before_policy(origin: Running, start_proxy: Any) -
     assert status == 407
     status, _, _ = await _curl_status(proxy, url, "--proxy-user", "alice:open:sesame")
     assert status == 403
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_plain_http_tunnel_with_credentials(origin: Running,
+                                                  start_https_proxy: Any) -> None:
+    """
+    ``curl --proxytunnel`` with an ``http://`` URL: the CONNECT carries the
+    credentials, and the plain requests inside the tunnel, which carry none,
+    are served as the user's.
+    """
+    ends = Ends()
+    proxy = await start_https_proxy(addons=[ProxyAuth(USERS), ends])
+    url = f"http://127.0.0.1:{origin.port}/echo?plain=1"
+    out, err, code = await curl(
+        "-p", "-x", f"http://127.0.0.1:{proxy.port}", "--proxy-user", "alice:open:sesame", url)
+    assert code == 0, err
+    assert json.loads(out)["target"] == "/echo?plain=1"
+    assert "proxy-authorization" not in _header_names(origin)
+    [inner] = [f for f in ends.flows if f.request.method == "GET"]
+    assert inner.metadata[PROXY_USER] == "alice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_tunnel_does_not_authorize_later_requests(
+        origin: Running, start_https_proxy: Any) -> None:
+    """
+    Credentials on a CONNECT whose tunnel does not open (the origin refuses
+    it: 502) do not let the plain requests that follow on the same
+    connection through without their own.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    proxy = await start_https_proxy(addons=[ProxyAuth(USERS)])
+    data = (f"CONNECT 127.0.0.1:{closed} HTTP/1.1\r\nHost: 127.0.0.1:{closed}\r\n"
+            f"{_authorization('alice', 'open:sesame')}\r\n"
+            f"GET http://127.0.0.1:{origin.port}/echo HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{origin.port}\r\nConnection: close\r\n\r\n").encode()
+    refused, after = parse_responses(await raw(proxy.port, data))
+    assert refused.status == 502
+    assert after.status == 407
+    assert origin.factory.received == []

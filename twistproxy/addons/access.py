@@ -200,10 +200,10 @@ class ProxyAuth(Addon):
     def requestheaders(self, flow: HTTPFlow) -> None:
         """
         Refuse a request without valid credentials, unless it comes through
-        a tunnel whose CONNECT was accepted.
+        a tunnel whose CONNECT was accepted (and opened).
         """
         client = flow.client_conn
-        if client.tls_established and client in self._tunnels:
+        if client.tunnel is not None and client in self._tunnels:
             if flow.request is not None:
                 _remove_credentials(flow.request)
             flow.metadata[PROXY_USER] = self._tunnels[client]
