@@ -8,12 +8,15 @@ connection to the origin, opened before the client is answered, so that a
 refused port or an unknown name is a 502 (a connect timeout a 504) rather
 than a ``200`` followed by a dead tunnel; to intercept, the certificate the
 proxy will present is minted first, for the same reason.  Once the flow's
-hooks are done, :func:`switch` answers
-``200 Connection established`` and hands the connection to the tunnel's
-protocol the way Twisted's own websocket upgrade does: the channel's
-``dataReceived`` and ``connectionLost`` become the new protocol's, and the
-bytes the client sent right behind its ``CONNECT`` (often the TLS
-ClientHello), already read by the channel, are handed on first.
+hooks are done, :func:`switch` answers ``200 Connection established`` and
+hands the connection to the tunnel's protocol (:func:`hand_over`) the way
+Twisted's own websocket upgrade does: the channel's ``dataReceived`` and
+``connectionLost`` become the new protocol's, and the bytes the client sent
+right behind its ``CONNECT`` (often the TLS ClientHello), already read by
+the channel, are handed on first.  A tunnel passed through goes to a raw
+relay; an intercepted one to a :class:`Sniffer`, which hands it on once
+more when the client's first bytes say what it carries: TLS, plain HTTP, or
+anything else (relayed raw).
 """
 
 from __future__ import annotations

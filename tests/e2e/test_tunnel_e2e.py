@@ -7,6 +7,7 @@ server that speaks first), with raw sockets and curl on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -383,3 +384,22 @@ async def test_silent_client_gets_raw_tunnel(start_https_proxy: Any,
 
     received = await deferToThread(late, proxy.port, line_origin.port)
     assert received.endswith(b"\r\n\r\necho: \x16\x03\x01 late\n"), received
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_ignored_host_not_sniffed(origin: Running, start_https_proxy: Any) -> None:
+    """
+    A tunnel passed through by policy (``ignore_hosts``) is relayed
+    untouched whatever it carries: plain HTTP inside it makes no flows and
+    reaches the origin as the client sent it.
+    """
+    ends = Ends()
+    proxy = await start_https_proxy(addons=[ends], ignore_hosts=[rf":{origin.port}$"])
+    url = f"http://127.0.0.1:{origin.port}/echo"
+    out, err, code = await curl("-p", "-x", f"http://127.0.0.1:{proxy.port}", url)
+    assert code == 0, err
+    assert json.loads(out)["target"] == "/echo"
+    [connect] = ends.flows
+    assert connect.request.method == "CONNECT" and connect.passthrough
+    assert b"Via" not in dict(origin.factory.received[0].headers)
