@@ -403,3 +403,28 @@ async def test_ignored_host_not_sniffed(origin: Running, start_https_proxy: Any)
     [connect] = ends.flows
     assert connect.request.method == "CONNECT" and connect.passthrough
     assert b"Via" not in dict(origin.factory.received[0].headers)
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_connect_connection_carries_tls_with_client_sni(
+        pki: Any, start_tls_origin: Any, start_https_proxy: Any) -> None:
+    """
+    The connection the CONNECT opened carries the first request inside the
+    intercepted tunnel, TLS started on it with the client's SNI (not the
+    CONNECT host): an origin whose certificate names only that SNI name is
+    verified, and sees one connection.
+    """
+    origin = start_tls_origin(pki.wrong_host)  # valid for elsewhere.example only
+    ends = Ends()
+    proxy = await start_https_proxy(addons=[ends])
+    out, err, code = await curl(
+        "-x", f"http://127.0.0.1:{proxy.port}", "--cacert", str(pki.proxy_ca_pem),
+        "--connect-to", f"elsewhere.example:443:127.0.0.1:{origin.port}",
+        "https://elsewhere.example/echo?sni=1")
+    assert code == 0, err
+    assert json.loads(out)["target"] == "/echo?sni=1"
+    connect, inner = ends.flows
+    assert connect.request.host == "127.0.0.1" and inner.client_conn.sni == "elsewhere.example"
+    assert inner.server_conn is connect.server_conn
+    assert origin.factory.connections == 1
