@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -38,6 +39,20 @@ def _relay(transport: StringTransport | None = None, closed: list[Relay] | None 
     return relay
 
 
+class _Recording(Protocol):
+    """Records what a protocol is given."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.lost.append(reason)
+
+
 class RelayTests(SynchronousTestCase):
     """
     Tests for :class:`Relay`.
@@ -65,6 +80,52 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.b.transport.value(), b"one two")
         self.assertEqual(self.a.transport.value(), b"back")
         self.assertEqual((self.a.relayed, self.b.relayed), (7, 4))
+
+    def test_reading_paused_until_join(self) -> None:
+        """
+        A side that receives bytes before the join stops reading (nobody
+        takes them yet), says so once through ``on_early``, and reads again
+        when joined.
+        """
+        early: list[Relay] = []
+        self.a.on_early = early.append
+        self.assertFalse(self.a.early)
+        self.a.dataReceived(b"220 greeting\r\n")
+        self.a.dataReceived(b"more")
+        self.assertTrue(self.a.early)
+        self.assertEqual(early, [self.a])
+        self.assertEqual(self.a.transport.producerState, "paused")
+        self.assertEqual(self.b.transport.producerState, "producing")
+        self.a.join(self.b)
+        self.assertEqual(self.a.transport.producerState, "producing")
+        self.assertEqual(self.b.transport.value(), b"220 greeting\r\nmore")
+
+    def test_early_half_close(self) -> None:
+        """A half-close before the join is early too."""
+        early: list[Relay] = []
+        self.a.on_early = early.append
+        self.a.readConnectionLost()
+        self.assertTrue(self.a.early)
+        self.assertEqual(early, [self.a])
+
+    def test_give_to(self) -> None:
+        """
+        An unjoined side given to another protocol hands it its bytes and
+        its end; a half-close ends the connection; ``on_close`` and
+        ``on_early`` are not called any more, and reading goes on.
+        """
+        self.a.dataReceived(b"early")  # reading paused
+        self.a.on_early = self.fail
+        other = _Recording()
+        self.a.give_to(other)
+        self.assertEqual(self.a.transport.producerState, "producing")
+        self.a.dataReceived(b"bytes")
+        self.assertEqual(other.received, [b"bytes"])
+        self.a.readConnectionLost()
+        self.assertTrue(self.a.transport.disconnecting)
+        self.a.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(other.lost), 1)
+        self.assertEqual(self.closed, [])
 
     def test_relayed_both_ways_and_counted(self) -> None:
         """

@@ -224,10 +224,11 @@ class Sniffer(Protocol):
     its own, anything else is relayed raw to *origin*, the connection the
     ``CONNECT`` opened.
 
-    An origin that speaks (or closes) before the client does makes the
-    tunnel raw at once: TLS and HTTP clients speak first, so that is a
-    server-speaks-first protocol (SMTP, SSH, FTP...).  A client that says
-    nothing for ``limits.sniff_timeout`` seconds gets a raw tunnel too.
+    An origin that speaks (or closes) before the client has said enough
+    makes the tunnel raw at once: TLS and HTTP clients speak first, so that
+    is a server-speaks-first protocol (SMTP, SSH, FTP...).  A client that
+    has not said enough ``limits.sniff_timeout`` seconds after the ``200``
+    gets a raw tunnel too.
 
     :ivar carried: What the tunnel was found to carry, once decided.
     """
@@ -330,7 +331,7 @@ def hand_over(channel: Proxy, protocol: IProtocol, buffered: bytes) -> None:
     """
     transport: Any = channel.transport
     channel.setTimeout(None)
-    if transport.producer is not None:  # the channel's; none on a second hand-over
+    if getattr(transport, "producer", None) is not None:  # none on a second hand-over
         transport.unregisterProducer()
     channel.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
     channel.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]

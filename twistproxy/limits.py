@@ -38,8 +38,9 @@ class Limits:
         back for a slow client does not count.
     :ivar sniff_timeout: Seconds an intercepted tunnel waits for the
         client's first bytes, which say whether it carries TLS, HTTP or
-        something else; a client that says nothing for that long gets a raw
-        tunnel (an origin that speaks first makes it raw at once).
+        something else; a client that has not said enough to tell, that
+        long after the ``200``, gets a raw tunnel (an origin that speaks
+        first makes it raw at once).
     :ivar max_connections: Client connections served at once; more are
         answered ``503 Service Unavailable`` and closed.  ``0`` means no
         limit.
