@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
@@ -49,7 +49,9 @@ class FakeEndpoint:
         self.key = key
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        """Build the protocol and connect it to a transport at once."""
+        """Build the protocol and connect it to a transport at once (or fail)."""
+        if self.owner.fail_with is not None:
+            return fail(self.owner.fail_with)
         protocol = factory.buildProtocol(IPv4Address("TCP", self.key[1], self.key[2]))
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 40000),
@@ -66,7 +68,10 @@ class FakeEndpointFactory:
 
     :ivar requested: ``(scheme, host, port)`` per endpoint asked for.
     :ivar connections: ``(protocol, transport)`` per connection made.
+    :ivar fail_with: When set, every connection attempt fails with it.
     """
+
+    fail_with: Exception | None = None
 
     def __init__(self) -> None:
         self.requested: list[tuple[str, str, int]] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -392,3 +392,66 @@ class SniffingTunnelTests(SynchronousTestCase):
         """An origin that closes before the client speaks closes the client."""
         self.origin.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(self.proxy.transport.disconnecting)
+
+
+class LazyTunnelTests(SynchronousTestCase):
+    """
+    Tests for intercepted tunnels with the ``lazy`` connection strategy:
+    the ``CONNECT`` is answered without a connection, and only a raw tunnel
+    (or a request inside) connects.
+    """
+
+    def setUp(self) -> None:
+        self.proxy = _Channel(cert_store=CertificateStore(_CA, now=lambda: _NOW),
+                              connection_strategy="lazy")
+        self.proxy.channel.dataReceived(_CONNECT)
+        self.assertEqual(self.proxy.transport.value(), _ESTABLISHED)
+        self.assertEqual(self.proxy.endpoints.requested, [])
+        self.proxy.transport.clear()
+
+    def test_tls_connects_nothing(self) -> None:
+        """A ClientHello is intercepted; nothing connects before a request."""
+        self.proxy.channel.dataReceived(_REAL_HELLO)
+        self.assertTrue(self.proxy.transport.value().startswith(b"\x16\x03"))
+        self.assertEqual(self.proxy.endpoints.requested, [])
+
+    def test_raw_connects_then(self) -> None:
+        """
+        Bytes that are neither TLS nor HTTP connect to the origin then; they
+        reach it, and its answer the client, once connected.
+        """
+        self.proxy.channel.dataReceived(b"\x00binary")
+        [(origin, upstream)] = self.proxy.endpoints.connections
+        self.assertEqual(self.proxy.endpoints.requested, [("tcp", "example.com", 443)])
+        self.assertEqual(upstream.value(), b"\x00binary")
+        origin.dataReceived(b"answer")
+        self.assertEqual(self.proxy.transport.value(), b"answer")
+
+    def test_silent_client_waits_then_raw(self) -> None:
+        """
+        With no origin to watch, only the wait ends a silent client's
+        sniffing: then the origin is connected, and its greeting relayed.
+        """
+        self.proxy.reactor.advance(self.proxy.factory.limits.sniff_timeout)
+        [(origin, _)] = self.proxy.endpoints.connections
+        origin.dataReceived(b"220 mail.example ESMTP\r\n")
+        self.assertEqual(self.proxy.transport.value(), b"220 mail.example ESMTP\r\n")
+
+    def test_raw_origin_unreachable(self) -> None:
+        """A raw tunnel whose origin cannot be reached closes the client."""
+        self.proxy.endpoints.fail_with = ConnectionRefusedError()
+        self.proxy.channel.dataReceived(b"\x00binary")
+        self.assertTrue(self.proxy.transport.disconnecting)
+
+
+class ConnectionStrategyTests(SynchronousTestCase):
+    """Tests for ``ProxyFactory(connection_strategy=...)``."""
+
+    def test_values(self) -> None:
+        """``eager`` (the default) and ``lazy``; anything else is refused."""
+        reactor = MemoryReactorClock()
+        self.assertTrue(ProxyFactory(reactor=reactor).connect_eagerly)
+        self.assertFalse(ProxyFactory(reactor=reactor, connection_strategy="lazy").connect_eagerly)
+        with self.assertRaises(ValueError) as caught:
+            ProxyFactory(reactor=reactor, connection_strategy="never")
+        self.assertIn("eager, lazy", str(caught.exception))

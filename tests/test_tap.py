@@ -913,6 +913,33 @@ class ReplayOptionTests(TempDirTestCase):
                     ["http://example.com/1", "http://example.com/2", "http://example.com/3"],
                 )
 
+    def test_connection_strategy(self) -> None:
+        """
+        ``--connection-strategy`` reaches the proxy factory: ``eager`` by
+        default, ``lazy`` by default when server replay answers what it
+        does not match itself (``--replay-unmatched kill`` or ``404``: the
+        proxy may be offline), and what the option says when given.
+        """
+        path = self.write_flows("rec.jsonl", recorded("https://example.com/a"))
+        cases = [
+            ((), True),
+            (("--connection-strategy", "lazy"), False),
+            (("--server-replay", path), True),
+            (("--server-replay", path, "--replay-unmatched", "404"), False),
+            (("--server-replay", path, "--replay-unmatched", "kill"), False),
+            (("--server-replay", path, "--replay-unmatched", "404",
+              "--connection-strategy", "eager"), True),
+        ]
+        for args, eager in cases:
+            with self.subTest(args=args):
+                _, factory, _ = self.started(parse(*args))
+                self.assertIs(factory.connect_eagerly, eager)
+
+    def test_bad_connection_strategy(self) -> None:
+        """Another strategy is a usage error naming the choices."""
+        self.assertEqual(self.usage_error("--connection-strategy", "sometimes"),
+                         "--connection-strategy sometimes: choose one of eager, lazy")
+
     def test_server_replay_defaults(self) -> None:
         """
         With ``--server-replay`` a ``ServerReplay`` addon holding the

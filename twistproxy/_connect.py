@@ -22,7 +22,7 @@ anything else (relayed raw).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol
@@ -36,7 +36,7 @@ from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
 from twistproxy.channel import Proxy, Tunnel
 from twistproxy.client import host_and_port
-from twistproxy.errors import UpstreamConnectionLost, upstream_error
+from twistproxy.errors import UpstreamConnectionLost, describe, upstream_error
 from twistproxy.flow import Server
 
 _log = Logger()
@@ -61,6 +61,10 @@ class TunnelEnd:
         :class:`~twistproxy.errors.LoopDetected`.
     :param on_connected: Runs with the connection's record (the
         ``server_connected`` hook); a Deferred it returns is waited for.
+    :param eager: To intercept, connect to the origin before the client is
+        answered too (the ``eager`` connection strategy); with ``False``
+        (``lazy``) only the certificate is minted, and the requests inside
+        (or a raw tunnel) connect when they need to.
     :ivar relay: The origin's side of the tunnel, once connected.
     :ivar passthrough: The *passthrough* given.
     """
@@ -80,6 +84,7 @@ class TunnelEnd:
         passthrough: bool,
         here: Any,
         on_connected: Callable[[Server], Deferred[Any] | None] | None,
+        eager: bool = True,
     ) -> None:
         self._factory = factory
         self._receiver = receiver
@@ -88,11 +93,13 @@ class TunnelEnd:
         self.passthrough = passthrough
         self._here = here
         self._on_connected = on_connected
+        self._eager = eager
 
     def open(self) -> None:
         """
         Mint the certificate (to intercept), then connect to the origin
-        (either way): both fail the CONNECT rather than its tunnel.
+        (unless intercepting lazily): both fail the CONNECT rather than its
+        tunnel.
         """
         factory = self._factory
         if not self.passthrough:
@@ -101,6 +108,10 @@ class TunnelEnd:
             except Exception:
                 _log.failure("no certificate for {host}", host=self._host)
                 self._fail(Failure())
+                return
+            if not self._eager:
+                self._ready = True
+                self._receiver.upstream_ready(None)
                 return
         endpoint = factory.pool.endpoint_factory("tcp", self._host, self._port)
         relay = Relay(on_close=self._relay_closed)
@@ -177,7 +188,7 @@ def open_tunnel(request: Any, passthrough: bool) -> None:
     end = TunnelEnd(
         request.channel.factory, request, host=target.host, port=target.port,
         passthrough=passthrough, here=request.channel.getHost(),
-        on_connected=request.server_hook(),
+        on_connected=request.server_hook(), eager=request.channel.factory.connect_eagerly,
     )
     request.swap_upstream(end)
     end.open()
@@ -201,9 +212,10 @@ def switch(request: Any, _: object) -> None:
     end.switched()
     channel.client_conn.tunnel = (target.host, target.port)
     relay = end.relay
-    assert relay is not None
-    relay.on_close = channel.factory.server_closed
+    if relay is not None:
+        relay.on_close = channel.factory.server_closed
     if end.passthrough:
+        assert relay is not None
         protocol = Relay(on_close=channel.relay_closed)
         hand_over(channel, protocol, buffered)
         channel.stop_deadlines()
@@ -222,13 +234,14 @@ class Sniffer(Protocol):
     is intercepted (:meth:`~twistproxy.proxy.ProxyFactory.intercepting_protocol`),
     an HTTP request line is served as plain ``http`` flows on a channel of
     its own, anything else is relayed raw to *origin*, the connection the
-    ``CONNECT`` opened.
+    ``CONNECT`` opened (or, with the ``lazy`` connection strategy, a
+    connection opened then).
 
     An origin that speaks (or closes) before the client has said enough
     makes the tunnel raw at once: TLS and HTTP clients speak first, so that
     is a server-speaks-first protocol (SMTP, SSH, FTP...).  A client that
     has not said enough ``limits.sniff_timeout`` seconds after the ``200``
-    gets a raw tunnel too.
+    gets a raw tunnel too (the only way without an *origin* to watch).
 
     :ivar carried: What the tunnel was found to carry, once decided.
     """
@@ -236,8 +249,9 @@ class Sniffer(Protocol):
     carried: Carried | None = None
     _next: IProtocol | None = None
     _timer: Any = None
+    _late: TunnelEnd | None = None  # the raw tunnel's origin, connecting lazily
 
-    def __init__(self, channel: Proxy, host: str, port: int, origin: Relay) -> None:
+    def __init__(self, channel: Proxy, host: str, port: int, origin: Relay | None) -> None:
         self._channel = channel
         self._host = host
         self._port = port
@@ -249,11 +263,12 @@ class Sniffer(Protocol):
         if self.carried is not None:
             return
         origin = self._origin
-        if origin.early or origin.lost:
-            self._decide(Carried.RAW)
-            return
-        origin.on_early = self._origin_spoke
-        origin.on_close = self._origin_closed
+        if origin is not None:
+            if origin.early or origin.lost:
+                self._decide(Carried.RAW)
+                return
+            origin.on_early = self._origin_spoke
+            origin.on_close = self._origin_closed
         factory = self._channel.factory
         self._timer = factory.reactor.callLater(
             factory.limits.sniff_timeout, self._decide, Carried.RAW)
@@ -294,17 +309,56 @@ class Sniffer(Protocol):
                 channel, Tunnel(self._host, self._port, "http"), origin)
             protocol.pool_origin(None)
         else:
-            protocol = Relay(on_close=channel.relay_closed)
+            protocol = Relay(on_close=self._client_closed)
         self._next = protocol
         hand_over(channel, protocol, buffered)
-        if carried is Carried.RAW:
+        if carried is not Carried.RAW:
+            return
+        if origin is not None:
             protocol.join(origin)
+            return
+        chain = factory.chain
+        self._late = late = TunnelEnd(
+            factory, cast(IUpstreamReceiver, self), host=self._host, port=self._port,
+            passthrough=True, here=channel.getHost(),
+            on_connected=(lambda server: chain.run("server_connected", server))
+            if chain.has("server_connected") else None,
+        )
+        late.open()
+
+    # -- a raw tunnel's origin, connected lazily (as TunnelEnd's receiver) -------
+
+    def upstream_ready(self, server: Server | None) -> None:
+        """The raw tunnel's origin is connected: join the client's side to it."""
+        late, self._late = self._late, None
+        assert late is not None and late.relay is not None
+        late.switched()
+        late.relay.on_close = self._channel.factory.server_closed
+        self._next.join(late.relay)  # type: ignore[union-attr]
+
+    def response_failed(self, reason: Failure) -> None:
+        """The raw tunnel's origin could not be reached: close the client's side."""
+        self._late = None
+        _log.info("tunnel to {host}:{port} failed: {why}", host=self._host,
+                  port=self._port, why=describe(reason))
+        client = self._next
+        if client is not None and client.transport is not None:  # type: ignore[attr-defined]
+            client.transport.loseConnection()  # type: ignore[attr-defined]
+
+    def _client_closed(self, relay: Relay) -> None:
+        """The client's side of a raw tunnel closed: stop connecting, if still."""
+        late, self._late = self._late, None
+        if late is not None:
+            late.abandon()
+        self._channel.relay_closed(relay)
 
     def _stop_watching(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
         origin = self._origin
+        if origin is None:
+            return
         origin.on_early = None
         if origin.on_close == self._origin_closed:
             origin.on_close = self._channel.factory.server_closed
@@ -316,7 +370,7 @@ class Sniffer(Protocol):
         self.carried = Carried.RAW  # nothing more to decide
         self._stop_watching()
         origin = self._origin
-        if not origin.lost:
+        if origin is not None and not origin.lost:
             origin.transport.loseConnection()
         self._channel.relay_closed()
 

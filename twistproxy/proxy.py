@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     from twistproxy._tunnel import Relay
     from twistproxy.certs import CertificateStore
 
+CONNECTION_STRATEGIES = ("eager", "lazy")
+"""When an intercepted ``CONNECT`` connects to its target: see :class:`ProxyFactory`."""
+
 DEFAULT_BODY_LIMIT = 1024 * 1024
 """Bodies up to this many bytes are buffered for the hooks; larger ones stream."""
 
@@ -486,9 +489,18 @@ class ProxyFactory(HTTPFactory):
     :param intercept_timeout: Seconds a flow held with ``flow.intercept()``
         may wait for ``flow.resume()``; then it fails the same way. ``None``
         (the default): it waits for as long as it takes.
+    :param connection_strategy: ``"eager"`` (the default): an intercepted
+        ``CONNECT`` connects to its target before it is answered, as a
+        passed-through one always does, so an unreachable target is the
+        ``CONNECT``'s 502 or 504, and the connection serves the first
+        request inside; ``"lazy"``: an intercepted ``CONNECT`` is answered
+        once its certificate is minted, and connections are made when a
+        request inside needs one (for hooks that answer them all, such as
+        server replay without a network, or that send them elsewhere).
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
-        positive finite number.
+        positive finite number, or *connection_strategy* is neither.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
+    :ivar connect_eagerly: The connection strategy is ``eager``.
     :ivar connections: Client connections open now.
     :ivar via: This proxy's ``Via`` entry, unique to the process.
     """
@@ -513,8 +525,15 @@ class ProxyFactory(HTTPFactory):
         limits: Limits | None = None,
         hook_timeout: float | None = 60.0,
         intercept_timeout: float | None = None,
+        connection_strategy: str = "eager",
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
+        if connection_strategy not in CONNECTION_STRATEGIES:
+            raise ValueError(
+                f"connection_strategy must be one of {', '.join(CONNECTION_STRATEGIES)}, "
+                f"not {connection_strategy!r}"
+            )
+        self.connect_eagerly = connection_strategy == "eager"
         self.limits = limits if limits is not None else Limits()
         self.connections = 0
         # A token of this process for Via: seeing it again means a loop.

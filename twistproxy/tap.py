@@ -48,7 +48,7 @@ from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.http import HTTPFlow
 from twistproxy.limits import Limits
-from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
+from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
 from twistproxy.workers import (
@@ -194,6 +194,15 @@ class Options(usage.Options):
             120.0,
             "Seconds a server may stay silent (then 504, or an aborted response).",
             positive,
+        ],
+        [
+            "connection-strategy",
+            None,
+            None,
+            "eager: an intercepted CONNECT connects to its target before it is "
+            "answered (an unreachable target is its 502/504); lazy: only when a "
+            "request inside needs it. [default: eager; lazy with --server-replay and "
+            "--replay-unmatched kill or 404]",
         ],
         [
             "sniff-timeout",
@@ -378,6 +387,17 @@ class Options(usage.Options):
         ]
         if replay_only and not self["server-replay"]:
             raise usage.UsageError(f"{', '.join(replay_only)} needs --server-replay")
+        strategy = self["connection-strategy"]
+        if strategy is None:
+            # Replaying without forwarding may well be offline: connect only
+            # for what is not answered from the recordings.
+            offline = self["server-replay"] and self["replay-unmatched"] != "forward"
+            strategy = self["connection-strategy"] = "lazy" if offline else "eager"
+        if strategy not in CONNECTION_STRATEGIES:
+            raise usage.UsageError(
+                f"--connection-strategy {strategy}: "
+                f"choose one of {', '.join(CONNECTION_STRATEGIES)}"
+            )
         if self["workers"] > 1 and self["client-replay"]:
             raise usage.UsageError("--client-replay runs in one process: use --workers 1")
         maximum = self["max-connections"]
@@ -465,6 +485,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=options["limits"],
         hook_timeout=options["hook-timeout"],
         intercept_timeout=options["intercept-timeout"],
+        connection_strategy=options["connection-strategy"],
     )
     top = _Main(options["endpoint"])
     if options["worker"]:

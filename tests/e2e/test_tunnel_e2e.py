@@ -32,9 +32,11 @@ from zope.interface import implementer
 from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.test_failures_e2e import _Failing
 from tests.e2e.test_hooks_e2e import Ends
-from twistproxy.flow import Server
+from twistproxy.flow import Client, Server
 from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.limits import Limits
+from twistproxy.replay import ServerReplay
 
 pytestmark = pytest.mark.e2e
 
@@ -428,3 +430,44 @@ async def test_connect_connection_carries_tls_with_client_sni(
     assert connect.request.host == "127.0.0.1" and inner.client_conn.sni == "elsewhere.example"
     assert inner.server_conn is connect.server_conn
     assert origin.factory.connections == 1
+
+
+# -- the lazy connection strategy ------------------------------------------------
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_lazy_server_replay_offline(pki: Any, start_https_proxy: Any) -> None:
+    """
+    With the ``lazy`` strategy an intercepted CONNECT to a name that does
+    not resolve opens (nothing connects before a request needs it), so
+    server replay answers the HTTPS request inside from its recording,
+    with no server at all; the name is never looked up.
+    """
+    recording = HTTPFlow(Client(), Server(), now=lambda: 1.0)
+    recording.request = Request.make("GET", "https://offline.invalid/page")
+    recording.response = Response.make(200, "from the recording\n")
+    names = _Names(known=[])
+    proxy = await start_https_proxy(
+        addons=[ServerReplay([recording], unmatched="404")], connection_strategy="lazy",
+        endpoint_factory=_endpoints(names))
+    out, err, code = await curl(
+        "-x", f"http://127.0.0.1:{proxy.port}", "--cacert", str(pki.proxy_ca_pem),
+        "https://offline.invalid/page")
+    assert code == 0, err
+    assert out == b"from the recording\n"
+    assert names.asked == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_lazy_raw_tunnel(start_https_proxy: Any, start_line_origin: Any) -> None:
+    """
+    With the ``lazy`` strategy a tunnel carrying neither TLS nor HTTP
+    connects to its origin once that is known, and relays both ways.
+    """
+    line_origin = start_line_origin(prefix=b"echo: ")
+    proxy = await start_https_proxy(connection_strategy="lazy")
+    received = await deferToThread(_through_tunnel, proxy.port, line_origin.port,
+                                   [b"hello\n", b"again\n"])
+    assert received == b"echo: hello\necho: again\n"
+    assert line_origin.factory.connections == 1
