@@ -67,12 +67,12 @@ class Relay(Protocol):
         self.transport.registerProducer(peer.transport, True)
         peer.transport.registerProducer(self.transport, True)
         for side in (self, peer):
+            if side._paused:  # before the replay: its writes may pause it again
+                side._paused = False
+                side.transport.resumeProducing()
             pending, side._pending = side._pending, []
             for data in pending:
                 side.dataReceived(data)
-            if side._paused:
-                side._paused = False
-                side.transport.resumeProducing()
         for side in (self, peer):
             if side._read_done:
                 side.readConnectionLost()  # a half-close that came before the join
