@@ -79,6 +79,11 @@ class RecordingReceiver:
     def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         self.events.append(("trailers", fields))
 
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.events.append(("interim", status, reason, fields))
+
     def response_ended(self) -> None:
         self.events.append(("ended",))
 
@@ -412,10 +417,11 @@ class ProxyClientTests(SynchronousTestCase):
         self.assertEqual(self.receiver.started[0][0], 304)
         self.assertEqual(self.receiver.framings, [NO_BODY])
 
-    def test_interim_responses_skipped(self) -> None:
+    def test_interim_responses_reported(self) -> None:
         """
-        ``100 Continue`` and ``103 Early Hints`` are not reported; the final
-        response is, with only its own status and fields.
+        ``100 Continue`` and ``103 Early Hints`` are reported as interim
+        responses; the final response is reported with only its own status
+        and fields.
         """
         self.send()
         self.client.dataReceived(
@@ -423,7 +429,12 @@ class ProxyClientTests(SynchronousTestCase):
             b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         )
-        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.kinds,
+                         ["interim", "interim", "started", "data", "ended"])
+        self.assertEqual(self.receiver.events[:2], [
+            ("interim", 100, b"Continue", []),
+            ("interim", 103, b"Early Hints", [(b"Link", b"</s.css>; rel=preload")]),
+        ])
         self.assertEqual(
             self.receiver.started, [(200, b"OK", b"HTTP/1.1", [(b"Content-Length", b"2")])]
         )
@@ -451,19 +462,19 @@ class ProxyClientTests(SynchronousTestCase):
         self.client.dataReceived(
             b"HTTP/1.1 199 Odd\r\nContent-Length: 3\r\n\r\nxyz" + OK_HI
         )
-        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.kinds, ["interim", "started", "data", "ended"])
         self.assertEqual(self.receiver.body, b"hi")
 
     def test_interim_response_in_separate_read(self) -> None:
         """
-        An interim response arriving on its own reports nothing; the final
-        response that follows later is reported.
+        An interim response arriving on its own is reported alone; the
+        final response that follows later is reported.
         """
         self.send()
         self.client.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.assertEqual(self.receiver.events, [])
+        self.assertEqual(self.receiver.kinds, ["interim"])
         self.client.dataReceived(OK_HI)
-        self.assertEqual(self.receiver.kinds, ["started", "data", "ended"])
+        self.assertEqual(self.receiver.kinds, ["interim", "started", "data", "ended"])
         self.assertEqual(self.receiver.started[0][:2], (200, b"OK"))
 
     def test_switching_protocols_fails(self) -> None:

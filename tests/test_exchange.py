@@ -45,6 +45,7 @@ def made(
     intercepting: bool = True,
     passthrough: bool = False,
     whole: Iterable[str] = ("request", "response"),
+    expect: bool = False,
 ) -> Exchange:
     """
     An exchange for a request head, as ProxyRequest makes one; by default
@@ -60,7 +61,8 @@ def made(
     except (BadRequestTarget, LoopDetected) as e:
         flow, refusal = None, e
     return Exchange(flow, refusal=refusal, hooks=frozenset(hooks), body_limit=body_limit,
-                    declared=declared, intercepting=intercepting, whole=frozenset(whole))
+                    declared=declared, intercepting=intercepting, whole=frozenset(whole),
+                    expect=expect)
 
 
 def kinds(actions: Iterable[tuple[Action, Any]]) -> list[Action]:
@@ -411,6 +413,39 @@ def stream_transform(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> 
         # The client's connection is aborted once the head is out; before, an error page.
         t.assertEqual(p.kinds(Event.HOOK_DONE),
                       [A.ABORT_CLIENT] if head_out else [A.ERROR_PAGE, A.FINISH])
+
+
+@scenario
+def expect_and_interim(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    ``Expect: 100-continue``: the ``requestheaders`` hooks run first; an
+    answer (a hook's, or a refusal) goes at once, without the body; else the
+    proxy asks for the body (``CONTINUE``), buffered or streamed.  Interim
+    responses: a ``103`` is relayed, a ``100`` is not (the proxy asked).
+    """
+    p = Play(made(b"POST", declared=3, hooks=("requestheaders", "request"), expect=True),
+             seen)
+    t.assertEqual(p(Event.HEAD), [(A.RUN_HOOK, "requestheaders")])
+    t.assertEqual(p(Event.HOOK_DONE), [(A.CONTINUE, None)])
+    t.assertIs(p.state, State.READING)
+    p = Play(made(b"POST", declared=3, expect=True, whole=()), seen)
+    t.assertEqual(p(Event.HEAD), [(A.CONTINUE, None), (A.OPEN_UPSTREAM, None)])
+    p = Play(made(b"POST", declared=3, hooks=("requestheaders",), expect=True), seen)
+    p(Event.HEAD)
+    p.flow.response = Response.make(403, b"no")
+    t.assertEqual(p.kinds(Event.HOOK_DONE), [A.CLOSE_AFTER, A.WRITE_RESPONSE])
+    t.assertEqual(p(Event.BODY_END), [(A.FINISH, None)])  # should the client send it after all
+    p = Play(made(b"POST", uri=b"/nope", declared=3, expect=True), seen)
+    t.assertEqual(p.kinds(Event.HEAD), [A.CLOSE_AFTER, A.ERROR_PAGE])
+
+    p = Play(made(), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    early = ResponseHead(b"HTTP/1.1", 103, b"Early Hints", [(b"Link", b"</a.css>")], NO_BODY)
+    t.assertEqual(p(Event.RESPONSE_INTERIM, early), [(A.WRITE_INTERIM, early)])
+    proceed = ResponseHead(b"HTTP/1.1", 100, b"Continue", [], NO_BODY)
+    t.assertEqual(p(Event.RESPONSE_INTERIM, proceed), [])
+    t.assertIs(p.state, State.WAITING)
 
 
 @scenario
@@ -897,6 +932,10 @@ class ScenarioTests(SynchronousTestCase):
     def test_every_hook(self) -> None:
         """See :func:`every_hook`."""
         self.run_scenario(every_hook)
+
+    def test_expect_and_interim(self) -> None:
+        """See :func:`expect_and_interim`."""
+        self.run_scenario(expect_and_interim)
 
     def test_streamed_by_default(self) -> None:
         """See :func:`streamed_by_default`."""

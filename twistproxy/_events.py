@@ -112,6 +112,9 @@ class Event(_Identity):
     #: The response is complete; the argument is the trailer fields of a
     #: chunked body, if it had any.
     RESPONSE_END = auto()
+    #: An interim (1xx) response head arrived before the final one; the
+    #: argument is a :class:`ResponseHead`.
+    RESPONSE_INTERIM = auto()
     #: The read from the origin that brought the response head has been
     #: handled; the shell reports it while the exchange's ``head_due`` is
     #: set (a streamed response's head held back to go out with its body).
@@ -166,6 +169,12 @@ class Action(_Identity):
     #: with (as it arrived, or chunked when a ``stream`` callable changes
     #: it) and the body so far.
     SEND_HEAD = auto()
+    #: Ask the client for the body it held back (``Expect: 100-continue``):
+    #: write ``100 Continue``.
+    CONTINUE = auto()
+    #: Write the interim response head given as the argument (a
+    #: :class:`ResponseHead`) to the client.
+    WRITE_INTERIM = auto()
     #: Write ``flow.response`` whole; the argument says whether the proxy
     #: (a hook) made it rather than an origin.
     WRITE_RESPONSE = auto()

@@ -78,6 +78,7 @@ _SEND_REQUEST_ACTION = Action.SEND_REQUEST
 _WRITE_RESPONSE_ACTION = Action.WRITE_RESPONSE
 
 _NONE: Actions = ()
+_CONTINUE: Actions = ((Action.CONTINUE, None),)
 _SEND_WHOLE_REQUEST: Actions = ((Action.SEND_REQUEST, (True, None)),)  # its body is raw_content
 _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
@@ -106,6 +107,12 @@ class Exchange:
     :param declared: The request body's framing as it arrived.
     :param intercepting: Whether a CONNECT can be intercepted (the proxy has
         a certificate store); without, every tunnel passes through.
+    :param expect: The client (HTTP/1.1) sent ``Expect: 100-continue``: it
+        holds its body back until asked.  The ``requestheaders`` hooks run
+        first: an answer from them goes without the body; otherwise the
+        proxy asks for it (``CONTINUE``), as RFC 9110 section 10.1.1 lets a
+        proxy do, and the expectation is not passed on (an origin that
+        ignored it would leave the client waiting).
 
     :ivar state: The :class:`State`.
     :ivar body: What happens to request body bytes (:class:`Body`).
@@ -119,7 +126,7 @@ class Exchange:
     __slots__ = (
         "flow", "refusal", "hooks", "whole", "body_limit", "declared", "intercepting", "state",
         "body", "body_done", "failure", "_held", "_request_body", "_response_size",
-        "_framing", "_response_body", "_recorded", "_transform", "head_due",
+        "_framing", "_response_body", "_recorded", "_transform", "head_due", "expect",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
         "_tunnel_lost", "_own", "_connect", "_shape",
@@ -135,6 +142,7 @@ class Exchange:
         body_limit: int,
         declared: int = NO_BODY,
         intercepting: bool = False,
+        expect: bool = False,
     ) -> None:
         self.flow = flow
         self.refusal = refusal
@@ -156,6 +164,7 @@ class Exchange:
         self._recorded = 0  # bytes in _response_body while streaming
         self._transform: Callable[[bytes], bytes] | None = None  # a callable response.stream
         self.head_due = False
+        self.expect = expect
         self._framing = NO_BODY  # of the response, as it arrived
         self._response_done = False  # the response ended while its head hook ran
         self._hook = ""  # the hook running
@@ -255,7 +264,7 @@ class Exchange:
         if flow is None:
             self.state = _DISCARDING
             self.body = _DISCARD
-            if complete:
+            if complete or self.expect:  # (a held-back body is not asked for)
                 return self._refuse()
             return _NONE
         if self._connect:
@@ -293,14 +302,16 @@ class Exchange:
         settled = self._settled(now)
         if settled is not None:
             return settled
+        # A body held back (Expect: 100-continue) is wanted now: ask for it.
+        asked = _CONTINUE if self.expect and not self.body_done else _NONE
         if flow.request.stream:
             self.body = _STREAM
-            return self._run("request", _REQUEST, now)
+            return (*asked, *self._run("request", _REQUEST, now))
         self.body = _BUFFER
         self.state = _READING
         if self.body_done:
             return self._request_read(now)
-        return _NONE
+        return asked
 
     def _request_read(self, now: float) -> Actions:
         """The buffered body is whole: it goes to the request, the hook runs."""
@@ -332,7 +343,7 @@ class Exchange:
         self.body = _DISCARD
         self._request_body = []
         actions: list[tuple[Action, Any]] = []
-        if not self.body_done:
+        if not self.body_done and not self.expect:  # (a held-back body is not waited for)
             self.state = _DISCARDING
             if self._client_paused:
                 self._client_paused = False
@@ -533,6 +544,20 @@ class Exchange:
             framing = CHUNKED  # the length changes: chunked (or until close)
         self._recorded = sum(map(len, pieces))
         return ((_SEND_HEAD_ACTION, (framing, tuple(pieces))),)
+
+    def _response_interim(self, now: float, head: ResponseHead) -> Actions:
+        """
+        An interim response: relayed to an HTTP/1.1 client, but for a
+        ``100`` (the proxy asked for a held-back body itself, and does not
+        pass the expectation on).
+        """
+        flow = self.flow
+        assert flow is not None and flow.request is not None
+        if head.status == 100:
+            return _NONE
+        if self._gone or flow.request.http_version != "HTTP/1.1":
+            return _NONE
+        return ((Action.WRITE_INTERIM, head),)
 
     def _read_done(self, now: float, arg: Any) -> Actions:
         if not self.head_due:
@@ -816,6 +841,7 @@ def _table() -> dict[tuple[State, Event], _Handler]:
         (State.WAITING, Event.RESPONSE_HEAD): Exchange._response_head,
         (State.RESPONSE, Event.UPSTREAM_FAILED): Exchange._upstream_failed,
         (State.STREAMING, Event.READ_DONE): Exchange._read_done,
+        (State.WAITING, Event.RESPONSE_INTERIM): Exchange._response_interim,
     }
     for state in HOOK_STATES:
         table[state, Event.HOOK_PENDING] = Exchange._hook_pending

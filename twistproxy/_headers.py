@@ -246,6 +246,22 @@ def response_head(
     return b"".join(head)
 
 
+def interim_head(status: int, reason: bytes, fields: Fields) -> bytes:
+    """
+    An interim (1xx) response to relay to an HTTP/1.1 client: its
+    end-to-end fields, without any framing field (an interim response has
+    no body, whatever it declared).
+    """
+    named = connection_tokens(fields)
+    head = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in fields:
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in named and lower not in _FRAMING:
+            head += (name, b": ", value, b"\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
 def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
     """
     End-to-end fields of a bodiless response, keeping ``Content-Length`` (it

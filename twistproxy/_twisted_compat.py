@@ -125,6 +125,7 @@ class RequestCompat(Request):
     """
 
     trailers: list[tuple[bytes, bytes]] | None = None
+    expects_continue = False  # an HTTP/1.1 client holds its body back (set by the channel)
 
     _fields_copied = 0  # of fields, into Twisted's requestHeaders
 

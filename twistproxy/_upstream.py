@@ -348,6 +348,12 @@ class UpstreamExchange:
         """The body's trailers: hand them on."""
         self._receiver.response_trailers(fields)
 
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An interim response: hand it on."""
+        self._receiver.response_interim(status, reason, fields)
+
     def response_ended(self) -> None:
         """The response is complete."""
         self._client = None  # back in the pool, or closed: not ours any more

@@ -318,8 +318,10 @@ class Proxy(ChannelCompat):
         self._head_deadline.stop()
         request = self.requests[-1]
         self.persistent = self.checkPersistence(request, self._version)
-        if self._version == b"HTTP/1.1" and expects_continue(request.fields):
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Who asks for a held-back body is the exchange's to decide.
+        request.expects_continue = self._version == b"HTTP/1.1" and expects_continue(
+            request.fields
+        )
         command, path, version = self._request_line.split(b" ")
         request.headers_received(command, path, version)
 

@@ -97,6 +97,11 @@ class IResponseReceiver(TypingProtocol):
     def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         """The chunked body ended with trailer *fields* (the end follows)."""
 
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An interim (1xx) response arrived before the final one."""
+
     def response_ended(self) -> None:
         """The response is complete."""
 
@@ -265,7 +270,9 @@ class ProxyClient(Protocol):
         if status < 200:
             if status == 101:
                 raise UpstreamProtocolError("the server switched protocols unasked")
-            return  # interim response (100 Continue, 103): not relayed
+            if self.father is not None:  # an interim response (100 Continue, 103...)
+                self.father.response_interim(status, self._reason, fields)
+            return
         self._started = True
         self._keep_alive = parser.should_keep_alive()
         version = b"HTTP/" + parser.get_http_version().encode("ascii")

@@ -40,7 +40,7 @@ from twistproxy._framing import (
     forwarded_request,
     forwarded_response,
 )
-from twistproxy._headers import last_chunk, request_head, response_head
+from twistproxy._headers import interim_head, last_chunk, request_head, response_head
 from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
@@ -194,6 +194,13 @@ class ProxyRequest(RequestCompat):
     def response_data(self, data: bytes) -> None:
         """A piece of the response body."""
         self._event(_RESPONSE_DATA, data)
+
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An interim (1xx) response came before the final one."""
+        self._event(Event.RESPONSE_INTERIM, ResponseHead(b"HTTP/1.1", status, reason, fields,
+                                                         NO_BODY))
 
     def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         """The response body's trailer fields (its end comes next)."""
@@ -363,6 +370,14 @@ class ProxyRequest(RequestCompat):
             self.channel.make_room_for_streams()
             self.registerProducer(upstream, True)
 
+    def _continue(self, _: object) -> None:
+        if not self._gone:
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _write_interim(self, head: ResponseHead) -> None:
+        if not self._gone:
+            self.channel.transport.write(interim_head(head.status, head.reason, head.fields))
+
     def _write_response(self, own: bool) -> None:
         response = self.flow.response  # type: ignore[union-attr]
         assert response is not None
@@ -443,6 +458,8 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.HOLD_UPSTREAM: ProxyRequest._hold_upstream,
     Action.RELAY_RESPONSE: ProxyRequest._relay_response,
     Action.SEND_HEAD: ProxyRequest._send_head,
+    Action.CONTINUE: ProxyRequest._continue,
+    Action.WRITE_INTERIM: ProxyRequest._write_interim,
     Action.WRITE_RESPONSE: ProxyRequest._write_response,
     Action.ERROR_PAGE: ProxyRequest._error_page,
     Action.CLOSE_AFTER: ProxyRequest._close_after,
@@ -583,7 +600,7 @@ class ProxyFactory(HTTPFactory):
         return Exchange(
             request.flow, refusal=refusal, hooks=hooks, whole=whole,
             body_limit=self.body_limit, declared=request.framing,
-            intercepting=self.contexts is not None,
+            intercepting=self.contexts is not None, expect=request.expects_continue,
         )
 
     def hooks_for(self, cls: type[ProxyRequest]) -> tuple[frozenset[str], frozenset[str]]:

@@ -284,6 +284,11 @@ class _Collector:
     def read_done(self) -> None:
         pass  # the body is kept whole
 
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        pass  # a replay records the final response
+
     def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
         assert self._response is not None
         self._response.trailers = Headers(fields)

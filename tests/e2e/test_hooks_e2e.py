@@ -466,3 +466,40 @@ async def test_host_and_port_set_by_hook(origin: Running, start_proxy: Any) -> N
     assert [v for n, v in report["headers"] if n.lower() == "host"] == [
         f"127.0.0.1:{origin.port}"
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expect_continue_refused_by_hook(origin: Running, start_proxy: Any) -> None:
+    """
+    With ``Expect: 100-continue``, a ``requestheaders`` hook that refuses
+    the upload answers at once: the client gets the 403 without a ``100
+    Continue`` and without sending its body; the origin sees nothing.
+    """
+    import socket
+
+    from twisted.internet.threads import deferToThread
+
+    class Refuse(Addon):
+        def requestheaders(self, flow: HTTPFlow) -> None:
+            flow.response = Response.make(403, "too big")
+
+    proxy = await start_proxy(addons=[Refuse()])
+
+    def talk(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(get(origin, method="POST", close=False,
+                             headers="Content-Length: 1000000\r\nExpect: 100-continue\r\n"))
+            received = b""
+            while not any(p.complete for p in parse_responses(received)):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                received += piece
+            return received
+
+    received = await deferToThread(talk, proxy.port)
+    assert received.startswith(b"HTTP/1.1 403 "), received
+    [parsed] = parse_responses(received)
+    assert parsed.body == b"too big"
+    assert parsed.header(b"connection") == b"close"
+    assert origin.factory.received == []

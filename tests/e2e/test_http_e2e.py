@@ -220,9 +220,16 @@ async def test_bodiless_statuses(origin: Running, proxy: Running, status: int) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_interim_responses_not_relayed(origin: Running, proxy: Running) -> None:
-    """Interim 1xx responses from the origin are consumed; the final one arrives."""
-    [parsed] = parse_responses(await raw(proxy.port, get(origin, "/interim")))
+async def test_interim_responses_relayed(origin: Running, proxy: Running) -> None:
+    """
+    An origin's ``103 Early Hints`` reaches the client, with its fields,
+    before the final response; its ``100 Continue`` does not (the client
+    did not ask; when one does, the proxy answers it).
+    """
+    response = await raw(proxy.port, get(origin, "/interim"))
+    early, _, final = response.partition(b"\r\n\r\n")
+    assert early == b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>", response
+    [parsed] = parse_responses(final)
     assert (parsed.status, parsed.body) == (200, b"final")
 
 
