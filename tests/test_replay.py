@@ -79,6 +79,10 @@ class ClientReplayTests(SynchronousTestCase):
         streamed = recorded("POST")
         streamed.request.raw_content = None
         self.assertIn("not recorded", replay.check(streamed))
+        truncated = recorded("POST", body=b"the start")
+        truncated.request.body_size = 5000
+        self.assertIn("only the first 9 of the request body's 5000 bytes",
+                      replay.check(truncated))
 
     def test_replays_request_and_records_new_response(self) -> None:
         """
@@ -194,6 +198,16 @@ class ServerReplayTests(SynchronousTestCase):
         self.assertEqual(flow.response.content, b"recorded")
         self.assertEqual(flow.is_replay, "response")
         self.assertEqual(flow.response.timestamp_start, 9.0)
+
+    def test_truncated_response_not_served(self) -> None:
+        """A response recorded only in part is not served (nor is one not recorded)."""
+        truncated = recorded(answer=b"the start")
+        truncated.response.body_size = 5000
+        replay = ServerReplay([truncated], now=lambda: 9.0)
+        self.assertEqual(replay.count(), 0)
+        flow = self.live()
+        replay.request(flow)
+        self.assertIsNone(flow.response)
 
     def test_key_parts(self) -> None:
         """Method, host, path, query and body all count; parameter order does not."""

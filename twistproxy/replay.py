@@ -80,7 +80,10 @@ class ClientReplay:
         if request.method == "CONNECT":
             return "a CONNECT flow opens a tunnel; replay the requests inside it"
         if request.raw_content is None:
-            return "the request body was not recorded (it was streamed)"
+            return "the request body was not recorded"
+        if request.truncated:
+            return (f"only the first {len(request.raw_content)} of the request body's "
+                    f"{request.body_size} bytes were recorded (it streamed past the body limit)")
         return None
 
     def start_replay(self, flows: Iterable[HTTPFlow]) -> int:
@@ -343,8 +346,8 @@ class ServerReplay(Addon):
         for flow in flows:
             if flow.request is None or flow.response is None:
                 continue
-            if flow.response.raw_content is None:
-                _log.warn("no recorded response body for {url}; not used for replay",
+            if flow.response.raw_content is None or flow.response.truncated:
+                _log.warn("no whole recorded response body for {url}; not used for replay",
                           url=flow.request.url)
                 continue
             self._recorded.setdefault(self._key(flow), deque()).append(flow)
