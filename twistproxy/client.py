@@ -249,7 +249,6 @@ class ProxyClient(Protocol):
         self.answered = True
         self._reason = b""
         self._header_bytes = 0
-        self._fields = []
 
     def on_status(self, reason: bytes) -> None:
         """httptools callback: the reason phrase (not called when it is empty)."""
@@ -302,9 +301,10 @@ class ProxyClient(Protocol):
         head were its trailers.
         """
         if self._started:
-            trailers, self._fields = self._fields, []
-            if trailers and self.father is not None:
-                self.father.response_trailers(trailers)
+            if self._fields:  # (each head's fields were taken at its end)
+                trailers, self._fields = self._fields, []
+                if self.father is not None:
+                    self.father.response_trailers(trailers)
             self.handleResponseEnd()
 
     def handleResponseEnd(self) -> None:
