@@ -784,6 +784,82 @@ def connect_intercepted(t: SynchronousTestCase, seen: set[tuple[State, Event]]) 
     t.assertEqual(p(Event.CLIENT_GONE), [(A.ABANDON_UPSTREAM, None)])
 
 
+UPGRADE = [(b"Host", b"example.com"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
+           (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+           (b"Sec-WebSocket-Version", b"13")]
+SWITCHING = ResponseHead(b"HTTP/1.1", 101, b"Switching Protocols",
+                         [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")], NO_BODY)
+
+
+@scenario
+def websocket_upgrade(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    A GET asking for a WebSocket goes upstream saying so (OPEN_UPSTREAM's
+    argument); the origin's 101 runs responseheaders and response like any
+    response, the flow gets its WebSocketData and stays live, and the end
+    is SWITCH "websocket" (the connection is the relay's, not abandoned).
+    A response hook that changes the status gets that answer written and
+    the origin's connection closed; a kill or the client going away closes
+    it too; a 101 to a request that did not ask is an error.
+    """
+    hooks = ("responseheaders", "response", "error")
+    p = Play(made(fields=UPGRADE, hooks=hooks), seen)
+    t.assertEqual(p(Event.HEAD, True), [(A.OPEN_UPSTREAM, True)])
+    t.assertEqual(p(Event.UPSTREAM_READY), [(A.SEND_REQUEST, (True, None))])
+    t.assertEqual(p(Event.RESPONSE_HEAD, SWITCHING), [(A.RUN_HOOK, "responseheaders")])
+    t.assertIsNotNone(p.flow.websocket)
+    t.assertEqual(p(Event.HOOK_DONE), [])
+    t.assertEqual(p(Event.RESPONSE_END), [(A.RUN_HOOK, "response")])
+    t.assertEqual(p(Event.HOOK_DONE), [(A.SWITCH, "websocket")])
+    t.assertIs(p.state, State.DONE)
+    t.assertTrue(p.flow.live)
+    t.assertEqual(p(Event.CLIENT_GONE), [])
+
+    p = Play(made(fields=UPGRADE, hooks=hooks), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, SWITCHING)
+    p(Event.HOOK_DONE)
+    p(Event.RESPONSE_END)
+    p.flow.response = Response.make(403)
+    t.assertEqual(p.kinds(Event.HOOK_DONE), [A.ABANDON_UPSTREAM, A.WRITE_RESPONSE, A.FINISH])
+    t.assertIsNone(p.flow.websocket)
+    t.assertFalse(p.flow.live)
+
+    p = Play(made(fields=UPGRADE, hooks=hooks), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, SWITCHING)
+    p(Event.HOOK_DONE)
+    p(Event.RESPONSE_END)
+    p.flow.kill()
+    t.assertEqual(p.kinds(Event.HOOK_DONE), [A.ABANDON_UPSTREAM, A.ABORT_CLIENT])
+
+    p = Play(made(fields=UPGRADE, hooks=hooks), seen)
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, SWITCHING)
+    p(Event.HOOK_DONE)
+    p(Event.RESPONSE_END)
+    t.assertEqual(p(Event.HOOK_PENDING), [])
+    t.assertEqual(p(Event.CLIENT_GONE), [(A.CANCEL_HOOK, None), (A.ABANDON_UPSTREAM, None)])
+
+    p = Play(made(fields=UPGRADE), seen)  # no hooks: straight through
+    p(Event.HEAD, True)
+    p(Event.UPSTREAM_READY)
+    t.assertEqual(p(Event.RESPONSE_HEAD, SWITCHING), [])
+    t.assertEqual(p(Event.RESPONSE_END), [(A.SWITCH, "websocket")])
+
+    for fields, method in ((UPGRADE[:2] + UPGRADE[3:], b"GET"), (UPGRADE, b"POST")):
+        p = Play(made(method, fields=fields, hooks=("error",)), seen)
+        t.assertEqual(p(Event.HEAD, True), [(A.OPEN_UPSTREAM, None)])
+        p(Event.UPSTREAM_READY)
+        t.assertEqual(p.kinds(Event.RESPONSE_HEAD, SWITCHING), [A.ABANDON_UPSTREAM, A.RUN_HOOK])
+        t.assertEqual(p.flow.error.msg,  # type: ignore[union-attr]
+                      "the server switched protocols unasked")
+        t.assertIsNone(p.flow.websocket)
+
+
 @scenario
 def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     """
@@ -928,6 +1004,10 @@ class ScenarioTests(SynchronousTestCase):
     def test_whole_heads(self) -> None:
         """See :func:`whole_heads`."""
         self.run_scenario(whole_heads)
+
+    def test_websocket_upgrade(self) -> None:
+        """See :func:`websocket_upgrade`."""
+        self.run_scenario(websocket_upgrade)
 
     def test_every_hook(self) -> None:
         """See :func:`every_hook`."""

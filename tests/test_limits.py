@@ -22,8 +22,8 @@ class LimitsTests(SynchronousTestCase):
         """
         The defaults are the documented ones: 8 KiB request line, 64 KiB
         header blocks, 256 header fields, 30 s for a request head, 120 s of
-        origin silence, 3 s for a tunnel's first bytes and no connection
-        limit.
+        origin silence, 3 s for a tunnel's first bytes, no connection limit
+        and 10 MiB WebSocket messages.
         """
         limits = Limits()
         self.assertEqual(
@@ -37,6 +37,7 @@ class LimitsTests(SynchronousTestCase):
                 "upstream_timeout": 120.0,
                 "sniff_timeout": 3.0,
                 "max_connections": 0,
+                "max_websocket_message": 10 * 1024 * 1024,
             },
         )
 

@@ -127,6 +127,21 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(len(other.lost), 1)
         self.assertEqual(self.closed, [])
 
+    def test_given_on_again(self) -> None:
+        """
+        The protocol a side was given to may hand the connection on in turn
+        (a connection an origin switched to a WebSocket): the side follows
+        it, bytes and end.
+        """
+        first, then = _Recording(), _Recording()
+        self.a.give_to(first)
+        first.dataReceived = then.dataReceived  # type: ignore[method-assign]
+        first.connectionLost = then.connectionLost  # type: ignore[method-assign]
+        self.a.dataReceived(b"after")
+        self.a.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((first.received, then.received), ([], [b"after"]))
+        self.assertEqual((len(first.lost), len(then.lost)), (0, 1))
+
     def test_relayed_both_ways_and_counted(self) -> None:
         """
         Once joined, each side's bytes are written to the other's transport,

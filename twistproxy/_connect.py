@@ -28,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from twistproxy._sniff import Carried, sniff
@@ -375,20 +376,23 @@ class Sniffer(Protocol):
         self._channel.relay_closed()
 
 
-def hand_over(channel: Proxy, protocol: IProtocol, buffered: bytes) -> None:
+def hand_over(old: Any, protocol: IProtocol, buffered: bytes) -> None:
     """
-    Give *channel*'s connection to *protocol*: from now on the transport's
+    Give the connection of *old* (a :class:`~twistproxy.channel.Proxy`
+    channel, or a :class:`~twistproxy.client.ProxyClient` the origin
+    switched to a WebSocket) to *protocol*: from now on the transport's
     bytes and its end go to *protocol*, starting with *buffered*.
 
-    The channel's idle timeout is stopped (the new protocol keeps its own)
-    and it stops being the transport's producer.
+    A channel's idle timeout is stopped (the new protocol keeps its own);
+    whatever produced for the transport stops doing so.
     """
-    transport: Any = channel.transport
-    channel.setTimeout(None)
+    transport: Any = old.transport
+    if isinstance(old, TimeoutMixin):
+        old.setTimeout(None)
     if getattr(transport, "producer", None) is not None:  # none on a second hand-over
         transport.unregisterProducer()
-    channel.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
-    channel.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
+    old.dataReceived = protocol.dataReceived
+    old.connectionLost = protocol.connectionLost
     protocol.makeConnection(transport)
     transport.resumeProducing()  # HTTPChannel may have paused it while buffering
     if buffered:

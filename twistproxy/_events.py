@@ -143,7 +143,11 @@ class Action(_Identity):
     #: Write the request body piece given as the argument upstream.
     FORWARD_BODY = auto()
     #: Open the upstream side for ``flow.request``: report
-    #: ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.
+    #: ``UPSTREAM_READY`` or ``UPSTREAM_FAILED``.  The argument is true when
+    #: the request asks for a WebSocket
+    #: (:func:`~twistproxy._headers.websocket_upgrade`): it goes with its
+    #: ``Upgrade``, and a ``101`` answers it (``RESPONSE_HEAD``, then
+    #: ``RESPONSE_END`` with the connection kept for ``SWITCH``).
     OPEN_UPSTREAM = auto()
     #: For a CONNECT: make ready the tunnel's other end, a connection to the
     #: origin when the argument (passthrough) is true, or the certificate
@@ -189,7 +193,11 @@ class Action(_Identity):
     ABANDON_UPSTREAM = auto()
     #: Abort the client's connection (no answer, or a truncated one).
     ABORT_CLIENT = auto()
-    #: For a CONNECT: answer ``200`` and hand the connection to the tunnel.
+    #: Hand the client's connection over.  For a CONNECT (argument
+    #: ``None``): answer ``200`` and give it to the tunnel.  After an
+    #: origin's ``101`` to a WebSocket upgrade (argument ``"websocket"``):
+    #: write ``flow.response`` and give it, with the origin's connection, to
+    #: the WebSocket relay.
     SWITCH = auto()
 
 

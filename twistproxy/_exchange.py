@@ -34,11 +34,12 @@ from twistproxy._events import (
     State,
 )
 from twistproxy._framing import CHUNKED, NO_BODY
-from twistproxy._headers import check_messages, check_shape
-from twistproxy.errors import HookFailed, InvalidMessage, describe
+from twistproxy._headers import check_messages, check_shape, websocket_upgrade
+from twistproxy.errors import HookFailed, InvalidMessage, UpstreamProtocolError, describe
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Response
+from twistproxy.websocket import WebSocketData
 
 HIGH_WATER = 64 * 1024
 """Request body bytes held (before they can go anywhere) before the client is paused."""
@@ -129,7 +130,7 @@ class Exchange:
         "_framing", "_response_body", "_recorded", "_transform", "head_due", "expect",
         "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
         "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
-        "_tunnel_lost", "_own", "_connect", "_shape",
+        "_tunnel_lost", "_own", "_connect", "_shape", "_upgrade", "_switched",
     )
 
     def __init__(
@@ -180,6 +181,8 @@ class Exchange:
         self._tunnel_lost: Failure | None = None
         self._shape: tuple[object, ...] | None = None  # the messages as a hook got them
         self._own = False  # the response was made by a hook, not an origin
+        self._upgrade = False  # the request went upstream asking for a WebSocket
+        self._switched = False  # ... and the origin answered 101: its connection is ours
         # A CONNECT: its "body" is the tunnel's, its upstream a TunnelEnd.
         self._connect = flow is not None and flow.request.method == "CONNECT"  # type: ignore[union-attr]
 
@@ -336,6 +339,9 @@ class Exchange:
         if self._connect:
             flow.passthrough = flow.passthrough or not self.intercepting
             return ((Action.OPEN_TUNNEL, flow.passthrough),)
+        if self.body_done and websocket_upgrade(flow.request):
+            self._upgrade = True
+            return ((Action.OPEN_UPSTREAM, True),)
         return (_OPEN_UPSTREAM,)
 
     def _answered(self, now: float) -> Actions:
@@ -479,6 +485,12 @@ class Exchange:
         assert flow is not None
         if head.server is not None:  # after a retry, not the one it was sent on first
             flow.server_conn = head.server
+        if head.status == 101:
+            if not self._upgrade:
+                error = UpstreamProtocolError("the server switched protocols unasked")
+                return self._fail(now, Failure(error), True)
+            self._switched = True
+            flow.websocket = WebSocketData()
         response = Response(
             head.version, head.status, head.reason, Headers(head.fields), None,
             timestamp_start=now,
@@ -589,7 +601,7 @@ class Exchange:
         return _NONE
 
     def _response_end(self, now: float, trailers: Any) -> Actions:
-        self._upstream = False
+        self._upstream = self._switched  # a switched connection stays until handed over
         if trailers:
             self.flow.response.trailers = Headers(trailers)  # type: ignore[union-attr]
         if self.body_done and self.state is not _RESPONSE_HEADERS:
@@ -649,6 +661,8 @@ class Exchange:
         if flow.killed:
             return self._kill(now)
         self.state = _DONE
+        if self._switched and not self._own:
+            return self._switch_websocket(flow)
         if self._connect and not self._own:
             if self._tunnel_lost is not None:
                 self.state = _RESPONSE
@@ -663,6 +677,24 @@ class Exchange:
             # A response hook answered otherwise: that is the answer, no tunnel.
             return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
         return self._answer(_WRITE_RESPONSE_ACTION, self._own)
+
+    def _switch_websocket(self, flow: HTTPFlow) -> Actions:
+        """
+        After the hooks on an origin's ``101``: the client gets it and both
+        connections go to the WebSocket relay (the flow stays live until the
+        relay ends); a hook that changed the status has that answer written
+        instead, and the origin's connection is closed.
+        """
+        assert flow.response is not None
+        if flow.response.status_code != 101:
+            flow.websocket = None
+            return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
+        if self._gone:
+            flow.live = False
+            return self._drop_upstream()
+        self._head_sent = True
+        self._upstream = False
+        return ((Action.SWITCH, "websocket"),)
 
     def _after_relayed(self, now: float) -> Actions:
         self.state = _DONE

@@ -154,8 +154,32 @@ _KINDS = {name: _HOP_FIELD for name in HOP_BY_HOP} | {
 # A request also drops Expect (the proxy answers 100-continue itself) and
 # gets the target's Host.
 _REQUEST_KINDS = _KINDS | {b"expect": _HOP_FIELD, b"host": _HOST_FIELD}
+# A WebSocket upgrade request keeps its Upgrade field (its Connection
+# fields become the one ``Connection: Upgrade``).
+_UPGRADE_KINDS = {name: kind for name, kind in _REQUEST_KINDS.items() if name != b"upgrade"}
+_RESPONSE_UPGRADE_KINDS = {name: kind for name, kind in _KINDS.items() if name != b"upgrade"}
 # Connection tokens that name no header field.
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})
+_UPGRADE_FIELD = (b"Connection", b"Upgrade")
+
+
+def websocket_upgrade(request: Request) -> bool:
+    """
+    Whether *request* asks for a WebSocket (RFC 6455 section 4.1): an
+    HTTP/1.1 ``GET`` whose ``Connection`` lists ``upgrade`` and whose
+    ``Upgrade`` is ``websocket``.  Such a request keeps ``Upgrade`` and
+    ``Connection: Upgrade`` when it is forwarded; any other upgrade is
+    hop-by-hop and removed.
+    """
+    if request.method != "GET" or request.http_version != "HTTP/1.1":
+        return False
+    fields = request.headers.fields
+    if b"upgrade" not in connection_tokens(fields):
+        return False
+    for name, value in fields:
+        if len(name) == 7 and name.lower() == b"upgrade":
+            return value.strip(b" \t").lower() == b"websocket"
+    return False
 
 
 def _add_tokens(tokens: set[bytes] | None, value: bytes) -> set[bytes]:
@@ -181,7 +205,8 @@ def _framing_field(framing: int, original: bytes) -> tuple[bytes, bytes]:
 
 
 def request_fields(
-    fields: Fields, *, authority: bytes, framing: int, via: bytes | None = VIA
+    fields: Fields, *, authority: bytes, framing: int, via: bytes | None = VIA,
+    upgrade: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """
     The header fields to send upstream for a request.
@@ -194,17 +219,23 @@ def request_fields(
     :param authority: The ``Host`` value, from the request-target.
     :param framing: The body's length, :data:`CHUNKED` or :data:`NO_BODY`.
     :param via: The ``Via`` entry to add, or ``None`` for none.
+    :param upgrade: The request asks for a WebSocket
+        (:func:`websocket_upgrade`): ``Upgrade`` is kept, and the
+        ``Connection`` fields become ``Connection: Upgrade``.
     """
-    out, placed = _end_to_end(fields, framing, _REQUEST_KINDS, authority)
+    kinds = _UPGRADE_KINDS if upgrade else _REQUEST_KINDS
+    out, placed = _end_to_end(fields, framing, kinds, authority)
     if not placed:
         out.insert(0, (b"Host", authority))
+    if upgrade:
+        out.append(_UPGRADE_FIELD)
     if via is not None:
         out.append((b"Via", via))
     return out
 
 
 def response_fields(
-    fields: Fields, *, framing: int, close: bool, own: bool = False
+    fields: Fields, *, framing: int, close: bool, own: bool = False, upgrade: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """
     The header fields to send the client for a response.
@@ -217,7 +248,13 @@ def response_fields(
         ends after this response.
     :param own: The proxy (or a hook) made this response: its
         ``Proxy-Authenticate`` challenge is the proxy's own and is kept.
+    :param upgrade: The ``101`` that switches to a WebSocket: ``Upgrade`` is
+        kept and ``Connection: Upgrade`` written.
     """
+    if upgrade:
+        out = _end_to_end(fields, NO_BODY, _RESPONSE_UPGRADE_KINDS)[0]
+        out.append(_UPGRADE_FIELD)
+        return out
     challenge = [f for f in fields if f[0].lower() == b"proxy-authenticate"] if own else []
     if framing == NO_BODY:
         out = _keep_length(fields)
@@ -231,7 +268,7 @@ def response_fields(
 
 def response_head(
     version: bytes, status: int, reason: bytes, fields: Fields, *, framing: int, close: bool,
-    own: bool = False,
+    own: bool = False, upgrade: bool = False,
 ) -> bytes:
     """
     The status line and header fields to send the client, as one bytes
@@ -240,7 +277,9 @@ def response_head(
     :param version: The client's HTTP version.
     """
     head = [version, b" %d " % status, reason, b"\r\n"]
-    for name, value in response_fields(fields, framing=framing, close=close, own=own):
+    for name, value in response_fields(
+        fields, framing=framing, close=close, own=own, upgrade=upgrade
+    ):
         head += (name, b": ", value, b"\r\n")
     head.append(b"\r\n")
     return b"".join(head)
@@ -275,17 +314,22 @@ def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def request_head(request: Request, framing: int, via: bytes | None = VIA) -> bytes:
+def request_head(
+    request: Request, framing: int, via: bytes | None = VIA, upgrade: bool = False
+) -> bytes:
     """
     The head to send upstream for *request*: an origin-form request line,
     then its end-to-end fields framed by *framing* (see
     :func:`request_fields`), with ``Host`` from the request's ``Host``
-    header, or its host and port when it has none, and *via* added.
+    header, or its host and port when it has none, and *via* added; with
+    *upgrade*, the WebSocket upgrade it asks for kept.
     """
     host = request.headers.get_raw(b"host") or authority_for(
         request.scheme, request.host, request.port
     )
-    fields = request_fields(request.headers.fields, authority=host, framing=framing, via=via)
+    fields = request_fields(
+        request.headers.fields, authority=host, framing=framing, via=via, upgrade=upgrade
+    )
     lines = [
         request.method.encode("ascii"),
         b" ",

@@ -86,11 +86,16 @@ class Relay(Protocol):
         """
         Give this side's connection, unjoined, to *protocol*: from now on its
         bytes and its end go there (its half-close as the whole end).  The
-        caller connects *protocol* to :attr:`transport`.
+        caller connects *protocol* to :attr:`transport`.  *protocol*'s
+        methods are looked up at each call, so that it may hand the
+        connection on in turn (:func:`~twistproxy._connect.hand_over`: a
+        connection an origin switched to a WebSocket).
         """
         assert self.peer is None, "a joined relay carries its tunnel"
-        self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
-        self.connectionLost = protocol.connectionLost  # type: ignore[method-assign,assignment]
+        self.dataReceived = lambda data: protocol.dataReceived(data)  # type: ignore[method-assign]
+        self.connectionLost = (  # type: ignore[method-assign]
+            lambda reason=connectionDone: protocol.connectionLost(reason)
+        )
         self.readConnectionLost = self.transport.loseConnection  # type: ignore[method-assign]
         self.on_close = self.on_early = None
         if self._paused:

@@ -128,11 +128,18 @@ class UpstreamExchange:
     :param on_connected: Runs for each new connection with its record (the
         ``server_connected`` hook); a Deferred it returns is waited for, and
         its failure fails the exchange.
+    :param upgrade: The request asks for a WebSocket: a ``101`` answers it,
+        and the connection is then kept out of the pool for the receiver
+        (:attr:`switched`).
+    :ivar switched: The connection, after the origin switched it to a
+        WebSocket (``101``): nobody else's, until it is taken over or
+        :meth:`abandon` closes it.
     :ivar server: The record of the connection carrying the request (the
         latest one, after a retry), once there is one.
     """
 
     server: Server | None = None
+    switched: ProxyClient | None = None
     _client: ProxyClient | None = None
     _pending: Deferred[Any] | None = None  # connecting, or the server hook
     _sent: Sequence[bytes] | None = None  # the whole request, for a retry
@@ -151,7 +158,9 @@ class UpstreamExchange:
         timeout: float,
         here: IAddress | None = None,
         on_connected: Callable[[Server], Deferred[Any] | None] | None = None,
+        upgrade: bool = False,
     ) -> None:
+        self._upgrade = upgrade
         self._pool = pool
         self._key = key
         self._receiver = receiver
@@ -220,7 +229,7 @@ class UpstreamExchange:
         self._complete = complete
         if complete:
             self._sent = data
-        client.send(self, data, method=self._method, complete=complete)
+        client.send(self, data, method=self._method, complete=complete, upgrade=self._upgrade)
         if complete:
             self._watch()
 
@@ -295,8 +304,12 @@ class UpstreamExchange:
     def abandon(self) -> None:
         """
         The receiver went away: close the connection (or stop connecting)
-        and report nothing more.
+        and report nothing more.  A connection the origin switched to a
+        WebSocket that nobody took over is closed too.
         """
+        switched, self.switched = self.switched, None
+        if switched is not None:
+            switched.abandon()
         if self._over:
             return
         self._over = True
@@ -356,6 +369,9 @@ class UpstreamExchange:
 
     def response_ended(self) -> None:
         """The response is complete."""
+        client = self._client
+        if client is not None and client.upgraded:
+            self.switched = client  # out of the pool, for the WebSocket relay
         self._client = None  # back in the pool, or closed: not ours any more
         self._end().response_ended()
 

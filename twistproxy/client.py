@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
+from twistproxy._headers import connection_tokens
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
 from twistproxy.errors import (
@@ -142,6 +143,11 @@ class ProxyClient(Protocol):
         the origin may stay silent (set by :class:`ProxyClientFactory`).
     :ivar answered: A byte of a response (an interim one too) arrived
         during the exchange in progress.
+    :ivar lost: The connection has ended.
+    :ivar upgraded: The origin switched protocols (``101``) for an upgrade
+        request: the connection left its pool, reading is paused, and
+        :attr:`switched_data` holds the bytes that followed the ``101``
+        head; it is the next protocol's (:meth:`take_switched`).
     """
 
     father: IResponseReceiver | None = None
@@ -160,6 +166,11 @@ class ProxyClient(Protocol):
     _request_sent = True
     _method = b"GET"
     _keep_alive = True
+    _upgrade = False  # the request in progress asks for a protocol switch
+    _switching = False  # ... and the 101 head is being read
+    upgraded = False
+    switched_data = b""
+    lost = False
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
@@ -176,6 +187,7 @@ class ProxyClient(Protocol):
         *,
         method: bytes,
         complete: bool = True,
+        upgrade: bool = False,
     ) -> None:
         """
         Start an exchange: write a request's head and whatever body is known.
@@ -186,10 +198,14 @@ class ProxyClient(Protocol):
             response has a body (not for ``HEAD``).
         :param complete: *data* is the whole request; with ``False`` the
             body follows through :meth:`write_body` and :meth:`end_body`.
+        :param upgrade: The request asks for a WebSocket: a ``101`` answers
+            it (and ends HTTP on this connection) instead of being an error.
         """
         assert self.father is None, "one exchange at a time"
         self.father = father
         self._method = method
+        self._upgrade = upgrade
+        self._switching = False
         self.answered = False
         self._started = False
         self._until_close = False
@@ -239,8 +255,46 @@ class ProxyClient(Protocol):
                 # A receiver's callback raised: a bug, not the server's fault.
                 _log.failure("relaying a response failed", Failure(cause))
                 self._fail(Failure(UpstreamProtocolError(f"relaying the response failed: {e}")))
+        except httptools.HttpParserUpgrade as e:
+            # llhttp stops behind a 101 with Upgrade and Connection: upgrade.
+            if self._switching:
+                self._switched(data[e.args[0]:])
+            else:
+                self._fail(Failure(UpstreamProtocolError("the server switched protocols unasked")))
         except httptools.HttpParserError as e:
             self._fail(Failure(UpstreamProtocolError(f"bad response from the server: {e}")))
+
+    def _switched(self, rest: bytes) -> None:
+        """
+        The ``101`` head is over; *rest* is what followed it, the next
+        protocol's.  The connection leaves the pool, reading pauses until
+        somebody takes it over (:meth:`take_switched`), and the exchange
+        ends.
+        """
+        self._switching = False
+        if self.father is None:  # abandoned meanwhile (a hook killed the flow)
+            return
+        self.upgraded = True
+        self._keep_alive = False
+        self.switched_data = rest
+        if self._pool is not None:
+            self._pool.forget(self)
+        self.deadline.cancel()
+        self.transport.pauseProducing()
+        father, self.father = self.father, None
+        self._started = False
+        if father is not None:
+            father.response_ended()
+
+    def take_switched(self) -> bytes:
+        """
+        Take over a connection the origin switched to another protocol
+        (:attr:`upgraded`): return the bytes that followed the ``101``.
+        The caller hands the transport to the new protocol
+        (:func:`~twistproxy._connect.hand_over`).
+        """
+        data, self.switched_data = self.switched_data, b""
+        return data
 
     def on_message_begin(self) -> None:
         """httptools callback: a message starts; bytes nobody asked for stop here."""
@@ -268,7 +322,15 @@ class ProxyClient(Protocol):
         fields, self._fields = self._fields, []
         if status < 200:
             if status == 101:
-                raise UpstreamProtocolError("the server switched protocols unasked")
+                if not self._upgrade:
+                    raise UpstreamProtocolError("the server switched protocols unasked")
+                if not _switches_to_websocket(fields):
+                    raise UpstreamProtocolError(
+                        "the server's 101 does not say Upgrade: websocket, Connection: upgrade"
+                    )
+                self._switching = True
+                self._report_switch(fields)
+                return
             if self.father is not None:  # an interim response (100 Continue, 103...)
                 self.father.response_interim(status, self._reason, fields)
             return
@@ -286,6 +348,13 @@ class ProxyClient(Protocol):
             # HEAD (or a CONNECT).
             raise _SkipBody()
 
+    def _report_switch(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Report the ``101`` head that answers an upgrade request."""
+        version = b"HTTP/" + self._parser.get_http_version().encode("ascii")
+        father = self.father
+        assert father is not None
+        father.response_started(101, self._reason, version, fields, NO_BODY)
+
     def on_body(self, body: bytes) -> None:
         """
         httptools callback: a piece of the body; llhttp lets an interim
@@ -300,7 +369,7 @@ class ProxyClient(Protocol):
         httptools callback: a message is complete; fields read after its
         head were its trailers.
         """
-        if self._started:
+        if self._started and not self._switching:
             if self._fields:  # (each head's fields were taken at its end)
                 trailers, self._fields = self._fields, []
                 if self.father is not None:
@@ -338,6 +407,7 @@ class ProxyClient(Protocol):
         The connection ended: completes a close-delimited body, fails any
         other exchange in progress, and leaves the pool.
         """
+        self.lost = True
         if self._pool is not None:
             self._pool.forget(self)
             self._pool.disconnected(self)
@@ -386,6 +456,15 @@ class ProxyClient(Protocol):
     def peer(self) -> IAddress | None:
         """The origin's address, once connected."""
         return self.transport.getPeer() if self.transport is not None else None
+
+
+def _switches_to_websocket(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a ``101``'s *fields* say ``Upgrade: websocket`` and ``Connection: upgrade``."""
+    upgrade = [value for name, value in fields if name.lower() == b"upgrade"]
+    return (
+        len(upgrade) == 1 and upgrade[0].strip().lower() == b"websocket"
+        and b"upgrade" in connection_tokens(fields)
+    )
 
 
 def host_and_port(address: IAddress | None) -> tuple[str, int] | None:

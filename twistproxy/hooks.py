@@ -52,6 +52,9 @@ HOOKS: tuple[str, ...] = (
     "responseheaders",
     "response",
     "error",
+    "websocket_start",
+    "websocket_message",
+    "websocket_end",
 )
 """Every hook name, in the order a proxied request meets them."""
 
@@ -72,6 +75,9 @@ FLOW_HOOKS: frozenset[str] = frozenset(
         "responseheaders",
         "response",
         "error",
+        "websocket_start",
+        "websocket_message",
+        "websocket_end",
     }
 )
 """
@@ -218,6 +224,43 @@ class IAddon(Interface):
         :param flow: The flow that failed.
         """
 
+    def websocket_start(flow: Any) -> object:
+        """
+        The origin switched the flow's request to a WebSocket: its ``101``
+        went through ``responseheaders`` and ``response`` and was written
+        to the client, and ``flow.websocket`` is ready for messages.
+        Nothing is relayed until the hook is done.
+
+        :param flow: The flow (``flow.websocket`` is a
+            :class:`~twistproxy.websocket.WebSocketData`).
+        """
+
+    def websocket_message(flow: Any) -> object:
+        """
+        A WebSocket message arrived whole (reassembled from its frames and
+        uncompressed): it is ``flow.websocket.messages[-1]``, with
+        ``from_client``, ``type``, ``content`` and ``text``.
+
+        The hook may change its ``content`` (or ``text``), or ``drop()`` it
+        so that it is not relayed; it may send messages of its own with
+        :func:`twistproxy.websocket.inject`, or kill the flow (both
+        connections close).  While a Deferred or coroutine it returned is
+        waited for, nothing more is read from that side, so messages keep
+        their order.  A hook that raises or outlives its deadline closes
+        both sides with ``1011`` (internal error).
+
+        :param flow: The flow.
+        """
+
+    def websocket_end(flow: Any) -> object:
+        """
+        The flow's WebSocket closed: ``flow.websocket`` says how
+        (``close_code``, ``close_reason``, ``closed_by_client``) and holds
+        every message.  This is the flow's last hook.
+
+        :param flow: The flow.
+        """
+
 
 @implementer(IAddon)
 class Addon:
@@ -288,6 +331,24 @@ class Addon:
     def error(self, flow: Any) -> object:
         """
         Do nothing; see :meth:`IAddon.error`.
+        """
+        return None
+
+    def websocket_start(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.websocket_start`.
+        """
+        return None
+
+    def websocket_message(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.websocket_message`.
+        """
+        return None
+
+    def websocket_end(self, flow: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.websocket_end`.
         """
         return None
 

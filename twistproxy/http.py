@@ -27,6 +27,7 @@ from twistproxy._body import MessageBody
 from twistproxy._target import DEFAULT_PORTS, authority_text, parse_url, split_authority
 from twistproxy.flow import Client, Flow, Server, _check_keys
 from twistproxy.headers import Headers, _make_headers, _to_str
+from twistproxy.websocket import WebSocketData
 
 
 class Message(MessageBody):
@@ -574,9 +575,12 @@ class HTTPFlow(Flow):
     :ivar passthrough: For a CONNECT flow: relay the tunnel's bytes
         untouched instead of intercepting its TLS (an ``http_connect`` hook
         may set it).
+    :ivar websocket: For a request the origin switched to a WebSocket
+        (``101``): its messages and how it closed
+        (:class:`~twistproxy.websocket.WebSocketData`); otherwise ``None``.
     """
 
-    __slots__ = ("request", "response", "passthrough")
+    __slots__ = ("request", "response", "passthrough", "websocket")
 
     type: ClassVar[str] = "http"
 
@@ -589,6 +593,7 @@ class HTTPFlow(Flow):
     request: Request | None
     response: Response | None
     passthrough: bool
+    websocket: WebSocketData | None
 
     def __init__(
         self,
@@ -608,6 +613,7 @@ class HTTPFlow(Flow):
         self.request = None
         self.response = None
         self.passthrough = False
+        self.websocket = None
 
     def __repr__(self) -> str:
         request = self.request

@@ -44,6 +44,9 @@ class Limits:
     :ivar max_connections: Client connections served at once; more are
         answered ``503 Service Unavailable`` and closed.  ``0`` means no
         limit.
+    :ivar max_websocket_message: Bytes one WebSocket message may have
+        (uncompressed, all its frames together); a bigger one closes the
+        WebSocket both ways with ``1009 Message Too Big``.
     """
 
     max_request_line: int = attrs.field(default=8 * 1024, validator=[instance_of(int), ge(64)])
@@ -56,3 +59,6 @@ class Limits:
     upstream_timeout: float = attrs.field(default=120.0, validator=_positive_number)
     sniff_timeout: float = attrs.field(default=3.0, validator=_positive_number)
     max_connections: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])
+    max_websocket_message: int = attrs.field(
+        default=10 * 1024 * 1024, validator=[instance_of(int), ge(1)]
+    )

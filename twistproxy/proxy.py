@@ -45,6 +45,7 @@ from twistproxy._request import new_flow
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
+from twistproxy._websocket import switch_websocket
 from twistproxy.channel import Busy, Proxy, Tunnel
 from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
 from twistproxy.errors import (
@@ -123,6 +124,7 @@ class ProxyRequest(RequestCompat):
     _gone = False  # the client's connection is gone
     _busy = False  # carrying out actions: events wait in _queue
     _chunked = False  # the request body goes upstream chunked
+    _upgrade = False  # the request goes upstream asking for a WebSocket
     _head_due = False  # a request without a body: its head goes in with process()
     _response_trailers: list[tuple[bytes, bytes]] | None = None
 
@@ -212,8 +214,13 @@ class ProxyRequest(RequestCompat):
             self._event(Event.READ_DONE)
 
     def response_ended(self) -> None:
-        """The response is complete."""
-        self._upstream = None
+        """
+        The response is complete.  (After a ``101`` to a WebSocket upgrade
+        the upstream side keeps the origin's connection, for ``SWITCH``.)
+        """
+        upstream = self._upstream
+        if upstream is not None and getattr(upstream, "switched", None) is None:
+            self._upstream = None
         self._event(_RESPONSE_END, self._response_trailers)
 
     def response_failed(self, reason: Failure) -> None:
@@ -277,15 +284,16 @@ class ProxyRequest(RequestCompat):
     def _forward_body(self, data: bytes) -> None:
         self._upstream.write_body(chunk(data) if self._chunked else (data,))
 
-    def _open_upstream(self, _: object) -> None:
+    def _open_upstream(self, upgrade: bool | None) -> None:
         request = self.flow.request  # type: ignore[union-attr]
         assert request is not None
         channel, factory = self.channel, self._factory
         server_name = channel.server_name(request.host) if request.scheme == "https" else None
+        self._upgrade = upgrade = bool(upgrade)
         self._upstream = upstream = UpstreamExchange(
             factory.pool, PoolKey(request.scheme, request.host, request.port, server_name), self,
             method=request.method.encode("ascii"), timeout=factory.limits.upstream_timeout,
-            here=channel.getHost(), on_connected=self.server_hook(),
+            here=channel.getHost(), on_connected=self.server_hook(), upgrade=upgrade,
         )
         upstream.open()
 
@@ -316,7 +324,7 @@ class ProxyRequest(RequestCompat):
         else:
             framing = forwarded_request(self.framing, size if complete else None)
         self._chunked = chunked = framing == CHUNKED
-        data = [request_head(request, framing, self._factory.via)]
+        data = [request_head(request, framing, self._factory.via, self._upgrade)]
         for piece in body:
             data += chunk(piece) if chunked else (piece,)
         if complete and chunked:
@@ -442,6 +450,12 @@ class ProxyRequest(RequestCompat):
         if not self._gone:
             self.channel.transport.abortConnection()
 
+    def _switch(self, to: str | None) -> None:
+        if to == "websocket":
+            switch_websocket(self)
+        else:
+            switch(self, to)
+
 
 
 _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
@@ -466,7 +480,7 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.FINISH: ProxyRequest._finish,
     Action.ABANDON_UPSTREAM: ProxyRequest._abandon_upstream,
     Action.ABORT_CLIENT: ProxyRequest._abort_client,
-    Action.SWITCH: switch,
+    Action.SWITCH: ProxyRequest._switch,
 }
 
 
