@@ -139,6 +139,17 @@ class FlagOperatorTests(SynchronousTestCase):
         self.assertTrue(_matches("~all", _flow()))
         self.assertTrue(_matches("~all", plain))
 
+    def test_websocket(self) -> None:
+        """``~websocket`` matches the flows that switched to a WebSocket."""
+        from twistproxy.websocket import WebSocketData
+
+        flow = _flow(response=Response.make(101))
+        self.assertFalse(_matches("~websocket", flow))
+        self.assertFalse(_matches("~websocket", Flow(Client(), Server(), now=lambda: 0.0)))
+        flow.websocket = WebSocketData()
+        self.assertTrue(_matches("~websocket", flow))
+        self.assertTrue(_matches("~websocket & ~s", flow))
+
 
 class RegexOperatorTests(SynchronousTestCase):
     """

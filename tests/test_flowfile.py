@@ -432,8 +432,8 @@ class ReadFlowsTests(SynchronousTestCase):
         A record with a key the format does not have is refused.
         """
         record = first_record()
-        record["websocket"] = None
-        self.assert_refused(line_of(record), "line 1: unknown keys ['websocket']")
+        record["udp_messages"] = None
+        self.assert_refused(line_of(record), "line 1: unknown keys ['udp_messages']")
         record = first_record()
         record["client_conn"]["cipher"] = "x"
         self.assert_refused(line_of(record), "client_conn: unknown keys ['cipher']")
@@ -472,7 +472,7 @@ class ReadFlowsTests(SynchronousTestCase):
         message = self.assert_refused(line_of(record))
         self.assertEqual(
             message,
-            "line 1: flow format version 99 is newer than this twistproxy understands (2); "
+            "line 1: flow format version 99 is newer than this twistproxy understands (3); "
             "upgrade twistproxy",
         )
 
@@ -500,7 +500,7 @@ class ReadFlowsTests(SynchronousTestCase):
             calls.append(sorted(record)[:2])
             return {**record, "comment": "upgraded"}
 
-        self.patch(flowfile, "_UPGRADES", {0: v0_to_v1, 1: flowfile._UPGRADES[1]})
+        self.patch(flowfile, "_UPGRADES", {**flowfile._UPGRADES, 0: v0_to_v1})
         record = first_record()
         record["version"] = 0
         del record["comment"]
@@ -517,7 +517,7 @@ class ReadFlowsTests(SynchronousTestCase):
         ``FLOW_STATE_VERSION`` changes, bump ``FORMAT_VERSION``, add an
         upgrade to ``_UPGRADES`` and update this pair.
         """
-        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (2, 2))
+        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (3, 3))
 
     def test_v1_sample_loads(self) -> None:
         """

@@ -458,10 +458,10 @@ class HTTPFlowTests(SynchronousTestCase):
         A state with an unknown key is refused, naming it.
         """
         state = self.make_flow().get_state()
-        state["websocket"] = None
+        state["udp_messages"] = None
         with self.assertRaises(ValueError) as caught:
             HTTPFlow.from_state(state)
-        self.assertIn("websocket", str(caught.exception))
+        self.assertIn("udp_messages", str(caught.exception))
 
     def test_bad_request_state_leaves_flow(self) -> None:
         """

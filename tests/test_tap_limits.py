@@ -37,12 +37,13 @@ class LimitOptionTests(SynchronousTestCase):
         limits = self.factory(self.parse(
             "--max-connections", "7", "--header-timeout", "2.5", "--upstream-timeout", "9",
             "--max-header-size", "32k", "--max-request-line", "1k", "--sniff-timeout", "0.5",
+            "--max-websocket-message", "2m",
         )).limits
         self.assertEqual(
             (limits.max_connections, limits.header_timeout, limits.upstream_timeout,
              limits.max_header_size, limits.max_response_header_size,
-             limits.max_request_line, limits.sniff_timeout),
-            (7, 2.5, 9.0, 32768, 32768, 1024, 0.5),
+             limits.max_request_line, limits.sniff_timeout, limits.max_websocket_message),
+            (7, 2.5, 9.0, 32768, 32768, 1024, 0.5, 2 * 1024 * 1024),
         )
 
     def test_default_max_connections_from_descriptors(self) -> None:
@@ -57,7 +58,7 @@ class LimitOptionTests(SynchronousTestCase):
         for args in (["--max-connections", "-1"], ["--header-timeout", "0"],
                      ["--upstream-timeout", "-3"], ["--max-request-line", "10"],
                      ["--sniff-timeout", "0"],
-                     ["--max-header-size", "lots"]):
+                     ["--max-header-size", "lots"], ["--max-websocket-message", "0"]):
             with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
                 self.parse(*args)
             self.assertNotIn("\n", str(caught.exception))

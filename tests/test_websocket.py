@@ -392,3 +392,106 @@ class RelayTests(SynchronousTestCase):
         assert self.flow.websocket is not None
         self.assertEqual([(m.from_client, m.injected) for m in self.flow.websocket.messages],
                          [(False, True), (True, True)])
+
+
+class FilesTests(SynchronousTestCase):
+    """WebSocket flows in flow files and HAR."""
+
+    def _flow(self) -> HTTPFlow:
+        flow = HTTPFlow(Client(), Server(), now=lambda: 1.0)
+        flow.request = _request()
+        flow.request.timestamp_start = 1.0
+        flow.response = Response.make(101)
+        data = flow.websocket = WebSocketData()
+        data.messages = [WebSocketMessage(Opcode.TEXT, True, "héllo".encode(), 2.5),
+                         WebSocketMessage(Opcode.BINARY, False, b"\x00\xff", 3.5, dropped=True),
+                         WebSocketMessage(Opcode.TEXT, False, b"hi", 4.0, injected=True)]
+        data.closed_by_client, data.close_code, data.close_reason = False, 4001, "bye"
+        data.timestamp_end = 5.0
+        return flow
+
+    def test_flow_file_round_trip(self) -> None:
+        """A WebSocket flow is written to a flow file and read back whole."""
+        import io
+
+        from twistproxy.flowfile import dump_flows, read_flows
+
+        out = io.BytesIO()
+        dump_flows([self._flow()], out)
+        [flow] = read_flows(io.BytesIO(out.getvalue()))
+        assert flow.websocket is not None
+        self.assertEqual(flow.websocket.get_state(), self._flow().websocket.get_state())  # type: ignore[union-attr]
+
+    def test_flow_file_refuses_malformed_websocket(self) -> None:
+        """A malformed websocket record is refused with a one-line FlowFileError."""
+        import io
+        import json
+
+        from twistproxy.errors import FlowFileError
+        from twistproxy.flowfile import dump_flows, read_flows
+
+        out = io.BytesIO()
+        dump_flows([self._flow()], out)
+        for change, expected in (
+            (lambda r: r["websocket"]["messages"][0].update(type=9), "text (1) or binary (2)"),
+            (lambda r: r["websocket"]["messages"][0].update(content=5), "base64"),
+            (lambda r: r["websocket"].update(close_code="x"), "close_code"),
+        ):
+            record = json.loads(out.getvalue())
+            change(record)
+            line = json.dumps(record).encode() + b"\n"
+            with self.assertRaises(FlowFileError) as caught:
+                list(read_flows(io.BytesIO(line)))
+            message = str(caught.exception)
+            self.assertIn(expected, message)
+            self.assertTrue(message.startswith("line 1: ") and "\n" not in message, message)
+
+    def test_version_1_line_has_no_websocket(self) -> None:
+        """A version 1 line is upgraded: its flow has no WebSocket."""
+        import io
+        import json
+
+        from twistproxy.flowfile import dump_flows, read_flows
+
+        out = io.BytesIO()
+        dump_flows([self._flow()], out)
+        record = json.loads(out.getvalue())
+        record["version"] = 1
+        del record["websocket"]
+        [flow] = read_flows(io.BytesIO(json.dumps(record).encode() + b"\n"))
+        self.assertIsNone(flow.websocket)
+
+    def test_har_as_chromium_writes_it(self) -> None:
+        """
+        HAR export writes ``_webSocketMessages`` as Chromium does (send and
+        receive, seconds, opcodes, text or base64) and reads them back.
+        """
+        from twistproxy.har import from_har, to_har
+
+        har = to_har([self._flow()], creator_version="1")
+        [entry] = har["log"]["entries"]
+        self.assertEqual(entry["_resourceType"], "websocket")
+        self.assertEqual(entry["_webSocketMessages"], [
+            {"type": "send", "time": 2.5, "opcode": 1, "data": "héllo"},
+            {"type": "receive", "time": 3.5, "opcode": 2, "data": "AP8=", "_dropped": True},
+            {"type": "receive", "time": 4.0, "opcode": 1, "data": "hi", "_injected": True},
+        ])
+        [flow] = from_har(har)
+        assert flow.websocket is not None
+        self.assertEqual([m.get_state() for m in flow.websocket.messages],
+                         [m.get_state() for m in self._flow().websocket.messages])  # type: ignore[union-attr]
+
+    def test_har_from_a_browser(self) -> None:
+        """Control frames a tool lists are skipped; a bad binary payload is refused."""
+        from twistproxy.errors import FlowFileError
+        from twistproxy.har import from_har, to_har
+
+        har = to_har([self._flow()], creator_version="1")
+        entry = har["log"]["entries"][0]
+        entry["_webSocketMessages"].append({"type": "receive", "time": 6, "opcode": 9, "data": ""})
+        [flow] = from_har(har)
+        self.assertEqual(len(flow.websocket.messages), 3)  # type: ignore[union-attr]
+        entry["_webSocketMessages"][1]["data"] = "not base64!"
+        with self.assertRaises(FlowFileError) as caught:
+            list(from_har(har))
+        self.assertIn("_webSocketMessages[1].data", str(caught.exception))

@@ -11,7 +11,8 @@ Operators without an argument: ``~a`` (the response's Content-Type is
 JavaScript, CSS, an image or a font), ``~e`` (the flow has an error), ``~q``
 (an HTTP flow without a response), ``~s`` (with a response), ``~marked``,
 ``~replay``, ``~replayq`` (a replayed request), ``~replays`` (a replayed
-response), ``~http`` and ``~all``.  With a regular expression: ``~b``,
+response), ``~websocket`` (an HTTP flow switched to a WebSocket), ``~http``
+and ``~all``.  With a regular expression: ``~b``,
 ``~bq``, ``~bs`` (either body, the request's, the response's), ``~h``,
 ``~hq``, ``~hs`` (a ``Name: value`` header line), ``~t``, ``~tq``, ``~ts``
 (a Content-Type value), ``~d`` (the request's host or its Host header's
@@ -295,6 +296,7 @@ _FLAGS: dict[str, Callable[[Flow], bool]] = {
     "replayq": lambda flow: flow.is_replay == "request",
     "replays": lambda flow: flow.is_replay == "response",
     "http": lambda flow: isinstance(flow, HTTPFlow),
+    "websocket": lambda flow: getattr(flow, "websocket", None) is not None,
     "all": lambda flow: True,
 }
 

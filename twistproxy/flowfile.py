@@ -57,7 +57,7 @@ from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
-FORMAT_VERSION: int = 2
+FORMAT_VERSION: int = 3
 """
 The version of a flow file line, written as its ``"version"`` key.
 
@@ -67,7 +67,9 @@ written as JSON.  It is not the flow state version itself: a line holds the
 state without the state's own ``"version"`` key, and a line of the current
 format holds a state of the current ``FLOW_STATE_VERSION``.  So a bump of
 ``FLOW_STATE_VERSION`` comes with a bump of this number and an entry in
-:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 2 today.
+:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 3 today:
+version 2 added messages' ``body_size`` and ``trailers``, version 3 an
+HTTP flow's ``"websocket"`` (its messages and close).
 """
 
 def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +87,15 @@ def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1}
+def _upgrade_2(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 to 3: version 2 had no WebSockets; every flow gets ``"websocket": null``."""
+    return {**record, "websocket": None}
+
+
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _upgrade_1,
+    2: _upgrade_2,
+}
 """
 The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
 ``n`` (without its ``"version"`` key) into one of version ``n + 1``.
@@ -301,6 +311,28 @@ _FLOW = _Record(
             )
         ),
         "response": _Optional(_Record({"status_code": _INT, "reason": _STR, **_MESSAGE})),
+        "websocket": _Optional(
+            _Record(
+                {
+                    "messages": _List(
+                        _Record(
+                            {
+                                "type": _INT,
+                                "from_client": _BOOL,
+                                "content": _Base64(),
+                                "timestamp": _NUMBER,
+                                "dropped": _BOOL,
+                                "injected": _BOOL,
+                            }
+                        )
+                    ),
+                    "closed_by_client": _Optional(_BOOL),
+                    "close_code": _Optional(_INT),
+                    "close_reason": _Optional(_STR),
+                    "timestamp_end": _TIME,
+                }
+            )
+        ),
     }
 )
 """The schema of a line: a flow state without its ``"version"``."""

@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from wsproto.frame_protocol import Opcode
+
 from twistproxy._body import content_type_params as _content_type_params
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import describe_value as _describe_value
@@ -42,6 +44,7 @@ from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import Client, Error, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Message, Request, Response
+from twistproxy.websocket import WebSocketData, WebSocketMessage
 
 # -- HAR export ----------------------------------------------------------------
 
@@ -317,7 +320,27 @@ def _har_entry(flow: HTTPFlow, request: Request) -> dict[str, Any]:
         entry["connection"] = _clean(server.id)
     if flow.comment:
         entry["comment"] = _clean(flow.comment)
+    if flow.websocket is not None:
+        entry["_resourceType"] = "websocket"
+        entry["_webSocketMessages"] = [_har_message(m) for m in flow.websocket.messages]
     return entry
+
+
+def _har_message(message: WebSocketMessage) -> dict[str, Any]:
+    """A WebSocket message as Chromium exports it (``_dropped``/``_injected`` are ours)."""
+    text = message.type is Opcode.TEXT
+    har: dict[str, Any] = {
+        "type": "send" if message.from_client else "receive",
+        "time": message.timestamp,
+        "opcode": int(message.type),
+        "data": message.content.decode("utf-8", "replace") if text
+        else base64.b64encode(message.content).decode("ascii"),
+    }
+    if message.dropped:
+        har["_dropped"] = True
+    if message.injected:
+        har["_injected"] = True
+    return har
 
 
 def to_har(flows: Iterable[HTTPFlow], *, creator_version: str) -> dict[str, Any]:
@@ -335,7 +358,12 @@ def to_har(flows: Iterable[HTTPFlow], *, creator_version: str) -> dict[str, Any]
     ``postData._encoding``).  A flow without a response gets status 0; a
     failed flow's error is in ``response._error``, as browsers write it.
     ``pages`` is empty (a proxy does not know pages) and timings the proxy
-    does not measure (blocked, DNS, connect, TLS) are -1.
+    does not measure (blocked, DNS, connect, TLS) are -1.  A WebSocket
+    flow's messages are in ``_webSocketMessages`` as Chromium writes them
+    (``type`` ``"send"`` or ``"receive"``, ``time`` in seconds since the
+    epoch, ``opcode`` 1 or 2, ``data`` the text, or a binary message in
+    base64), with ``_resourceType`` ``"websocket"``; :func:`from_har`
+    reads them back.
 
     :param flows: The flows.
     :param creator_version: The version in ``log.creator`` (twistproxy's).
@@ -601,7 +629,43 @@ def _flow_from_entry(entry: object, now: Callable[[], float]) -> HTTPFlow:
             flow.error = Error(message, response_end)
     else:
         flow.error = Error(message or "no response", response_start)
+    frames = _get(entry, "_webSocketMessages", list, "", default=None)
+    if frames is not None:
+        flow.websocket = _websocket_from_har(frames, response_end)
     return flow
+
+
+def _websocket_from_har(frames: list[Any], end: float) -> WebSocketData:
+    """
+    The messages of ``_webSocketMessages``: text and binary ones (binary
+    data is base64); control frames some tools list too are left out.
+    """
+    data = WebSocketData()
+    for index, frame in enumerate(frames):
+        where = f"_webSocketMessages[{index}]"
+        if not isinstance(frame, Mapping):
+            raise _Invalid(where, f"expected an object, got {_describe_value(frame)}")
+        opcode = _get(frame, "opcode", int, where)
+        if opcode not in (Opcode.TEXT, Opcode.BINARY):
+            continue
+        kind = _get(frame, "type", str, where)
+        if kind not in ("send", "receive"):
+            raise _Invalid(_join(where, "type"), f"expected 'send' or 'receive', not {kind!r}")
+        text = _get(frame, "data", str, where, default="")
+        if opcode == Opcode.TEXT:
+            content = text.encode("utf-8", "surrogatepass")
+        else:
+            try:
+                content = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise _Invalid(_join(where, "data"), "is not valid base64") from None
+        data.messages.append(WebSocketMessage(
+            opcode, kind == "send", content, float(_get(frame, "time", (int, float), where)),
+            dropped=_get(frame, "_dropped", bool, where, default=False),
+            injected=_get(frame, "_injected", bool, where, default=False),
+        ))
+    data.timestamp_end = data.messages[-1].timestamp if data.messages else end
+    return data
 
 
 def _flows_from_entries(entries: list[Any], now: Callable[[], float]) -> Iterator[HTTPFlow]:

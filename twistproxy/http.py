@@ -588,6 +588,7 @@ class HTTPFlow(Flow):
         "request",
         "response",
         "passthrough",
+        "websocket",
     }
 
     request: Request | None
@@ -627,22 +628,29 @@ class HTTPFlow(Flow):
     def get_state(self) -> dict[str, Any]:
         """
         :returns: As :meth:`Flow.get_state <twistproxy.flow.Flow.get_state>`,
-            plus ``"request"`` and ``"response"`` (state dicts or ``None``)
-            and ``"passthrough"``.
+            plus ``"request"``, ``"response"`` and ``"websocket"`` (state
+            dicts or ``None``) and ``"passthrough"``.
         """
         state = super().get_state()
         state["passthrough"] = self.passthrough
         state["request"] = self.request.get_state() if self.request is not None else None
         state["response"] = self.response.get_state() if self.response is not None else None
+        websocket = self.websocket
+        state["websocket"] = websocket.get_state() if websocket is not None else None
         return state
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         request_state = state.pop("request")
         response_state = state.pop("response")
+        websocket_state = state.pop("websocket")
         passthrough = bool(state.pop("passthrough"))
         request = Request.from_state(request_state) if request_state is not None else None
         response = Response.from_state(response_state) if response_state is not None else None
+        websocket = (
+            WebSocketData.from_state(websocket_state) if websocket_state is not None else None
+        )
         super()._apply_state(state)
         self.request = request
         self.response = response
         self.passthrough = passthrough
+        self.websocket = websocket

@@ -241,6 +241,13 @@ class Options(usage.Options):
             parse_size,
         ],
         [
+            "max-websocket-message",
+            None,
+            10 * 1024 * 1024,
+            "Bytes in one WebSocket message, uncompressed (then the WebSocket closes with 1009).",
+            parse_size,
+        ],
+        [
             "workers",
             None,
             1,
@@ -410,6 +417,7 @@ class Options(usage.Options):
                 upstream_timeout=self["upstream-timeout"],
                 sniff_timeout=self["sniff-timeout"],
                 max_connections=default_max_connections() if maximum is None else maximum,
+                max_websocket_message=self["max-websocket-message"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from e

@@ -428,3 +428,56 @@ async def test_inject_both_ways(ws_origin: Origin, start_proxy: Any) -> None:
     assert flow.websocket is not None
     assert [(m.content, m.injected) for m in flow.websocket.messages[:3]] == [
         (b"inject", False), (b"to-client", True), (b"to-origin", True)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_saved_and_logged(ws_origin: Origin, start_proxy: Any, tmp_path: Any) -> None:
+    """
+    With saving on (``--save``'s addon) and the flow log, a WebSocket flow
+    is saved once, when it closes, with its messages, and read back; its
+    log line says it was a WebSocket.
+    """
+    from twisted.logger import globalLogPublisher
+
+    from twistproxy.addons.flowlog import FlowLog
+    from twistproxy.addons.save import SaveFlows
+    from twistproxy.filters import parse
+    from twistproxy.flowfile import load_flows
+
+    path = tmp_path / "flows.jsonl"
+    save = SaveFlows(open(path, "ab"))
+    flows = Flows()
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twistproxy.flow":
+            lines.append(event["line"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        proxy = await start_proxy(addons=[FlowLog(), save, flows])
+        got = await _thread(_through_absolute, proxy.port, ws_origin.port)
+        assert got == ["echo:saved", b"echo:\x01"]
+        await flows.done.addTimeout(TIMEOUT, reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        save.close()
+    [flow] = load_flows(path)
+    assert flow.websocket is not None and parse("~websocket")(flow)
+    assert [(m.from_client, m.content) for m in flow.websocket.messages] == [
+        (True, b"saved"), (False, b"echo:saved"), (True, b"\x01"), (False, b"echo:\x01")]
+    assert flow.websocket.close_code == 1000
+    [line] = lines
+    assert "-> 101 websocket: 4 messages, closed by the client (1000)" in line
+
+
+def _through_absolute(proxy_port: int, port: int) -> list[Any]:
+    c = RawClient(proxy_port, f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}")
+    c.send(TextMessage(data="saved"))
+    got = [c.next().data]
+    c.send(BytesMessage(data=b"\x01"))
+    got.append(c.next().data)
+    c.send(CloseConnection(code=1000))
+    assert isinstance(c.next(), CloseConnection)
+    c.close()
+    return got

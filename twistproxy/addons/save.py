@@ -19,6 +19,7 @@ class SaveFlows(Addon):
     file, one line each, flushed as it is written: a crash loses at most the
     flows still in flight.  CONNECT flows are not saved (the requests inside
     an intercepted tunnel are); replayed flows are, with their new response.
+    A WebSocket flow is saved when it closes, with its messages.
 
     :param out: Where the flow file is written.
     :param flow_filter: Saves only the flows it accepts (``--save-filter``).
@@ -35,7 +36,13 @@ class SaveFlows(Addon):
         self.saved = 0
 
     def response(self, flow: HTTPFlow) -> None:
-        """Save a flow that ended with a response."""
+        """Save a flow that ended with a response (a WebSocket's once it closes)."""
+        response = flow.response
+        if flow.websocket is None or response is None or response.status_code != 101:
+            self._save(flow)
+
+    def websocket_end(self, flow: HTTPFlow) -> None:
+        """Save a WebSocket flow, closed."""
         self._save(flow)
 
     def error(self, flow: HTTPFlow) -> None:
