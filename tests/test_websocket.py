@@ -232,12 +232,15 @@ class _Hooks:
         self.calls.append("end")
 
 
-class RelayTests(SynchronousTestCase):
-    """Tests for :class:`WebSocketRelay` between two in-memory transports."""
+class _RelayCase(SynchronousTestCase):
+    """A :class:`WebSocketRelay` between two in-memory transports, with :meth:`addon`."""
+
+    def addon(self) -> Any:
+        return _Hooks()
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.hooks = _Hooks()
+        self.hooks = self.addon()
         chain = HookChain([self.hooks], clock=self.clock, timeout=5.0)
         self.flow = HTTPFlow(Client(), Server(), live=True)
         self.flow.request = _request()
@@ -273,6 +276,10 @@ class RelayTests(SynchronousTestCase):
         self.browser.receive_data(self.near.value())
         self.near.clear()
         return list(self.browser.events())
+
+
+class RelayTests(_RelayCase):
+    """Tests for :class:`WebSocketRelay` between two in-memory transports."""
 
     def test_each_transport_produces_for_the_other(self) -> None:
         """Each side's transport is the producer of the other's, as in a tunnel."""
@@ -495,3 +502,32 @@ class FilesTests(SynchronousTestCase):
         with self.assertRaises(FlowFileError) as caught:
             list(from_har(har))
         self.assertIn("_webSocketMessages[1].data", str(caught.exception))
+
+
+class DocumentedExampleTests(_RelayCase):
+    """The worked example addon in ``docs/hooks.rst`` does what it says."""
+
+    def addon(self) -> Any:
+        import os
+        import re
+
+        path = os.path.join(os.path.dirname(__file__), "..", "docs", "hooks.rst")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        block = re.search(r"answers one question itself::\n\n((?:    .*\n|\n)+)", text)
+        assert block is not None
+        namespace: dict[str, Any] = {}
+        code = "\n".join(line[4:] for line in block.group(1).splitlines())
+        exec(compile(code, "hooks.rst", "exec"), namespace)  # noqa: S102
+        return namespace["Censor"]()
+
+    def test_example(self) -> None:
+        """It censors, and answers ``status?`` itself without the origin seeing it."""
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.from_browser(TextMessage(data="status?"))
+            self.from_origin(TextMessage(data="a secret"))
+        self.assertEqual([e.data for e in self.at_browser()], ["status: proxied", "a ******"])
+        self.assertEqual(self.at_origin(), [])

@@ -231,8 +231,8 @@ class WebSocketData:
 def inject(flow: Any, content: bytes | str, *, to_client: bool) -> WebSocketMessage:
     """
     Send a message of one's own down *flow*'s live WebSocket, towards the
-    client (*to_client*) or the origin, behind the messages already on
-    their way there.  A ``str`` is sent as a text message, ``bytes`` as a
+    client (*to_client*) or the origin, at once (ahead of a message a hook
+    still holds back).  A ``str`` is sent as a text message, ``bytes`` as a
     binary one.  It is recorded in ``flow.websocket.messages`` (``injected``
     set); no ``websocket_message`` hook runs for it.
 

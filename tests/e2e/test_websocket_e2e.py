@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.web.resource import Resource
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
@@ -46,6 +48,8 @@ from twistproxy.websocket import inject
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 10.0
+FLOOD = 160  # messages of NOISE (incompressible): 40 MiB
+NOISE = __import__("os").urandom(256 * 1024)
 
 
 class Origin:
@@ -59,6 +63,7 @@ class Origin:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[str | bytes] = []
         self.extensions: list[str | None] = []
+        self.flooded = 0
         self.server: Server = serve(self._handle, "127.0.0.1", 0, ssl=tls, max_size=None)
         self.port = self.server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -76,6 +81,10 @@ class Origin:
                     ws.close(4001, "bye")
                 elif message == "big":
                     ws.send(b"x" * 3_000_000)
+                elif message == "flood":
+                    for _ in range(FLOOD):
+                        ws.send(NOISE)
+                        self.flooded += 1
                 elif isinstance(message, str):
                     ws.send("echo:" + message)
                 else:
@@ -481,3 +490,149 @@ def _through_absolute(proxy_port: int, port: int) -> list[Any]:
     assert isinstance(c.next(), CloseConnection)
     c.close()
     return got
+
+
+class _Wait(Resource):
+    """An image that is answered once *ready* fires: the page's load waits for it."""
+
+    isLeaf = True
+
+    def __init__(self, ready: Deferred[None]) -> None:
+        super().__init__()
+        self.ready = ready
+
+    def render_GET(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        from tests.e2e.test_chromium_e2e import IMAGE
+
+        def answer(_: object) -> None:
+            request.setHeader(b"content-type", b"image/png")
+            request.write(IMAGE)
+            request.finish()
+
+        self.ready.addCallback(answer)
+        return NOT_DONE_YET
+
+
+class _Browser(Flows):
+    """
+    Rewrites the origin's answer, and lets the page finish loading once the
+    page reported (with a message of its own) what it received.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: Deferred[None] = Deferred()
+
+    def websocket_message(self, flow: HTTPFlow) -> None:
+        assert flow.websocket is not None
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            message.text = "changed by the proxy"
+        elif message.text.startswith("got ") and not self.reported.called:
+            self.reported.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chromium_websocket_through_interception(
+    tmp_path: Path, pki: Any, start_https_proxy: Any
+) -> None:
+    """
+    Headless Chromium, trusting the proxy's CA, loads an HTTPS page whose
+    script opens a wss:// WebSocket through the intercepting proxy; the
+    message hook's change reaches the page, and the flow holds the messages
+    both ways.
+    """
+    from tests.e2e.test_chromium_e2e import (
+        CERTUTIL,
+        CHROMIUM,
+        Bytes,
+        dump_dom,
+        nss_database,
+    )
+
+    if CHROMIUM is None or CERTUTIL is None:
+        pytest.skip("chromium and certutil (libnss3-tools) are not both installed")
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.web.server import Site
+
+    from tests.e2e.pki import OriginTLS
+
+    ws = _tls_origin(pki, tmp_path)
+    browser = _Browser()
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>not yet</title></head><body>
+<p id="ws">waiting</p>
+<script>
+var ws = new WebSocket("wss://localhost:{ws.port}/chat");
+ws.onopen = function () {{ ws.send("hello from chromium"); }};
+ws.onmessage = function (event) {{
+  document.getElementById("ws").textContent = "got " + event.data;
+  ws.send("got " + event.data);
+}};
+</script>
+<img src="/wait" width="1" height="1" alt="">
+</body></html>
+""".encode()
+    root = Resource()
+    root.putChild(b"", Bytes(page, "text/html; charset=utf-8"))
+    root.putChild(b"wait", _Wait(browser.reported))
+    site = Site(root)
+    listening = reactor.listenTCP(0, TLSMemoryBIOFactory(OriginTLS(pki.good), False, site),
+                                  interface="127.0.0.1")
+    try:
+        proxy = await start_https_proxy(addons=[browser])
+        await nss_database(tmp_path, pki.proxy_ca_pem)
+        code, dom, err = await dump_dom(
+            tmp_path, proxy, f"https://localhost:{listening.getHost().port}/")
+        assert code == 0, err[-3000:]
+        assert '<p id="ws">got changed by the proxy</p>' in dom, (dom, err[-3000:])
+        flow = await browser.done.addTimeout(TIMEOUT, reactor)
+        assert flow.request is not None and flow.request.scheme == "https"
+        assert flow.websocket is not None
+        assert [(m.from_client, m.text) for m in flow.websocket.messages][:3] == [
+            (True, "hello from chromium"), (False, "changed by the proxy"),
+            (True, "got changed by the proxy")]
+        assert ws.received[:2] == ["hello from chromium", "got changed by the proxy"]
+    finally:
+        await listening.stopListening()
+        ws.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_reader_holds_the_origin_back(ws_origin: Origin, start_proxy: Any) -> None:
+    """
+    A client that stops reading while the origin floods it: the proxy stops
+    reading from the origin (it has relayed, and so recorded, a few MiB at
+    most, out of 40), and everything arrives once the client reads again.
+    """
+    flows = Flows()
+    proxy = await start_proxy(addons=[flows])
+    port = ws_origin.port
+    stalled = threading.Event()
+    go_on = threading.Event()
+
+    def client() -> int:
+        c = RawClient(proxy.port, f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}",
+                                 deflate=False)
+        c.send(TextMessage(data="flood"))
+        stalled.set()
+        go_on.wait(TIMEOUT)
+        total = 0
+        for _ in range(FLOOD):
+            total += len(c.next().data)
+        c.send(CloseConnection(code=1000))
+        c.close()
+        return total
+
+    result = _thread(client)
+    await deferToThread(stalled.wait, TIMEOUT)
+    await deferLater(reactor, 1.0, lambda: None)
+    relayed = sum(len(m.content) for m in flows.started[0].websocket.messages)  # type: ignore[union-attr]
+    flooded = ws_origin.flooded
+    go_on.set()
+    total = await result
+    assert total == FLOOD * len(NOISE)
+    assert relayed < 12 * 1024 * 1024, relayed
+    assert flooded < FLOOD, flooded
