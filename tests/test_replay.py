@@ -209,6 +209,18 @@ class ServerReplayTests(SynchronousTestCase):
         replay.request(flow)
         self.assertIsNone(flow.response)
 
+    def test_websocket_flows_not_served(self) -> None:
+        """A recorded WebSocket (a 101 and its messages) answers nothing: it goes upstream."""
+        from twistproxy.websocket import WebSocketData
+
+        websocket = recorded(status=101, answer=b"")
+        websocket.websocket = WebSocketData()
+        replay = ServerReplay([websocket])
+        self.assertEqual(replay.count(), 0)
+        flow = self.live()
+        replay.request(flow)
+        self.assertIsNone(flow.response)
+
     def test_key_parts(self) -> None:
         """Method, host, path, query and body all count; parameter order does not."""
         replay = ServerReplay([recorded("POST", "http://example.com/a?x=1&y=2", body=b"b")])

@@ -139,6 +139,8 @@ class UpgradeHeaderTests(SynchronousTestCase):
         self.assertEqual(extensions([]), (None, False))
         both = [(b"sec-websocket-extensions", b"x-other, permessage-deflate")]
         self.assertEqual(extensions(both), ("permessage-deflate", True))
+        tiny = [(b"Sec-WebSocket-Extensions", b"permessage-deflate; server_max_window_bits=8")]
+        self.assertEqual(extensions(tiny), (None, True))
 
 
 class _Receiver:

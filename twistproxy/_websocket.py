@@ -66,7 +66,8 @@ def extensions(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str | None, bool]
     """
     What a ``101``'s ``Sec-WebSocket-Extensions`` negotiated: the
     ``permessage-deflate`` entry (to set both sides up with), and whether
-    any other extension was (the relay cannot read such messages).
+    any other extension was, or parameters wsproto refuses (the relay
+    cannot read such messages).
     """
     deflate = None
     other = False
@@ -77,10 +78,15 @@ def extensions(fields: Sequence[tuple[bytes, bytes]]) -> tuple[str | None, bool]
             entry = entry.strip()
             if not entry:
                 continue
-            if entry.split(";", 1)[0].strip().lower() == PerMessageDeflate.name:
-                deflate = entry
-            else:
+            if entry.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
                 other = True
+                continue
+            try:
+                PerMessageDeflate().finalize(entry)
+            except ValueError:  # a window size out of range, a bad number
+                other = True
+            else:
+                deflate = entry
     return deflate, other
 
 
@@ -457,27 +463,46 @@ def switch_websocket(request: Any) -> None:
     def server_closed() -> None:
         factory.server_closed(origin)
 
-    deflate, other = extensions(response.headers.fields)
-    if other:
-        _log.info("WebSocket {url}: an extension twistproxy cannot read was negotiated; "
-                  "relaying its bytes without the message hooks", url=relay_url(flow))
-        flow.live = False
-        near, far = Relay(on_close=channel.relay_closed), Relay(on_close=lambda _: server_closed())
-        hand_over(channel, near, buffered)
-        hand_over(origin, far, origin.take_switched())
-        near.join(far)
-        return
-
     def ended() -> None:
         channel.relay_closed(None)
         server_closed()
 
+    deflate, other = extensions(response.headers.fields)
     relay = WebSocketRelay(
         flow, chain=factory.chain, first=request, hooks=factory.hooks_for(type(request))[0],
         deflate=deflate, limit=factory.limits.max_websocket_message,
         clock=factory.reactor.seconds, on_end=ended,
     )
+    if other:
+        _log.info("WebSocket {url}: an extension twistproxy cannot read was negotiated; "
+                  "relaying its bytes without the message hooks", url=relay_url(flow))
+        _relay_raw(relay, channel, origin, buffered)
+        return
     hand_over(channel, relay.client, buffered)
     hand_over(origin, relay.server, origin.take_switched())
     relay.server.lost = origin.lost  # the origin may have closed while the hooks ran
     relay.start()
+
+
+def _relay_raw(relay: WebSocketRelay, channel: Any, origin: Any, buffered: bytes) -> None:
+    """
+    Relay, as raw bytes, a WebSocket whose frames cannot be read (with a
+    passthrough tunnel's :class:`~twistproxy._tunnel.Relay` pair): no
+    messages are recorded, and only ``websocket_end`` runs, once both sides
+    closed.
+    """
+    relay.data._relay = None  # nothing can be injected into bytes we do not frame
+    closed: list[Relay] = []
+
+    def side_closed(side: Relay) -> None:
+        closed.append(side)
+        if len(closed) == 2:
+            relay._end()
+
+    near, far = Relay(on_close=side_closed), Relay(on_close=side_closed)
+    hand_over(channel, near, buffered)
+    hand_over(origin, far, origin.take_switched())
+    if origin.lost:  # the origin closed while the hooks ran
+        far.lost = True
+        closed.append(far)
+    near.join(far)

@@ -321,7 +321,8 @@ class ServerReplay(Addon):
     request, and no passthrough tunnel, ever reaches a server.
 
     :param flows: The recordings; those without a recorded response body
-        are left out (with a warning).
+        are left out (with a warning), and so are WebSocket flows (a
+        request that asks for a WebSocket goes to the origin).
     :param now: The clock stamping served responses.
     """
 
@@ -345,6 +346,8 @@ class ServerReplay(Addon):
         self._recorded: dict[tuple[Any, ...], deque[HTTPFlow]] = {}
         for flow in flows:
             if flow.request is None or flow.response is None:
+                continue
+            if flow.websocket is not None:  # a 101 cannot be answered without its WebSocket
                 continue
             if flow.response.raw_content is None or flow.response.truncated:
                 _log.warn("no whole recorded response body for {url}; not used for replay",

@@ -7,6 +7,9 @@ most libraries never send to a proxy.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import socket
 import ssl
 import threading
@@ -20,6 +23,7 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
@@ -636,3 +640,75 @@ async def test_slow_reader_holds_the_origin_back(ws_origin: Origin, start_proxy:
     assert total == FLOOD * len(NOISE)
     assert relayed < 12 * 1024 * 1024, relayed
     assert flooded < FLOOD, flooded
+
+
+class _OpaqueOrigin(Protocol):
+    """
+    A WebSocket origin that negotiates an extension nobody else knows
+    (``x-opaque``) and then echoes raw bytes with ``echo:`` in front.
+    """
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.switched = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.switched:
+            self.transport.write(b"echo:" + data)  # type: ignore[union-attr]
+            return
+        self.head += data
+        if b"\r\n\r\n" not in self.head:
+            return
+        head, rest = self.head.split(b"\r\n\r\n", 1)
+        found = re.search(rb"(?im)^sec-websocket-key: *(\S+)", head)
+        assert found is not None
+        accept = base64.b64encode(hashlib.sha1(
+            found.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+            + b"\r\nSec-WebSocket-Extensions: x-opaque\r\n\r\n")
+        self.switched = True
+        if rest:
+            self.dataReceived(rest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_extension_relayed_raw(start_proxy: Any) -> None:
+    """
+    A WebSocket whose 101 negotiated an extension the proxy cannot read is
+    relayed as raw bytes (no messages recorded), and its flow still ends
+    with websocket_end.
+    """
+    from twisted.internet.protocol import Factory
+
+    listening = reactor.listenTCP(0, Factory.forProtocol(_OpaqueOrigin), interface="127.0.0.1")
+    port = listening.getHost().port
+    flows = Flows()
+    try:
+        proxy = await start_proxy(addons=[flows])
+
+        def client() -> bytes:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+                sock.sendall(
+                    b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                    b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13"
+                    b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Extensions: x-opaque\r\n\r\n" % (port, port))
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += sock.recv(4096)
+                assert received.startswith(b"HTTP/1.1 101 "), received
+                assert b"x-opaque" in received
+                sock.sendall(b"\x81\x85opaque")
+                reply = b""
+                while len(reply) < 11:
+                    reply += sock.recv(4096)
+                return reply
+
+        assert await _thread(client) == b"echo:\x81\x85opaque"
+        flow = await flows.done.addTimeout(TIMEOUT, reactor)
+        assert flow.websocket is not None and flow.websocket.messages == []
+        assert flows.started == []
+    finally:
+        await listening.stopListening()
