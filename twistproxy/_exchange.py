@@ -661,40 +661,23 @@ class Exchange:
         if flow.killed:
             return self._kill(now)
         self.state = _DONE
-        if self._switched and not self._own:
-            return self._switch_websocket(flow)
-        if self._connect and not self._own:
+        if (self._connect or self._switched) and not self._own:
+            # A CONNECT's 200 opens the tunnel, an origin's 101 the WebSocket
+            # relay (its flow lives on there): both SWITCH the connection.
             if self._tunnel_lost is not None:
                 self.state = _RESPONSE
                 return self._fail(now, self._tunnel_lost, True)
-            if flow.response.status_code == 200:
-                flow.live = False
+            if flow.response.status_code == (101 if self._switched else 200):
+                flow.live = self._switched and not self._gone
                 if self._gone:
                     return self._drop_upstream()
                 self._head_sent = True
                 self._upstream = False
-                return ((Action.SWITCH, None),)
-            # A response hook answered otherwise: that is the answer, no tunnel.
-            return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
-        return self._answer(_WRITE_RESPONSE_ACTION, self._own)
-
-    def _switch_websocket(self, flow: HTTPFlow) -> Actions:
-        """
-        After the hooks on an origin's ``101``: the client gets it and both
-        connections go to the WebSocket relay (the flow stays live until the
-        relay ends); a hook that changed the status has that answer written
-        instead, and the origin's connection is closed.
-        """
-        assert flow.response is not None
-        if flow.response.status_code != 101:
+                return ((Action.SWITCH, "websocket" if self._switched else None),)
+            # A response hook answered otherwise: that is the answer, no switch.
             flow.websocket = None
             return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
-        if self._gone:
-            flow.live = False
-            return self._drop_upstream()
-        self._head_sent = True
-        self._upstream = False
-        return ((Action.SWITCH, "websocket"),)
+        return self._answer(_WRITE_RESPONSE_ACTION, self._own)
 
     def _after_relayed(self, now: float) -> Actions:
         self.state = _DONE

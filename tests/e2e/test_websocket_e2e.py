@@ -115,7 +115,11 @@ class Flows(Addon):
     def __init__(self) -> None:
         self.ended: list[HTTPFlow] = []
         self.started: list[HTTPFlow] = []
+        self.connects: list[HTTPFlow] = []
         self.done: Deferred[HTTPFlow] = Deferred()
+
+    def http_connect(self, flow: HTTPFlow) -> None:
+        self.connects.append(flow)
 
     def websocket_start(self, flow: HTTPFlow) -> None:
         self.started.append(flow)
@@ -315,17 +319,20 @@ async def test_intercepted_wss(pki: Any, tmp_path: Any, start_https_proxy: Any) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_passthrough_tunnel(ws_origin: Origin, start_proxy: Any) -> None:
+async def test_passthrough_tunnel(ws_origin: Origin, start_https_proxy: Any) -> None:
     """
-    ``websockets`` through a proxy without a CA: its CONNECT to the ws://
-    origin is a raw tunnel, and the WebSocket works through it (no
-    WebSocket flow: the proxy never sees the messages).
+    ``websockets`` through an intercepting proxy told to leave the origin
+    alone (``--ignore-hosts``): its CONNECT to the ws:// origin is a raw
+    tunnel, and the WebSocket works through it (no WebSocket flow: the
+    proxy never sees the messages).
     """
     flows = Flows()
-    proxy = await start_proxy(addons=[flows])
+    proxy = await start_https_proxy(addons=[flows],
+                                    ignore_hosts=[rf"^127\.0\.0\.1:{ws_origin.port}$"])
     got = await _thread(_through, proxy, f"ws://127.0.0.1:{ws_origin.port}/", None, _chat)
     assert got == _CHAT
     assert flows.ended == []
+    assert [flow.passthrough for flow in flows.connects] == [True]
 
 
 class Rewrite(Addon):
