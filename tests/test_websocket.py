@@ -345,7 +345,7 @@ class RelayTests(_RelayCase):
         self.assertEqual(self.hooks.calls[-1], "end")
         self.assertFalse(self.flow.live)
 
-    def test_lost_without_close_aborts_the_other(self) -> None:
+    def test_lost_without_close_ends_the_other(self) -> None:
         """A connection that ends without a close ends the other the same way (1006)."""
         self.relay.server.connectionLost(Failure(Exception()))
         self.assertTrue(self.near.disconnecting)

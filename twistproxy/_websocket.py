@@ -125,7 +125,7 @@ class _Side(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from this side's peer: to wsproto, then the events out."""
-        if self.ws.state is ConnectionState.CLOSED:
+        if self.ws.state is ConnectionState.CLOSED or self.relay.closing:
             return
         self.ws.receive_data(data)
         self.relay.pump(self)
@@ -192,13 +192,15 @@ class WebSocketRelay:
     :param limit: Bytes a message may have; a bigger one closes both sides
         with ``1009``.
     :param clock: The time, for message timestamps.
-    :param on_end: Called with each side's connection when it is gone and
-        the relay is over, as ``on_end(from_client)``.
+    :param on_end: Called once both connections are gone, before
+        ``websocket_end`` runs (the shell stamps the connection records).
     :ivar started: The ``websocket_start`` hooks are done: messages flow.
+    :ivar closing: Both sides are being closed: what still arrives is
+        dropped.
     """
 
     started = False
-    _closing = False
+    closing = False
     _ended = False
 
     def __init__(
@@ -251,7 +253,7 @@ class WebSocketRelay:
             d.addCallbacks(lambda _: self._started(), self._hook_failed)
 
     def _started(self) -> None:
-        if self._closing:
+        if self.closing:
             return
         if self.flow.killed:
             self._kill()
@@ -270,7 +272,7 @@ class WebSocketRelay:
 
     def pump(self, side: _Side) -> None:
         """Handle *side*'s events, until a hook has to be waited for."""
-        if not self.started or side.waiting or self._closing:
+        if not self.started or side.waiting or self.closing:
             return
         for event in side.ws.events():
             if isinstance(event, Message):
@@ -284,7 +286,7 @@ class WebSocketRelay:
                 side.peer.write(Pong(event.payload))
             elif isinstance(event, CloseConnection):
                 self._closed_by(side, event)
-            if side.waiting or self._closing:
+            if side.waiting or self.closing:
                 break
 
     def _message_part(self, side: _Side, event: Message[Any]) -> None:
@@ -312,10 +314,10 @@ class WebSocketRelay:
 
     def _hook_done(self, _: object, side: _Side, message: WebSocketMessage) -> None:
         side.waiting = False
-        if self._closing:
+        if self.closing:
             return
         self._after_hook(side, message)
-        if not self._closing:
+        if not self.closing:
             side.set_reading()
             self.pump(side)
 
@@ -339,7 +341,7 @@ class WebSocketRelay:
         :raises ValueError: if that side is closing or closed.
         """
         to = self.client if to_client else self.server
-        if self._closing or to.lost or to.ws.state is not _OPEN:
+        if self.closing or to.lost or to.ws.state is not _OPEN:
             raise ValueError("the WebSocket is closing: nothing can be injected")
         message.timestamp = self._clock()
         self.data.messages.append(message)
@@ -355,8 +357,9 @@ class WebSocketRelay:
             data.close_code = int(event.code)
             data.close_reason = event.reason or None
         if event.code == _LOST:
-            # No close frame came: the far end learns the same way.
-            self._close_all(abort=True)
+            # No close frame came: the far end learns the same way (what was
+            # on its way to it still goes first).
+            self._close_all()
             return
         side.peer.write(CloseConnection(event.code, event.reason))
         side.write(event.response())
@@ -369,14 +372,14 @@ class WebSocketRelay:
             data.close_code = CloseReason.MESSAGE_TOO_BIG
             data.close_reason = reason
         _log.info("WebSocket {url}: closed, a message was over {limit} bytes",
-                  url=relay_url(self.flow), limit=self._limit)
+                  url=_url(self.flow), limit=self._limit)
         for each in (self.client, self.server):
             each.write(CloseConnection(CloseReason.MESSAGE_TOO_BIG, reason))
         self._close_all()
 
     def _hook_failed(self, reason: Failure) -> None:
         """A hook raised or timed out (the chain logged it): close with 1011."""
-        if self._closing:
+        if self.closing:
             return
         data = self.data
         if data.close_code is None:
@@ -392,7 +395,7 @@ class WebSocketRelay:
         self._close_all(abort=True)
 
     def _close_all(self, abort: bool = False) -> None:
-        self._closing = True
+        self.closing = True
         for side in (self.client, self.server):
             if side.lost:
                 continue
@@ -406,10 +409,10 @@ class WebSocketRelay:
         other = side.peer
         if not other.lost:
             other.transport.unregisterProducer()
-        if not self._closing and self.started:
+        if not self.closing and self.started:
             side.ws.receive_data(None)  # the close code 1006
             self.pump(side)
-        self._close_all(abort=not self._closing)
+        self._close_all()
         if self.client.lost and self.server.lost and not self._ended:
             self._end()
 
@@ -427,7 +430,7 @@ class WebSocketRelay:
             d.addErrback(lambda _: None)  # logged by the chain; the flow is over
 
 
-def relay_url(flow: HTTPFlow) -> str:
+def _url(flow: HTTPFlow) -> str:
     """The flow's URL, for the log."""
     return flow.request.url if flow.request is not None else "?"
 
@@ -475,7 +478,7 @@ def switch_websocket(request: Any) -> None:
     )
     if other:
         _log.info("WebSocket {url}: an extension twistproxy cannot read was negotiated; "
-                  "relaying its bytes without the message hooks", url=relay_url(flow))
+                  "relaying its bytes without the message hooks", url=_url(flow))
         _relay_raw(relay, channel, origin, buffered)
         return
     hand_over(channel, relay.client, buffered)

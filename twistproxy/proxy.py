@@ -97,7 +97,9 @@ class ProxyRequest(RequestCompat):
 
     Subclass it to intercept traffic: methods named after the flow hooks
     (``requestheaders``, ``request``, ``responseheaders``, ``response``,
-    ``error``, ``server_connected``, ``http_connect``) run before every
+    ``error``, ``server_connected``, ``http_connect``, and
+    ``websocket_start``, ``websocket_message`` and ``websocket_end`` for a
+    request switched to a WebSocket) run before every
     addon's, take the flow and may return a Deferred or be coroutines.
     Bodies are buffered for a subclass's ``request`` and ``response``
     unless it sets ``stream_bodies = True``

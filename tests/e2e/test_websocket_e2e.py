@@ -652,8 +652,12 @@ async def test_slow_reader_holds_the_origin_back(ws_origin: Origin, start_proxy:
 class _OpaqueOrigin(Protocol):
     """
     A WebSocket origin that negotiates an extension nobody else knows
-    (``x-opaque``) and then echoes raw bytes with ``echo:`` in front.
+    (``x-opaque``) and then echoes raw bytes with ``echo:`` in front (or,
+    with *hang_up*, closes right after its 101, with no extension).
     """
+
+    extension = b"\r\nSec-WebSocket-Extensions: x-opaque"
+    hang_up = False
 
     def __init__(self) -> None:
         self.head = b""
@@ -674,8 +678,11 @@ class _OpaqueOrigin(Protocol):
         self.transport.write(  # type: ignore[union-attr]
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
-            + b"\r\nSec-WebSocket-Extensions: x-opaque\r\n\r\n")
+            + self.extension + b"\r\n\r\n")
         self.switched = True
+        if self.hang_up:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         if rest:
             self.dataReceived(rest)
 
@@ -717,5 +724,78 @@ async def test_unknown_extension_relayed_raw(start_proxy: Any) -> None:
         flow = await flows.done.addTimeout(TIMEOUT, reactor)
         assert flow.websocket is not None and flow.websocket.messages == []
         assert flows.started == []
+    finally:
+        await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_subclass_hooks_run_first(ws_origin: Origin, start_proxy: Any) -> None:
+    """
+    A ProxyRequest subclass's websocket_message runs before the addons', as
+    every other hook of its does.
+    """
+    from twistproxy.proxy import ProxyRequest
+
+    order: list[str] = []
+
+    class Sub(ProxyRequest):
+        def websocket_message(self, flow: HTTPFlow) -> None:
+            order.append("request class")
+
+    class Later(Flows):
+        def websocket_message(self, flow: HTTPFlow) -> None:
+            order.append("addon")
+
+    flows = Later()
+    proxy = await start_proxy(addons=[flows], request_factory=Sub)
+    got = await _thread(_through_absolute, proxy.port, ws_origin.port)
+    assert got == ["echo:saved", b"echo:\x01"]
+    await flows.done.addTimeout(TIMEOUT, reactor)
+    assert order == ["request class", "addon"] * 4
+
+
+class _HangUp(_OpaqueOrigin):
+    extension = b""
+    hang_up = True
+
+
+class _SlowResponse(Flows):
+    """Holds the 101 in its response hook for a moment."""
+
+    def response(self, flow: HTTPFlow) -> Deferred[None]:
+        return deferLater(reactor, 0.3, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_origin_gone_before_the_switch(start_proxy: Any) -> None:
+    """
+    An origin that closes right after its 101, while the response hook
+    still runs: the client gets the 101, then its connection ends (no
+    close frame came from anywhere: 1006), and the flow ends.
+    """
+    from twisted.internet.protocol import Factory
+
+    listening = reactor.listenTCP(0, Factory.forProtocol(_HangUp), interface="127.0.0.1")
+    port = listening.getHost().port
+    flows = _SlowResponse()
+    try:
+        proxy = await start_proxy(addons=[flows])
+
+        def client() -> Any:
+            c = RawClient(proxy.port, f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}",
+                          deflate=False)
+            assert c.accepted is not None
+            try:
+                event = c.next()
+            except ConnectionError:  # the end, once wsproto has seen it
+                event = c.rest[-1] if c.rest else None
+            c.close()
+            return event
+
+        event = await _thread(client)
+        assert isinstance(event, CloseConnection) and event.code == 1006
+        flow = await flows.done.addTimeout(TIMEOUT, reactor)
+        assert flow.websocket is not None and flow.websocket.close_code == 1006
+        assert not flow.live
     finally:
         await listening.stopListening()
