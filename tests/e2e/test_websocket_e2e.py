@@ -247,6 +247,9 @@ async def test_absolute_form_messages_both_ways(ws_origin: Origin, start_proxy: 
     assert (data.close_code, data.close_reason, data.closed_by_client) == (4001, "bye", False)
     assert data.timestamp_end is not None and not flow.live
     assert flows.started == [flow]
+    assert proxy.factory.connections == 0  # the relay's end closed the client's record
+    assert flow.client_conn.timestamp_end is not None
+    assert flow.server_conn.timestamp_end is not None
 
 
 def _tls_origin(pki: Any, tmp_path: Any) -> Origin:
@@ -314,6 +317,7 @@ async def test_intercepted_wss(pki: Any, tmp_path: Any, start_https_proxy: Any) 
             b"frag", b"one,two,three"]
         assert (flow.websocket.close_code, flow.websocket.closed_by_client) == (1000, True)
         assert origin.extensions[0] is not None
+        assert proxy.factory.connections == 0
     finally:
         origin.stop()
 
