@@ -367,6 +367,40 @@ class RelayTests(_RelayCase):
         self.assertEqual(self.flow.websocket.messages, [])
         self.assertEqual(self.flow.websocket.close_reason, "message over 100 bytes")
 
+    def test_compression_bomb_stays_small(self) -> None:
+        """
+        A compressed message that inflates far past the limit (50 MiB of
+        zeros in ~50 KiB) is refused with 1009 after inflating a few MiB of
+        it, not all of it at once.
+        """
+        import tracemalloc
+
+        from wsproto.extensions import PerMessageDeflate
+
+        offer = "permessage-deflate"
+        relay = WebSocketRelay(
+            self.flow, chain=HookChain([], clock=self.clock), first=None, hooks=frozenset(),
+            deflate=offer, limit=1024 * 1024, clock=self.clock.seconds, on_end=self._ended)
+        near, far = StringTransport(), StringTransport()
+        relay.client.makeConnection(near)
+        relay.server.makeConnection(far)
+        relay.start()
+        deflate = PerMessageDeflate()
+        deflate.finalize(offer)
+        browser = Connection(CLIENT, [deflate])
+        wire = browser.send(BytesMessage(data=bytes(50 * 1024 * 1024)))
+        self.assertLess(len(wire), 100 * 1024)
+        tracemalloc.start()
+        try:
+            relay.client.dataReceived(wire)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 16 * 1024 * 1024)
+        origin = Connection(SERVER, [PerMessageDeflate()])
+        origin.receive_data(far.value())
+        self.assertEqual([e.code for e in origin.events()], [1009])
+
     def test_failing_hook_closes_1011(self) -> None:
         """A message hook that raises closes both sides with 1011; the flow says why."""
         self.hooks.fail = True

@@ -59,6 +59,8 @@ from twistproxy.websocket import WebSocketData, WebSocketMessage
 _log = Logger()
 
 _OPEN = ConnectionState.OPEN
+_PIECE = 1 << 30  # uncompressed: hand wsproto each read whole
+_DEFLATED_PIECE = 2 * 1024  # compressed: at most ~2 MiB inflated at once
 _LOST = CloseReason.ABNORMAL_CLOSURE  # 1006: no close frame, the connection ended
 
 
@@ -112,10 +114,15 @@ class _Side(Protocol):
     peer: _Side
     lost = False
 
-    def __init__(self, relay: WebSocketRelay, from_client: bool, ws: Connection) -> None:
+    def __init__(
+        self, relay: WebSocketRelay, from_client: bool, ws: Connection, piece: int
+    ) -> None:
         self.relay = relay
         self.from_client = from_client
         self.ws = ws
+        self.piece = piece  # bytes handed to wsproto at a time
+        self.unfed = b""  # received, not yet handed to wsproto (from _fed on)
+        self._fed = 0
         self.pieces: list[bytes] = []  # the message being reassembled
         self.size = 0
         self.waiting = False  # a hook on this side's message is waited for
@@ -127,8 +134,24 @@ class _Side(Protocol):
         """Bytes from this side's peer: to wsproto, then the events out."""
         if self.ws.state is ConnectionState.CLOSED or self.relay.closing:
             return
-        self.ws.receive_data(data)
+        self.unfed = self.unfed[self._fed:] + data if self._fed < len(self.unfed) else data
+        self._fed = 0
         self.relay.pump(self)
+
+    def feed(self) -> bool:
+        """
+        Hand wsproto the next piece of what arrived: ``False`` when there
+        was none.  Compressed messages are fed a few KiB at a time, so that
+        what one piece inflates to stays small next to the message limit
+        (wsproto inflates whatever it is given at once).
+        """
+        start = self._fed
+        if start >= len(self.unfed):
+            return False
+        unfed = self.unfed
+        self._fed = end = start + self.piece
+        self.ws.receive_data(unfed if start == 0 and end >= len(unfed) else unfed[start:end])
+        return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """This connection ended."""
@@ -225,8 +248,9 @@ class WebSocketRelay:
         self._limit = limit
         self._clock = clock
         self._on_end = on_end
-        self.client = _Side(self, True, _connection(SERVER, deflate))
-        self.server = _Side(self, False, _connection(CLIENT, deflate))
+        piece = _DEFLATED_PIECE if deflate is not None else _PIECE
+        self.client = _Side(self, True, _connection(SERVER, deflate), piece)
+        self.server = _Side(self, False, _connection(CLIENT, deflate), piece)
         self.client.peer = self.server
         self.server.peer = self.client
 
@@ -271,9 +295,16 @@ class WebSocketRelay:
     # -- events ---------------------------------------------------------------
 
     def pump(self, side: _Side) -> None:
-        """Handle *side*'s events, until a hook has to be waited for."""
-        if not self.started or side.waiting or self.closing:
-            return
+        """
+        Handle *side*'s events, feeding wsproto what arrived piece by
+        piece, until a hook has to be waited for.
+        """
+        while self.started and not side.waiting and not self.closing:
+            self._handle_events(side)
+            if side.waiting or self.closing or not side.feed():
+                return
+
+    def _handle_events(self, side: _Side) -> None:
         for event in side.ws.events():
             if isinstance(event, Message):
                 self._message_part(side, event)
@@ -410,6 +441,7 @@ class WebSocketRelay:
         if not other.lost:
             other.transport.unregisterProducer()
         if not self.closing and self.started:
+            self.pump(side)  # what arrived before the end
             side.ws.receive_data(None)  # the close code 1006
             self.pump(side)
         self._close_all()
