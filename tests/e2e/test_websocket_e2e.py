@@ -803,3 +803,41 @@ async def test_origin_gone_before_the_switch(start_proxy: Any) -> None:
         assert not flow.live
     finally:
         await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_save_filter_limit_and_log(ws_origin: Origin, tmp_path: Path) -> None:
+    """
+    ``twistd twistproxy --save F --save-filter ~websocket
+    --max-websocket-message 1m``: the WebSocket flows are saved with their
+    messages (and read back), a message over 1 MiB closes its WebSocket
+    with 1009, and each WebSocket's log line says so.
+    """
+    from tests.e2e.test_twistd import output_contains, start_twistd
+    from twistproxy.flowfile import load_flows
+
+    saved = tmp_path / "flows.jsonl"
+    child, port = await start_twistd(tmp_path, "--save", str(saved), "--save-filter",
+                                     "~websocket", "--max-websocket-message", "1m")
+    try:
+        got = await _thread(_through_absolute, port, ws_origin.port)
+        assert got == ["echo:saved", b"echo:\x01"]
+
+        def too_big() -> Any:
+            c = RawClient(port, f"http://127.0.0.1:{ws_origin.port}/",
+                          f"127.0.0.1:{ws_origin.port}")
+            c.send(TextMessage(data="big"))
+            event = c.next()
+            c.close()
+            return event
+
+        event = await _thread(too_big)
+        assert isinstance(event, CloseConnection) and event.code == 1009
+        await output_contains(child, "101 websocket: 4 messages, closed by the client (1000)")
+        await output_contains(child, "101 websocket: 1 message, closed (1009 message over "
+                                     "1048576 bytes)")
+    finally:
+        await child.stop()
+    flows = load_flows(saved)
+    assert [[m.content for m in f.websocket.messages] for f in flows] == [  # type: ignore[union-attr]
+        [b"saved", b"echo:saved", b"\x01", b"echo:\x01"], [b"big"]]
