@@ -119,6 +119,23 @@ class SwitchTests(SynchronousTestCase):
         self.assertIs(protocol.transport, self.transport)
         self.assertEqual(protocol.received, [b"early", b"later"])
 
+    def test_hand_over_twice(self) -> None:
+        """
+        The protocol given the connection may hand it on in turn (a
+        channel inside a tunnel to a WebSocket relay): bytes and the end
+        follow to the last one.
+        """
+        first, then = Recorder(), Recorder()
+        hand_over(self.channel, first, b"")
+        first.transport = self.transport  # as makeConnection left it
+        hand_over(first, then, b"")
+        self.channel.dataReceived(b"later")
+        reason = Failure(ConnectionDone())
+        self.channel.connectionLost(reason)
+        self.assertEqual((first.received, then.received), ([], [b"later"]))
+        self.assertIs(then.reason, reason)
+        self.assertIs(then.transport, self.transport)
+
     def test_hand_over_routes_connection_lost(self) -> None:
         """
         After the hand-over, the end of the connection goes to the new

@@ -384,15 +384,18 @@ def hand_over(old: Any, protocol: IProtocol, buffered: bytes) -> None:
     bytes and its end go to *protocol*, starting with *buffered*.
 
     A channel's idle timeout is stopped (the new protocol keeps its own);
-    whatever produced for the transport stops doing so.
+    whatever produced for the transport stops doing so.  *protocol*'s
+    methods are looked up at each call, so that it may hand the connection
+    on in turn (a tunnel's sniffer to a channel, that channel to a
+    WebSocket relay after a ``101``).
     """
     transport: Any = old.transport
     if isinstance(old, TimeoutMixin):
         old.setTimeout(None)
     if getattr(transport, "producer", None) is not None:  # none on a second hand-over
         transport.unregisterProducer()
-    old.dataReceived = protocol.dataReceived
-    old.connectionLost = protocol.connectionLost
+    old.dataReceived = lambda data: protocol.dataReceived(data)
+    old.connectionLost = lambda reason=connectionDone: protocol.connectionLost(reason)
     protocol.makeConnection(transport)
     transport.resumeProducing()  # HTTPChannel may have paused it while buffering
     if buffered:

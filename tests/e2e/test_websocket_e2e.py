@@ -841,3 +841,23 @@ async def test_twistd_save_filter_limit_and_log(ws_origin: Origin, tmp_path: Pat
     flows = load_flows(saved)
     assert [[m.content for m in f.websocket.messages] for f in flows] == [  # type: ignore[union-attr]
         [b"saved", b"echo:saved", b"\x01", b"echo:\x01"], [b"big"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_ws_inside_an_intercepted_plain_tunnel(ws_origin: Origin,
+                                                     start_https_proxy: Any) -> None:
+    """
+    ``websockets`` opening ws:// through an intercepting proxy: its CONNECT
+    tunnel carries plain HTTP (the proxy detects it), and the upgrade inside
+    is relayed with the message hooks like any other.
+    """
+    flows = Flows()
+    proxy = await start_https_proxy(addons=[flows])
+    got = await _thread(_through, proxy, f"ws://127.0.0.1:{ws_origin.port}/plain", None, _chat)
+    assert got == _CHAT
+    flow = await flows.done.addTimeout(TIMEOUT, reactor)
+    assert flow.request is not None and flow.request.scheme == "http"
+    assert flow.request.path == "/plain"
+    assert flow.websocket is not None
+    assert [m.content for m in flow.websocket.messages][:2] == [b"hi", b"echo:hi"]
+    assert [f.passthrough for f in flows.connects] == [False]
