@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import socket
 import ssl
@@ -53,7 +54,7 @@ pytestmark = pytest.mark.e2e
 
 TIMEOUT = 10.0
 FLOOD = 160  # messages of NOISE (incompressible): 40 MiB
-NOISE = __import__("os").urandom(256 * 1024)
+NOISE = os.urandom(256 * 1024)
 
 
 class Origin:
@@ -364,8 +365,7 @@ class Rewrite(Addon):
 
 
 @pytest_twisted.ensureDeferred
-async def test_hooks_change_drop_and_keep_order(ws_origin: Origin, start_proxy: Any,
-                                                pki: Any) -> None:
+async def test_hooks_change_drop_and_keep_order(ws_origin: Origin, start_proxy: Any) -> None:
     """
     A ``websocket_message`` hook that changes one message and drops
     another; its Deferred holds the first message back, and the ones the
