@@ -31,6 +31,19 @@ def content_type_params(content_type: str) -> tuple[str, dict[str, str]]:
     return media_type.strip(), parsed
 
 
+def joined(pieces: list[bytes]) -> bytes:
+    """The *pieces* of a body as one bytes object, copied only when needed."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join(pieces)
+
+
+def capped(pieces: list[bytes], limit: int) -> bytes:
+    """The first *limit* bytes of the body in *pieces*: what is recorded of a streamed one."""
+    body = joined(pieces)
+    return body[:limit] if len(body) > limit else body
+
+
 def _with_charset(content_type: str, charset: str) -> str:
     """
     Return *content_type* with its ``charset`` parameter set to *charset*.

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
+from twistproxy._body import capped, joined
 from twistproxy._events import (
     HOOK_STATES,
     TERMINAL_STATES,
@@ -30,16 +31,15 @@ from twistproxy._events import (
     Body,
     Event,
     InvalidEvent,
-    ResponseHead,
     State,
 )
-from twistproxy._framing import CHUNKED, NO_BODY
+from twistproxy._framing import NO_BODY
 from twistproxy._headers import check_messages, check_shape, websocket_upgrade
-from twistproxy.errors import HookFailed, InvalidMessage, UpstreamProtocolError, describe
+from twistproxy._response import ResponseSide
+from twistproxy.errors import InvalidMessage, describe
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Response
-from twistproxy.websocket import WebSocketData
 
 HIGH_WATER = 64 * 1024
 """Request body bytes held (before they can go anywhere) before the client is paused."""
@@ -85,10 +85,9 @@ _REQUEST_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
 _RESPONSE_HOOKS = frozenset({"responseheaders", "response"})
 _MESSAGE_HOOKS = _REQUEST_HOOKS | _RESPONSE_HOOKS
 _WHOLE_BODY_HOOKS = frozenset({"request", "response"})
-_EVENT_STREAM = b"text/event-stream"
 
 
-class Exchange:
+class Exchange(ResponseSide):
     """
     The state machine of one exchange.
 
@@ -124,14 +123,7 @@ class Exchange:
         a response that came whole in that read is written whole.
     """
 
-    __slots__ = (
-        "flow", "refusal", "hooks", "whole", "body_limit", "declared", "intercepting", "state",
-        "body", "body_done", "failure", "_held", "_request_body", "_response_size",
-        "_framing", "_response_body", "_recorded", "_transform", "head_due", "expect",
-        "_response_done", "_hook", "_pending", "_client_paused", "_upstream_held",
-        "_upstream", "_sending", "_head_sent", "_gone", "_aborted", "_finish_owed",
-        "_tunnel_lost", "_own", "_connect", "_shape", "_upgrade", "_switched",
-    )
+    __slots__ = ()  # the state is ResponseSide's slots
 
     def __init__(
         self,
@@ -323,7 +315,7 @@ class Exchange:
         flow.request.timestamp_end = now
         if self._held:
             body, self._request_body = self._request_body, []
-            flow.request.raw_content = _joined(body)
+            flow.request.raw_content = joined(body)
         else:  # no body: nothing kept
             flow.request.raw_content = b""
         return self._run("request", _REQUEST, now)
@@ -433,7 +425,7 @@ class Exchange:
         assert request is not None
         request.timestamp_end = now
         body, self._request_body = self._request_body, []
-        request.raw_content = _capped(body, self.body_limit)
+        request.raw_content = capped(body, self.body_limit)
         if self._held > self.body_limit:
             request.body_size = self._held
 
@@ -477,211 +469,6 @@ class Exchange:
             actions.append((Action.CANCEL_HOOK, None))
         actions.extend(self._fail(now, reason, True))
         return actions
-
-    # -- the response ---------------------------------------------------------
-
-    def _response_head(self, now: float, head: ResponseHead) -> Actions:
-        flow = self.flow
-        assert flow is not None
-        if head.server is not None:  # after a retry, not the one it was sent on first
-            flow.server_conn = head.server
-        if head.status == 101:
-            if not self._upgrade:
-                error = UpstreamProtocolError("the server switched protocols unasked")
-                return self._fail(now, Failure(error), True)
-            self._switched = True
-            flow.websocket = WebSocketData()
-        response = Response(
-            head.version, head.status, head.reason, Headers(head.fields), None,
-            timestamp_start=now,
-        )
-        flow.response = response
-        self._framing = framing = head.framing
-        if framing > self.body_limit or "response" not in self.whole or _event_stream(head):
-            response.stream = True
-        return self._run("responseheaders", _RESPONSE_HEADERS, now)
-
-    def _after_responseheaders(self, now: float) -> Actions:
-        flow = self.flow
-        assert flow is not None and flow.response is not None
-        if not (self._upstream_held or self._response_done) and flow.error is None:
-            stream = flow.response.stream
-            if not stream:
-                self.state = _RECEIVING  # buffer the body
-                return _NONE
-            if stream is True and self._framing != NO_BODY and not flow.killed:
-                self.state = _STREAMING  # stream it, the head once this read is handled
-                self.head_due = True
-                return _NONE
-        actions: list[tuple[Action, Any]] = []
-        held = self._upstream_held  # the hook was waited for: no read is being handled
-        if held:
-            self._upstream_held = False
-            actions.append((Action.HOLD_UPSTREAM, False))
-        if flow.killed:
-            actions.extend(self._kill(now))
-            return actions
-        if flow.response.stream and self._framing != NO_BODY:
-            actions.extend(self._stream(now, later=not held))
-        else:
-            self.state = _RECEIVING
-        if self._response_done:
-            actions.extend(self._response_complete(now))
-        return actions
-
-    def _stream(self, now: float, later: bool = False) -> Actions:
-        """
-        Stream the response: its head and what is kept now, the rest as it
-        comes; or, *later*, once the read that brought the head is handled.
-        """
-        self.state = _STREAMING
-        stream = self.flow.response.stream  # type: ignore[union-attr]
-        if callable(stream):
-            self._transform = stream
-            try:
-                self._response_body = [stream(piece) for piece in self._response_body]
-            except Exception:
-                return self._fail(now, _transform_failed(stream), True)
-        if later:
-            self.head_due = True
-            return _NONE
-        return self._head_out(self._response_body)
-
-    def _head_out(self, pieces: list[bytes]) -> Actions:
-        """The streamed response's head goes, with *pieces*, the body so far."""
-        self.head_due = False
-        self._head_sent = True
-        framing = self._framing
-        if self._transform is not None and framing >= 0:
-            framing = CHUNKED  # the length changes: chunked (or until close)
-        self._recorded = sum(map(len, pieces))
-        return ((_SEND_HEAD_ACTION, (framing, tuple(pieces))),)
-
-    def _response_interim(self, now: float, head: ResponseHead) -> Actions:
-        """
-        An interim response: relayed to an HTTP/1.1 client, but for a
-        ``100`` (the proxy asked for a held-back body itself, and does not
-        pass the expectation on).
-        """
-        flow = self.flow
-        assert flow is not None and flow.request is not None
-        if head.status == 100:
-            return _NONE
-        if self._gone or flow.request.http_version != "HTTP/1.1":
-            return _NONE
-        return ((Action.WRITE_INTERIM, head),)
-
-    def _read_done(self, now: float, arg: Any) -> Actions:
-        if not self.head_due:
-            raise InvalidEvent("READ_DONE without a head held back")
-        return self._head_out(self._response_body)
-
-    def _response_data(self, now: float, data: bytes) -> Actions:
-        self._response_size += len(data)
-        state = self.state
-        if state is _STREAMING:
-            transform = self._transform
-            if transform is not None:
-                try:
-                    data = transform(data)
-                except Exception:
-                    return self._fail(now, _transform_failed(transform), True)
-            if self.head_due:  # it goes with the head
-                self._response_body.append(data)
-                return _NONE
-            if self._recorded < self.body_limit:
-                self._response_body.append(data)
-                self._recorded += len(data)
-            return ((_RELAY_RESPONSE_ACTION, data),)
-        self._response_body.append(data)
-        if state is _RECEIVING and self._response_size > self.body_limit:
-            assert self.flow is not None and self.flow.response is not None
-            self.flow.response.stream = True
-            return self._stream(now)
-        return _NONE
-
-    def _response_end(self, now: float, trailers: Any) -> Actions:
-        self._upstream = self._switched  # a switched connection stays until handed over
-        if trailers:
-            self.flow.response.trailers = Headers(trailers)  # type: ignore[union-attr]
-        if self.body_done and self.state is not _RESPONSE_HEADERS:
-            return self._response_complete(now)
-        actions: list[tuple[Action, Any]] = []
-        if not self.body_done and self.body is _STREAM:
-            # The origin answered before the upload ended: drop the rest.
-            self.body = _DISCARD
-            if self._sending:
-                self._sending = False
-                actions.append((Action.STOP_BODY, None))
-        if self.state is _RESPONSE_HEADERS:
-            self._response_done = True
-        else:
-            actions.extend(self._response_complete(now))
-        return actions
-
-    def _response_complete(self, now: float) -> Actions:
-        flow = self.flow
-        assert flow is not None and flow.response is not None
-        response = flow.response
-        response.timestamp_end = now
-        body, self._response_body = self._response_body, []
-        if self.state is _STREAMING:
-            actions: list[tuple[Action, Any]] = []
-            transform = self._transform
-            if transform is not None:
-                try:
-                    tail = transform(b"")  # the end: what the transformation still holds
-                except Exception:
-                    return self._fail(now, _transform_failed(transform), True)
-                if tail:
-                    body.append(tail)
-                    if not self.head_due:
-                        actions.append((_RELAY_RESPONSE_ACTION, tail))
-            whole = _joined(body)
-            limit = self.body_limit
-            response.raw_content = whole if len(whole) <= limit else whole[:limit]
-            if self._response_size > limit:
-                response.body_size = self._response_size
-            if self.head_due and len(whole) <= limit:
-                # It came whole in the read that brought its head: written whole.
-                self.head_due = False
-                actions.extend(self._answer(_WRITE_RESPONSE_ACTION, False))
-            else:
-                if self.head_due:
-                    actions.extend(self._head_out(body))
-                actions.extend(self._finish())
-            actions.extend(self._run("response", _RELAYED, now))
-            return actions
-        response.raw_content = _joined(body)
-        return self._run("response", _RESPONSE, now)
-
-    def _after_response(self, now: float) -> Actions:
-        flow = self.flow
-        assert flow is not None and flow.request is not None and flow.response is not None
-        if flow.killed:
-            return self._kill(now)
-        self.state = _DONE
-        if (self._connect or self._switched) and not self._own:
-            # A CONNECT's 200 opens the tunnel, an origin's 101 the WebSocket
-            # relay (its flow lives on there): both SWITCH the connection.
-            if self._tunnel_lost is not None:
-                self.state = _RESPONSE
-                return self._fail(now, self._tunnel_lost, True)
-            if flow.response.status_code == (101 if self._switched else 200):
-                flow.live = self._switched and not self._gone
-                if self._gone:
-                    return self._drop_upstream()
-                self._head_sent = True
-                self._upstream = False
-                return ((Action.SWITCH, "websocket" if self._switched else None),)
-            # A response hook answered otherwise: that is the answer, no switch.
-            flow.websocket = None
-            return (*self._drop_upstream(), *self._answer(_WRITE_RESPONSE_ACTION, False))
-        return self._answer(_WRITE_RESPONSE_ACTION, self._own)
-
-    def _after_relayed(self, now: float) -> Actions:
-        self.state = _DONE
-        return _NONE
 
     # -- endings ---------------------------------------------------------------
 
@@ -807,33 +594,6 @@ class Exchange:
 
     def _ignore(self, now: float, arg: Any) -> Actions:
         return _NONE
-
-
-def _joined(pieces: list[bytes]) -> bytes:
-    """The *pieces* of a body as one bytes object, copied only when needed."""
-    if len(pieces) == 1:
-        return pieces[0]
-    return b"".join(pieces)
-
-
-def _capped(pieces: list[bytes], limit: int) -> bytes:
-    """The first *limit* bytes of the body in *pieces*: what is recorded of a streamed one."""
-    body = _joined(pieces)
-    return body[:limit] if len(body) > limit else body
-
-
-def _event_stream(head: ResponseHead) -> bool:
-    """Whether the response is a ``text/event-stream`` (it always streams, unless a hook says)."""
-    for name, value in head.fields:
-        if len(name) == 12 and name.lower() == b"content-type":
-            return value.split(b";", 1)[0].strip().lower() == _EVENT_STREAM
-    return False
-
-
-def _transform_failed(transform: object) -> Failure:
-    """The failure of a callable ``response.stream`` that raised (call it in the ``except``)."""
-    name = getattr(transform, "__qualname__", None) or repr(transform)
-    return Failure(HookFailed("response.stream", name, Failure()))
 
 
 _Handler = Callable[[Exchange, float, Any], Actions]

@@ -174,11 +174,11 @@ def websocket_upgrade(request: Request) -> bool:
     if request.method != "GET" or request.http_version != "HTTP/1.1":
         return False
     fields = request.headers.fields
-    if b"upgrade" not in connection_tokens(fields):
-        return False
-    for name, value in fields:
+    for name, value in fields:  # Upgrade first: most requests have none
         if len(name) == 7 and name.lower() == b"upgrade":
-            return value.strip(b" \t").lower() == b"websocket"
+            if value.strip(b" \t").lower() != b"websocket":
+                return False
+            return b"upgrade" in connection_tokens(fields)
     return False
 
 
