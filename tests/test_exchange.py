@@ -446,6 +446,10 @@ def expect_and_interim(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
     proceed = ResponseHead(b"HTTP/1.1", 100, b"Continue", [], NO_BODY)
     t.assertEqual(p(Event.RESPONSE_INTERIM, proceed), [])
     t.assertIs(p.state, State.WAITING)
+    # Both recorded, in order, heads only.
+    t.assertEqual([(r.status_code, r.reason) for r in p.flow.interim],
+                  [(103, "Early Hints"), (100, "Continue")])
+    t.assertEqual(p.flow.interim[0].headers["link"], "</a.css>")
 
 
 @scenario

@@ -205,12 +205,15 @@ class FlowWriterTests(SynchronousTestCase):
         flow.response.raw_content = b"the start"
         flow.response.body_size = 5000
         flow.response.trailers = Headers([(b"grpc-status", b"0")])
+        flow.interim = (Response(b"HTTP/1.1", 103, b"Early Hints", [(b"Link", b"</a.css>")],
+                                 None, timestamp_start=1.0, timestamp_end=1.0),)
         [restored] = read_flows(io.BytesIO(encode(flow)))
         self.assertEqual(restored.get_state(), flow.get_state())
         assert restored.response is not None and restored.request is not None
         self.assertTrue(restored.response.truncated)
         self.assertEqual(restored.response.body_size, 5000)
         self.assertEqual(restored.request.trailers, flow.request.trailers)
+        self.assertEqual([r.status_code for r in restored.interim], [103])
 
     def test_round_trip_failed_flow(self) -> None:
         """
@@ -472,7 +475,7 @@ class ReadFlowsTests(SynchronousTestCase):
         message = self.assert_refused(line_of(record))
         self.assertEqual(
             message,
-            "line 1: flow format version 99 is newer than this twistproxy understands (3); "
+            "line 1: flow format version 99 is newer than this twistproxy understands (4); "
             "upgrade twistproxy",
         )
 
@@ -517,7 +520,7 @@ class ReadFlowsTests(SynchronousTestCase):
         ``FLOW_STATE_VERSION`` changes, bump ``FORMAT_VERSION``, add an
         upgrade to ``_UPGRADES`` and update this pair.
         """
-        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (3, 3))
+        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (4, 4))
 
     def test_v1_sample_loads(self) -> None:
         """

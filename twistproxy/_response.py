@@ -183,12 +183,14 @@ class ResponseSide:
 
     def _response_interim(self, now: float, head: ResponseHead) -> Actions:
         """
-        An interim response: relayed to an HTTP/1.1 client, but for a
-        ``100`` (the proxy asked for a held-back body itself, and does not
-        pass the expectation on).
+        An interim response: recorded in ``flow.interim``, and relayed to
+        an HTTP/1.1 client but for a ``100`` (the proxy asked for a
+        held-back body itself, and does not pass the expectation on).
         """
         flow = self.flow
         assert flow is not None and flow.request is not None
+        flow.interim += (Response(head.version, head.status, head.reason, Headers(head.fields),
+                                  None, timestamp_start=now, timestamp_end=now),)
         if head.status == 100:
             return _NONE
         if self._gone or flow.request.http_version != "HTTP/1.1":

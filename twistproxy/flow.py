@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 import attrs
 from twisted.internet import defer
 
-FLOW_STATE_VERSION: int = 3
+FLOW_STATE_VERSION: int = 4
 """
 Version of the dict returned by :meth:`Flow.get_state`, bumped on every
 change of its shape (2: messages' ``body_size`` and ``trailers``; 3: an HTTP flow's

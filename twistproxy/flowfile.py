@@ -57,7 +57,7 @@ from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
-FORMAT_VERSION: int = 3
+FORMAT_VERSION: int = 4
 """
 The version of a flow file line, written as its ``"version"`` key.
 
@@ -92,9 +92,15 @@ def _upgrade_2(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "websocket": None}
 
 
+def _upgrade_3(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 to 4: version 3 kept no interim responses; every flow gets ``"interim": []``."""
+    return {**record, "interim": []}
+
+
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _upgrade_1,
     2: _upgrade_2,
+    3: _upgrade_3,
 }
 """
 The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
@@ -311,6 +317,7 @@ _FLOW = _Record(
             )
         ),
         "response": _Optional(_Record({"status_code": _INT, "reason": _STR, **_MESSAGE})),
+        "interim": _List(_Record({"status_code": _INT, "reason": _STR, **_MESSAGE})),
         "websocket": _Optional(
             _Record(
                 {

@@ -578,9 +578,12 @@ class HTTPFlow(Flow):
     :ivar websocket: For a request the origin switched to a WebSocket
         (``101``): its messages and how it closed
         (:class:`~twistproxy.websocket.WebSocketData`); otherwise ``None``.
+    :ivar interim: The interim (1xx) responses the origin sent before
+        :attr:`response` (``103 Early Hints``, ``100 Continue``...), heads
+        only, in order.
     """
 
-    __slots__ = ("request", "response", "passthrough", "websocket")
+    __slots__ = ("request", "response", "passthrough", "websocket", "interim")
 
     type: ClassVar[str] = "http"
 
@@ -589,12 +592,14 @@ class HTTPFlow(Flow):
         "response",
         "passthrough",
         "websocket",
+        "interim",
     }
 
     request: Request | None
     response: Response | None
     passthrough: bool
     websocket: WebSocketData | None
+    interim: tuple[Response, ...]
 
     def __init__(
         self,
@@ -615,6 +620,7 @@ class HTTPFlow(Flow):
         self.response = None
         self.passthrough = False
         self.websocket = None
+        self.interim = ()
 
     def __repr__(self) -> str:
         request = self.request
@@ -629,7 +635,8 @@ class HTTPFlow(Flow):
         """
         :returns: As :meth:`Flow.get_state <twistproxy.flow.Flow.get_state>`,
             plus ``"request"``, ``"response"`` and ``"websocket"`` (state
-            dicts or ``None``) and ``"passthrough"``.
+            dicts or ``None``), ``"interim"`` (a list of response state
+            dicts) and ``"passthrough"``.
         """
         state = super().get_state()
         state["passthrough"] = self.passthrough
@@ -637,12 +644,14 @@ class HTTPFlow(Flow):
         state["response"] = self.response.get_state() if self.response is not None else None
         websocket = self.websocket
         state["websocket"] = websocket.get_state() if websocket is not None else None
+        state["interim"] = [response.get_state() for response in self.interim]
         return state
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         request_state = state.pop("request")
         response_state = state.pop("response")
         websocket_state = state.pop("websocket")
+        interim = tuple(Response.from_state(s) for s in state.pop("interim"))
         passthrough = bool(state.pop("passthrough"))
         request = Request.from_state(request_state) if request_state is not None else None
         response = Response.from_state(response_state) if response_state is not None else None
@@ -654,3 +663,4 @@ class HTTPFlow(Flow):
         self.response = response
         self.passthrough = passthrough
         self.websocket = websocket
+        self.interim = interim

@@ -220,17 +220,23 @@ async def test_bodiless_statuses(origin: Running, proxy: Running, status: int) -
 
 
 @pytest_twisted.ensureDeferred
-async def test_interim_responses_relayed(origin: Running, proxy: Running) -> None:
+async def test_interim_responses_relayed(origin: Running, start_proxy: Any) -> None:
     """
     An origin's ``103 Early Hints`` reaches the client, with its fields,
     before the final response; its ``100 Continue`` does not (the client
-    did not ask; when one does, the proxy answers it).
+    did not ask; when one does, the proxy answers it).  The flow records both.
     """
+    from tests.e2e.test_hooks_e2e import Ends
+
+    ends = Ends()
+    proxy = await start_proxy(addons=[ends])
     response = await raw(proxy.port, get(origin, "/interim"))
     early, _, final = response.partition(b"\r\n\r\n")
     assert early == b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>", response
     [parsed] = parse_responses(final)
     assert (parsed.status, parsed.body) == (200, b"final")
+    [flow] = ends.flows
+    assert [r.status_code for r in flow.interim] == [100, 103]
 
 
 @pytest_twisted.ensureDeferred
