@@ -31,6 +31,21 @@ def content_type_params(content_type: str) -> tuple[str, dict[str, str]]:
     return media_type.strip(), parsed
 
 
+def charset_codec(content_type: str | None) -> str:
+    """
+    The codec of a Content-Type's ``charset``: Python's name for it, or
+    UTF-8 when there is none or Python does not know it.
+    """
+    if content_type:
+        charset = content_type_params(content_type)[1].get("charset")
+        if charset:
+            try:
+                return codecs.lookup(charset).name
+            except LookupError:
+                pass
+    return "utf-8"
+
+
 def joined(pieces: list[bytes]) -> bytes:
     """The *pieces* of a body as one bytes object, copied only when needed."""
     if len(pieces) == 1:
@@ -200,16 +215,8 @@ class MessageBody:
             else UTF-8.
         """
         content_type = self.headers.get_raw(b"content-type")
-        if content_type:
-            _, params = content_type_params(content_type.decode("latin-1"))
-            charset = params.get("charset")
-            if charset:
-                try:
-                    name = codecs.lookup(charset).name
-                except LookupError:
-                    return "utf-8"
-                return "gb18030" if name in ("gb2312", "gbk") else name
-        return "utf-8"
+        name = charset_codec(content_type.decode("latin-1") if content_type else None)
+        return "gb18030" if name in ("gb2312", "gbk") else name
 
     def get_text(self, strict: bool = True) -> str | None:
         """

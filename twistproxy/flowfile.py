@@ -30,9 +30,9 @@ no sockets, and does I/O only through the file objects (or, for
 :func:`load_flows` and :func:`main`, the paths) it is given.
 
 Errors are :exc:`~twistproxy.errors.FlowFileError`.  The schema's error
-helpers live in :mod:`twistproxy._flowerror`, which :mod:`twistproxy.har`
-imports too; this module imports :mod:`twistproxy.har`, never the other
-way round.
+helpers live in :mod:`twistproxy._flowerror`, which HAR's reading half
+(:mod:`twistproxy._har_read`) imports too; this module imports
+:mod:`twistproxy.har`, never the other way round.
 """
 
 from __future__ import annotations
