@@ -20,8 +20,14 @@ from typing import Protocol as TypingProtocol
 import httptools
 from OpenSSL import SSL
 from service_identity import VerificationError
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ITLSTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
@@ -63,6 +69,26 @@ EndpointFactory = Callable[[str, str, int], IStreamClientEndpoint]
 Makes the TCP endpoint for a new upstream connection from ``(scheme, host,
 port)``; the pool adds TLS for ``https`` itself.
 """
+
+
+def hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
+    """
+    The production :data:`EndpointFactory`: plain TCP endpoints for IP
+    literals (no resolver round trip), and ``HostnameEndpoint``
+    (resolution, IPv4 and IPv6 attempts) for names.
+    """
+
+    def endpoint(scheme: str, host: str, port: int) -> Any:
+        tcp: Any
+        if isIPAddress(host):
+            tcp = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        elif isIPv6Address(host):
+            tcp = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        else:
+            tcp = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        return tcp
+
+    return endpoint
 
 
 class IResponseReceiver(TypingProtocol):

@@ -20,9 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -47,7 +45,13 @@ from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
 from twistproxy._websocket import switch_websocket
 from twistproxy.channel import Busy, Proxy, Tunnel
-from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey, ProxyClient
+from twistproxy.client import (
+    ConnectionPool,
+    EndpointFactory,
+    PoolKey,
+    ProxyClient,
+    hostname_endpoints,
+)
 from twistproxy.errors import (
     AddonError,
     BadRequestTarget,
@@ -586,7 +590,7 @@ class ProxyFactory(HTTPFactory):
             )
         self._hooks: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
         if endpoint_factory is None:
-            endpoint_factory = _hostname_endpoints(reactor, connect_timeout)
+            endpoint_factory = hostname_endpoints(reactor, connect_timeout)
         self.pool = pool if pool is not None else ConnectionPool(
             reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls,
             max_response_header_size=self.limits.max_response_header_size,
@@ -711,22 +715,3 @@ class ProxyFactory(HTTPFactory):
 
     def log(self, request: Request) -> None:
         """Twisted's access log is not written; see the flow log addon."""
-
-
-def _hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
-    """
-    Plain TCP endpoints for IP literals (no resolver round trip), and
-    ``HostnameEndpoint`` (resolution, IPv4 and IPv6 attempts) for names.
-    """
-
-    def endpoint(scheme: str, host: str, port: int) -> Any:
-        tcp: Any
-        if isIPAddress(host):
-            tcp = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
-        elif isIPv6Address(host):
-            tcp = TCP6ClientEndpoint(reactor, host, port, timeout=connect_timeout)
-        else:
-            tcp = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-        return tcp
-
-    return endpoint
