@@ -18,6 +18,7 @@ from twistproxy._events import Action, Body, Event, InvalidEvent, ResponseHead, 
 from twistproxy._exchange import _TABLE, HIGH_WATER, Exchange
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
 from twistproxy._request import new_flow
+from twistproxy._target import Tunnel
 from twistproxy.errors import (
     BadRequestTarget,
     HookFailed,
@@ -1226,7 +1227,7 @@ class NewFlowTests(SynchronousTestCase):
         over https, and the client's Host is kept.
         """
         flow = new_flow(Client(), b"GET", b"/x", b"HTTP/1.1", [(b"Host", b"alias")],
-                        tunnel=("https", "example.com", 8443), via=VIA,
+                        tunnel=Tunnel("example.com", 8443), via=VIA,
                         passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
         request = flow.request
         assert request is not None
@@ -1234,7 +1235,7 @@ class NewFlowTests(SynchronousTestCase):
                          ("https", "example.com", 8443, "/x"))
         self.assertEqual(request.headers.fields, ((b"Host", b"alias"),))
         with self.assertRaises(BadRequestTarget):
-            new_flow(Client(), b"CONNECT", b"a:443", b"HTTP/1.1", [], tunnel=("https", "a", 443),
+            new_flow(Client(), b"CONNECT", b"a:443", b"HTTP/1.1", [], tunnel=Tunnel("a", 443),
                      via=VIA, passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
 
     def test_plain_tunnel(self) -> None:
@@ -1245,13 +1246,39 @@ class NewFlowTests(SynchronousTestCase):
         """
         for port, authority in ((8080, "example.com:8080"), (80, "example.com")):
             flow = new_flow(Client(), b"GET", b"/x", b"HTTP/1.1", [],
-                            tunnel=("http", "example.com", port), via=VIA,
+                            tunnel=Tunnel("example.com", port, "http"), via=VIA,
                             passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
             request = flow.request
             assert request is not None
             self.assertEqual((request.scheme, request.host, request.port, request.path),
                              ("http", "example.com", port, "/x"))
             self.assertEqual(request.headers.fields, ((b"Host", authority.encode()),))
+
+    def test_reverse(self) -> None:
+        """
+        To a reverse proxy, origin form and absolute form alike go to its
+        origin, with the origin's Host (or the client's, when kept); a
+        CONNECT is refused.
+        """
+        origin = Tunnel("api.internal", 8443, "https", reverse=True, rewrite_host=True)
+        kept = Tunnel("api.internal", 8443, "https", reverse=True)
+        for tunnel, uri, host in (
+            (origin, b"/x?a=1", b"api.internal:8443"),
+            (origin, b"http://elsewhere.example/x?a=1", b"api.internal:8443"),
+            (kept, b"/x?a=1", b"localhost:9000"),
+        ):
+            flow = new_flow(Client(), b"GET", uri, b"HTTP/1.1", [(b"Host", b"localhost:9000")],
+                            tunnel=tunnel, via=VIA, passthrough=lambda h, p: False,
+                            now=0.0, clock=lambda: 0.0)
+            request = flow.request
+            assert request is not None
+            self.assertEqual(
+                (request.scheme, request.host, request.port, request.path),
+                ("https", "api.internal", 8443, "/x?a=1"), uri)
+            self.assertEqual(request.headers.fields, ((b"Host", host),))
+        with self.assertRaisesRegex(BadRequestTarget, "reverse proxy"):
+            new_flow(Client(), b"CONNECT", b"a:443", b"HTTP/1.1", [], tunnel=origin,
+                     via=VIA, passthrough=lambda h, p: False, now=0.0, clock=lambda: 0.0)
 
     def test_killed_flow_uses_its_clock(self) -> None:
         """The flow's clock stamps a kill (the exchange reads no clock)."""

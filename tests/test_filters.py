@@ -233,6 +233,17 @@ class RegexOperatorTests(SynchronousTestCase):
         self.check("~m ^P", True)
         self.check("~m ^GET$", False)
 
+    def test_mode(self) -> None:
+        """
+        ``~mode`` searches the mode of the listener that carried the flow.
+        """
+        self.check("~mode ^regular$", True)
+        self.check("~mode reverse", False)
+        self.flow.client_conn.proxy_mode = "reverse:https://api.internal@8443"
+        self.check("~mode ^reverse:", True)
+        self.check(r"~mode @8443$", True)
+        self.check("~mode regular", False)
+
     def test_url(self) -> None:
         """
         ``~u`` searches the URL.

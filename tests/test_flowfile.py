@@ -475,8 +475,8 @@ class ReadFlowsTests(SynchronousTestCase):
         message = self.assert_refused(line_of(record))
         self.assertEqual(
             message,
-            "line 1: flow format version 99 is newer than this twistproxy understands (4); "
-            "upgrade twistproxy",
+            "line 1: flow format version 99 is newer than this twistproxy understands "
+            f"({FORMAT_VERSION}); upgrade twistproxy",
         )
 
     def test_bad_version(self) -> None:
@@ -520,7 +520,7 @@ class ReadFlowsTests(SynchronousTestCase):
         ``FLOW_STATE_VERSION`` changes, bump ``FORMAT_VERSION``, add an
         upgrade to ``_UPGRADES`` and update this pair.
         """
-        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (4, 4))
+        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (5, 5))
 
     def test_v1_sample_loads(self) -> None:
         """
@@ -537,6 +537,7 @@ class ReadFlowsTests(SynchronousTestCase):
         self.assertEqual(first.response.text, "<p>caf\u00e9 \u2014 r\u00e9sultats</p>\n")
         self.assertEqual(gzip.decompress(first.response.raw_content or b""), first.response.content)
         self.assertEqual(first.server_conn.alpn, b"http/1.1")
+        self.assertEqual(first.mode, "regular")  # version 5 added the mode
         self.assertEqual((first.marked, first.comment), (":star:", "first flow"))
         self.assertEqual(first.metadata, {"tags": ["sample", "v1"], "score": 0.5})
         self.assertEqual(first.response.timestamp_end, 1718183702.35)

@@ -32,6 +32,7 @@ from twistproxy.flow import Client, Server
 from twistproxy.flowfile import dump_flows, load_flows
 from twistproxy.har import to_har
 from twistproxy.http import HTTPFlow, Request, Response
+from twistproxy.modes import REGULAR, parse_mode
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import ServerReplay
 from twistproxy.service import ProxyService
@@ -160,7 +161,7 @@ class OptionsTests(TempDirTestCase):
         flows, loads no addons and uses the default limits.
         """
         options = parse()
-        self.assertEqual(options["port"], "8080")
+        self.assertEqual(options["listeners"], [(REGULAR, "tcp:8080:interface=127.0.0.1")])
         self.assertEqual(options["endpoint"], "tcp:8080:interface=127.0.0.1")
         self.assertEqual(options["body-limit"], DEFAULT_BODY_LIMIT)
         self.assertEqual(options["timeout"], 60.0)
@@ -206,6 +207,41 @@ class OptionsTests(TempDirTestCase):
         missing = os.path.join(self.mktemp(), "missing.pem")
         message = self.assert_usage_error("--port", f"ssl:8443:privateKey={missing}")
         self.assertIn("missing.pem", message)
+
+    def test_port_twice(self) -> None:
+        """
+        ``--port`` given twice is refused (not the last one kept), with the
+        way to listen on several.
+        """
+        message = self.assert_usage_error("--port", "9000", "-p", "9001")
+        self.assertIn("--port given twice (9000, 9001)", message)
+        self.assertIn("--mode regular@PORT", message)
+
+    def test_modes(self) -> None:
+        """
+        Each ``--mode`` is a listener, on 127.0.0.1 and its port (or the
+        mode's default).
+        """
+        options = parse("--mode", "regular@9000", "--mode", "regular",
+                        "--mode", "reverse:http://127.0.0.1:81@0.0.0.0:9002")
+        self.assertEqual(options["listeners"], [
+            (parse_mode("regular@9000"), "tcp:9000:interface=127.0.0.1"),
+            (parse_mode("regular"), "tcp:8080:interface=127.0.0.1"),
+            (parse_mode("reverse:http://127.0.0.1:81@0.0.0.0:9002"),
+             "tcp:9002:interface=0.0.0.0"),
+        ])
+
+    def test_mode_refused(self) -> None:
+        """A bad mode, a port taken twice, or --port beside --mode: one line each."""
+        self.assertIn("--mode unknown mode 'nope'", self.assert_usage_error("--mode", "nope"))
+        message = self.assert_usage_error("--mode", "regular", "--mode", "reverse:x.example")
+        self.assertIn("both listen on port 8080", message)
+        message = self.assert_usage_error("--port", "9000", "--mode", "regular")
+        self.assertIn("--port and --mode", message)
+        message = self.assert_usage_error("--keep-host-header")
+        self.assertIn("--keep-host-header needs a --mode reverse", message)
+        message = self.assert_usage_error("--workers", "2", "--mode", "regular")
+        self.assertIn("no --mode with it", message)
 
     def test_body_limit(self) -> None:
         """
@@ -362,6 +398,25 @@ class MakeServiceTests(TempDirTestCase):
             [(port, interface) for port, _, _, interface in reactor.tcpServers],
             [(8080, "127.0.0.1")],
         )
+
+    def test_listeners_per_mode(self) -> None:
+        """
+        Each mode listens with a factory of its own, sharing the addons;
+        flows record the mode.
+        """
+        reactor = MemoryReactorClock()
+        make_service(parse("--mode", "regular@9000",
+                           "--mode", "reverse:http://127.0.0.1:81@9001",
+                           "--keep-host-header"), reactor).startService()
+        listening = [(port, factory) for port, factory, _, _ in reactor.tcpServers]
+        self.assertEqual([port for port, _ in listening], [9000, 9001])
+        first, second = (factory for _, factory in listening)
+        assert isinstance(first, ProxyFactory) and isinstance(second, ProxyFactory)
+        self.assertEqual((first.mode_text, second.mode_text),
+                         ("regular@9000", "reverse:http://127.0.0.1:81@9001"))
+        self.assertIsNone(first.entry)
+        self.assertIsNotNone(second.entry)
+        self.assertEqual(first.chain.addons, second.chain.addons)
 
     def test_endpoint_description(self) -> None:
         """

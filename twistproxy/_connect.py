@@ -32,10 +32,11 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from twistproxy._sniff import Carried, sniff
+from twistproxy._target import Tunnel
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
-from twistproxy.channel import Proxy, Tunnel
+from twistproxy.channel import Proxy
 from twistproxy.client import host_and_port
 from twistproxy.errors import UpstreamConnectionLost, describe, upstream_error
 from twistproxy.flow import Server
@@ -244,6 +245,10 @@ class Sniffer(Protocol):
     has not said enough ``limits.sniff_timeout`` seconds after the ``200``
     gets a raw tunnel too (the only way without an *origin* to watch).
 
+    With *fixed*, a reverse proxy's origin, the client addressed the proxy
+    itself: its requests go to *fixed*, over TLS when its first byte starts
+    a TLS record, in the clear otherwise (never raw).
+
     :ivar carried: What the tunnel was found to carry, once decided.
     """
 
@@ -252,16 +257,26 @@ class Sniffer(Protocol):
     _timer: Any = None
     _late: TunnelEnd | None = None  # the raw tunnel's origin, connecting lazily
 
-    def __init__(self, channel: Proxy, host: str, port: int, origin: Relay | None) -> None:
+    def __init__(
+        self, channel: Proxy, host: str, port: int, origin: Relay | None,
+        *, fixed: Tunnel | None = None,
+    ) -> None:
         self._channel = channel
         self._host = host
         self._port = port
         self._origin = origin
+        self._fixed = fixed
         self._buffer = b""
 
     def start(self) -> None:
         """Watch the origin, and the clock, unless the client decided already."""
         if self.carried is not None:
+            return
+        factory = self._channel.factory
+        if self._fixed is not None:
+            # A reverse proxy's client: TLS or HTTP, whenever it speaks.
+            self._timer = factory.reactor.callLater(
+                factory.limits.sniff_timeout, self._decide, Carried.HTTP)
             return
         origin = self._origin
         if origin is not None:
@@ -270,7 +285,6 @@ class Sniffer(Protocol):
                 return
             origin.on_early = self._origin_spoke
             origin.on_close = self._origin_closed
-        factory = self._channel.factory
         self._timer = factory.reactor.callLater(
             factory.limits.sniff_timeout, self._decide, Carried.RAW)
 
@@ -280,6 +294,9 @@ class Sniffer(Protocol):
             self._next.dataReceived(data)
             return
         self._buffer += data
+        if self._fixed is not None:
+            self._decide(Carried.TLS if self._buffer[0] == 0x16 else Carried.HTTP)
+            return
         carried = sniff(self._buffer, self._channel.factory.limits.max_request_line)
         if carried is not None:
             self._decide(carried)
@@ -294,6 +311,15 @@ class Sniffer(Protocol):
     def _decide(self, carried: Carried) -> None:
         if self.carried is not None:
             return
+        if carried is Carried.TLS and self._channel.factory.contexts is None:
+            # Only a reverse proxy's client gets here: there is no CA to
+            # answer its TLS with (--no-intercept).
+            _log.warn("a client spoke TLS to the reverse proxy for {host}:{port}, but "
+                      "there is no CA to answer it with (--no-intercept): closed",
+                      host=self._host, port=self._port)
+            self._stop_watching()
+            self._channel.transport.loseConnection()
+            return
         self.carried = carried
         self._stop_watching()
         channel, origin = self._channel, self._origin
@@ -302,12 +328,13 @@ class Sniffer(Protocol):
         _log.debug("tunnel to {host}:{port} carries {carried}", host=self._host,
                    port=self._port, carried=carried.value)
         protocol: Any
+        fixed = self._fixed
         if carried is Carried.TLS:
             protocol = factory.intercepting_protocol(
-                channel, Tunnel(self._host, self._port), origin)
+                channel, fixed or Tunnel(self._host, self._port), origin)
         elif carried is Carried.HTTP:
             protocol = factory.tunnel_channel(
-                channel, Tunnel(self._host, self._port, "http"), origin)
+                channel, fixed or Tunnel(self._host, self._port, "http"), origin)
             protocol.pool_origin(None)
         else:
             protocol = Relay(on_close=self._client_closed)

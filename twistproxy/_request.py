@@ -17,8 +17,7 @@ import re
 from collections.abc import Callable
 
 from twistproxy._target import (
-    Target,
-    authority_for,
+    Tunnel,
     check_host,
     parse_absolute_form,
     parse_authority,
@@ -73,7 +72,7 @@ def new_flow(
     version: bytes,
     fields: list[tuple[bytes, bytes]],
     *,
-    tunnel: tuple[str, str, int] | None,
+    tunnel: Tunnel | None,
     via: bytes,
     passthrough: Callable[[str, int], bool],
     now: float,
@@ -87,9 +86,10 @@ def new_flow(
     :param uri: The request-target from the request line.
     :param version: The HTTP version from the request line.
     :param fields: The header fields as they arrived (used, not copied).
-    :param tunnel: For a request inside an intercepted tunnel, the
-        ``(scheme, host, port)`` the tunnel goes to: origin-form targets go
-        there (``https`` inside TLS, ``http`` in the clear).
+    :param tunnel: Where origin-form targets go: for a request inside an
+        intercepted tunnel, the tunnel's target (``https`` inside TLS,
+        ``http`` in the clear); on a reverse proxy's listener, its origin
+        (where absolute-form targets go too).
     :param via: This proxy's ``Via`` entry; a request carrying its token
         already came through here.
     :param passthrough: For a CONNECT, whether configuration passes the
@@ -106,7 +106,10 @@ def new_flow(
         raise BadRequestTarget("the request-target has invalid characters")
     if method == b"CONNECT":
         if tunnel is not None:
-            raise BadRequestTarget("CONNECT inside an intercepted tunnel")
+            raise BadRequestTarget(
+                "CONNECT to a reverse proxy" if tunnel.reverse
+                else "CONNECT inside an intercepted tunnel"
+            )
         host, port = parse_authority(uri, 0)
         if port == 0:
             raise BadRequestTarget("CONNECT needs host:port")
@@ -118,11 +121,11 @@ def new_flow(
         flow.passthrough = passthrough(host, port)
         return flow
     headers = Headers(fields)
-    if tunnel is not None and uri[:1] == b"/":
-        scheme, host, port = tunnel
-        target = Target(scheme=scheme, host=host, port=port, path=uri,
-                        authority=authority_for(scheme, host, port))
-        if headers.get_raw(b"host") is None:
+    if tunnel is not None and (uri[:1] == b"/" or tunnel.reverse):
+        if uri[:1] != b"/":  # absolute form, to a reverse proxy: its path only
+            uri = parse_absolute_form(uri).path
+        target = tunnel.target(uri)
+        if tunnel.rewrite_host or headers.get_raw(b"host") is None:
             headers["Host"] = target.authority
     else:
         target = parse_absolute_form(uri)

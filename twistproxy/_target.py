@@ -68,6 +68,41 @@ class Target:
     authority: bytes
 
 
+@attrs.frozen(slots=True)
+class Tunnel:
+    """
+    Where the requests on a connection go when they name no destination of
+    their own (origin form): inside an intercepted ``CONNECT`` tunnel, the
+    tunnel's target, over TLS (``https``) or in the clear (``http``) as the
+    client speaks inside it; on a SOCKS5 or transparent listener, the
+    destination the client asked for; on a reverse proxy's listener, the
+    origin it stands in front of.
+
+    :ivar host: Where the requests go.
+    :ivar port: Where the requests go.
+    :ivar scheme: ``https`` or ``http``, towards the origin.
+    :ivar reverse: The client addressed the proxy itself (a reverse
+        proxy): every request goes to this origin, absolute-form ones
+        too, and neither the client's ``Host`` nor its TLS server name
+        names the origin.
+    :ivar rewrite_host: Set each request's ``Host`` to this origin's
+        authority (a reverse proxy's default); otherwise a ``Host`` is
+        added only where the request has none.
+    """
+
+    host: str
+    port: int
+    scheme: str = "https"
+    reverse: bool = False
+    rewrite_host: bool = False
+
+    def target(self, path: bytes) -> Target:
+        """The :class:`Target` of an origin-form request for *path*."""
+        scheme, host, port = self.scheme, self.host, self.port
+        return Target(scheme=scheme, host=host, port=port, path=path,
+                      authority=authority_for(scheme, host, port))
+
+
 def parse_absolute_form(uri: bytes) -> Target:
     """
     Parse an absolute-form request-target.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import attrs
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -26,6 +25,7 @@ from twisted.python.failure import Failure
 
 from twistproxy._framing import content_length, transfer_coding
 from twistproxy._headers import connection_tokens, expects_continue, trailer_fields
+from twistproxy._target import Tunnel
 from twistproxy._timer import Deadline
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
@@ -40,23 +40,6 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
-
-
-@attrs.frozen
-class Tunnel:
-    """
-    Where an intercepted CONNECT tunnel goes: the requests inside it are in
-    origin form and go there, over TLS (``https``) or in the clear
-    (``http``), as the client speaks inside the tunnel.
-
-    :ivar host: The CONNECT host.
-    :ivar port: The CONNECT port.
-    :ivar scheme: ``https`` (TLS inside the tunnel) or ``http``.
-    """
-
-    host: str
-    port: int
-    scheme: str = "https"
 
 
 class Busy(Protocol):
@@ -143,10 +126,12 @@ class Proxy(ChannelCompat):
         """
         The TLS name to present to an ``https`` origin *host* (and verify it
         against): inside an intercepted tunnel to that host, the client's
-        SNI (:meth:`tls_server_name`); otherwise *host*.
+        SNI (:meth:`tls_server_name`); otherwise (a reverse proxy's origin
+        too: the client's SNI names the proxy) *host*.
         """
         tunnel = self.tunnel
-        if tunnel is not None and host == tunnel.host and tunnel.scheme == "https":
+        if (tunnel is not None and host == tunnel.host and tunnel.scheme == "https"
+                and not tunnel.reverse):
             return self.tls_server_name()
         return host
 
@@ -345,7 +330,12 @@ class Proxy(ChannelCompat):
             peername=host_and_port(self.getPeer()),
             sockname=host_and_port(self.getHost()),
             timestamp_start=factory.reactor.seconds(),
+            proxy_mode=factory.mode_text,
         )
+        if factory.entry is not None:
+            # A listener whose clients speak something else first (SOCKS5),
+            # or whose requests go to one place (reverse, transparent).
+            factory.entry(self)
         if factory.chain.has("client_connected"):
             d = factory.chain.run("client_connected", self.client_conn)
             if d is not None:

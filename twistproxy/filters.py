@@ -16,10 +16,13 @@ and ``~all``.  With a regular expression: ``~b``,
 ``~bq``, ``~bs`` (either body, the request's, the response's), ``~h``,
 ``~hq``, ``~hs`` (a ``Name: value`` header line), ``~t``, ``~tq``, ``~ts``
 (a Content-Type value), ``~d`` (the request's host or its Host header's
-host), ``~m`` (the method) and ``~u`` (the URL, absolute or built from the
-Host header).  ``~c`` takes a status code.  A word or quoted string on its
-own means ``~u``.  Operators on what a flow does not have (``~bs`` before
-the response, any HTTP operator on a non-HTTP flow) do not match.
+host), ``~m`` (the method), ``~mode`` (the mode of the listener that carried
+the flow, as :func:`~twistproxy.modes.parse_mode` reads it: ``regular``,
+``reverse:https://api.internal@8443``; twistproxy's own) and ``~u`` (the
+URL, absolute or built from the Host header).  ``~c`` takes a status code.
+A word or quoted string on its own means ``~u``.  Operators on what a flow
+does not have (``~bs`` before the response, any HTTP operator on a non-HTTP
+flow) do not match.
 
 The grammar, loosest first (``{x}`` is zero or more ``x``)::
 
@@ -306,6 +309,7 @@ _TEXT_OPERATORS: dict[str, Callable[[Flow], Iterable[str]]] = {
     "hq": _from_messages(True, False, _header_lines),
     "hs": _from_messages(False, True, _header_lines),
     "m": _from_request(lambda request: (request.method,)),
+    "mode": lambda flow: (flow.mode,),
     "t": _from_messages(True, True, _content_types),
     "tq": _from_messages(True, False, _content_types),
     "ts": _from_messages(False, True, _content_types),

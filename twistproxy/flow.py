@@ -21,11 +21,12 @@ from typing import Any, ClassVar, Self
 import attrs
 from twisted.internet import defer
 
-FLOW_STATE_VERSION: int = 4
+FLOW_STATE_VERSION: int = 5
 """
 Version of the dict returned by :meth:`Flow.get_state`, bumped on every
 change of its shape (2: messages' ``body_size`` and ``trailers``; 3: an HTTP flow's
-``"websocket"``).
+``"websocket"``; 4: an HTTP flow's ``"interim"``; 5: the client connection's
+``"proxy_mode"``).
 """
 
 
@@ -250,9 +251,15 @@ class Client(Connection):
         ``(host, port)``, once the proxy opened it (answered ``200``);
         every request after that came through the tunnel.  Not kept in
         flow files: the flows inside carry their host and port.
+    :ivar proxy_mode: The mode of the listener the client connected to, as
+        :func:`~twistproxy.modes.parse_mode` reads it (``"regular"``,
+        ``"reverse:https://api.internal@8443"``...).
     """
 
     tunnel: tuple[str, int] | None = attrs.field(default=None, repr=False)
+    proxy_mode: str = "regular"
+
+    _state_keys: ClassVar[tuple[str, ...]] = (*_CONNECTION_KEYS, "proxy_mode")
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -382,6 +389,15 @@ class Flow:
     @id.setter
     def id(self, value: str) -> None:
         self._id = value
+
+    @property
+    def mode(self) -> str:
+        """
+        The mode of the listener that carried the flow
+        (``client_conn.proxy_mode``): ``"regular"``,
+        ``"reverse:https://api.internal@8443"``...
+        """
+        return self.client_conn.proxy_mode
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"

@@ -57,7 +57,7 @@ from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flow import FLOW_STATE_VERSION
 from twistproxy.http import HTTPFlow
 
-FORMAT_VERSION: int = 4
+FORMAT_VERSION: int = 5
 """
 The version of a flow file line, written as its ``"version"`` key.
 
@@ -67,9 +67,11 @@ written as JSON.  It is not the flow state version itself: a line holds the
 state without the state's own ``"version"`` key, and a line of the current
 format holds a state of the current ``FLOW_STATE_VERSION``.  So a bump of
 ``FLOW_STATE_VERSION`` comes with a bump of this number and an entry in
-:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 3 today:
+:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 5 today:
 version 2 added messages' ``body_size`` and ``trailers``, version 3 an
-HTTP flow's ``"websocket"`` (its messages and close).
+HTTP flow's ``"websocket"`` (its messages and close), version 4 its
+``"interim"`` responses, version 5 the client connection's
+``"proxy_mode"``.
 """
 
 def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +99,22 @@ def _upgrade_3(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "interim": []}
 
 
+def _upgrade_4(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    Version 4 to 5: version 4 had one mode; every client connection gets
+    ``"proxy_mode": "regular"``.
+    """
+    client = record.get("client_conn")
+    if isinstance(client, dict):
+        client.setdefault("proxy_mode", "regular")
+    return record
+
+
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _upgrade_1,
     2: _upgrade_2,
     3: _upgrade_3,
+    4: _upgrade_4,
 }
 """
 The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
@@ -293,7 +307,7 @@ _FLOW = _Record(
         "type": _STR,
         "id": _STR,
         "error": _Optional(_Record({"msg": _STR, "timestamp": _NUMBER})),
-        "client_conn": _Record(_CONNECTION),
+        "client_conn": _Record({**_CONNECTION, "proxy_mode": _STR}),
         "server_conn": _Record({**_CONNECTION, "address": _ADDRESS}),
         "intercepted": _BOOL,
         "marked": _STR,

@@ -40,11 +40,12 @@ from twistproxy._framing import (
 )
 from twistproxy._headers import interim_head, last_chunk, request_head, response_head
 from twistproxy._request import new_flow
+from twistproxy._target import Tunnel
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
 from twistproxy._websocket import switch_websocket
-from twistproxy.channel import Busy, Proxy, Tunnel
+from twistproxy.channel import Busy, Proxy
 from twistproxy.client import (
     ConnectionPool,
     EndpointFactory,
@@ -65,6 +66,7 @@ from twistproxy.flow import Server
 from twistproxy.hooks import HOOKS, HookChain
 from twistproxy.http import HTTPFlow, Response
 from twistproxy.limits import Limits
+from twistproxy.modes import REGULAR, Mode, entry_for
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
@@ -146,12 +148,11 @@ class ProxyRequest(RequestCompat):
         """The channel read the request's head: make the flow and start."""
         self.method, self.uri, self.clientproto = command, uri, version
         factory = self._factory
-        tunnel = self.channel.tunnel
         refusal = None
         try:
             self.flow = new_flow(
                 self.channel.client_conn, command, uri, version, self.fields,
-                tunnel=(tunnel.scheme, tunnel.host, tunnel.port) if tunnel is not None else None,
+                tunnel=self.channel.tunnel,
                 via=factory.via, passthrough=factory.passes_through,
                 now=factory.reactor.seconds(), clock=factory.reactor.seconds,
             )
@@ -534,12 +535,21 @@ class ProxyFactory(HTTPFactory):
         once its certificate is minted, and connections are made when a
         request inside needs one (for hooks that answer them all, such as
         server replay without a network, or that send them elsewhere).
+    :param mode: The listener's mode (:mod:`twistproxy.modes`): a
+        ``regular`` proxy by default; one factory per listener.
+    :param keep_host_header: In ``reverse`` mode, send the client's
+        ``Host`` to the origin rather than the origin's own authority.
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
-        positive finite number, or *connection_strategy* is neither.
+        positive finite number, *connection_strategy* is neither, or *mode*
+        is not served (:data:`~twistproxy.modes.SERVED`).
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connect_eagerly: The connection strategy is ``eager``.
     :ivar connections: Client connections open now.
     :ivar via: This proxy's ``Via`` entry, unique to the process.
+    :ivar mode: The *mode* given.
+    :ivar mode_text: *mode* as text, for the flows' ``client_conn.proxy_mode``.
+    :ivar entry: What the mode does with a new connection first
+        (:func:`~twistproxy.modes.entry_for`), or ``None``.
     """
 
     protocol = Proxy  # type: ignore[assignment]  # HTTPFactory types this as its H2 wrapper
@@ -563,8 +573,13 @@ class ProxyFactory(HTTPFactory):
         hook_timeout: float | None = 60.0,
         intercept_timeout: float | None = None,
         connection_strategy: str = "eager",
+        mode: Mode = REGULAR,
+        keep_host_header: bool = False,
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
+        self.mode = mode
+        self.mode_text = str(mode)
+        self.entry = entry_for(mode, keep_host=keep_host_header)
         if connection_strategy not in CONNECTION_STRATEGIES:
             raise ValueError(
                 f"connection_strategy must be one of {', '.join(CONNECTION_STRATEGIES)}, "
@@ -665,7 +680,11 @@ class ProxyFactory(HTTPFactory):
         assert self.contexts is not None
         inner = self.tunnel_channel(channel, tunnel, origin)
         alsoProvides(inner, IHandshakeListener)
-        creator = InterceptingServerTLS(self.contexts, tunnel.host)
+        # Without SNI, the name the client reached: the tunnel's host, or
+        # for a reverse proxy (whose origin the client does not know) the
+        # address it connected to.
+        name = channel.getHost().host if tunnel.reverse else tunnel.host
+        creator = InterceptingServerTLS(self.contexts, name)
         tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
         return tls_factory.protocol(tls_factory, inner)
 

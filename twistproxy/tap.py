@@ -48,6 +48,7 @@ from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.http import HTTPFlow
 from twistproxy.limits import Limits
+from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
 from twistproxy.service import ProxyService
@@ -106,16 +107,13 @@ class Options(usage.Options):
         "--allow-hosts and --block-hosts patterns are regular expressions searched in "
         "host:port (case-insensitive), or filter expressions when they start with ~ or ! "
         "or are one in parentheses; "
-        "they apply to CONNECT and to every request, inside intercepted tunnels too."
+        "they apply to CONNECT and to every request, inside intercepted tunnels too. "
+        "Modes (--mode, repeatable, one listener each, on 127.0.0.1:8080 unless "
+        "@[ADDRESS:]PORT follows): regular (the default; --port is its short form), "
+        "reverse:http[s]://HOST[:PORT] (in front of that origin; clients may speak "
+        "TLS, answered with a certificate from the CA)."
     )
     optParameters = [
-        [
-            "port",
-            "p",
-            "8080",
-            "Where to listen: a port number (on 127.0.0.1) or a Twisted endpoint "
-            "such as tcp:8080:interface=0.0.0.0.",
-        ],
         [
             "body-limit",
             None,
@@ -259,6 +257,11 @@ class Options(usage.Options):
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
         ["no-intercept", None, "Pass every CONNECT tunnel through untouched (no CA needed)."],
+        [
+            "keep-host-header",
+            None,
+            "Reverse mode: send the client's Host to the origin, not the origin's own.",
+        ],
         ["insecure", None, "Do not verify servers' certificates (testing only)."],
         ["replay-ignore-content", None, "Server replay: do not match request bodies."],
         ["exit-after-replay", None, "Stop once every --client-replay flow was replayed."],
@@ -269,6 +272,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        self["port"] = None
+        self["mode"] = []
         self["addon"] = []
         self["addons"] = []
         self["ignore-hosts"] = []
@@ -279,6 +284,26 @@ class Options(usage.Options):
         self["client-replay"] = []
         self["replay-ignore-param"] = []
         self["replay-match-header"] = []
+
+    def opt_port(self, port: str) -> None:
+        """Where to listen: a port (on 127.0.0.1) or an endpoint (tcp:8080:interface=0.0.0.0)."""
+        if self["port"] is not None:
+            raise usage.UsageError(
+                f"--port given twice ({self['port']}, {port}): to listen on several "
+                "ports, give --mode regular@PORT once for each")
+        self["port"] = port
+
+    opt_p = opt_port
+
+    def opt_mode(self, text: str) -> None:
+        """Listen in MODE[:URL][@[ADDRESS:]PORT] (see docs/modes.rst); repeatable."""
+        try:
+            mode = parse_mode(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--mode {e}") from None
+        if mode.kind not in SERVED:
+            raise usage.UsageError(f"--mode {text}: the {mode.kind} mode is not served yet")
+        self["mode"].append(mode)
 
     def opt_server_replay(self, path: str) -> None:
         """Answer requests from the flows recorded in this file (or .har); repeatable."""
@@ -339,17 +364,9 @@ class Options(usage.Options):
         return super().getUsage(width)
 
     def postOptions(self) -> None:
-        """Check the listening address and load the addon files."""
-        port = self["port"]
-        if port.isdigit():
-            if not 0 <= int(port) < 65536:
-                raise usage.UsageError(f"--port {port}: not a port number")
-            port = f"tcp:{port}:interface=127.0.0.1"
-        try:
-            serverFromString(None, port)
-        except Exception as e:  # parsers raise anything: ValueError, OSError for ssl: files...
-            raise usage.UsageError(f"--port {self['port']}: not a port or endpoint ({e})") from e
-        self["endpoint"] = port
+        """Check the listening addresses and load the addon files."""
+        self["listeners"] = _listeners(self["port"], self["mode"])
+        self["endpoint"] = self["listeners"][0][1]
         addons: list[object] = []
         for path in self["addon"]:
             try:
@@ -407,6 +424,10 @@ class Options(usage.Options):
             )
         if self["workers"] > 1 and self["client-replay"]:
             raise usage.UsageError("--client-replay runs in one process: use --workers 1")
+        if self["workers"] > 1 and self["mode"]:
+            raise usage.UsageError("--workers serves one --port listener: no --mode with it yet")
+        if self["keep-host-header"] and not any(m.kind == "reverse" for m in self["mode"]):
+            raise usage.UsageError("--keep-host-header needs a --mode reverse:...")
         maximum = self["max-connections"]
         try:
             self["limits"] = Limits(
@@ -421,6 +442,41 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+
+
+def _listeners(port: str | None, modes: list[Mode]) -> list[tuple[Mode, str]]:
+    """
+    Each listener's mode and server endpoint description: *port* (the
+    short form of one regular listener) or the *modes*.
+
+    :raises usage.UsageError: for a bad *port*, both, or two listeners on
+        one port.
+    """
+    if port is not None and modes:
+        raise usage.UsageError(
+            "--port and --mode: --port is the short form of --mode regular@PORT; "
+            "with --mode, give each listener's port after its @")
+    if not modes:
+        description = "8080" if port is None else port
+        if description.isdigit():
+            if not 0 <= int(description) < 65536:
+                raise usage.UsageError(f"--port {description}: not a port number")
+            description = f"tcp:{description}:interface=127.0.0.1"
+        try:
+            serverFromString(None, description)
+        except Exception as e:  # parsers raise anything: ValueError, OSError for ssl: files...
+            raise usage.UsageError(f"--port {port}: not a port or endpoint ({e})") from e
+        return [(REGULAR, description)]
+    listeners = [(mode, mode.endpoint()) for mode in modes]
+    seen: dict[int, Mode] = {}
+    for mode, _ in listeners:
+        listen_port = mode.listen_port if mode.listen_port is not None else mode.default_port
+        if listen_port in seen and listen_port != 0:
+            raise usage.UsageError(
+                f"--mode {seen[listen_port]} and --mode {mode} both listen on port "
+                f"{listen_port}: give one of them another with @PORT")
+        seen[listen_port] = mode
+    return listeners
 
 
 def makeService(options: Options) -> IService:
@@ -450,14 +506,15 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         addons.append(CertPage(store.authority))
     if options["host-policy"] is not None:
         addons.append(options["host-policy"])
-    if auth is None and not loopback_only(options["endpoint"]):
-        _log.warn(
-            "twistproxy listens on {endpoint} without --proxy-auth: anyone who can reach "
-            "this port can use the proxy, and reach whatever it can reach. Require a "
-            "password with --proxy-auth USER:PASS (or --proxy-auth-file FILE), or listen "
-            "on loopback only (--port tcp:PORT:interface=127.0.0.1).",
-            endpoint=options["endpoint"],
-        )
+    for _, endpoint in options["listeners"]:
+        if auth is None and not loopback_only(endpoint):
+            _log.warn(
+                "twistproxy listens on {endpoint} without --proxy-auth: anyone who can "
+                "reach this port can use the proxy, and reach whatever it can reach. "
+                "Require a password with --proxy-auth USER:PASS (or --proxy-auth-file "
+                "FILE), or listen on loopback only (--port tcp:PORT:interface=127.0.0.1).",
+                endpoint=endpoint,
+            )
     if not options["quiet"]:
         addons.append(FlowLog())
     addons.extend(options["addons"])
@@ -481,25 +538,34 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             raise SystemExit(f"twistproxy: --save {options['save']}: {e.strerror}") from e
         saving = SaveFlows(out, flow_filter=options["save-filter-parsed"])
         addons.append(saving)
-    factory = ProxyFactory(
-        reactor=reactor,
-        addons=addons,
-        body_limit=options["body-limit"],
-        timeout=options["timeout"],
-        connect_timeout=options["connect-timeout"],
-        cert_store=store,
-        ignore_hosts=options["ignore-hosts"],
-        upstream_tls=options["upstream-tls"],
-        limits=options["limits"],
-        hook_timeout=options["hook-timeout"],
-        intercept_timeout=options["intercept-timeout"],
-        connection_strategy=options["connection-strategy"],
-    )
-    top = _Main(options["endpoint"])
+    factories = [
+        ProxyFactory(
+            reactor=reactor,
+            addons=addons,
+            body_limit=options["body-limit"],
+            timeout=options["timeout"],
+            connect_timeout=options["connect-timeout"],
+            cert_store=store,
+            ignore_hosts=options["ignore-hosts"],
+            upstream_tls=options["upstream-tls"],
+            limits=options["limits"],
+            hook_timeout=options["hook-timeout"],
+            intercept_timeout=options["intercept-timeout"],
+            connection_strategy=options["connection-strategy"],
+            mode=mode,
+            keep_host_header=options["keep-host-header"],
+        )
+        for mode, _ in options["listeners"]
+    ]
+    top = _Main(", ".join(endpoint for _, endpoint in options["listeners"]))
     if options["worker"]:
-        WorkerPortService(reactor, options["endpoint"], factory).setServiceParent(top)
+        WorkerPortService(reactor, options["endpoint"], factories[0]).setServiceParent(top)
     else:
-        ProxyService(serverFromString(reactor, options["endpoint"]), factory).setServiceParent(top)
+        for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
+            ProxyService(serverFromString(reactor, endpoint), factory).setServiceParent(top)
+    # Replayed requests go out as the first listener's (as a regular proxy's
+    # unless that is another mode).
+    factory = factories[0]
     if options["client-replay"]:
         _ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),

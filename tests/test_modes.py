@@ -1,0 +1,99 @@
+"""
+Tests for :mod:`twistproxy.modes`: how modes are spelt and what they mean.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase as TestCase
+
+from twistproxy._target import Tunnel
+from twistproxy.flow import Client, Server
+from twistproxy.http import HTTPFlow
+from twistproxy.modes import MODES, REGULAR, SERVED, Mode, entry_for, parse_mode
+
+
+class ParseModeTests(TestCase):
+    """:func:`parse_mode` reads mitmproxy's spellings."""
+
+    def test_spellings(self) -> None:
+        """Each mode, with and without data and a listener."""
+        cases = {
+            "regular": Mode(),
+            "regular@8081": Mode(listen_port=8081),
+            "regular@0.0.0.0:80": Mode(listen_host="0.0.0.0", listen_port=80),
+            "socks5": Mode("socks5"),
+            "transparent@[::1]:9000": Mode("transparent", listen_host="::1", listen_port=9000),
+            "upstream:http://127.0.0.1:3128": Mode("upstream", "http", "127.0.0.1", 3128),
+            "upstream:proxy.internal": Mode("upstream", "http", "proxy.internal", 80),
+            "reverse:https://api.internal@8443": Mode(
+                "reverse", "https", "api.internal", 443, listen_port=8443),
+            "reverse:api.internal": Mode("reverse", "https", "api.internal", 443),
+            "reverse:http://[::1]:81@localhost:9000": Mode(
+                "reverse", "http", "::1", 81, "localhost", 9000),
+        }
+        for text, mode in cases.items():
+            self.assertEqual(parse_mode(text), mode, text)
+
+    def test_text_round_trips(self) -> None:
+        """A mode's text reads back as the same mode (what flows record)."""
+        for text in ("regular", "regular@8081", "socks5@127.0.0.1:1080",
+                     "upstream:https://proxy.internal:8443",
+                     "reverse:http://[::1]:81@[::1]:9000", "reverse:https://api.internal@8443"):
+            self.assertEqual(str(parse_mode(text)), text)
+        self.assertEqual(str(parse_mode("reverse:api.internal:443")), "reverse:https://api.internal")
+
+    def test_refused(self) -> None:
+        """Each mistake is named in one line."""
+        cases = {
+            "foo": "unknown mode 'foo'",
+            "upstream": "upstream needs a URL",
+            "regular:x": "regular takes no data",
+            "reverse:https://a/b": "has a path",
+            "upstream:ftp://x": "the scheme must be http or https",
+            "regular@x:1": "'x' is not an IP address",
+            "regular@99999": "is not a port number",
+            "regular@": "is not a port number",
+            "regular@:80": "no address before the port",
+            "upstream:http://user:pw@proxy:3128": "credentials for an upstream proxy",
+            "Regular": "is not a mode",
+        }
+        for text, message in cases.items():
+            with self.assertRaisesRegex(ValueError, message, msg=text):
+                parse_mode(text)
+
+    def test_endpoint(self) -> None:
+        """Listeners are on loopback and the mode's default port unless told."""
+        self.assertEqual(REGULAR.endpoint(), "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(parse_mode("socks5").endpoint(), "tcp:1080:interface=127.0.0.1")
+        self.assertEqual(parse_mode("socks5").endpoint(9999), "tcp:9999:interface=127.0.0.1")
+        self.assertEqual(parse_mode("regular@0.0.0.0:81").endpoint(9999),
+                         "tcp:81:interface=0.0.0.0")
+        self.assertEqual(parse_mode("regular@[::1]:81").endpoint(), r"tcp6:81:interface=\:\:1")
+
+    def test_reverse_tunnel(self) -> None:
+        """A reverse listener's requests go to its origin, Host rewritten unless kept."""
+        mode = parse_mode("reverse:http://127.0.0.1:9000")
+        self.assertEqual(mode.tunnel(),
+                         Tunnel("127.0.0.1", 9000, "http", reverse=True, rewrite_host=True))
+        self.assertFalse(mode.tunnel(keep_host=True).rewrite_host)
+
+    def test_entries(self) -> None:
+        """Regular listeners do nothing first; reverse ones watch the first byte."""
+        self.assertIsNone(entry_for(REGULAR))
+        self.assertIsNotNone(entry_for(parse_mode("reverse:http://127.0.0.1:9000")))
+        for kind in set(MODES) - set(SERVED):
+            with self.assertRaisesRegex(ValueError, "not served yet"):
+                entry_for(Mode(kind))
+
+
+class FlowModeTests(TestCase):
+    """Flows record the mode of the listener that carried them."""
+
+    def test_mode_in_state(self) -> None:
+        """``flow.mode`` is the client connection's, and survives the flow's state."""
+        client = Client(proxy_mode="reverse:https://api.internal@8443")
+        flow = HTTPFlow(client, Server())
+        self.assertEqual(flow.mode, "reverse:https://api.internal@8443")
+        copy = HTTPFlow.from_state(flow.get_state())
+        self.assertEqual(copy.mode, "reverse:https://api.internal@8443")
+        self.assertEqual(HTTPFlow(Client(), Server()).mode, "regular")
