@@ -24,6 +24,7 @@ from twistproxy.errors import (
     HookFailed,
     InvalidMessage,
     LoopDetected,
+    ShuttingDown,
     UpstreamConnectionLost,
     UpstreamTimeout,
 )
@@ -942,6 +943,72 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
 
 
 @scenario
+def cancelled_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    The proxy may give an exchange up (CANCEL, at the shutdown deadline) in
+    any state after NEW: the hook waited for is cancelled, the upstream
+    closed, the flow fails with the reason and gets its error hook (unless
+    its response hook started), then a 503 if nothing was sent, an aborted
+    connection if the response started, nothing once it is over.
+    """
+    shut = Failure(ShuttingDown())
+    hooks = ("requestheaders", "request", "responseheaders", "response", "error")
+    pending, done = (Event.HOOK_PENDING, None), (Event.HOOK_DONE, None)
+    ready, head = (Event.UPSTREAM_READY, None), (Event.RESPONSE_HEAD, OK)
+    cases: list[tuple[Exchange, list[tuple[Event, Any]], State, list[Action]]] = [
+        (made(b"POST", declared=2, hooks=hooks), [pending], State.REQUEST_HEADERS,
+         [A.CANCEL_HOOK, A.RESUME_CLIENT, A.RUN_HOOK]),
+        (made(b"POST", declared=2, hooks=("error",)), [], State.READING, [A.RUN_HOOK]),
+        (made(b"POST", declared=2), [], State.READING,
+         [A.CLOSE_AFTER, A.ERROR_PAGE]),
+        (made(hooks=hooks), [done, pending], State.REQUEST, [A.CANCEL_HOOK, A.RUN_HOOK]),
+        (made(), [], State.CONNECTING, [A.ABANDON_UPSTREAM, A.ERROR_PAGE, A.FINISH]),
+        (made(), [ready], State.WAITING, [A.ABANDON_UPSTREAM, A.ERROR_PAGE, A.FINISH]),
+        (made(hooks=hooks), [done, done, ready, head, pending], State.RESPONSE_HEADERS,
+         [A.CANCEL_HOOK, A.ABANDON_UPSTREAM, A.RUN_HOOK]),
+        (made(), [ready, head], State.RECEIVING, [A.ABANDON_UPSTREAM, A.ERROR_PAGE, A.FINISH]),
+        (made(body_limit=0, whole=()), [ready, head, (Event.READ_DONE, None)], State.STREAMING,
+         [A.ABANDON_UPSTREAM, A.ABORT_CLIENT]),
+        (made(hooks=("response",)), [ready, head, (Event.RESPONSE_END, None), pending],
+         State.RESPONSE, [A.CANCEL_HOOK, A.ERROR_PAGE, A.FINISH]),
+        (made(hooks=("response",), body_limit=0), [ready, head, (Event.RESPONSE_END, None),
+                                                    pending],
+         State.RELAYED, [A.CANCEL_HOOK]),
+        (made(hooks=("error",)), [(Event.UPSTREAM_FAILED, Failure(ValueError("gone"))),
+                                  pending],
+         State.ERROR, [A.CANCEL_HOOK, A.ERROR_PAGE, A.FINISH]),
+        (made(), [ready, head, (Event.RESPONSE_END, None)], State.DONE, []),
+    ]
+    for exchange, path, state, expected in cases:
+        p = Play(exchange, seen)
+        p(Event.HEAD, exchange.declared == NO_BODY)
+        for event, arg in path:
+            p(event, arg)
+        t.assertIs(p.state, state)
+        actions = p(Event.CANCEL, shut)
+        t.assertEqual(kinds(actions), expected, state.name)
+        for action, arg in actions:
+            if action is A.ERROR_PAGE:  # its 503, or the failure the error hook had
+                t.assertIs(arg, shut if state is not State.ERROR else p.exchange.failure)
+        if state is State.ERROR:
+            t.assertEqual(p.flow.error.msg, "gone")  # type: ignore[union-attr]
+        elif state is not State.DONE:
+            t.assertEqual(p.flow.error.msg, str(shut.value))  # type: ignore[union-attr]
+        if p.state is State.ERROR:  # a body still to come: the connection closes after
+            t.assertEqual(kinds(p(Event.HOOK_DONE)), [A.CLOSE_AFTER, A.ERROR_PAGE]
+                          if not p.exchange.body_done else [A.ERROR_PAGE, A.FINISH])
+        t.assertIs(p.state, State.DONE)
+
+    p = Play(made(b"POST", declared=5, hooks=("requestheaders",)), seen)
+    p(Event.HEAD)
+    p.flow.response = Response.make(403)
+    p(Event.HOOK_DONE)
+    t.assertIs(p.state, State.DISCARDING)
+    t.assertEqual(p.kinds(Event.CANCEL, shut), [A.CLOSE_AFTER, A.ERROR_PAGE])
+    t.assertIs(p.state, State.DONE)
+
+
+@scenario
 def clients_go_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     """A client may go in any state; the exchange ends in DONE each time."""
     hooks = ("requestheaders", "request", "responseheaders", "response", "error")
@@ -1101,6 +1168,10 @@ class ScenarioTests(SynchronousTestCase):
     def test_body_while_waiting(self) -> None:
         """See :func:`body_while_waiting`."""
         self.run_scenario(body_while_waiting)
+
+    def test_cancelled_everywhere(self) -> None:
+        """See :func:`cancelled_everywhere`."""
+        self.run_scenario(cancelled_everywhere)
 
     def test_clients_go_everywhere(self) -> None:
         """See :func:`clients_go_everywhere`."""

@@ -121,6 +121,9 @@ class Event(_Identity):
     READ_DONE = auto()
     #: The client's connection is gone.
     CLIENT_GONE = auto()
+    #: The proxy gives the exchange up (it shuts down and the exchange
+    #: outlived the deadline); the argument is the Failure it ends with.
+    CANCEL = auto()
 
 
 class Action(_Identity):

@@ -592,6 +592,17 @@ class Exchange(ResponseSide):
         actions.extend(self._run("error", _ERROR, now))
         return actions
 
+    def _cancel(self, now: float, reason: Failure) -> Actions:
+        """
+        The proxy gives the exchange up: it fails with *reason* the way a
+        failing hook or upstream fails it (the hook waited for is
+        cancelled, the upstream closed, the error hook runs, then the error
+        page, or an aborted connection once the response has started).
+        """
+        if self._pending:
+            return ((Action.CANCEL_HOOK, None), *self._hook_failed(now, reason))
+        return self._fail(now, reason, True)
+
     def _ignore(self, now: float, arg: Any) -> Actions:
         return _NONE
 
@@ -633,7 +644,9 @@ def _table() -> dict[tuple[State, Event], _Handler]:
             table[state, Event.BODY_DATA] = Exchange._body_data
             table[state, Event.BODY_END] = Exchange._body_end
             table[state, Event.CLIENT_GONE] = Exchange._client_gone
+            table[state, Event.CANCEL] = Exchange._cancel
     table[State.DONE, Event.CLIENT_GONE] = Exchange._ignore
+    table[State.DONE, Event.CANCEL] = Exchange._ignore
     return table
 
 

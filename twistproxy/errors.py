@@ -187,6 +187,18 @@ class InvalidMessage(TwistProxyError):
         self.detail = detail
 
 
+class ShuttingDown(TwistProxyError):
+    """
+    The proxy shut down before the exchange was over: it outlived the
+    shutdown deadline (``--shutdown-timeout``).
+    """
+
+    status, phrase = 503, b"Service Unavailable"
+
+    def __init__(self, message: str = "the proxy shut down before the exchange was over") -> None:
+        super().__init__(message)
+
+
 class AddonError(TwistProxyError):
     """
     An addon cannot be registered or loaded: a misspelt hook name, a hook
