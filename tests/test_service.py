@@ -9,15 +9,20 @@ from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.fakes import FakeEndpointFactory
+from twistproxy._drain import LAST_WORD
 from twistproxy.client import PoolKey, ProxyClientFactory
+from twistproxy.hooks import Addon
+from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 from twistproxy.service import ProxyService
 
@@ -198,13 +203,16 @@ class ProxyServiceTests(SynchronousTestCase):
 
     def test_stop_stops_listening(self) -> None:
         """
-        Stopping the service stops listening; its Deferred is the port's.
+        Stopping the service stops listening; its Deferred fires once the
+        port is closed (no client connection to drain).
         """
         service = self.service(FakeEndpoint(lambda: succeed(self.port)))
         service.startService()
         stopped = service.stopService()
-        assert stopped is not None
-        self.assertIs(stopped, self.port.stopped)
+        self.assertNoResult(stopped)
+        assert self.port.stopped is not None
+        self.port.stopped.callback(None)
+        self.successResultOf(stopped)
         self.assertFalse(service.running)
         self.assertIsNone(service.port)
         self.assertRaises(RuntimeError, service.when_listening)
@@ -221,7 +229,7 @@ class ProxyServiceTests(SynchronousTestCase):
         service.log = recording_logger(events)
         service.startService()
         waiting = service.when_listening()
-        self.assertIsNone(service.stopService())
+        self.successResultOf(service.stopService())
         self.failureResultOf(waiting, CancelledError)
         self.assertTrue(endpoint.pending[0].called)
         self.assertEqual(events, [])
@@ -257,3 +265,193 @@ class ProxyServiceTests(SynchronousTestCase):
         service.startService()
         self.assertEqual(len(endpoint.factories), 2)
         self.assertIs(service.port, self.port)
+
+
+class Errors(Addon):
+    """Keeps every flow its ``error`` hook sees (as ``--save`` would save it)."""
+
+    def __init__(self) -> None:
+        self.flows: list[HTTPFlow] = []
+
+    def error(self, flow: HTTPFlow) -> None:
+        """Keep *flow*."""
+        self.flows.append(flow)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    Stopping a :class:`ProxyService` drains its client connections
+    (:mod:`twistproxy._drain`), on channels over fake transports.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoints = FakeEndpointFactory()
+        self.errors = Errors()
+        self.factory = ProxyFactory(reactor=self.reactor, endpoint_factory=self.endpoints,
+                                    addons=[self.errors])
+        self.events: list[dict[str, Any]] = []
+        self.factory.channels.log = recording_logger(self.events)
+        self.port = FakePort()
+        self.service = ProxyService(FakeEndpoint(lambda: succeed(self.port)), self.factory,
+                                    shutdown_timeout=10)
+        self.service.startService()
+
+    def stop(self) -> Deferred[None]:
+        """Stop the service; its port closes at once."""
+        stopped = self.service.stopService()
+        assert self.port.stopped is not None
+        self.port.stopped.callback(None)
+        return stopped
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        """A client connection: its channel and transport."""
+        channel = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def lose(self, channel: Any, transport: StringTransport) -> None:
+        """Report the end of a connection its channel closed (a fake transport does not)."""
+        self.assertTrue(transport.disconnecting)
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_idle_closes_at_once(self) -> None:
+        """
+        A connection between requests closes at once; the drain ends when it
+        has, with nothing given up, and logs a line at either end.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        [(origin, _)] = self.endpoints.connections
+        origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertFalse(transport.disconnecting)  # kept alive
+        stopped = self.stop()
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopped)
+        self.lose(channel, transport)
+        self.successResultOf(stopped)
+        self.assertEqual([e.get("count", e.get("aborted")) for e in self.events], [1, 0])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_in_flight_finishes(self) -> None:
+        """
+        A response in flight is finished, announced with ``Connection:
+        close``, and the connection closes after it; a connection that has
+        not sent its first request yet gets one answered the same way.
+        """
+        channel, transport = self.connect()
+        fresh, fresh_transport = self.connect()
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        stopped = self.stop()
+        self.assertFalse(transport.disconnecting)
+        self.assertFalse(fresh_transport.disconnecting)
+        [(origin, _)] = self.endpoints.connections
+        self.reactor.advance(5)
+        origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertEqual(transport.value(),
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        self.lose(channel, transport)
+        fresh.dataReceived(b"GET http://example.com/b HTTP/1.1\r\n\r\n")
+        origin, _ = self.endpoints.connections[-1]  # (pooled)
+        origin.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertIn(b"Connection: close", fresh_transport.value())
+        self.lose(fresh, fresh_transport)
+        self.assertEqual(self.successResultOf(stopped), None)
+        self.assertEqual(self.errors.flows, [])
+        self.assertEqual(self.events[-1]["aborted"], 0)
+
+    def test_deadline_gives_up(self) -> None:
+        """
+        At the deadline, a request with no response yet gets a 503 and its
+        flow fails (error hook); one whose response started is aborted; an
+        idle new connection is closed; the drain ends once all have, and
+        counts the two given up.
+        """
+        waiting, waiting_transport = self.connect()
+        streaming, streaming_transport = self.connect()
+        fresh, fresh_transport = self.connect()
+        waiting.dataReceived(b"GET http://example.com/slow HTTP/1.1\r\n\r\n")
+        streaming.dataReceived(b"GET http://example.com/big HTTP/1.1\r\n\r\n")
+        [_, (origin, origin_transport)] = self.endpoints.connections
+        origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhi")
+        stopped = self.stop()
+        self.reactor.advance(9.9)
+        self.assertFalse(waiting_transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(waiting_transport.value().startswith(
+            b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"Connection: close", waiting_transport.value())
+        self.assertTrue(streaming_transport.disconnected)  # aborted: 2 of 10 bytes
+        self.assertTrue(origin_transport.disconnecting)
+        self.assertTrue(fresh_transport.disconnecting)
+        self.assertEqual(
+            [flow.error.msg for flow in self.errors.flows],  # type: ignore[union-attr]
+            ["the proxy shut down: the exchange was still going 10 s after the shutdown "
+             "started"] * 2,
+        )
+        for channel, transport in ((waiting, waiting_transport), (fresh, fresh_transport),
+                                   (streaming, streaming_transport)):
+            self.lose(channel, transport)
+        self.assertEqual(self.events[-1]["aborted"], 2)
+        self.successResultOf(stopped)
+
+    def test_head_arriving_at_deadline(self) -> None:
+        """A request head still arriving at the deadline is answered 503."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\nX-A: ")
+        self.stop()
+        self.reactor.advance(10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_tunnel_runs_until_deadline(self) -> None:
+        """
+        A tunnel passed through runs on while the proxy drains, then is
+        aborted at the deadline.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 Connection established"))
+        self.assertTrue(channel.handed_over)
+        stopped = self.stop()
+        self.reactor.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnected)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(self.events[-1]["aborted"], 1)
+
+    def test_abort_after_last_word(self) -> None:
+        """
+        A connection still open a moment after the deadline (a 503 not read,
+        a body still coming) is aborted, and the drain ends even if the
+        connection never reports its end.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST http://example.com/ HTTP/1.1\r\nContent-Length: 9\r\n\r\n")
+        stopped = self.stop()
+        self.reactor.advance(10)
+        self.assertIn(b"503", transport.value())
+        self.assertFalse(transport.disconnected)
+        self.reactor.advance(LAST_WORD)
+        self.assertTrue(transport.disconnected)
+        self.assertNoResult(stopped)
+        self.reactor.advance(LAST_WORD)
+        self.successResultOf(stopped)
+
+    def test_restart_after_drain(self) -> None:
+        """After a drain, the service serves keep-alive connections again."""
+        self.successResultOf(self.stop())
+        self.service.startService()
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        [(origin, _)] = self.endpoints.connections
+        origin.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertNotIn(b"Connection: close", transport.value())
+
+    def test_timeout_checked(self) -> None:
+        """A negative shutdown timeout is refused."""
+        with self.assertRaises(ValueError):
+            ProxyService(FakeEndpoint(), self.factory, shutdown_timeout=-1)

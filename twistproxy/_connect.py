@@ -410,7 +410,8 @@ def hand_over(old: Any, protocol: IProtocol, buffered: bytes) -> None:
     switched to a WebSocket) to *protocol*: from now on the transport's
     bytes and its end go to *protocol*, starting with *buffered*.
 
-    A channel's idle timeout is stopped (the new protocol keeps its own);
+    A channel's idle timeout is stopped (the new protocol keeps its own),
+    and it is marked ``handed_over`` (a drain gives it the deadline);
     whatever produced for the transport stops doing so.  *protocol*'s
     methods are looked up at each call, so that it may hand the connection
     on in turn (a tunnel's sniffer to a channel, that channel to a
@@ -419,6 +420,8 @@ def hand_over(old: Any, protocol: IProtocol, buffered: bytes) -> None:
     transport: Any = old.transport
     if isinstance(old, TimeoutMixin):
         old.setTimeout(None)
+    if isinstance(old, Proxy):
+        old.handed_over = True
     if getattr(transport, "producer", None) is not None:  # none on a second hand-over
         transport.unregisterProducer()
     old.dataReceived = lambda data: protocol.dataReceived(data)

@@ -31,7 +31,7 @@ from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
 from twistproxy._twisted_compat import ChannelCompat
 from twistproxy.client import PoolKey, host_and_port
-from twistproxy.errors import BadFraming, error_response
+from twistproxy.errors import BadFraming, describe, error_response
 from twistproxy.flow import Client
 
 _log = Logger()
@@ -76,6 +76,9 @@ class Proxy(ChannelCompat):
     _host: Any = None
     _peer: Any = None
     _origin: Relay | None = None
+    handed_over = False  # the connection went on to a tunnel or a WebSocket (hand_over)
+    _draining = False
+    _served = False  # a request on this connection was answered
 
     def adopt(self, client_conn: Client, tunnel: Tunnel, origin: Relay | None = None) -> None:
         """
@@ -288,7 +291,7 @@ class Proxy(ChannelCompat):
         without a ``close`` token.  Twisted's own check splits ``Connection``
         on spaces and misses ``close`` in ``Connection: close, X-Foo``.
         """
-        if version != b"HTTP/1.1":
+        if version != b"HTTP/1.1" or self._draining:
             return False
         return b"close" not in connection_tokens(request.fields)
 
@@ -323,9 +326,10 @@ class Proxy(ChannelCompat):
         self.totalHeadersSize = limits.max_header_size + 1
         self.maxHeaders = limits.max_header_count + 1
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_size)
+        factory = self.factory
+        factory.channels.add(self)
         if self.tunnel is not None:
             return  # adopted: the outer connection did this
-        factory = self.factory
         self.client_conn = Client(
             peername=host_and_port(self.getPeer()),
             sockname=host_and_port(self.getHost()),
@@ -390,6 +394,58 @@ class Proxy(ChannelCompat):
         self._idle_deadline.cancel()
         self._head_deadline.cancel()
 
+    # -- shutting down (twistproxy._drain) ---------------------------------
+
+    def requestDone(self, request: Any) -> None:
+        """A request was answered: the connection is between requests now."""
+        self._served = True
+        super().requestDone(request)
+
+    def drain(self) -> None:
+        """
+        The proxy stops: close the connection once it is idle.  Between
+        requests it closes now; with a request in hand (or before its
+        first) after that response (announced with ``Connection: close``
+        when its head is still to go).  A tunnel or WebSocket it went on to
+        runs on until :meth:`shut`.
+        """
+        self._draining = True  # the requests to come do not persist (checkPersistence)
+        if self.handed_over or self.transport is None:
+            return
+        if self.requests:
+            self.persistent = False  # (between requests, Twisted would drop what comes)
+        elif self._served and not self._head_deadline.active():
+            self.loseConnection()
+
+    def shut(self, reason: Failure) -> bool:
+        """
+        The drain's deadline: give up what the connection still carries.  A
+        request is failed with *reason* (its 503, or an aborted connection
+        once its response started: see the exchange's ``CANCEL``), a head
+        still arriving is answered 503, a tunnel or WebSocket is aborted;
+        an idle connection is closed.
+
+        :returns: Whether something was given up.
+        """
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return False
+        if self.handed_over:
+            transport.abortConnection()
+            return True
+        if self.requests and self.requests[0].cancel(reason):
+            return True
+        if self.requests or self._head_deadline.active():
+            self._refuse(503, b"Service Unavailable", describe(reason))
+            return True
+        self.loseConnection()
+        return False
+
+    def abort(self) -> None:
+        """The drain waited long enough: abort the connection."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Tell the requests, then run the ``client_disconnected`` hook."""
         super().connectionLost(reason)
@@ -413,5 +469,6 @@ class Proxy(ChannelCompat):
         if client is None or factory is None:
             return
         client.timestamp_end = factory.reactor.seconds()
+        factory.channels.remove(self)
         factory.connections -= 1
         factory.run_detached("client_disconnected", client)

@@ -28,6 +28,7 @@ from twisted.web.http import HTTPFactory, Request
 from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
+from twistproxy._drain import OpenChannels
 from twistproxy._events import Action, Event, ResponseHead
 from twistproxy._exchange import Exchange
 from twistproxy._framing import (
@@ -185,6 +186,18 @@ class ProxyRequest(RequestCompat):
         self._gone = True
         if self._exchange is not None:
             self._event(_CLIENT_GONE)
+
+    def cancel(self, reason: Failure) -> bool:
+        """
+        The proxy gives the request up (its shutdown deadline passed): the
+        exchange fails with *reason*.  ``False``: there is none yet (the
+        head is still arriving).
+        """
+        if self._exchange is None or self._head_due:
+            return False
+        if not self._gone:
+            self._event(Event.CANCEL, reason)
+        return True
 
     # -- what the upstream side reports (IUpstreamReceiver) ---------------------
 
@@ -545,6 +558,7 @@ class ProxyFactory(HTTPFactory):
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connect_eagerly: The connection strategy is ``eager``.
     :ivar connections: Client connections open now.
+    :ivar channels: The channels serving them, for a drain.
     :ivar via: This proxy's ``Via`` entry, unique to the process.
     :ivar mode: The *mode* given.
     :ivar mode_text: *mode* as text, for the flows' ``client_conn.proxy_mode``.
@@ -588,6 +602,7 @@ class ProxyFactory(HTTPFactory):
         self.connect_eagerly = connection_strategy == "eager"
         self.limits = limits if limits is not None else Limits()
         self.connections = 0
+        self.channels = OpenChannels(reactor)
         # A token of this process for Via: seeing it again means a loop.
         self.via = b"1.1 twistproxy-" + os.urandom(4).hex().encode("ascii")
         self.contexts = ServerContexts(cert_store) if cert_store is not None else None
@@ -701,6 +716,7 @@ class ProxyFactory(HTTPFactory):
         """
         inner = self._channel(channel.transport.getPeer())
         inner.adopt(channel.client_conn, tunnel, origin)
+        self.channels.replace(channel, inner)
         return inner
 
     def server_closed(self, owner: ProxyClient | Relay) -> None:

@@ -5,14 +5,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._target import join_host_port
 from twistproxy.proxy import ProxyFactory
+
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+"""Seconds the exchanges in flight may take to finish once the proxy stops."""
 
 
 class ProxyService(Service):
@@ -23,17 +35,31 @@ class ProxyService(Service):
         endpoint = TCP4ServerEndpoint(reactor, 8080, interface="127.0.0.1")
         ProxyService(endpoint, factory).setServiceParent(application)
 
+    Stopping it (``twistd`` does on ``SIGTERM``) drains the connections:
+    see :meth:`stopService`.
+
     :ivar endpoint: Where to listen.
     :ivar factory: The proxy factory serving each connection.
+    :ivar shutdown_timeout: Seconds the exchanges in flight may take to
+        finish once the service stops (``--shutdown-timeout``).
     :ivar port: The listening port while running, else ``None``.
     """
 
     log = Logger()
     port: IListeningPort | None = None
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: ProxyFactory) -> None:
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: ProxyFactory,
+        *,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        if not shutdown_timeout >= 0:
+            raise ValueError(f"shutdown_timeout must be 0 or more, not {shutdown_timeout!r}")
         self.endpoint = endpoint
         self.factory = factory
+        self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[IListeningPort] | None = None
         self._failure: Failure | None = None
         self._waiters: list[Deferred[IListeningPort]] = []
@@ -105,13 +131,14 @@ class ProxyService(Service):
         self._waiters.append(d)
         return d
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         """
-        Stop listening (or give up a listen still in progress) and close the
-        idle upstream connections.
+        Stop accepting at once (or give up a listen still in progress) and
+        drain the client connections (:func:`drain`), then close the idle
+        upstream connections.
 
-        :returns: A Deferred that fires once the port is closed, or ``None``
-            when there was no port.
+        :returns: A Deferred that fires once the port is closed and every
+            client connection has ended.
         """
         super().stopService()
         port, self.port = self.port, None
@@ -119,10 +146,37 @@ class ProxyService(Service):
         self._failure = None
         if listening is not None:
             listening.cancel()
-        self.factory.pool.close()
+        stopped: Deferred[Any] | None = None
         if port is not None:
-            return port.stopListening()
-        return None
+            stopped = maybeDeferred(port.stopListening)
+        return drain(self.factory, self.shutdown_timeout, stopped)
+
+
+def drain(
+    factory: ProxyFactory, timeout: float, stopped: Deferred[Any] | None = None
+) -> Deferred[None]:
+    """
+    Drain the client connections of *factory*, whose listening has
+    stopped (or stops with *stopped*): each closes once idle (between
+    requests at once, with a request in hand after its response, a tunnel
+    or WebSocket when it ends); what is still in flight after *timeout*
+    seconds is given up (a 503, or an aborted connection once its response
+    started; tunnels aborted).  The idle upstream connections are closed
+    at the start and at the end.  Every flow that ends meanwhile runs its
+    hooks (and is saved by ``--save``) before this fires.
+
+    :returns: A Deferred that fires once *stopped* has and every client
+        connection has ended.
+    """
+    factory.pool.close()
+    steps: list[Deferred[Any]] = [factory.channels.drain(timeout)]
+    if stopped is not None:
+        steps.append(stopped)
+
+    def closed(_: object) -> None:
+        factory.pool.close()
+
+    return gatherResults(steps, consumeErrors=True).addCallback(closed)
 
 
 def _describe_port(port: IListeningPort) -> str:
