@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_client import KEY, OK_HI, REQUEST, FakeEndpointFactory, RecordingReceiver
 from twistproxy._request import may_retry
 from twistproxy._upstream import UpstreamExchange
-from twistproxy.client import ConnectionPool, ProxyClient
+from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, hostname_endpoints
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
 from twistproxy.flow import Server
 
@@ -143,6 +143,24 @@ class UpstreamExchangeTests(SynchronousTestCase):
         upstream.abandon()
         self.assertEqual(cancelled, [waiting])
         self.assertTrue(self.transport(client).disconnecting)
+        self.assertEqual(receiver.events, [])
+
+    def test_abandon_while_connecting_over_tcp(self) -> None:
+        """
+        Abandoning while a TCP endpoint still connects (an IP literal's)
+        stops connecting and reports nothing: the endpoint fails the
+        cancelled connect with ``ConnectingCancelledError``, not
+        ``CancelledError`` (a client gone meanwhile raised ``InvalidEvent``).
+        """
+        self.pool = ConnectionPool(reactor=self.reactor,
+                                   endpoint_factory=hostname_endpoints(self.reactor, 30))
+        receiver = Receiver()
+        upstream = UpstreamExchange(self.pool, PoolKey("http", "127.0.0.1", 9999), receiver,
+                                    method=b"GET", timeout=10.0)
+        upstream.open()
+        [connector] = self.reactor.connectors
+        upstream.abandon()
+        self.assertTrue(connector.stoppedConnecting)
         self.assertEqual(receiver.events, [])
 
     def test_loop_refused(self) -> None:

@@ -213,7 +213,9 @@ class UpstreamExchange:
         client, self._client = self._client, None
         if client is not None:
             client.abandon()
-        if not reason.check(CancelledError):
+        # Abandoned (over): a cancelled connect reports nothing, whatever
+        # the endpoint failed with (a TCP one: ConnectingCancelledError).
+        if not reason.check(CancelledError) and not self._over:
             self._end().response_failed(reason)
 
     # -- the request -----------------------------------------------------
