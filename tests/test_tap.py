@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IServiceMaker
-from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -876,6 +877,48 @@ class ReplayOptionTests(TempDirTestCase):
         )
         with open(path, "rb") as f:
             self.assertEqual(len(f.read().splitlines()), 2)
+
+    def test_save_closes_after_drain(self) -> None:
+        """
+        Stopping closes the ``--save`` file only once the connections are
+        drained: a flow given up at the ``--shutdown-timeout`` deadline is
+        saved with its error, then the file is closed.
+        """
+        path = self.mktemp() + ".jsonl"
+        reactor, factory, service = self.started(
+            parse("--save", path, "--shutdown-timeout", "3", "--quiet"))
+        saving = self.addon(factory, SaveFlows)
+        channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET http://127.0.0.1:9999/slow HTTP/1.1\r\n\r\n")
+        stopped = service.stopService()
+        reactor.advance(2)
+        self.assertNoResult(stopped)
+        self.assertEqual(saving.saved, 0)
+        reactor.advance(1)
+        self.assertIn(b" 503 ", transport.value())
+        self.assertEqual(saving.saved, 1)
+        self.assertNoResult(stopped)  # the file is still open
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        [flow] = load_flows(path)
+        assert flow.error is not None
+        self.assertIn("shut down", flow.error.msg)
+        self.assertIsNone(flow.response)
+
+    def test_shutdown_timeout(self) -> None:
+        """
+        ``--shutdown-timeout`` is 10 s by default, may be 0, and reaches the
+        proxy service; a negative one is a usage error naming the option.
+        """
+        self.assertEqual(parse()["shutdown-timeout"], 10.0)
+        self.assertEqual(parse("--shutdown-timeout", "0")["shutdown-timeout"], 0.0)
+        _, _, service = self.started(parse("--shutdown-timeout", "2.5"))
+        [proxy] = list(service)
+        self.assertEqual(proxy.shutdown_timeout, 2.5)
+        message = self.usage_error("--shutdown-timeout", "-1")
+        self.assertIn("--shutdown-timeout -1: not a number of seconds, 0 or more", message)
 
     def test_save_unwritable(self) -> None:
         """

@@ -79,10 +79,10 @@ def positive(text: str) -> float:
     return value
 
 
-def seconds(option: str) -> Callable[[str], float]:
+def seconds(option: str, *, zero: bool = False) -> Callable[[str], float]:
     """
-    The coerce function of *option*, a positive finite number of seconds;
-    its error names the option.
+    The coerce function of *option*, a positive finite number of seconds
+    (or 0 too, with *zero*); its error names the option.
     """
 
     def coerce(text: str) -> float:
@@ -90,8 +90,9 @@ def seconds(option: str) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{option} {text}: not a positive number of seconds")
+        if not ((value > 0 or (zero and value == 0)) and math.isfinite(value)):
+            what = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+            raise ValueError(f"{option} {text}: not {what}")
         return value
 
     return coerce

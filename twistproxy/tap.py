@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -51,7 +52,7 @@ from twistproxy.limits import Limits
 from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
-from twistproxy.service import ProxyService
+from twistproxy.service import DEFAULT_SHUTDOWN_TIMEOUT, ProxyService
 from twistproxy.workers import (
     INTERFACE_POSITION,
     Supervisor,
@@ -244,6 +245,14 @@ class Options(usage.Options):
             10 * 1024 * 1024,
             "Bytes in one WebSocket message, uncompressed (then the WebSocket closes with 1009).",
             parse_size,
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            "Seconds the exchanges in flight may take to finish when the proxy stops "
+            "(SIGTERM); then they are answered 503 or aborted. 0: at once.",
+            seconds("--shutdown-timeout", zero=True),
         ],
         [
             "workers",
@@ -558,11 +567,19 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         for mode, _ in options["listeners"]
     ]
     top = _Main(", ".join(endpoint for _, endpoint in options["listeners"]))
+    # What makes flows runs under the save file's closing: it closes once
+    # they all stopped, the connections drained (their flows saved).
+    serving: MultiService = top if saving is None else _Closing(saving.close)
+    if serving is not top:
+        serving.setServiceParent(top)
+    timeout = options["shutdown-timeout"]
     if options["worker"]:
-        WorkerPortService(reactor, options["endpoint"], factories[0]).setServiceParent(top)
+        WorkerPortService(reactor, options["endpoint"], factories[0],
+                          shutdown_timeout=timeout).setServiceParent(serving)
     else:
         for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
-            ProxyService(serverFromString(reactor, endpoint), factory).setServiceParent(top)
+            ProxyService(serverFromString(reactor, endpoint), factory,
+                         shutdown_timeout=timeout).setServiceParent(serving)
     # Replayed requests go out as the first listener's (as a regular proxy's
     # unless that is another mode).
     factory = factories[0]
@@ -572,9 +589,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             options["client-replay-flows"],
             reactor=reactor,
             stop=reactor.stop if options["exit-after-replay"] else None,
-        ).setServiceParent(top)
-    if saving is not None:
-        _Closing(saving.close).setServiceParent(top)
+        ).setServiceParent(serving)
     return top
 
 
@@ -668,15 +683,24 @@ class _ClientReplayService(Service):
         self._replay.close()
 
 
-class _Closing(Service):
-    """Calls *close* when the service stops (the --save file)."""
+class _Closing(MultiService):
+    """
+    Stops its services, then calls *close* (the --save file): the flows
+    that end while the proxy drains are saved first.  (A MultiService
+    stops its children all at once, so a sibling would close it too soon.)
+    """
 
     def __init__(self, close: Callable[[], object]) -> None:
+        super().__init__()
         self._close = close
 
-    def stopService(self) -> None:
-        super().stopService()
-        self._close()
+    def stopService(self) -> Deferred[None]:
+        def close(result: object) -> object:
+            self._close()
+            return result
+
+        stopped: Deferred[None] = super().stopService()
+        return stopped.addBoth(close)
 
 
 def _now() -> datetime:

@@ -25,12 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._target import join_host_port
+from twistproxy.service import drain
 
 _log = Logger(namespace="twistproxy.workers")
 
@@ -249,14 +250,19 @@ class WorkerPortService(Service):
     :param reactor: Adopts the socket.
     :param endpoint: The concrete ``tcp:``/``tcp6:`` endpoint description.
     :param factory: Serves each connection.
+    :param shutdown_timeout: Seconds the exchanges in flight may take to
+        finish when the worker stops (see :func:`~twistproxy.service.drain`).
     """
 
     port: Any = None
 
-    def __init__(self, reactor: Any, endpoint: str, factory: Any) -> None:
+    def __init__(
+        self, reactor: Any, endpoint: str, factory: Any, *, shutdown_timeout: float = 10.0
+    ) -> None:
         self._reactor = reactor
         self._endpoint = endpoint
         self._factory = factory
+        self._shutdown_timeout = shutdown_timeout
 
     def startService(self) -> None:
         """Bind, listen and start accepting."""
@@ -269,8 +275,8 @@ class WorkerPortService(Service):
         _log.info("worker {pid} accepting", pid=os.getpid())
 
     def stopService(self) -> Any:
-        """Stop accepting and close the idle upstream connections."""
+        """Stop accepting, then drain the connections (:func:`~twistproxy.service.drain`)."""
         super().stopService()
-        self._factory.pool.close()
         port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
+        stopped = maybeDeferred(port.stopListening) if port is not None else None
+        return drain(self._factory, self._shutdown_timeout, stopped)
