@@ -77,6 +77,7 @@ class Child(ProcessProtocol):
         self.err = b""
         self.ended: Deferred[int | None] = Deferred()
         self.code: int | None = None
+        self.signal: int | None = None
         self.done = False
 
     def outReceived(self, data: bytes) -> None:
@@ -88,6 +89,7 @@ class Child(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.done = True
         self.code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
+        self.signal = getattr(reason.value, "signal", None)  # what ended it, if a signal did
         self.ended.callback(self.code)
 
     @property
