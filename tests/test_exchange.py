@@ -942,6 +942,16 @@ def body_while_waiting(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -
     t.assertEqual(p(Event.BODY_END), [(A.FINISH, None)])
 
 
+def discarding(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> Play:
+    """An exchange a hook answered, in DISCARDING while the client's body still comes."""
+    p = Play(made(b"POST", declared=5, hooks=("requestheaders",)), seen)
+    p(Event.HEAD)
+    p.flow.response = Response.make(403)
+    p(Event.HOOK_DONE)
+    t.assertIs(p.state, State.DISCARDING)
+    return p
+
+
 @scenario
 def cancelled_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
     """
@@ -999,11 +1009,7 @@ def cancelled_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]])
                           if not p.exchange.body_done else [A.ERROR_PAGE, A.FINISH])
         t.assertIs(p.state, State.DONE)
 
-    p = Play(made(b"POST", declared=5, hooks=("requestheaders",)), seen)
-    p(Event.HEAD)
-    p.flow.response = Response.make(403)
-    p(Event.HOOK_DONE)
-    t.assertIs(p.state, State.DISCARDING)
+    p = discarding(t, seen)
     t.assertEqual(p.kinds(Event.CANCEL, shut), [A.CLOSE_AFTER, A.ERROR_PAGE])
     t.assertIs(p.state, State.DONE)
 
@@ -1034,11 +1040,7 @@ def clients_go_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]
             p(Event.HOOK_DONE)
         t.assertIs(p.state, State.DONE)
 
-    p = Play(made(b"POST", declared=5, hooks=("requestheaders",)), seen)
-    p(Event.HEAD)
-    p.flow.response = Response.make(403)
-    p(Event.HOOK_DONE)
-    t.assertIs(p.state, State.DISCARDING)
+    p = discarding(t, seen)
     t.assertEqual(p.kinds(Event.CLIENT_GONE), [])
     t.assertIs(p.state, State.DONE)
 
