@@ -22,10 +22,12 @@ from twistproxy.addons.access import (
     HostPolicy,
     ProxyAuth,
     canonical_host,
+    destination_names,
     load_users,
     parse_host_pattern,
     parse_user,
 )
+from twistproxy.filters import parse as parse_filter
 from twistproxy.flow import Client, Server
 from twistproxy.headers import Headers
 from twistproxy.hooks import HookChain, validate_addon
@@ -496,20 +498,21 @@ class HostPolicyTests(SynchronousTestCase):
 
     def test_block_regex(self) -> None:
         """
-        A block regex is searched in ``host:port``, case-insensitively; what
-        it does not match passes.
+        A block regex matches a whole host or a domain it is under,
+        case-insensitively; what it does not match passes.
         """
-        policy = HostPolicy(block=[r"(^|\.)ads\.example:"])
+        policy = HostPolicy(block=[r"ads\.example"])
         self.assert_refused(policy, _flow("http://ADS.example/x"), "ads.example:80")
         self.assert_refused(policy, _flow("http://cdn.ads.example:8080/"), "cdn.ads.example:8080")
         self.assert_passes(policy, _flow("http://badads.example/"))
+        self.assert_passes(policy, _flow("http://ads.example.evil.example/"))
         self.assert_passes(policy, _flow("http://example.com/ads.example:"))
 
     def test_block_by_port(self) -> None:
         """
         The port is part of what a regex sees.
         """
-        policy = HostPolicy(block=[r":(25|8443)$"])
+        policy = HostPolicy(block=[r".*:(25|8443)"])
         self.assert_refused(policy, _connect("mail.example", 25), "mail.example:25")
         self.assert_refused(policy, _flow("https://example.com:8443/"), "example.com:8443")
         self.assert_passes(policy, _connect("mail.example", 443))
@@ -519,7 +522,7 @@ class HostPolicyTests(SynchronousTestCase):
         A CONNECT to a blocked host is refused before the tunnel opens,
         passed through or not.
         """
-        policy = HostPolicy(block=[r"^blocked\.example:"])
+        policy = HostPolicy(block=[r"blocked\.example"])
         flow = _connect("blocked.example", 443)
         flow.passthrough = True
         self.assert_refused(policy, flow, "blocked.example:443")
@@ -529,7 +532,7 @@ class HostPolicyTests(SynchronousTestCase):
         A request inside an intercepted tunnel is checked by its own host
         and port.
         """
-        policy = HostPolicy(allow=[r"^good\.example:443$"])
+        policy = HostPolicy(allow=[r"good\.example:443"])
         client = _client()
         client.tunnel = ("good.example", 443)
         self.assert_passes(policy, _flow("https://good.example/", client=client))
@@ -540,7 +543,7 @@ class HostPolicyTests(SynchronousTestCase):
         """
         With allow patterns, only what one matches passes.
         """
-        policy = HostPolicy(allow=[r"^api\.example:443$", r"\.internal:"])
+        policy = HostPolicy(allow=[r"api\.example:443", r"internal"])
         self.assert_passes(policy, _connect("api.example", 443))
         self.assert_passes(policy, _flow("http://wiki.internal/"))
         self.assert_refused(policy, _connect("api.example", 8443), "api.example:8443")
@@ -550,7 +553,7 @@ class HostPolicyTests(SynchronousTestCase):
         """
         A destination both allowed and blocked is refused.
         """
-        policy = HostPolicy(allow=[r"\.example:"], block=[r"^secret\.example:"])
+        policy = HostPolicy(allow=[r"example"], block=[r"secret\.example"])
         self.assert_passes(policy, _flow("http://www.example/"))
         self.assert_refused(policy, _flow("http://secret.example/"), "secret.example:80")
 
@@ -603,7 +606,7 @@ class HostPolicyTests(SynchronousTestCase):
         Trailing dots, numeric IPv4 spellings and IPv4-mapped IPv6 addresses
         cannot slip past a pattern written for the usual form.
         """
-        policy = HostPolicy(block=[r"^blocked\.example:", r"^10\.0\.0\.1:", "~d ^127\\.0\\.0\\.1$"])
+        policy = HostPolicy(block=[r"blocked\.example", r"10\.0\.0\.1", "~d ^127\\.0\\.0\\.1$"])
         self.assert_refused(policy, _flow("http://blocked.example./"), "blocked.example.:80")
         self.assert_refused(policy, _connect("BLOCKED.EXAMPLE.", 443), "BLOCKED.EXAMPLE.:443")
         self.assert_refused(policy, _flow("http://167772161/"), "167772161:80")
@@ -613,11 +616,95 @@ class HostPolicyTests(SynchronousTestCase):
         self.assert_refused(policy, _connect("0x7f.1", 443), "0x7f.1:443")
         self.assert_passes(policy, _flow("http://10.0.0.10/"))
 
+    def test_hosts_not_substrings(self) -> None:
+        """
+        ``~d example.com``, ``~d example\\.com`` and the plain pattern
+        ``example.com`` mean the domain and its subdomains: not a host that
+        merely contains the name, nor one that starts with it, in a block
+        list and in an allow list alike.
+        """
+        for pattern in ("~d example.com", "~d example\\.com", "example.com", r"example\.com"):
+            block = HostPolicy(block=[pattern])
+            allow = HostPolicy(allow=[pattern])
+            for inside in ("http://example.com/", "http://www.EXAMPLE.com./",
+                           "https://a.b.example.com:8443/"):
+                self.assert_refused(block, _flow(inside), "example")
+                self.assert_passes(allow, _flow(inside))
+            for outside in ("http://notexample.com/", "http://example.com.evil.example/",
+                            "http://example.community/", "http://exampleXcom/"):
+                self.assert_passes(block, _flow(outside))
+                self.assert_refused(allow, _flow(outside), outside.split("/")[2].lower())
+            self.assert_refused(block, _connect("www.example.com", 443), "www.example.com:443")
+            self.assert_refused(allow, _connect("notexample.com", 443), "notexample.com:443")
+
+    def test_literal_dots(self) -> None:
+        """
+        A host name given as it is has literal dots, in a filter's ``~d``
+        too: ``www.example.com`` does not admit ``wwwxexample.com``; a
+        regex means what it says.
+        """
+        for pattern in ("www.example.com", "~d www.example.com"):
+            allow = HostPolicy(allow=[pattern])
+            self.assert_passes(allow, _flow("http://www.example.com/"))
+            self.assert_refused(allow, _flow("http://wwwxexample.com/"), "wwwxexample.com")
+        regex = HostPolicy(allow=[r"www.example\.com"])
+        self.assert_passes(regex, _flow("http://wwwxexample.com/"))
+
+    def test_port_patterns(self) -> None:
+        """
+        ``host:port`` patterns match that port only; a regex may match any
+        host on a port.
+        """
+        policy = HostPolicy(allow=["example.com:443", r"(.*\.)?internal:80(80)?"])
+        self.assert_passes(policy, _connect("www.example.com", 443))
+        self.assert_refused(policy, _connect("example.com", 8443), "example.com:8443")
+        self.assert_passes(policy, _flow("http://wiki.internal:8080/"))
+        self.assert_refused(policy, _flow("http://wiki.internal:8081/"), "wiki.internal:8081")
+
+    def test_addresses_whole(self) -> None:
+        """
+        An IP address is matched whole: no "parent domain" of an address.
+        """
+        policy = HostPolicy(block=[r"0\.0\.1", "~d 0.1"])
+        self.assert_passes(policy, _flow("http://10.0.0.1/"))
+        self.assert_refused(HostPolicy(block=[r"10\..*"]), _flow("http://10.2.3.4/"), "10.2.3.4")
+
+    def test_loopback_spellings(self) -> None:
+        """
+        A block of 127.0.0.1 or of localhost, in any form, refuses every
+        spelling that reaches the loopback: the unspecified addresses (which
+        a connection takes to the loopback), numeric spellings, ``::1``,
+        ``localhost`` and names under ``.localhost``; other addresses and
+        the rest of 127/8 pass.
+        """
+        spellings = ("127.0.0.1", "0.0.0.0", "0", "0x0", "0.0", "::", "0:0::0",
+                     "::ffff:0.0.0.0", "127.1", "2130706433", "0x7f.1", "0177.0.0.1",
+                     "::1", "::ffff:127.0.0.1", "localhost", "LOCALHOST.", "a.localhost")
+        for pattern in ("127.0.0.1", r"127\.0\.0\.1", "localhost", "~d localhost",
+                        "~d ^127\\.0\\.0\\.1$", "127.0.0.1:8080", "[::1]"):
+            policy = HostPolicy(block=[pattern])
+            for host in spellings:
+                shown = f"[{host}]:8080" if ":" in host else f"{host}:8080"
+                self.assert_refused(policy, _connect(host, 8080), shown)
+            self.assert_passes(policy, _connect("127.0.0.2", 8080))
+            self.assert_passes(policy, _connect("10.0.0.1", 8080))
+            self.assert_passes(policy, _connect("localhost.example", 8080))
+
+    def test_tilde_d_elsewhere_unchanged(self) -> None:
+        """
+        Outside the host policy ``~d`` keeps mitmproxy's meaning, a regex
+        searched in the host: the same expression answers differently.
+        """
+        flow = _flow("http://notexample.com/")
+        self.assertTrue(parse_filter("~d example.com")(flow))
+        self.assertFalse(parse_host_pattern("~d example.com").filter(flow))  # type: ignore[misc]
+        self.assertIn('~d "a.b"', repr(parse_host_pattern("~d a.b").filter))
+
     def test_ipv6_hostport(self) -> None:
         """
         A regex sees an IPv6 destination in brackets, in its usual form.
         """
-        policy = HostPolicy(block=[r"^\[2001:db8::1\]:443$"])
+        policy = HostPolicy(block=[r"\[2001:db8::1\]:443"])
         self.assert_refused(policy, _connect("2001:DB8:0:0::1", 443), "[2001:DB8:0:0::1]:443")
 
     def test_invalid_patterns(self) -> None:
@@ -655,7 +742,7 @@ class HostPolicyTests(SynchronousTestCase):
         A pattern starting with ``(`` is a filter only if it has a ``~``
         (host names never do), else a regex.
         """
-        self.assertIsNone(parse_host_pattern(r"(^|\.)ads\.example:").filter)
+        self.assertIsNone(parse_host_pattern(r"(ads|track)\.example").filter)
         self.assertIsNotNone(parse_host_pattern(r"(~d ads | ~d track)").filter)
         self.assertIsNotNone(parse_host_pattern(r"!ads").filter)
 
@@ -693,3 +780,26 @@ class CanonicalHostTests(SynchronousTestCase):
             (".", "."),
         ):
             self.assertEqual(canonical_host(given), expected, given)
+
+
+class DestinationNamesTests(SynchronousTestCase):
+    """
+    Tests for :func:`destination_names`.
+    """
+
+    def test_names(self) -> None:
+        """
+        A destination's usual form comes first; the unspecified addresses
+        are the loopback they reach; the loopback goes by its three names.
+        """
+        for given, expected in (
+            ("Example.COM.", ("example.com",)),
+            ("10.0.0.1", ("10.0.0.1",)),
+            ("0", ("127.0.0.1", "::1", "localhost")),
+            ("0.0.0.0", ("127.0.0.1", "::1", "localhost")),
+            ("::", ("::1", "127.0.0.1", "localhost")),
+            ("localhost", ("localhost", "127.0.0.1", "::1")),
+            ("x.Localhost", ("x.localhost", "127.0.0.1", "::1", "localhost")),
+            ("127.0.0.2", ("127.0.0.2",)),
+        ):
+            self.assertEqual(destination_names(given), expected, given)

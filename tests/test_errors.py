@@ -90,6 +90,21 @@ class UpstreamErrorTests(SynchronousTestCase):
         """
         self.assert_translated(error.ConnectionDone(), UpstreamConnectionLost)
 
+    def test_invalid_hostname(self) -> None:
+        """
+        A name ``HostnameEndpoint`` refuses to look up (IDNA cannot encode
+        it) becomes `UpstreamNameNotResolved` (502), not a 500.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactorClock
+
+        d = HostnameEndpoint(MemoryReactorClock(), "a_b.example", 80).connect(Factory())
+        reason = self.failureResultOf(d, ValueError)
+        translated = upstream_error(reason)
+        self.assertIs(type(translated.value), UpstreamNameNotResolved)
+        self.assertIn("a_b.example", str(translated.value))
+
     def test_our_errors_pass_through(self) -> None:
         """
         A failure that already holds a `TwistProxyError` is returned as it

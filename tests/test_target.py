@@ -281,6 +281,20 @@ class ParseAuthorityTests(SynchronousTestCase):
             with self.subTest(authority=authority):
                 self.assertRaises(BadRequestTarget, parse_authority, authority, 80)
 
+    def test_encoded_host_rejected(self) -> None:
+        """
+        A reg-name with percent-encoding or sub-delims is no host name the
+        proxy could connect to (nor one the host policy saw decoded): it is
+        refused, naming the host.
+        """
+        for authority in (b"127%2e0%2e0%2e1", b"127%2e0%2e0%2e1:8080", b"a!b", b"x;y=1",
+                          b"(a)", b"a~b", b"a*b,c", b"a'b&c$d+e"):
+            with self.subTest(authority=authority):
+                with self.assertRaises(BadRequestTarget) as caught:
+                    parse_authority(authority, 80)
+                self.assertIn(repr(authority.split(b":")[0].decode()), str(caught.exception))
+        self.assertEqual(parse_authority(b"a_b.Example-1.com:81", 80), ("a_b.Example-1.com", 81))
+
     def test_port_range(self) -> None:
         """
         Ports 1 and 65535 are the bounds; 0, 65536 and over-long digit

@@ -39,8 +39,13 @@ from twistproxy.errors import BadRequestTarget
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 """The port each supported scheme uses when the authority names none."""
 
-# A reg-name (RFC 3986 section 3.2.2): unreserved, pct-encoded, sub-delims.
+# A reg-name (RFC 3986 section 3.2.2) allows unreserved characters,
+# pct-encoding and sub-delims; a host the proxy connects to is a DNS name or
+# an IPv4 address: letters, digits, "-", "_" and ".".  The rest cannot be
+# connected to (Twisted's endpoint refuses them: a 500), and a decoded
+# "127%2e0%2e0%2e1" would be a host the host policy never saw.
 _REG_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
+_HOST_NAME = re.compile(rb"[A-Za-z0-9\-._]+\Z")
 _IPV6 = re.compile(rb"[0-9A-Fa-f:.]+\Z")
 # An http(s) absolute-form target: scheme, authority, path and query (the
 # fragment dropped), as the step-by-step parse below splits it.
@@ -167,7 +172,8 @@ def parse_authority(authority: bytes, default_port: int) -> tuple[str, int]:
     :param default_port: The port to use when the authority names none.
     :returns: The host (IPv6 literals without brackets) and the port.
     :raises BadRequestTarget: if the authority has userinfo, an empty or
-        malformed host, or a port outside 1-65535.
+        malformed host (a reg-name with percent-encoding or sub-delims is
+        one: no DNS name has them), or a port outside 1-65535.
     """
     if b"@" in authority:
         raise BadRequestTarget("userinfo in the request-target is not allowed")
@@ -186,6 +192,11 @@ def parse_authority(authority: bytes, default_port: int) -> tuple[str, int]:
         host, colon, port_text = authority.partition(b":")
         if not host or not _REG_NAME.match(host):
             raise BadRequestTarget("missing or malformed host in the request-target")
+        if not _HOST_NAME.match(host):
+            raise BadRequestTarget(
+                f"malformed host {host.decode('ascii')!r} in the request-target: a host "
+                "name has only letters, digits, '-', '_' and '.' (no percent-encoding)"
+            )
         if not colon:
             port_text = b""
     if not port_text:

@@ -259,6 +259,9 @@ def upstream_error(reason: Failure) -> Failure:
         translated = UpstreamConnectionLost("connection reset by the server")
     elif isinstance(error, _ierror.ConnectionDone):
         translated = UpstreamConnectionLost("connection closed by the server")
+    elif isinstance(error, ValueError) and str(error).startswith("invalid hostname"):
+        # HostnameEndpoint refuses a name IDNA cannot encode ("a_b", "-a").
+        translated = UpstreamNameNotResolved(f"name not resolved: {error}")
     else:
         return reason
     return Failure(translated)

@@ -71,7 +71,7 @@ import attrs
 from twistproxy.flow import Flow
 from twistproxy.http import HTTPFlow, Message, Request, Response
 
-__all__ = ["Filter", "FilterError", "parse"]
+__all__ = ["Filter", "FilterError", "HostTest", "parse"]
 
 
 class FilterError(ValueError):
@@ -99,6 +99,13 @@ class FilterError(ValueError):
         self.reason = reason
         shown = "".join(" " if c.isspace() else c for c in expression)
         super().__init__(f"{reason} at column {position + 1}\n{shown}\n{' ' * position}^")
+
+
+HostTest = Callable[[str, "re.Pattern[str]"], Callable[[Flow], bool]]
+"""
+How ``~d`` matches when :func:`parse` is given one: called with the
+argument and its compiled regular expression, it returns the test of a flow.
+"""
 
 
 # The tree
@@ -160,6 +167,21 @@ class _Search(_Node, Generic[AnyStr]):
     def __call__(self, flow: Flow) -> bool:
         search = self.pattern.search
         return any(search(subject) is not None for subject in self.subjects(flow))
+
+    def __str__(self) -> str:
+        return f"~{self.code} {_quote(self.source)}"
+
+
+@attrs.frozen(repr=False)
+class _Test(_Node):
+    """An operator whose regex is matched by a test the caller gave :func:`parse`."""
+
+    code: str
+    source: str
+    test: Callable[[Flow], bool]
+
+    def __call__(self, flow: Flow) -> bool:
+        return self.test(flow)
 
     def __str__(self) -> str:
         return f"~{self.code} {_quote(self.source)}"
@@ -353,8 +375,9 @@ class _Parser:
     read with other rules than a term (see the module docstring).
     """
 
-    def __init__(self, expression: str) -> None:
+    def __init__(self, expression: str, hosts: HostTest | None = None) -> None:
         self._text = expression
+        self._hosts = hosts
         self._pos = 0
         self._peeked: _Token | None = None
         self._last = ""
@@ -488,7 +511,10 @@ class _Parser:
             raise self._error(argument.start, "expected a status code")
         if name in _TEXT_OPERATORS:
             reason = f"expected a regular expression after {token.value}"
-            return self._search(name, self._argument(reason), _TEXT_OPERATORS[name])
+            search = self._search(name, self._argument(reason), _TEXT_OPERATORS[name])
+            if name == "d" and self._hosts is not None:
+                return _Test(name, search.source, self._hosts(search.source, search.pattern))
+            return search
         if name in _BYTES_OPERATORS:
             reason = f"expected a regular expression after {token.value}"
             return self._search(name, self._argument(reason), _BYTES_OPERATORS[name])
@@ -521,16 +547,20 @@ class _Parser:
         return _Search(code, argument.value, pattern, subjects)
 
 
-def parse(expression: str) -> Filter:
+def parse(expression: str, *, hosts: HostTest | None = None) -> Filter:
     """
     Parse a filter expression (see the module docstring for the syntax).
 
     :param expression: The expression, for example ``~d example\\.com & ~s``.
+    :param hosts: How ``~d`` matches, instead of searching its regex in the
+        request's host (mitmproxy's meaning, the default): the host policy
+        (:class:`~twistproxy.addons.access.HostPolicy`) matches whole host
+        names this way.
     :returns: The filter, its regular expressions compiled.
     :raises FilterError: if *expression* is empty, invalid or nested too
         deeply: its :attr:`~FilterError.position` is where the problem is.
     """
-    parser = _Parser(expression)
+    parser = _Parser(expression, hosts)
     try:
         return Filter(expression, parser.parse())
     except RecursionError:

@@ -266,7 +266,7 @@ async def test_blocked_host_intercepted(pki: Any, start_tls_origin: Any,
     filter on its URL here).
     """
     origin = start_tls_origin(pki.good)
-    blocked = await start_https_proxy(addons=[HostPolicy(block=[rf":{origin.port}$"])])
+    blocked = await start_https_proxy(addons=[HostPolicy(block=[rf".*:{origin.port}"])])
     _, err, code = await curl("-x", f"http://127.0.0.1:{blocked.port}",
                               "--cacert", str(pki.proxy_ca_pem),
                               f"https://127.0.0.1:{origin.port}/echo")
@@ -285,21 +285,24 @@ async def test_blocked_host_intercepted(pki: Any, start_tls_origin: Any,
 @pytest_twisted.ensureDeferred
 async def test_allow_list(origin: Running, start_proxy: Any) -> None:
     """
-    With an allow list only matching destinations are served: the same
-    origin by another name is refused, before any connection.
+    With an allow list only matching destinations are served: another port
+    is refused before any connection; ``localhost`` is the loopback by
+    another of its names, and served.
     """
-    proxy = await start_proxy(addons=[HostPolicy(allow=[r"^127\.0\.0\.1:"])])
+    proxy = await start_proxy(addons=[HostPolicy(allow=[rf"127\.0\.0\.1:{origin.port}"])])
     status, _, _ = await _curl_status(proxy, f"http://127.0.0.1:{origin.port}/echo")
     assert status == 200
     assert origin.factory.connections == 1
-    status, _, body = await _curl_status(proxy, f"http://localhost:{origin.port}/echo")
-    assert status == 403 and f"localhost:{origin.port}".encode() in body
+    status, _, body = await _curl_status(proxy, f"http://127.0.0.1:{origin.port + 1}/echo")
+    assert status == 403 and f"127.0.0.1:{origin.port + 1}".encode() in body
     [refused] = parse_responses(await raw(
         proxy.port,
-        (f"CONNECT localhost:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
+        (f"CONNECT 127.0.0.2:{origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
          "Connection: close\r\n\r\n").encode()))
     assert refused.status == 403
     assert origin.factory.connections == 1
+    status, _, _ = await _curl_status(proxy, f"http://localhost:{origin.port}/echo")
+    assert status == 200
 
 
 @needs_curl
@@ -309,7 +312,7 @@ async def test_authentication_before_policy(origin: Running, start_proxy: Any) -
     With both, an unauthenticated client learns nothing of the policy: a
     blocked destination is a 407 until it authenticates, then a 403.
     """
-    proxy = await start_proxy(addons=[ProxyAuth(USERS), HostPolicy(block=["127"])])
+    proxy = await start_proxy(addons=[ProxyAuth(USERS), HostPolicy(block=["127.0.0.1"])])
     url = f"http://127.0.0.1:{origin.port}/echo"
     status, _, _ = await _curl_status(proxy, url)
     assert status == 407

@@ -21,7 +21,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twistproxy._target import authority_text, join_host_port
 from twistproxy.filters import Filter, FilterError
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flow import Client
+from twistproxy.flow import Client, Flow
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request, Response
 
@@ -38,6 +38,7 @@ __all__ = [
     "HostPolicy",
     "ProxyAuth",
     "canonical_host",
+    "destination_names",
     "load_users",
     "parse_host_pattern",
     "parse_user",
@@ -312,26 +313,103 @@ class HostPattern:
         kind = "filter" if self.filter is not None else "regex"
         return f"<HostPattern {kind} {self.text!r}>"
 
-    def matches(self, flow: HTTPFlow, hostport: str) -> bool:
+    def matches(self, flow: HTTPFlow, names: tuple[str, ...], port: int) -> bool:
         """
         :param flow: The flow, for a filter expression.
-        :param hostport: The destination as ``host:port``, for a regex.
+        :param names: The destination's names (:func:`destination_names`),
+            for a regex.
+        :param port: The destination's port, for a regex.
         :returns: Whether the pattern matches.
         """
-        if self._regex is not None:
-            return self._regex.search(hostport) is not None
+        regex = self._regex
+        if regex is not None:
+            fullmatch = regex.fullmatch
+            return any(
+                fullmatch(domain) is not None
+                or fullmatch(join_host_port(domain, port)) is not None
+                for domain in _domains(names)
+            )
         assert self.filter is not None
         return self.filter(flow)
+
+
+# A pattern that is a host name or address, with or without a port: taken
+# literally (its dots are dots), read as a destination is.
+_LITERAL = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
+def _host_regex(pattern: str) -> str:
+    """
+    The regular expression of a host pattern: a host name or address
+    (``example.com``, ``127.1``, ``[::1]:8080``) is matched literally, in
+    the form :func:`destination_names` gives it; anything else is a regex.
+    """
+    literal = _LITERAL.match(pattern)
+    if literal is None:
+        return pattern
+    host = destination_names(literal["host"].strip("[]"))[0]
+    if literal["port"] is None:
+        return re.escape(host)
+    return re.escape(join_host_port(host, int(literal["port"])))
+
+
+def _domains(names: Iterable[str]) -> Iterator[str]:
+    """
+    Each of *names*, and each domain a name is under (``a.b.example``:
+    ``b.example``, ``example``); an IP address is only itself.
+    """
+    for name in names:
+        yield name
+        if ":" in name or _IPV4.match(name):
+            continue
+        dot = name.find(".")
+        while dot != -1:
+            yield name[dot + 1 :]
+            dot = name.find(".", dot + 1)
+
+
+def _host_test(source: str, pattern: re.Pattern[str]) -> Callable[[Flow], bool]:
+    """
+    ``~d`` in a host pattern: the regex (or host name) *source* matches a
+    whole name of the request's destination, or a domain it is under.
+    """
+    regex = re.compile(_host_regex(source), re.IGNORECASE) if _LITERAL.match(source) else pattern
+    fullmatch = regex.fullmatch
+
+    def test(flow: Flow) -> bool:
+        request = flow.request if isinstance(flow, HTTPFlow) else None
+        if request is None:
+            return False
+        names = destination_names(request.host)
+        return any(fullmatch(domain) is not None for domain in _domains(names))
+
+    return test
 
 
 def parse_host_pattern(pattern: str) -> HostPattern:
     """
     Parse a host pattern: a filter expression (:mod:`twistproxy.filters`)
     if it starts with ``~`` or ``!``, or with ``(`` and has a ``~``
-    somewhere; else a regular expression searched, case-insensitively, in
-    the destination's ``host:port`` (``[v6::addr]:port`` for IPv6).  So
-    ``(^|\\.)ads\\.example:`` is a regular expression (host names have no
-    ``~``) and ``(~d a | ~d b)`` a filter.
+    somewhere; else a regular expression.  So ``(ads|track)\\.example``
+    is a regular expression (host names have no ``~``) and ``(~d a | ~d b)``
+    a filter.
+
+    Patterns match whole host names, not parts of them: a regular
+    expression must match all of a destination's host, or all of a domain
+    it is under, optionally followed by ``:port`` (case-insensitively).  So
+    ``example\\.com`` matches ``example.com`` and ``www.example.com`` on
+    any port, but not ``notexample.com`` or ``example.com.evil.example``;
+    ``example\\.com:443`` only port 443; ``.*:25`` any host on port 25.
+    An IP address is matched whole (``0\\.0\\.1`` does not match
+    ``127.0.0.1``).  A pattern that is a host name or address, with or
+    without a port (``example.com``, ``127.1``, ``[::1]:8080``), is taken
+    literally, its dots as dots, and read the way destinations are
+    (:func:`destination_names`: ``127.1`` is ``127.0.0.1``).
+
+    In a filter expression, ``~d`` is matched the same way, against the
+    host alone; every other operator keeps its meaning.  This ``~d`` is the
+    host policy's own: elsewhere (``--save-filter``, :func:`twistproxy.filters.parse`)
+    ``~d`` is mitmproxy's, a regex searched anywhere in the host.
 
     :raises ValueError: with a one-line message, if the pattern is empty or
         is neither.
@@ -341,13 +419,13 @@ def parse_host_pattern(pattern: str) -> HostPattern:
     start = pattern.lstrip()
     if start.startswith(("~", "!")) or (start.startswith("(") and "~" in pattern):
         try:
-            return HostPattern(pattern, None, parse_filter(pattern))
+            return HostPattern(pattern, None, parse_filter(pattern, hosts=_host_test))
         except FilterError as e:
             raise ValueError(
                 f"{pattern!r}: not a filter expression ({e.reason} at column {e.position + 1})"
             ) from None
     try:
-        return HostPattern(pattern, re.compile(pattern, re.IGNORECASE), None)
+        return HostPattern(pattern, re.compile(_host_regex(pattern), re.IGNORECASE), None)
     except re.error as e:
         raise ValueError(f"{pattern!r}: not a regular expression ({e})") from None
 
@@ -363,13 +441,17 @@ class HostPolicy(Addon):
     passed through or intercepted), and so is every request, including
     those inside an intercepted tunnel.
 
-    The destination is where the proxy would connect, not what the client
-    says in its ``Host`` header: patterns see the host with its trailing dot
-    removed, in lower case, IP addresses in their usual form (``0x7f.1``
-    and ``2130706433`` are ``127.0.0.1``, ``::ffff:10.0.0.1`` is
-    ``10.0.0.1``), and filter expressions see a ``Host`` header naming that
-    destination.  Names are not resolved: blocking ``10.0.0.1`` does not
-    block a name that resolves to it.
+    Patterns match whole host names (and the domains they are under), not
+    parts of them: see :func:`parse_host_pattern`.  The destination is
+    where the proxy would connect, not what the client says in its ``Host``
+    header: patterns see the host with its trailing dot removed, in lower
+    case, IP addresses in their usual form (``0x7f.1`` and ``2130706433``
+    are ``127.0.0.1``, ``::ffff:10.0.0.1`` is ``10.0.0.1``), an unspecified
+    address (``0.0.0.0``, ``0``, ``::``) as the loopback it reaches, and
+    the loopback by each of its names (``127.0.0.1``, ``::1``,
+    ``localhost``): see :func:`destination_names`.  Filter expressions see
+    a ``Host`` header naming that destination.  Names are not resolved:
+    blocking ``10.0.0.1`` does not block a name that resolves to it.
 
     :param allow: Patterns of allowed destinations (see
         :func:`parse_host_pattern`); none means everything not blocked.
@@ -407,12 +489,12 @@ class HostPolicy(Addon):
         request = flow.request
         if request is None:
             return True
-        host = canonical_host(request.host)
-        hostport = join_host_port(host, request.port)
-        subject = _destination_view(flow, request, host) if self._filters else flow
-        if any(p.matches(subject, hostport) for p in self._block):
+        names = destination_names(request.host)
+        port = request.port
+        subject = _destination_view(flow, request, names[0]) if self._filters else flow
+        if any(p.matches(subject, names, port) for p in self._block):
             return False
-        return not self._allow or any(p.matches(subject, hostport) for p in self._allow)
+        return not self._allow or any(p.matches(subject, names, port) for p in self._allow)
 
     def _check(self, flow: HTTPFlow) -> None:
         request = flow.request
@@ -426,6 +508,10 @@ class HostPolicy(Addon):
 
 
 _LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+\Z")
+_IPV4 = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+\Z")
+# Where a connection to an unspecified address goes: this host's loopback.
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def canonical_host(host: str) -> str:
@@ -448,6 +534,23 @@ def canonical_host(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
+
+
+def destination_names(host: str) -> tuple[str, ...]:
+    """
+    The names the host policy knows the destination *host* by, the first
+    its usual form: :func:`canonical_host`, with an unspecified address
+    (``0.0.0.0``, ``0``, ``::``, any spelling) as the loopback address a
+    connection to it reaches.  The loopback destination (``127.0.0.1``,
+    ``::1``, ``localhost`` or a name under ``.localhost``) goes by all
+    three of ``127.0.0.1``, ``::1`` and ``localhost``, so a pattern for one
+    matches the others.  Other ``127.x.y.z`` addresses are themselves only.
+    """
+    name = canonical_host(host)
+    name = _UNSPECIFIED.get(name, name)
+    if name in _LOOPBACK or name.endswith(".localhost"):
+        return (name, *(alias for alias in _LOOPBACK if alias != name))
+    return (name,)
 
 
 def _destination_view(flow: HTTPFlow, request: Request, host: str) -> HTTPFlow:
