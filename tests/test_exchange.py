@@ -24,6 +24,7 @@ from twistproxy.errors import (
     HookFailed,
     InvalidMessage,
     LoopDetected,
+    RequestBodyTimeout,
     ShuttingDown,
     UpstreamConnectionLost,
     UpstreamTimeout,
@@ -1059,6 +1060,102 @@ def clients_go_everywhere(t: SynchronousTestCase, seen: set[tuple[State, Event]]
     t.assertIs(p.state, State.DONE)
 
 
+@scenario
+def body_too_slow(t: SynchronousTestCase, seen: set[tuple[State, Event]]) -> None:
+    """
+    A client whose body falls below the minimum pace (``CLIENT_FAILED``):
+    nothing of it is awaited any more.  Nothing answered yet: the error
+    hook, then the error page (408) and the end, the upstream abandoned.
+    An answer streaming: the connection aborted.  An answer that went
+    whole, only the body's end awaited: the request ends.  In any state
+    the exchange ends in DONE.
+    """
+    slow = Failure(RequestBodyTimeout("too slowly"))
+    p = Play(made(b"PUT", declared=1000), seen)
+    p(Event.HEAD)
+    p(Event.UPSTREAM_READY)
+    t.assertIs(p.state, State.WAITING)
+    t.assertEqual(p(Event.CLIENT_FAILED, slow),
+                  [(A.ABANDON_UPSTREAM, None), (A.ERROR_PAGE, slow), (A.FINISH, None)])
+    t.assertEqual(p.flow.error.msg, "too slowly")  # type: ignore[union-attr]
+    t.assertIs(p.state, State.DONE)
+    t.assertIs(p.exchange.body, Body.DISCARD)
+
+    p = Play(made(b"PUT", declared=1000, hooks=("error",)), seen)
+    p(Event.HEAD)
+    t.assertEqual(p(Event.CLIENT_FAILED, slow),
+                  [(A.ABANDON_UPSTREAM, None), (A.RUN_HOOK, "error")])  # opened at once
+    t.assertEqual(p(Event.HOOK_DONE), [(A.ERROR_PAGE, slow), (A.FINISH, None)])
+
+    p = Play(made(b"PUT", declared=1000, body_limit=0), seen)
+    p(Event.HEAD)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    p(Event.READ_DONE)  # the head is out
+    t.assertIs(p.state, State.STREAMING)
+    t.assertEqual(p(Event.CLIENT_FAILED, slow),
+                  [(A.ABANDON_UPSTREAM, None), (A.ABORT_CLIENT, None)])
+
+    p = Play(made(b"PUT", declared=1000), seen)
+    p(Event.HEAD)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    p(Event.RESPONSE_DATA, b"no")
+    p(Event.RESPONSE_END)
+    t.assertIs(p.state, State.DONE)
+    t.assertEqual(p(Event.CLIENT_FAILED, slow), [(A.FINISH, None)])
+    t.assertEqual(p(Event.CLIENT_FAILED, slow), [])
+
+    p = Play(made(b"PUT", declared=1000, body_limit=0, hooks=("request", "error")), seen)
+    p(Event.HEAD)
+    p(Event.HOOK_PENDING)
+    t.assertIs(p.state, State.REQUEST)  # the hook runs on the head: the body streams
+    t.assertEqual(p.kinds(Event.CLIENT_FAILED, slow), [A.CANCEL_HOOK, A.RUN_HOOK])
+    t.assertEqual(p(Event.HOOK_DONE), [(A.ERROR_PAGE, slow), (A.FINISH, None)])
+
+    # Every other state, as clients_go_everywhere reaches them.
+    hooks = ("requestheaders", "request", "responseheaders", "response", "error")
+    paths: list[list[tuple[Event, Any]]] = [
+        [],
+        [(Event.HOOK_DONE, None)],
+        [(Event.HOOK_DONE, None), (Event.BODY_END, None), (Event.HOOK_DONE, None)],
+        [(Event.HOOK_DONE, None), (Event.BODY_END, None), (Event.HOOK_DONE, None),
+         (Event.UPSTREAM_READY, None), (Event.RESPONSE_HEAD, OK)],
+        [(Event.HOOK_DONE, None), (Event.BODY_END, None), (Event.HOOK_DONE, None),
+         (Event.UPSTREAM_READY, None), (Event.RESPONSE_HEAD, OK), (Event.HOOK_DONE, None)],
+        [(Event.HOOK_DONE, None), (Event.BODY_END, None), (Event.HOOK_DONE, None),
+         (Event.UPSTREAM_READY, None), (Event.RESPONSE_HEAD, OK), (Event.HOOK_DONE, None),
+         (Event.RESPONSE_DATA, b"ok"), (Event.RESPONSE_END, None)],
+        [(Event.HOOK_FAILED, Failure(ValueError()))],
+    ]
+    for path in paths:
+        p = Play(made(b"POST", declared=2, hooks=hooks), seen)
+        p(Event.HEAD)
+        for event, arg in path:
+            p(event, arg)
+        p(Event.CLIENT_FAILED, slow)
+        if p.state is State.ERROR:
+            p(Event.HOOK_DONE)
+        t.assertIs(p.state, State.DONE, path)
+
+    p = Play(made(b"POST", declared=5, hooks=("requestheaders",)), seen)
+    p(Event.HEAD)
+    p.flow.response = Response.make(403)
+    p(Event.HOOK_DONE)
+    t.assertIs(p.state, State.DISCARDING)
+    t.assertEqual(p(Event.CLIENT_FAILED, slow), [(A.ERROR_PAGE, slow), (A.FINISH, None)])
+
+    p = Play(made(b"PUT", declared=1000, body_limit=0, hooks=("response",)), seen)
+    p(Event.HEAD)
+    p(Event.UPSTREAM_READY)
+    p(Event.RESPONSE_HEAD, OK)
+    p(Event.READ_DONE)
+    p(Event.RESPONSE_END)
+    t.assertIs(p.state, State.RELAYED)  # the streamed answer is out: its request ends
+    t.assertEqual(p.kinds(Event.CLIENT_FAILED, slow), [A.FINISH])
+    t.assertEqual(p(Event.HOOK_DONE), [])
+
+
 # -- the tests ------------------------------------------------------------------
 
 
@@ -1106,6 +1203,10 @@ class ScenarioTests(SynchronousTestCase):
     def test_streamed_upload(self) -> None:
         """See :func:`streamed_upload`."""
         self.run_scenario(streamed_upload)
+
+    def test_body_too_slow(self) -> None:
+        """See :func:`body_too_slow`."""
+        self.run_scenario(body_too_slow)
 
     def test_upload_answered_early(self) -> None:
         """See :func:`upload_answered_early`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy.limits import Limits
+from twistproxy.limits import DEFAULT_BACKLOG, Limits, with_backlog
 
 
 class LimitsTests(SynchronousTestCase):
@@ -22,8 +22,9 @@ class LimitsTests(SynchronousTestCase):
         """
         The defaults are the documented ones: 8 KiB request line, 64 KiB
         header blocks, 256 header fields, 30 s for a request head, 120 s of
-        origin silence, 3 s for a tunnel's first bytes, no connection limit
-        and 10 MiB WebSocket messages.
+        origin silence, 3 s for a tunnel's first bytes, no connection limit,
+        a request body's pace measured over 30 s at 500 bytes/s, and 10 MiB
+        WebSocket messages.
         """
         limits = Limits()
         self.assertEqual(
@@ -37,6 +38,8 @@ class LimitsTests(SynchronousTestCase):
                 "upstream_timeout": 120.0,
                 "sniff_timeout": 3.0,
                 "max_connections": 0,
+                "body_timeout": 30.0,
+                "body_min_rate": 500,
                 "max_websocket_message": 10 * 1024 * 1024,
             },
         )
@@ -93,3 +96,37 @@ class LimitsTests(SynchronousTestCase):
                         str(caught.exception), f"{name} must be positive, not {value!r}"
                     )
             self.assertEqual(getattr(Limits(**{name: 0.25}), name), 0.25)
+
+
+class WithBacklogTests(SynchronousTestCase):
+    """
+    Tests for `with_backlog`: every listener opened from a description
+    gets the backlog, unless it names its own.
+    """
+
+    def test_added(self) -> None:
+        """Twisted's listeners get ``backlog=``, the default 1024."""
+        self.assertEqual(DEFAULT_BACKLOG, 1024)
+        self.assertEqual(with_backlog("tcp:8080:interface=127.0.0.1"),
+                         "tcp:8080:interface=127.0.0.1:backlog=1024")
+        self.assertEqual(with_backlog("TCP6:8080", 2048), "TCP6:8080:backlog=2048")
+        self.assertEqual(with_backlog("unix:/tmp/p.sock", 10), "unix:/tmp/p.sock:backlog=10")
+        self.assertEqual(with_backlog("ssl:443:privateKey=k.pem", 10),
+                         "ssl:443:privateKey=k.pem:backlog=10")
+
+    def test_kept(self) -> None:
+        """A backlog given, or an endpoint type that takes none, is left alone."""
+        for description in ("tcp:8080:backlog=5", "tcp:port=8080:BACKLOG=5:interface=::1",
+                            "systemd:domain=INET:index=0", "onion:8080"):
+            self.assertEqual(with_backlog(description, 10), description)
+
+    def test_listens_with_it(self) -> None:
+        """``serverFromString`` reads the result: the port listens with that backlog."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactor
+
+        reactor = MemoryReactor()
+        serverFromString(reactor, with_backlog("tcp:8080:interface=127.0.0.1")).listen(Factory())
+        [(port, _, backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (8080, 1024, "127.0.0.1"))

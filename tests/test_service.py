@@ -97,6 +97,23 @@ class ProxyServiceTests(SynchronousTestCase):
         self.factory = ProxyFactory(reactor=self.reactor)
         self.port = FakePort()
 
+    def test_description(self) -> None:
+        """
+        Given an endpoint description, the service listens on the factory's
+        reactor with a backlog of 1024 (or the one given; one the
+        description names wins).
+        """
+        for description, kwargs, expected in (
+            ("tcp:8080:interface=127.0.0.1", {}, 1024),
+            ("tcp:8080:interface=127.0.0.1", {"backlog": 3000}, 3000),
+            ("tcp:8080:interface=127.0.0.1:backlog=9", {"backlog": 3000}, 9),
+        ):
+            reactor = MemoryReactorClock()
+            service = ProxyService(description, ProxyFactory(reactor=reactor), **kwargs)
+            service.startService()
+            [(port, _, backlog, interface)] = reactor.tcpServers
+            self.assertEqual((port, backlog, interface), (8080, expected, "127.0.0.1"))
+
     def service(self, endpoint: FakeEndpoint) -> ProxyService:
         """
         A service for *endpoint* and the test's factory.

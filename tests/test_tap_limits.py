@@ -46,6 +46,22 @@ class LimitOptionTests(SynchronousTestCase):
             (7, 2.5, 9.0, 32768, 32768, 1024, 0.5, 2 * 1024 * 1024),
         )
 
+    def test_body_pace_options(self) -> None:
+        """``--body-timeout`` and ``--body-min-rate`` set the request body's pace."""
+        limits = self.factory(self.parse("--body-timeout", "5", "--body-min-rate", "0")).limits
+        self.assertEqual((limits.body_timeout, limits.body_min_rate), (5.0, 0))
+        limits = self.factory(self.parse()).limits
+        self.assertEqual((limits.body_timeout, limits.body_min_rate), (30.0, 500))
+
+    def test_backlog(self) -> None:
+        """The --port listener gets ``--backlog``, 1024 by default."""
+        for args, expected in (((), 1024), (("--backlog", "4096"), 4096),
+                               (("--port", "tcp:8081:backlog=7", "--backlog", "99"), 7)):
+            reactor = MemoryReactorClock()
+            make_service(self.parse(*args), reactor).startService()
+            [(_, _, backlog, _)] = reactor.tcpServers
+            self.assertEqual(backlog, expected, args)
+
     def test_default_max_connections_from_descriptors(self) -> None:
         """By default the connection limit follows the file-descriptor limit."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -58,7 +74,9 @@ class LimitOptionTests(SynchronousTestCase):
         for args in (["--max-connections", "-1"], ["--header-timeout", "0"],
                      ["--upstream-timeout", "-3"], ["--max-request-line", "10"],
                      ["--sniff-timeout", "0"],
-                     ["--max-header-size", "lots"], ["--max-websocket-message", "0"]):
+                     ["--max-header-size", "lots"], ["--max-websocket-message", "0"],
+                     ["--body-timeout", "0"], ["--body-timeout", "inf"],
+                     ["--body-min-rate", "-1"], ["--backlog", "0"], ["--backlog", "x"]):
             with self.subTest(args=args), self.assertRaises(usage.UsageError) as caught:
                 self.parse(*args)
             self.assertNotIn("\n", str(caught.exception))

@@ -10,7 +10,7 @@ import weakref
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy._timer import Deadline
+from twistproxy._timer import Deadline, Pace
 
 
 class DeadlineTests(SynchronousTestCase):
@@ -110,3 +110,68 @@ class DeadlineTests(SynchronousTestCase):
         self.deadline.start(5)
         self.clock.advance(10)
         self.assertEqual(self.expired, ["first"])
+
+
+class PaceTests(SynchronousTestCase):
+    """
+    A Pace expires when a window of reading ends short of its minimum;
+    paused time does not count.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.expired: list[float] = []
+        self.pace = Pace(self.clock, lambda: self.expired.append(self.clock.seconds()))
+
+    def test_trickle_expires(self) -> None:
+        """One byte a second against 100 bytes per 10 s: expired at 10 s, once."""
+        self.pace.start(10, 100)
+        for _ in range(30):
+            self.clock.advance(1)
+            self.pace.received(1)
+        self.assertEqual(self.expired, [10])
+        self.assertFalse(self.pace.running)
+
+    def test_steady_pace_goes_on(self) -> None:
+        """The minimum in every window: never expired, over many windows."""
+        self.pace.start(10, 100)
+        for _ in range(100):
+            self.pace.received(10)
+            self.clock.advance(1)
+        self.assertEqual(self.expired, [])
+        self.assertTrue(self.pace.running)
+
+    def test_each_window_counts_alone(self) -> None:
+        """A fast first window does not pay for a silent second one."""
+        self.pace.start(10, 100)
+        self.pace.received(10_000)
+        self.clock.advance(10)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(10)
+        self.assertEqual(self.expired, [20])
+
+    def test_paused_time_does_not_count(self) -> None:
+        """Paused, a window never ends; resumed, a new window starts."""
+        self.pace.start(10, 100)
+        self.clock.advance(5)
+        self.pace.pause()
+        self.clock.advance(1000)
+        self.assertEqual(self.expired, [])
+        self.pace.resume()
+        self.clock.advance(9.9)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, [1015])
+
+    def test_stop_and_cancel(self) -> None:
+        """Stopped, nothing expires; cancelled, no call is left on the clock."""
+        self.pace.start(10, 100)
+        self.pace.stop()
+        self.clock.advance(100)
+        self.assertEqual(self.expired, [])
+        self.pace.start(10, 0)  # at least one byte a window
+        self.clock.advance(10)
+        self.assertEqual(self.expired, [110])
+        self.pace.start(10, 1)
+        self.pace.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -124,6 +124,11 @@ class Event(_Identity):
     #: The proxy gives the exchange up (it shuts down and the exchange
     #: outlived the deadline); the argument is the Failure it ends with.
     CANCEL = auto()
+    #: The client broke a limit while sending its request body (it was too
+    #: slow): no more of the body is read, and the exchange fails with the
+    #: Failure given as the argument (an error page, or an aborted
+    #: connection once an answer started); the connection closes after.
+    CLIENT_FAILED = auto()
 
 
 class Action(_Identity):

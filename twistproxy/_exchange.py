@@ -602,6 +602,21 @@ class Exchange(ResponseSide):
         if self._pending:
             return ((Action.CANCEL_HOOK, None), *self._hook_failed(now, reason))
         return self._fail(now, reason, True)
+    def _client_failed(self, now: float, reason: Failure) -> Actions:
+        """The client's body stops here (too slow): fail, or end an answer that went."""
+        self.body_done = True  # no more of it is read: nothing waits for its end
+        self.body = _DISCARD
+        self._request_body = []
+        self._client_paused = False
+        if self._finish_owed:  # the answer is out; only the body's end was awaited
+            self._finish_owed = False
+            return (_FINISH,)
+        actions: list[tuple[Action, Any]] = []
+        if self._pending and self.state is not _ERROR:
+            self._pending = False
+            actions.append((Action.CANCEL_HOOK, None))
+        actions.extend(self._fail(now, reason, self.state not in TERMINAL_STATES))
+        return actions
 
     def _ignore(self, now: float, arg: Any) -> Actions:
         return _NONE
@@ -645,6 +660,7 @@ def _table() -> dict[tuple[State, Event], _Handler]:
             table[state, Event.BODY_END] = Exchange._body_end
             table[state, Event.CLIENT_GONE] = Exchange._client_gone
             table[state, Event.CANCEL] = Exchange._cancel
+            table[state, Event.CLIENT_FAILED] = Exchange._client_failed
     table[State.DONE, Event.CLIENT_GONE] = Exchange._ignore
     table[State.DONE, Event.CANCEL] = Exchange._ignore
     return table

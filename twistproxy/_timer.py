@@ -7,7 +7,8 @@ time, the request head's deadline, the origin's silence, a pooled
 connection's idle time).  A ``DelayedCall`` per restart means an object, a
 heap push and a cancellation each time; :class:`Deadline` only records when
 it now expires, and keeps one ``DelayedCall`` armed that, when it comes due
-early, re-arms itself for the rest.
+early, re-arms itself for the rest.  :class:`Pace` builds a minimum rate
+(a request body's) on one.
 """
 
 from __future__ import annotations
@@ -87,3 +88,67 @@ class Deadline:
         self._at = None
         expired, self._expired = self._expired, self._default
         expired()
+
+
+class Pace:
+    """
+    A minimum pace for bytes arriving (a request body): in every window of
+    *window* seconds while it runs, at least *minimum* bytes must arrive,
+    or *expired* is called (once).  Paused time does not count: resuming
+    starts a new window.
+
+    :param clock: Where time comes from and calls are scheduled.
+    :param expired: Called when a window ends short (no arguments).
+    """
+
+    __slots__ = ("_deadline", "_expired", "_window", "_minimum", "_count", "running", "paused")
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[], object]) -> None:
+        self._deadline = Deadline(clock, self._window_ended)
+        self._expired = expired
+        self._window = 0.0
+        self._minimum = 1
+        self._count = 0
+        self.running = False
+        self.paused = False
+
+    def start(self, window: float, minimum: int) -> None:
+        """Start measuring: *minimum* bytes (at least one) every *window* seconds."""
+        self._window, self._minimum, self._count = window, max(1, minimum), 0
+        self.running, self.paused = True, False
+        self._deadline.start(window)
+
+    def received(self, count: int) -> None:
+        """*count* bytes arrived."""
+        self._count += count
+
+    def pause(self) -> None:
+        """Stop the clock: the bytes are held back on purpose."""
+        if self.running and not self.paused:
+            self.paused = True
+            self._deadline.stop()
+
+    def resume(self) -> None:
+        """Start the clock again, with a new window."""
+        if self.running and self.paused:
+            self.paused = False
+            self._count = 0
+            self._deadline.start(self._window)
+
+    def stop(self) -> None:
+        """Stop measuring (everything arrived)."""
+        self.running = self.paused = False
+        self._deadline.stop()
+
+    def cancel(self) -> None:
+        """Stop, and cancel the armed call (for a connection that is gone)."""
+        self.stop()
+        self._deadline.cancel()
+
+    def _window_ended(self) -> None:
+        if self._count >= self._minimum:
+            self._count = 0
+            self._deadline.start(self._window)
+            return
+        self.running = False
+        self._expired()

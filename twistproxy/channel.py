@@ -7,8 +7,9 @@ Twisted's channel parses the requests and queues them, so pipelined requests
 are answered in order.  This subclass adds what a proxy must refuse that a
 web server may let pass (bare LF line ends, folded header lines, control
 characters, ambiguous framing, heads beyond the configured limits, slow
-heads), keeps every header field as it arrived for the request, records the
-client connection for the flows and runs the connection hooks.  Each
+heads, bodies trickled below a minimum pace), keeps every header field as it
+arrived for the request, records the client connection for the flows and
+runs the connection hooks.  Each
 request is a :class:`~twistproxy.proxy.ProxyRequest`, told when its head is
 complete.
 """
@@ -23,15 +24,15 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistproxy._framing import content_length, transfer_coding
+from twistproxy._framing import NO_BODY, content_length, transfer_coding
 from twistproxy._headers import connection_tokens, expects_continue, trailer_fields
 from twistproxy._target import Tunnel
-from twistproxy._timer import Deadline
+from twistproxy._timer import Deadline, Pace
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
 from twistproxy._twisted_compat import ChannelCompat
 from twistproxy.client import PoolKey, host_and_port
-from twistproxy.errors import BadFraming, describe, error_response
+from twistproxy.errors import BadFraming, RequestBodyTimeout, describe, error_response
 from twistproxy.flow import Client
 
 _log = Logger()
@@ -79,6 +80,8 @@ class Proxy(ChannelCompat):
     handed_over = False  # the connection went on to a tunnel or a WebSocket (hand_over)
     _draining = False
     _served = False  # a request on this connection was answered
+    _pace_due = False  # a body is expected but held back (100-continue): paced from its first byte
+    _body_stopped = False  # the body was too slow: what else the client sends is dropped
 
     def adopt(self, client_conn: Client, tunnel: Tunnel, origin: Relay | None = None) -> None:
         """
@@ -168,7 +171,16 @@ class Proxy(ChannelCompat):
         a head whose lines end in a bare LF (parsers that accept it and
         parsers that do not would see different requests).
         """
-        if self.line_mode:
+        if not self.line_mode:
+            if self._body_stopped:
+                return
+            pace = self.body_pace
+            if pace.running:
+                pace.received(len(data))
+            elif self._pace_due:
+                self._pace_due = False
+                self._start_pace()
+        else:
             if not self._head_deadline.active():
                 self._head_deadline.start(self.factory.limits.header_timeout)
             # Every LF behind a CR (two counts in C) is the common case.
@@ -311,7 +323,58 @@ class Proxy(ChannelCompat):
             request.fields
         )
         command, path, version = self._request_line.split(b" ")
+        if request.framing != NO_BODY and request.framing != 0:
+            if request.expects_continue:
+                self._pace_due = True  # the client waits for 100 Continue
+            else:
+                self._start_pace()
         request.headers_received(command, path, version)
+
+    # -- the request body: a minimum pace ------------------------------------
+
+    def _start_pace(self) -> None:
+        limits = self.factory.limits
+        window = limits.body_timeout
+        self.body_pace.start(window, int(window * limits.body_min_rate))
+
+    def allContentReceived(self) -> None:
+        """The request body is complete: its pace no longer matters."""
+        self.body_pace.stop()
+        self._pace_due = False
+        super().allContentReceived()
+
+    def pause_reading(self) -> None:
+        """
+        ``IPushProducer.pauseProducing`` for the request body: stop reading
+        from the client, and stop the body's pace clock (the proxy holds the
+        client back: that time is not the client's).
+        """
+        self.body_pace.pause()
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read from the client again; its body's pace is measured anew."""
+        self.body_pace.resume()
+        self.transport.resumeProducing()
+
+    def _body_too_slow(self) -> None:
+        """
+        The request body fell below the minimum pace: read no more of it,
+        and fail its request (408, or an aborted connection if an answer
+        started); the connection closes after.
+        """
+        self._body_stopped = True
+        self.persistent = False
+        self.transport.pauseProducing()
+        limits = self.factory.limits
+        reason = RequestBodyTimeout(
+            f"the request body arrived too slowly (under {limits.body_min_rate} bytes/s "
+            f"over {limits.body_timeout:g} s)"
+        )
+        if self.requests:
+            self.requests[-1].body_timed_out(reason)
+        else:  # (a request ends only once its body is in: not reached)
+            self.loseConnection()
 
     # -- the connection ---------------------------------------------------
 
@@ -320,6 +383,7 @@ class Proxy(ChannelCompat):
         clock = self.factory.reactor
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
         self._head_deadline = Deadline(clock, self._head_timed_out)
+        self.body_pace = Pace(clock, self._body_too_slow)
         super().connectionMade()
         limits = self.factory.limits
         # Twisted's own checks answer 400; ours come first with 414/431.
@@ -393,6 +457,7 @@ class Proxy(ChannelCompat):
         """Cancel every timer of the connection (it closed or changed hands)."""
         self._idle_deadline.cancel()
         self._head_deadline.cancel()
+        self.body_pace.cancel()
 
     # -- shutting down (twistproxy._drain) ---------------------------------
 

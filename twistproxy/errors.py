@@ -51,6 +51,15 @@ class BadFraming(TwistProxyError):
     status, phrase = 400, b"Bad Request"
 
 
+class RequestBodyTimeout(TwistProxyError):
+    """
+    The client sent its request body too slowly (below the minimum pace of
+    :class:`~twistproxy.limits.Limits`): the proxy stops reading it.
+    """
+
+    status, phrase = 408, b"Request Timeout"
+
+
 class UpstreamConnectFailed(TwistProxyError):
     """
     No connection could be made to the origin server (refused, unreachable).

@@ -8,8 +8,36 @@ crossed.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 from attrs.validators import ge, instance_of
+
+DEFAULT_BACKLOG = 1024
+"""
+Connections the kernel queues for a listener before the proxy accepts them
+(proxy.py's default too).  Twisted's own default, 50, overflows in a burst:
+a dropped connection attempt is retried by the client a second later.  The
+kernel caps it at ``net.core.somaxconn`` (4096 on current Linux).
+"""
+
+# Endpoint types whose descriptions take backlog=: Twisted's own listeners.
+_BACKLOG_KINDS = frozenset({"tcp", "tcp6", "ssl", "unix"})
+_HAS_BACKLOG = re.compile(r"(?:^|(?<!\\):)backlog=", re.IGNORECASE)
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    The server endpoint *description* (``tcp:8080:interface=127.0.0.1``)
+    listening with *backlog*, unless it names a backlog itself; a
+    description of another endpoint type (``systemd:``, plugins) comes back
+    unchanged.  Every listener the proxy opens from a description goes
+    through here.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_KINDS or _HAS_BACKLOG.search(description):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def _positive_number(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -44,6 +72,16 @@ class Limits:
     :ivar max_connections: Client connections served at once; more are
         answered ``503 Service Unavailable`` and closed.  ``0`` means no
         limit.
+    :ivar body_timeout: The window, in seconds, over which a request body's
+        pace is measured: in every such window of reading, at least
+        ``body_timeout × body_min_rate`` bytes (and at least one) must
+        arrive, or the request fails with ``408 Request Timeout`` (nothing
+        answered yet) or an aborted connection (an answer started).  Time
+        the proxy itself holds the client back (a slow origin, a hook) does
+        not count.
+    :ivar body_min_rate: Bytes per second a request body must keep up, on
+        average over each ``body_timeout`` window (``0``: only one byte per
+        window).
     :ivar max_websocket_message: Bytes one WebSocket message may have
         (uncompressed, all its frames together); a bigger one closes the
         WebSocket both ways with ``1009 Message Too Big``.
@@ -59,6 +97,8 @@ class Limits:
     upstream_timeout: float = attrs.field(default=120.0, validator=_positive_number)
     sniff_timeout: float = attrs.field(default=3.0, validator=_positive_number)
     max_connections: int = attrs.field(default=0, validator=[instance_of(int), ge(0)])
+    body_timeout: float = attrs.field(default=30.0, validator=_positive_number)
+    body_min_rate: int = attrs.field(default=500, validator=[instance_of(int), ge(0)])
     max_websocket_message: int = attrs.field(
         default=10 * 1024 * 1024, validator=[instance_of(int), ge(1)]
     )

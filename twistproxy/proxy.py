@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
-from zope.interface import alsoProvides
+from zope.interface import alsoProvides, implementer
 
 from twistproxy._connect import open_tunnel, switch
 from twistproxy._drain import OpenChannels
@@ -180,6 +180,15 @@ class ProxyRequest(RequestCompat):
         else:
             self._event(_BODY_END, self.trailers)
 
+    def body_timed_out(self, reason: BaseException) -> None:
+        """
+        The channel stopped reading the request body, too slow (*reason*):
+        the exchange fails (408, or an aborted connection once an answer
+        started; the error hook runs), and the connection closes after.
+        """
+        if self._exchange is not None and not self._gone:
+            self._event(Event.CLIENT_FAILED, Failure(reason))
+
     def connectionLost(self, reason: Failure) -> None:
         """The client went away: the exchange stops."""
         super().connectionLost(reason)
@@ -295,11 +304,11 @@ class ProxyRequest(RequestCompat):
 
     def _pause_client(self, _: object) -> None:
         if not self._gone:
-            self.channel.transport.pauseProducing()
+            self.channel.pause_reading()
 
     def _resume_client(self, _: object) -> None:
         if not self._gone:
-            self.channel.transport.resumeProducing()
+            self.channel.resume_reading()
 
     def _forward_body(self, data: bytes) -> None:
         self._upstream.write_body(chunk(data) if self._chunked else (data,))
@@ -353,7 +362,7 @@ class ProxyRequest(RequestCompat):
         upstream.send(data, complete=complete)
         if not complete:
             self._body_transport = transport = upstream.transport
-            transport.registerProducer(self.channel.transport, True)
+            transport.registerProducer(_ClientReading(self.channel), True)
 
     def _end_body(self, _: object) -> None:
         self._stop_body(None)
@@ -502,6 +511,31 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.ABORT_CLIENT: ProxyRequest._abort_client,
     Action.SWITCH: ProxyRequest._switch,
 }
+
+
+@implementer(IPushProducer)
+class _ClientReading:
+    """
+    The client's reading, as the producer of a request body streaming
+    upstream: a slow origin pauses it, and the body's pace clock with it.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: Proxy) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        """The origin is full: stop reading from the client."""
+        self._channel.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """The origin takes more: read from the client again."""
+        self._channel.resume_reading()
+
+    def stopProducing(self) -> None:
+        """The upstream connection is gone: so is the client's reason to send."""
+        self._channel.transport.stopProducing()
 
 
 def _ignore_cancel(reason: Failure) -> None:

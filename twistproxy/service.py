@@ -16,11 +16,13 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._target import join_host_port
+from twistproxy.limits import DEFAULT_BACKLOG, with_backlog
 from twistproxy.proxy import ProxyFactory
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -32,8 +34,12 @@ class ProxyService(Service):
     Listens on *endpoint* with *factory* while running, for example::
 
         factory = ProxyFactory(reactor=reactor, addons=[MyAddon()])
-        endpoint = TCP4ServerEndpoint(reactor, 8080, interface="127.0.0.1")
-        ProxyService(endpoint, factory).setServiceParent(application)
+        ProxyService("tcp:8080:interface=127.0.0.1", factory).setServiceParent(application)
+
+    *endpoint* is a server endpoint description (listening with *backlog*
+    unless it names one, see :func:`~twistproxy.limits.with_backlog`) or an
+    endpoint object, which keeps its own backlog (``TCP4ServerEndpoint``'s
+    default is 50: pass ``backlog=DEFAULT_BACKLOG`` to it for bursts).
 
     Stopping it (``twistd`` does on ``SIGTERM``) drains the connections:
     see :meth:`stopService`.
@@ -50,14 +56,17 @@ class ProxyService(Service):
 
     def __init__(
         self,
-        endpoint: IStreamServerEndpoint,
+        endpoint: IStreamServerEndpoint | str,
         factory: ProxyFactory,
         *,
+        backlog: int = DEFAULT_BACKLOG,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
         if not shutdown_timeout >= 0:
             raise ValueError(f"shutdown_timeout must be 0 or more, not {shutdown_timeout!r}")
-        self.endpoint = endpoint
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(factory.reactor, with_backlog(endpoint, backlog))
+        self.endpoint: IStreamServerEndpoint = endpoint
         self.factory = factory
         self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[IListeningPort] | None = None

@@ -48,7 +48,7 @@ from twistproxy.errors import AddonError, CertificateAuthorityError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.http import HTTPFlow
-from twistproxy.limits import Limits
+from twistproxy.limits import DEFAULT_BACKLOG, Limits, with_backlog
 from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
@@ -255,6 +255,31 @@ class Options(usage.Options):
             seconds("--shutdown-timeout", zero=True),
         ],
         [
+            "body-timeout",
+            None,
+            30.0,
+            "Seconds over which a request body's pace is measured: each such window "
+            "must bring --body-min-rate bytes a second on average (then 408, or an "
+            "aborted connection once an answer started).",
+            seconds("--body-timeout"),
+        ],
+        [
+            "body-min-rate",
+            None,
+            500,
+            "Bytes per second a request body must keep up over each --body-timeout "
+            "window (0: one byte per window).",
+            whole,
+        ],
+        [
+            "backlog",
+            None,
+            DEFAULT_BACKLOG,
+            "Connections the kernel queues for each listener before they are accepted "
+            "(capped by net.core.somaxconn).",
+            at_least_one,
+        ],
+        [
             "workers",
             None,
             1,
@@ -448,6 +473,8 @@ class Options(usage.Options):
                 sniff_timeout=self["sniff-timeout"],
                 max_connections=default_max_connections() if maximum is None else maximum,
                 max_websocket_message=self["max-websocket-message"],
+                body_timeout=self["body-timeout"],
+                body_min_rate=self["body-min-rate"],
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
@@ -574,11 +601,12 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         serving.setServiceParent(top)
     timeout = options["shutdown-timeout"]
     if options["worker"]:
-        WorkerPortService(reactor, options["endpoint"], factories[0],
+        listen = with_backlog(options["endpoint"], options["backlog"])
+        WorkerPortService(reactor, listen, factories[0],
                           shutdown_timeout=timeout).setServiceParent(serving)
     else:
         for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
-            ProxyService(serverFromString(reactor, endpoint), factory,
+            ProxyService(endpoint, factory, backlog=options["backlog"],
                          shutdown_timeout=timeout).setServiceParent(serving)
     # Replayed requests go out as the first listener's (as a regular proxy's
     # unless that is another mode).
