@@ -52,6 +52,7 @@ class ProxyService(Service):
     """
 
     log = Logger()
+    endpoint: IStreamServerEndpoint
     port: IListeningPort | None = None
 
     def __init__(
@@ -65,8 +66,9 @@ class ProxyService(Service):
         if not shutdown_timeout >= 0:
             raise ValueError(f"shutdown_timeout must be 0 or more, not {shutdown_timeout!r}")
         if isinstance(endpoint, str):
-            endpoint = serverFromString(factory.reactor, with_backlog(endpoint, backlog))
-        self.endpoint: IStreamServerEndpoint = endpoint
+            self.endpoint = serverFromString(factory.reactor, with_backlog(endpoint, backlog))
+        else:
+            self.endpoint = endpoint
         self.factory = factory
         self.shutdown_timeout = shutdown_timeout
         self._listening: Deferred[IListeningPort] | None = None
