@@ -173,15 +173,10 @@ class _Search(_Node, Generic[AnyStr]):
 
 
 @attrs.frozen(repr=False)
-class _Test(_Node):
+class _Test(_Flag):
     """An operator whose regex is matched by a test the caller gave :func:`parse`."""
 
-    code: str
     source: str
-    test: Callable[[Flow], bool]
-
-    def __call__(self, flow: Flow) -> bool:
-        return self.test(flow)
 
     def __str__(self) -> str:
         return f"~{self.code} {_quote(self.source)}"
@@ -513,7 +508,7 @@ class _Parser:
             reason = f"expected a regular expression after {token.value}"
             search = self._search(name, self._argument(reason), _TEXT_OPERATORS[name])
             if name == "d" and self._hosts is not None:
-                return _Test(name, search.source, self._hosts(search.source, search.pattern))
+                return _Test(name, self._hosts(search.source, search.pattern), search.source)
             return search
         if name in _BYTES_OPERATORS:
             reason = f"expected a regular expression after {token.value}"
