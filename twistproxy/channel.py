@@ -20,9 +20,11 @@ import re
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twistproxy._framing import NO_BODY, content_length, transfer_coding
 from twistproxy._headers import connection_tokens, expects_continue, trailer_fields
@@ -41,6 +43,32 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _STREAM_BUFFER = 512 * 1024  # client write buffer before a streamed origin is paused
+
+
+@implementer(IPushProducer)
+class ClientReading:
+    """
+    A channel's reading from its client, as the producer of a request body
+    streaming upstream: a slow origin pauses it, and the body's pace clock
+    with it (:meth:`Proxy.pause_reading`).
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: Proxy) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        """The origin is full: stop reading from the client."""
+        self._channel.pause_reading()
+
+    def resumeProducing(self) -> None:
+        """The origin takes more: read from the client again."""
+        self._channel.resume_reading()
+
+    def stopProducing(self) -> None:
+        """The upstream connection is gone: so is the client's reason to send."""
+        self._channel.transport.stopProducing()
 
 
 class Busy(Protocol):
@@ -62,6 +90,9 @@ class Proxy(ChannelCompat):
     :ivar client_conn: The connection record shared by this channel's flows.
     :ivar tunnel: For a channel inside an intercepted tunnel, where the
         tunnel goes; its requests are in origin form and go there.
+    :ivar body_pace: The minimum pace of the request body being read
+        (:class:`~twistproxy._timer.Pace`, :class:`~twistproxy.limits.Limits`).
+    :ivar reading: The client's reading as a producer (:class:`ClientReading`).
     """
 
     client_conn: Client
@@ -384,6 +415,7 @@ class Proxy(ChannelCompat):
         self._idle_deadline = Deadline(clock, self.timeoutConnection)
         self._head_deadline = Deadline(clock, self._head_timed_out)
         self.body_pace = Pace(clock, self._body_too_slow)
+        self.reading = ClientReading(self)
         super().connectionMade()
         limits = self.factory.limits
         # Twisted's own checks answer 400; ours come first with 414/431.

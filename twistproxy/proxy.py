@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
-from zope.interface import alsoProvides, implementer
+from zope.interface import alsoProvides
 
 from twistproxy._connect import open_tunnel, switch
 from twistproxy._drain import OpenChannels
@@ -362,7 +362,7 @@ class ProxyRequest(RequestCompat):
         upstream.send(data, complete=complete)
         if not complete:
             self._body_transport = transport = upstream.transport
-            transport.registerProducer(_ClientReading(self.channel), True)
+            transport.registerProducer(self.channel.reading, True)
 
     def _end_body(self, _: object) -> None:
         self._stop_body(None)
@@ -511,31 +511,6 @@ _PERFORM: dict[Action, Callable[[ProxyRequest, Any], None]] = {
     Action.ABORT_CLIENT: ProxyRequest._abort_client,
     Action.SWITCH: ProxyRequest._switch,
 }
-
-
-@implementer(IPushProducer)
-class _ClientReading:
-    """
-    The client's reading, as the producer of a request body streaming
-    upstream: a slow origin pauses it, and the body's pace clock with it.
-    """
-
-    __slots__ = ("_channel",)
-
-    def __init__(self, channel: Proxy) -> None:
-        self._channel = channel
-
-    def pauseProducing(self) -> None:
-        """The origin is full: stop reading from the client."""
-        self._channel.pause_reading()
-
-    def resumeProducing(self) -> None:
-        """The origin takes more: read from the client again."""
-        self._channel.resume_reading()
-
-    def stopProducing(self) -> None:
-        """The upstream connection is gone: so is the client's reason to send."""
-        self._channel.transport.stopProducing()
 
 
 def _ignore_cancel(reason: Failure) -> None:
