@@ -62,6 +62,14 @@ class LimitOptionTests(SynchronousTestCase):
             [(_, _, backlog, _)] = reactor.tcpServers
             self.assertEqual(backlog, expected, args)
 
+    def test_backlog_every_listener(self) -> None:
+        """Every ``--mode`` listener gets ``--backlog``."""
+        reactor = MemoryReactorClock()
+        make_service(self.parse("--mode", "regular@8081", "--mode", "regular@8082",
+                                "--backlog", "77"), reactor).startService()
+        self.assertEqual(sorted((port, backlog) for port, _, backlog, _ in reactor.tcpServers),
+                         [(8081, 77), (8082, 77)])
+
     def test_default_max_connections_from_descriptors(self) -> None:
         """By default the connection limit follows the file-descriptor limit."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
