@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
@@ -300,10 +300,30 @@ class ServerReplayTests(SynchronousTestCase):
         self.assertEqual(original.response.content, b"keep")
 
     def test_recording_without_body_left_out(self) -> None:
-        """A recording whose response body was streamed is not served (warning)."""
+        """
+        Recordings whose response body was not recorded whole (streamed, or
+        only its start) are never served: one warning at start counts them;
+        a request for one is unmatched, with a warning naming it, and gets
+        what *unmatched* says (a 404 here), never an empty or partial body.
+        """
         streamed = recorded()
         streamed.response.raw_content = None
+        partial = recorded(url="http://example.com/b", answer=b"the start")
+        partial.response.body_size = 5000
         with capturedLogs() as events:
-            replay = ServerReplay([streamed])
+            replay = ServerReplay([streamed, partial], unmatched="404")
         self.assertEqual(replay.count(), 0)
-        self.assertEqual(len(events), 1)
+        self.assertEqual([formatEvent(e) for e in events], [
+            "2 recorded response(s) have no whole body (not recorded, or recorded only in "
+            "part) and are never served; a request for one is unmatched "
+            "(first: http://example.com/a?x=1)",
+        ])
+        for url in ("http://example.com/a?x=1", "http://example.com/b"):
+            flow = self.live(url=url)
+            with capturedLogs() as events:
+                replay.request(flow)
+            self.assertEqual(flow.response.status_code, 404)
+            self.assertEqual([formatEvent(e) for e in events], [
+                f"the recorded response for {url} has no whole body; not served, so the "
+                "request is unmatched (404)",
+            ])

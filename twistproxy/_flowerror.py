@@ -4,8 +4,9 @@ The helpers that say where in a document a value is wrong: shared by flow
 files (:mod:`twistproxy.flowfile`) and HAR (:mod:`twistproxy.har`), which
 both import it, so that neither imports the other's internals.
 
-Both raise :exc:`~twistproxy.errors.FlowFileError`.  This module does no
-I/O.
+Both raise :exc:`~twistproxy.errors.FlowFileError`, and both limit how
+deep the JSON they read may nest (:func:`nesting_over`).  This module does
+no I/O.
 """
 
 from __future__ import annotations
@@ -51,3 +52,23 @@ def describe_value(value: object) -> str:
     ``"a string"``, ``"null"``...; a type that is not JSON by its name.
     """
     return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def nesting_over(value: object, limit: int) -> bool:
+    """
+    Whether the parsed JSON *value* nests lists and objects more than
+    *limit* deep (a scalar is depth 0, ``[]`` depth 1).  Walks without
+    recursion, so any depth is safe to ask about.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        depth += 1
+        if depth > limit:
+            return True
+        stack.extend((child, depth) for child in item if isinstance(child, (dict, list)))
+    return False

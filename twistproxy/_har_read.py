@@ -209,24 +209,32 @@ def _request_from_har(har: Mapping[str, Any], start: float, end: float) -> Reque
         headers.insert(0, "Host", urllib.parse.urlsplit(url).netloc.rpartition("@")[2])
     request.headers = headers
     post = _get(har, "postData", Mapping, "request", default=None)
-    body = b""
-    if post is not None:
-        where = "request.postData"
-        content_type = content_type_of(request) or _get(post, "mimeType", str, where, default="")
-        text = _get(post, "text", str, where, default=None)
-        params = _get(post, "params", list, where, default=[])
-        if text is not None:
-            encoding = post.get("encoding") or post.get("_encoding")
-            body = _text_body(text, encoding, content_type, where)
-        elif params:
-            if media_type(content_type) != FORM:
-                raise _Invalid(
-                    where,
-                    "has params but no text (only URL-encoded params can be "
-                    "turned back into a body)",
-                )
-            body = _form_body(params, f"{where}.params")
-    _set_body(request, body)
+    size = _get(har, "bodySize", (int, float), "request", default=-1)
+    if post is None:
+        if size > 0:  # a body the HAR does not hold
+            request.body_size = int(size)
+        else:
+            request.raw_content = b""
+        return request
+    where = "request.postData"
+    content_type = content_type_of(request) or _get(post, "mimeType", str, where, default="")
+    text = _get(post, "text", str, where, default=None)
+    params = _get(post, "params", list, where, default=[])
+    if post.get("_notRecorded") is True:
+        _not_recorded(request, size)
+    elif text is not None:
+        encoding = post.get("encoding") or post.get("_encoding")
+        _set_recorded(request, _text_body(text, encoding, content_type, where), post, size)
+    elif params:
+        if media_type(content_type) != FORM:
+            raise _Invalid(
+                where,
+                "has params but no text (only URL-encoded params can be "
+                "turned back into a body)",
+            )
+        _set_body(request, _form_body(params, f"{where}.params"))
+    else:
+        request.raw_content = b""
     return request
 
 
@@ -239,6 +247,32 @@ def _form_body(params: list[Any], where: str) -> bytes:
         for here, param in _objects(params, where)
     ]
     return urllib.parse.urlencode(pairs).encode("ascii")
+
+
+def _not_recorded(message: Message, size: float) -> None:
+    """*message*'s body was not recorded; *size* is its ``bodySize`` (-1: unknown)."""
+    message.raw_content = None
+    message.body_size = int(size) if size > 0 else None
+
+
+def _set_recorded(message: Message, body: bytes, fields: Mapping[str, Any], size: float) -> None:
+    """
+    Give *message* the *body* of a HAR ``text`` in *fields* (its
+    ``content`` or ``postData``): the start of the body as it travelled
+    when ``_truncated`` (with *size*, the ``bodySize``, as the whole; not
+    recorded if that size is unknown), the body as it travelled when
+    ``_undecoded``, else the decoded body.
+    """
+    if fields.get("_truncated") is True:
+        if size > len(body):
+            message.raw_content = body
+            message.body_size = int(size)
+        else:  # a start whose whole size is unknown cannot pass for anything
+            _not_recorded(message, -1)
+    elif fields.get("_undecoded") is True:
+        message.raw_content = body
+    else:
+        _set_body(message, body)
 
 
 def _set_body(message: Message, body: bytes) -> None:
@@ -268,17 +302,20 @@ def _response_from_har(har: Mapping[str, Any], start: float, end: float) -> Resp
     content = _get(har, "content", Mapping, "response", default={})
     where = "response.content"
     text = _get(content, "text", str, where, default=None)
-    if text is not None:
+    size = _get(har, "bodySize", (int, float), "response", default=-1)
+    content_size = _get(content, "size", (int, float), where, default=-1)
+    if content.get("_notRecorded") is True:
+        _not_recorded(response, size)
+    elif text is not None:
         content_type = content_type_of(response) or _get(
             content, "mimeType", str, where, default=""
         )
         body = _text_body(text, content.get("encoding"), content_type, where)
-        if content.get("_undecoded") is True:
-            response.raw_content = body
-        else:
-            _set_body(response, body)
-    elif _get(content, "size", (int, float), where, default=-1) == 0:
+        _set_recorded(response, body, content, size)
+    elif content_size == 0:
         response.raw_content = b""
+    else:  # browsers leave out the text of what they did not keep
+        _not_recorded(response, size if size > 0 else content_size)
     return response
 
 
@@ -298,8 +335,10 @@ def _flow_from_entry(entry: object, now: Callable[[], float]) -> HTTPFlow:
     message = _get(response_har, "_error", str, "response", default=None)
     if message is None:
         message = _get(entry, "_error", str, "", default=None)
+    _keep_mime_type(flow, "request", _get(entry, "request", Mapping, "").get("postData"))
     if _get(response_har, "status", int, "response", default=0) != 0:
         flow.response = _response_from_har(response_har, response_start, response_end)
+        _keep_mime_type(flow, "response", response_har.get("content"))
         if message:
             flow.error = Error(message, response_end)
     else:
@@ -308,6 +347,20 @@ def _flow_from_entry(entry: object, now: Callable[[], float]) -> HTTPFlow:
     if frames is not None:
         flow.websocket = _websocket_from_har(frames, response_end)
     return flow
+
+
+def _keep_mime_type(flow: HTTPFlow, side: str, fields: object) -> None:
+    """
+    Keep the ``mimeType`` of *fields* (a ``postData`` or ``content``) in
+    ``flow.metadata["har"]`` when the *side* (``"request"`` or
+    ``"response"``) has no Content-Type header to give it back on export.
+    """
+    message = flow.request if side == "request" else flow.response
+    if not isinstance(fields, Mapping) or message is None or content_type_of(message):
+        return
+    mime_type = fields.get("mimeType")
+    if isinstance(mime_type, str) and mime_type:
+        flow.metadata.setdefault("har", {})[f"{side}_mime_type"] = mime_type
 
 
 def _websocket_from_har(frames: list[Any], end: float) -> WebSocketData:
@@ -340,14 +393,31 @@ def _websocket_from_har(frames: list[Any], end: float) -> WebSocketData:
     return data
 
 
-def flows_from_entries(entries: list[Any], now: Callable[[], float]) -> Iterator[HTTPFlow]:
+def flows_from_entries(
+    entries: list[Any],
+    now: Callable[[], float],
+    on_error: Callable[[FlowFileError], object] | None = None,
+) -> Iterator[HTTPFlow]:
+    """
+    The flows of HAR *entries*, lazily (see :func:`twistproxy.har.from_har`).
+
+    :param on_error: Called with the error of each entry that cannot be
+        read, which is then skipped; without it the first such entry ends
+        the iteration with its error.
+    """
     for index, entry in enumerate(entries):
         try:
-            flow = _flow_from_entry(entry, now)
-            _check_messages(flow)
-        except _Invalid as e:
-            where = _join(f"log.entries[{index}]", e.where)
-            raise FlowFileError(f"{where}: {e.reason}") from e
-        except (ValueError, InvalidMessage) as e:
-            raise FlowFileError(f"log.entries[{index}]: {e}") from e
+            try:
+                flow = _flow_from_entry(entry, now)
+                _check_messages(flow)
+            except _Invalid as e:
+                where = _join(f"log.entries[{index}]", e.where)
+                raise FlowFileError(f"{where}: {e.reason}") from e
+            except (ValueError, InvalidMessage) as e:
+                raise FlowFileError(f"log.entries[{index}]: {e}") from e
+        except FlowFileError as e:
+            if on_error is None:
+                raise
+            on_error(e)
+            continue
         yield flow

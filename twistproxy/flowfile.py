@@ -39,8 +39,10 @@ is :mod:`twistproxy._flowschema`; its error helpers live in
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +52,7 @@ from twistproxy import __version__
 from twistproxy import har as _har
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import describe_value as _describe_value
+from twistproxy._flowerror import nesting_over as _nesting_over
 from twistproxy._flowschema import FLOW
 from twistproxy._headers import check_messages as _check_messages
 from twistproxy.errors import FlowFileError, InvalidMessage
@@ -121,6 +124,25 @@ The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
 Reading applies them in turn until a record reaches :data:`FORMAT_VERSION`.
 """
 
+MAX_LINE_SIZE: int = 128 * 1024 * 1024
+"""
+The longest line :func:`read_flows` reads by default, in bytes (128 MiB): a
+line holds both bodies in base64, each at most the body limit when the
+proxy wrote it, so this fits a ``--body-limit`` up to about 40 MiB.  A
+longer line is an error (or skipped) without being held in memory.
+"""
+
+MAX_HAR_SIZE: int = 512 * 1024 * 1024
+"""The largest HAR file :func:`load_flows` and ``import-har`` read (512 MiB)."""
+
+MAX_DEPTH: int = 100
+"""
+How deep lists and objects may nest in a flow file line or a HAR document.
+A flow line nests 5 deep (a header is ``request.headers[i][j]``), more only
+inside ``metadata``; browsers' HAR files well under 50 (their initiator
+stacks).  Deeper input is refused with one line, not a ``RecursionError``.
+"""
+
 
 
 # -- JSON lines ----------------------------------------------------------------
@@ -128,7 +150,9 @@ Reading applies them in turn until a record reaches :data:`FORMAT_VERSION`.
 
 def _encode_flow(flow: HTTPFlow) -> bytes:
     """
-    :returns: *flow* as one line of the current format, ending in ``\\n``.
+    :returns: *flow* as one line of the current format, ending in ``\\n``,
+        with ``"live": false``: whether a flow is live describes it in the
+        process that holds it, not in a file.
     :raises FlowFileError: if the flow holds something JSON cannot: its
         metadata must be JSON data (dicts, lists, strings, numbers, booleans
         and ``None``; tuples are read back as lists, non-string keys as
@@ -136,6 +160,7 @@ def _encode_flow(flow: HTTPFlow) -> bytes:
     """
     state = flow.get_state()
     del state["version"]
+    state["live"] = False  # a line is a record: the flow is live in a process, never in a file
     try:
         record = {"version": FORMAT_VERSION, **FLOW.encode(state)}
         line = json.dumps(record, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
@@ -144,9 +169,30 @@ def _encode_flow(flow: HTTPFlow) -> bytes:
     return line.encode("ascii") + b"\n"
 
 
+def _parse_json(data: bytes) -> Any:
+    """
+    :returns: *data* parsed as JSON (UTF-8, a BOM allowed).
+    :raises _Invalid: if it is not JSON, or nests more than
+        :data:`MAX_DEPTH` deep.
+    """
+    try:
+        value = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bad UTF-8
+        raise _Invalid("", f"not valid JSON: {e}") from None
+    except RecursionError:  # deeper than Python's recursion limit
+        value = None
+        too_deep = True
+    else:
+        too_deep = _nesting_over(value, MAX_DEPTH)
+    if too_deep:
+        raise _Invalid("", f"lists and objects nest more than {MAX_DEPTH} deep")
+    return value
+
+
 def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
     """
-    :returns: The flow on *line*, upgraded to the current format.
+    :returns: The flow on *line*, upgraded to the current format, not
+        live.
     :raises ValueError: (often :exc:`_Invalid` or :exc:`FlowFileError`) if
         the line is not a flow this version understands.
     :raises InvalidMessage: if its request or response could not be
@@ -154,10 +200,11 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
         method or header name that is not a token...).
     """
     try:
-        record = json.loads(line)
-    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bad UTF-8
-        hint = "" if line.endswith(b"\n") else " (the file ends in the middle of this line)"
-        raise _Invalid("", f"not valid JSON: {e}{hint}") from None
+        record = _parse_json(line)
+    except _Invalid as e:
+        if line.endswith(b"\n"):
+            raise
+        raise _Invalid("", f"{e} (the file ends in the middle of this line)") from None
     if not isinstance(record, dict):
         raise _Invalid("", f"expected a JSON object, got {_describe_value(record)}")
     version = record.pop("version", None)
@@ -176,6 +223,7 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
         version += 1
     state = FLOW.decode(record, "")
     state["version"] = FLOW_STATE_VERSION
+    state["live"] = False  # older twistproxy wrote the flag of the writing process
     flow = HTTPFlow.from_state(state, now=now)
     _check_messages(flow)
     return flow
@@ -185,11 +233,21 @@ class FlowWriter:
     """
     Writes flows to a flow file, one line each.
 
-    Each :meth:`add` writes a whole line in one ``write`` and flushes it,
-    so a crash of the process loses at most the flows not yet added (the
-    operating system may still hold the bytes: nothing is fsync'd).  The
-    writer owns *out*: :meth:`close` closes it.  It is also a context
+    Each :meth:`add` writes a whole line and flushes it, so a crash of the
+    process loses at most the flows not yet added (the operating system may
+    still hold the bytes: nothing is fsync'd).  A short write is completed
+    by writing the rest; a write that fails part-way leaves a partial line,
+    which the next :meth:`add` ends with a newline before its own line, so
+    one failure spoils at most that one line.  Made for an unbuffered file
+    (what :meth:`append_to` opens): with a buffered one, a failing flush
+    keeps the bytes in the buffer for the next.
+
+    The writer owns *out*: :meth:`close` closes it.  It is also a context
     manager that closes on exit.
+
+    :ivar partial_line: For a writer from :meth:`append_to`, the length in
+        bytes of the partial line the file ended in (a crash or a full disk
+        cut it short), which opening ended with a newline; else 0.
     """
 
     def __init__(self, out: IO[bytes]) -> None:
@@ -197,6 +255,42 @@ class FlowWriter:
         :param out: A binary file object opened for writing (or appending).
         """
         self._out: IO[bytes] | None = out
+        self._broken = False  # the last line was written only in part
+        self.partial_line = 0
+
+    @classmethod
+    def append_to(cls, path: str | os.PathLike[str]) -> FlowWriter:
+        """
+        Open the flow file at *path* for appending, unbuffered: a new file
+        is created readable and writable by its owner alone (``0600``); an
+        existing one keeps its mode.  If it ends in a partial line, a
+        newline ends that line first, so that new flows start on a line of
+        their own (:attr:`partial_line` says how long the partial line was;
+        reading it back is an error or, when asked, skipped).  If that
+        newline cannot be written now, the first :meth:`add` writes it.
+
+        :raises OSError: if the file cannot be opened.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            out = os.fdopen(fd, "ab", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        writer = cls(out)
+        status = os.fstat(fd)
+        if stat.S_ISREG(status.st_mode) and status.st_size:
+            try:
+                with open(path, "rb") as source:
+                    writer.partial_line = _partial_line(source, status.st_size)
+            except OSError:
+                pass  # a file we may write but not read: its end cannot be checked
+        if writer.partial_line:
+            try:
+                writer._write(b"\n")
+            except OSError:
+                writer._broken = True  # the first add() writes the newline, or fails as it would
+        return writer
 
     def add(self, flow: HTTPFlow) -> None:
         """
@@ -204,12 +298,34 @@ class FlowWriter:
 
         :raises FlowFileError: if the flow cannot be written (see the
             module docstring); nothing is written then.
+        :raises OSError: if writing fails (a full disk, an I/O error).
         :raises ValueError: if the writer is closed.
         """
         if self._out is None:
             raise ValueError("FlowWriter.add() after close()")
-        self._out.write(_encode_flow(flow))
+        line = _encode_flow(flow)
+        self._write(b"\n" + line if self._broken else line)
         self._out.flush()
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write all of *data*, however many ``write`` calls it takes.
+
+        :raises OSError: if a write fails, or writes nothing.
+        """
+        out = self._out
+        assert out is not None
+        view = memoryview(data)
+        try:
+            while view:
+                written = out.write(view)
+                if not written:  # 0, or None from a non-blocking file that would block
+                    raise OSError(errno.EIO, f"short write: {len(view)} bytes not written")
+                view = view[written:]
+                self._broken = len(view) > 0
+        finally:
+            view.release()
+        self._broken = False
 
     def close(self) -> None:
         """
@@ -226,8 +342,50 @@ class FlowWriter:
         self.close()
 
 
+def _partial_line(source: IO[bytes], size: int) -> int:
+    """
+    :returns: The length of the partial line the *size* bytes of *source*
+        end in (0 when they end in a newline), reading backwards.
+    """
+    source.seek(size - 1)
+    if source.read(1) == b"\n":
+        return 0
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        source.seek(start)
+        newline = source.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return size - (start + newline + 1)
+        end = start
+    return size
+
+
+def _lines(source: Iterable[bytes], limit: int) -> Iterator[bytes | None]:
+    """
+    The lines of *source*, each ``None`` when it is longer than *limit*
+    bytes; a file object's long line is read past, never held whole.
+    """
+    readline = getattr(source, "readline", None)
+    if readline is None:
+        for line in source:
+            yield None if len(line.rstrip(b"\n")) > limit else line
+        return
+    while line := readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := readline(65536)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def read_flows(
-    source: Iterable[bytes], *, now: Callable[[], float] = time.time
+    source: Iterable[bytes],
+    *,
+    now: Callable[[], float] = time.time,
+    on_error: Callable[[FlowFileError], object] | None = None,
+    max_line: int = MAX_LINE_SIZE,
 ) -> Iterator[HTTPFlow]:
     """
     Read flows from a flow file, lazily: one line is read and parsed per
@@ -236,22 +394,35 @@ def read_flows(
 
     :param source: A binary file object, or any iterable of lines.
     :param now: The clock the flows get (see :class:`~twistproxy.flow.Flow`).
-    :returns: An iterator of the flows, not live unless saved live.
-    :raises FlowFileError: when the iteration reaches a line that is not
-        valid JSON, has keys or types the format does not have, comes from
-        a newer format version, or holds a request or response that could
-        not be written as it stands (``line 2: invalid response reason:
-        'OK\\r\\nSet-Cookie: a=b' holds a CR, LF or control``, the field
-        named as :exc:`~twistproxy.errors.InvalidMessage` names it); the
-        message is one line and starts ``line N:``.
+    :param on_error: Called with the error of each line that cannot be
+        read, which is then skipped; without it (the default), the first
+        such line ends the reading with its error.
+    :param max_line: The longest line read, in bytes; a longer one is an
+        error (and is not held in memory).
+    :returns: An iterator of the flows, not live.
+    :raises FlowFileError: unless *on_error* is given, when the iteration
+        reaches a line that is not valid JSON, is longer than *max_line*,
+        nests deeper than :data:`MAX_DEPTH`, has keys or types the format
+        does not have, comes from a newer format version, or holds a
+        request or response that could not be written as it stands
+        (``line 2: invalid response reason: 'OK\\r\\nSet-Cookie: a=b'
+        holds a CR, LF or control``, the field named as
+        :exc:`~twistproxy.errors.InvalidMessage` names it); the message is
+        one line and starts ``line N:``.
     """
-    for lineno, line in enumerate(source, start=1):
-        if not line.strip():
-            continue
+    for lineno, line in enumerate(_lines(source, max_line), start=1):
         try:
+            if line is None:
+                raise _Invalid("", f"longer than {max_line} bytes")
+            if not line.strip():
+                continue
             flow = _decode_line(line, now)
         except (ValueError, TypeError, KeyError, InvalidMessage) as e:
-            raise FlowFileError(f"line {lineno}: {e}") from e
+            error = FlowFileError(f"line {lineno}: {e}")
+            if on_error is None:
+                raise error from e
+            on_error(error)
+            continue
         yield flow
 
 
@@ -271,23 +442,42 @@ def dump_flows(flows: Iterable[HTTPFlow], out: IO[bytes]) -> int:
     return count
 
 
-def load_flows(path: str | os.PathLike[str]) -> list[HTTPFlow]:
+def _read_har(source: IO[bytes]) -> Any:
+    """
+    :returns: The HAR document in *source*, parsed.
+    :raises FlowFileError: if it is larger than :data:`MAX_HAR_SIZE`, not
+        JSON, or nests deeper than :data:`MAX_DEPTH`.
+    """
+    data = source.read(MAX_HAR_SIZE + 1)
+    if len(data) > MAX_HAR_SIZE:
+        raise FlowFileError(f"not read: larger than {MAX_HAR_SIZE} bytes")
+    try:
+        return _parse_json(data)
+    except _Invalid as e:
+        raise FlowFileError(f"not a HAR file: {e}") from e
+
+
+def load_flows(
+    path: str | os.PathLike[str],
+    *,
+    on_error: Callable[[FlowFileError], object] | None = None,
+) -> list[HTTPFlow]:
     """
     Read every flow of the flow file at *path*, or of the HAR file when
     *path* ends in ``.har``.  Use :func:`read_flows` for large files.
 
+    :param on_error: Called with the error of each line (or HAR entry) that
+        cannot be read, which is then skipped, as :func:`read_flows` does.
     :raises FlowFileError: as :func:`read_flows` or
-        :func:`twistproxy.har.from_har` do, or when a HAR file is not JSON.
+        :func:`twistproxy.har.from_har` do, or when a HAR file is not JSON,
+        is larger than :data:`MAX_HAR_SIZE` or nests deeper than
+        :data:`MAX_DEPTH` (whether or not *on_error* is given).
     :raises OSError: if the file cannot be read.
     """
     with open(path, "rb") as source:
         if os.fspath(path).lower().endswith(".har"):
-            try:
-                har = json.load(source)
-            except ValueError as e:
-                raise FlowFileError(f"not a HAR file: {e}") from e
-            return list(_har.from_har(har))
-        return list(read_flows(source))
+            return list(_har.from_har(_read_har(source), on_error=on_error))
+        return list(read_flows(source, on_error=on_error))
 
 
 # -- The command ---------------------------------------------------------------
@@ -325,15 +515,12 @@ def _export_har(args: argparse.Namespace) -> None:
 def _import_har(args: argparse.Namespace) -> None:
     source = _open_input(args.input)
     try:
-        data = source.read()
+        flows = list(_har.from_har(_read_har(source)))
+    except FlowFileError as e:
+        raise FlowFileError(f"{args.input}: {e}") from e
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    try:
-        har = json.loads(data.decode("utf-8-sig"))  # HAR is UTF-8; a BOM is allowed
-        flows = list(_har.from_har(har))
-    except ValueError as e:  # FlowFileError, JSONDecodeError, UnicodeDecodeError
-        raise FlowFileError(f"{args.input}: {e}") from e
     _write_output(args.output, lambda out: dump_flows(flows, out))
 
 

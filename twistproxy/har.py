@@ -43,7 +43,7 @@ from twistproxy._har_read import (
 )
 from twistproxy.errors import FlowFileError
 from twistproxy.headers import Headers
-from twistproxy.http import HTTPFlow, Request, Response
+from twistproxy.http import HTTPFlow, Message, Request, Response
 from twistproxy.websocket import WebSocketMessage
 
 # -- HAR export ----------------------------------------------------------------
@@ -173,7 +173,47 @@ def _response_cookies(response: Response) -> list[dict[str, Any]]:
     return cookies
 
 
-def _har_request(request: Request) -> dict[str, Any]:
+def _body_fields(message: Message, mime_type: str) -> dict[str, Any]:
+    """
+    The HAR fields of *message*'s body, beside its ``mimeType``: ``text``
+    (decoded, and base64 when text would not give the bytes back:
+    ``base64`` says so) and ``size``; ``_notRecorded`` (no ``text``) for a
+    body that was not recorded, ``_truncated`` for one recorded only in
+    part (``text`` holds the recorded start, as it travelled), so that
+    neither reads back as a whole body.
+    """
+    fields: dict[str, Any] = {"size": message.body_size or 0, "mimeType": mime_type}
+    raw = message.raw_content
+    if raw is None:
+        fields["_notRecorded"] = True
+        return fields
+    body = raw if message.truncated else message.get_content(strict=False)
+    assert body is not None
+    if message.truncated:
+        fields["_truncated"] = True
+    fields["size"] = len(body)
+    if len(body) > len(raw):
+        fields["compression"] = len(body) - len(raw)
+    fields["text"], fields["base64"] = _body_text(body, content_type_of(message))
+    if body is raw and message.headers.get_raw(b"content-encoding"):
+        fields["_undecoded"] = True  # text holds the still-encoded body
+    return fields
+
+
+def _mime_type(flow: HTTPFlow, message: Message, side: str) -> str:
+    """
+    *message*'s Content-Type; without one, the ``mimeType`` its HAR entry
+    had when imported (:func:`from_har` keeps it in ``flow.metadata``).
+    """
+    content_type = content_type_of(message)
+    if content_type is not None:
+        return content_type
+    kept = flow.metadata.get("har")
+    value = kept.get(f"{side}_mime_type") if isinstance(kept, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _har_request(flow: HTTPFlow, request: Request) -> dict[str, Any]:
     query = urllib.parse.parse_qsl(
         _clean(request.path.partition("?")[2]), keep_blank_values=True, errors="replace"
     )
@@ -185,18 +225,24 @@ def _har_request(request: Request) -> dict[str, Any]:
         "headers": _har_headers(request.headers),
         "queryString": [{"name": n, "value": v} for n, v in query],
     }
-    body = request.get_content(strict=False)
-    if body:
-        content_type = content_type_of(request)
-        text, is_base64 = _body_text(body, content_type)
-        post: dict[str, Any] = {"mimeType": content_type or ""}
-        if is_base64:
-            post["_encoding"] = "base64"  # HAR 1.2 has no postData.encoding
-        elif media_type(content_type) == FORM:
-            pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="replace")
-            post["params"] = [{"name": n, "value": v} for n, v in pairs]
-        post["text"] = text
+    mime_type = _mime_type(flow, request, "request")
+    if request.raw_content != b"":
+        body = _body_fields(request, mime_type)
+        post: dict[str, Any] = {"mimeType": mime_type}
+        for key in ("_notRecorded", "_truncated", "_undecoded"):
+            if key in body:
+                post[key] = True
+        if "text" in body:
+            if body["base64"]:
+                post["_encoding"] = "base64"  # HAR 1.2 has no postData.encoding
+            elif media_type(mime_type) == FORM and "_truncated" not in body:
+                pairs = urllib.parse.parse_qsl(body["text"], keep_blank_values=True,
+                                               errors="replace")
+                post["params"] = [{"name": n, "value": v} for n, v in pairs]
+            post["text"] = body["text"]
         har["postData"] = post
+    elif mime_type and content_type_of(request) is None:
+        har["postData"] = {"mimeType": mime_type, "text": ""}
     har["headersSize"] = -1
     har["bodySize"] = request.body_size if request.body_size is not None else -1
     return har
@@ -217,21 +263,9 @@ def _har_response(flow: HTTPFlow) -> dict[str, Any]:
             "bodySize": -1,
         }
     else:
-        content_type = content_type_of(response)
-        content: dict[str, Any] = {"size": response.body_size or 0, "mimeType": content_type or ""}
-        raw = response.raw_content
-        if raw is not None:
-            body = response.get_content(strict=False)
-            assert body is not None
-            content["size"] = len(body)
-            if len(body) > len(raw):
-                content["compression"] = len(body) - len(raw)
-            text, is_base64 = _body_text(body, content_type)
-            content["text"] = text
-            if is_base64:
-                content["encoding"] = "base64"
-            if body is raw and response.headers.get_raw(b"content-encoding"):
-                content["_undecoded"] = True  # text holds the still-encoded body
+        content = _body_fields(response, _mime_type(flow, response, "response"))
+        if content.pop("base64", False):
+            content["encoding"] = "base64"
         location = response.headers.get_raw(b"location")
         har = {
             "status": response.status_code,
@@ -263,7 +297,7 @@ def _har_entry(flow: HTTPFlow, request: Request) -> dict[str, Any]:
         "startedDateTime": _iso(started if started is not None else flow.timestamp_created)
         or "1970-01-01T00:00:00.000Z",
         "time": round(sum(t for t in (send, wait, receive) if t >= 0), 3),
-        "request": _har_request(request),
+        "request": _har_request(flow, request),
         "response": _har_response(flow),
         "cache": {},
         "timings": {
@@ -347,7 +381,12 @@ def to_har(flows: Iterable[HTTPFlow], *, creator_version: str) -> dict[str, Any]
     }
 
 
-def from_har(har: Mapping[str, Any], *, now: Callable[[], float] = time.time) -> Iterator[HTTPFlow]:
+def from_har(
+    har: Mapping[str, Any],
+    *,
+    now: Callable[[], float] = time.time,
+    on_error: Callable[[FlowFileError], object] | None = None,
+) -> Iterator[HTTPFlow]:
     """
     Turn a HAR document (``{"log": {...}}``, as browsers export it) into
     flows, one per entry, complete enough to replay: method, URL (scheme,
@@ -368,9 +407,13 @@ def from_har(har: Mapping[str, Any], *, now: Callable[[], float] = time.time) ->
 
     :param har: The parsed HAR document.
     :param now: The clock the flows get (see :class:`~twistproxy.flow.Flow`).
+    :param on_error: Called with the error of each entry that cannot be
+        read, which is then skipped; without it (the default) the first
+        such entry ends the iteration with its error.
     :returns: An iterator of the flows (not live).
     :raises FlowFileError: at once if the document has no ``log.entries``
-        list or is not HAR 1.x; during the iteration if an entry is
+        list or is not HAR 1.x; during the iteration (unless *on_error* is
+        given) if an entry is
         malformed, naming it and the field (``log.entries[2].request: missing
         'url'``), or if its request or response could not be written as it
         stands, as replay would write it (``log.entries[2]: invalid response
@@ -387,4 +430,4 @@ def from_har(har: Mapping[str, Any], *, now: Callable[[], float] = time.time) ->
     entries = log.get("entries")
     if not isinstance(entries, list):
         raise FlowFileError("log.entries: missing or not a list")
-    return flows_from_entries(entries, now)
+    return flows_from_entries(entries, now, on_error)

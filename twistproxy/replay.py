@@ -320,9 +320,12 @@ class ServerReplay(Addon):
     answered 404, as *unmatched* says; with ``"kill"`` or ``"404"`` no
     request, and no passthrough tunnel, ever reaches a server.
 
-    :param flows: The recordings; those without a recorded response body
-        are left out (with a warning), and so are WebSocket flows (a
-        request that asks for a WebSocket goes to the origin).
+    :param flows: The recordings; those whose response body was not
+        recorded whole (streamed past the body limit, or a HAR entry without
+        its text) are never served: a request for one is unmatched, with a
+        warning naming it (and one at start counting them).  WebSocket flows
+        are left out too (a request that asks for a WebSocket goes to the
+        origin).
     :param now: The clock stamping served responses.
     """
 
@@ -344,16 +347,26 @@ class ServerReplay(Addon):
         self._ignore_content = ignore_content
         self._match_headers = tuple(name.lower().encode("latin-1") for name in match_headers)
         self._recorded: dict[tuple[Any, ...], deque[HTTPFlow]] = {}
+        # Requests whose recordings lack a whole response body: not served.
+        self._bodiless: set[tuple[Any, ...]] = set()
+        example = None
         for flow in flows:
             if flow.request is None or flow.response is None:
                 continue
             if flow.websocket is not None:  # a 101 cannot be answered without its WebSocket
                 continue
             if flow.response.raw_content is None or flow.response.truncated:
-                _log.warn("no whole recorded response body for {url}; not used for replay",
-                          url=flow.request.url)
+                self._bodiless.add(self._key(flow))
+                example = example or flow.request.url
                 continue
             self._recorded.setdefault(self._key(flow), deque()).append(flow)
+        if example is not None:
+            _log.warn(
+                "{count} recorded response(s) have no whole body (not recorded, or recorded "
+                "only in part) and are never served; a request for one is unmatched "
+                "(first: {url})",
+                count=len(self._bodiless), url=example,
+            )
 
     def count(self) -> int:
         """How many recorded responses are left to serve."""
@@ -386,7 +399,14 @@ class ServerReplay(Addon):
         """Answer from the first unused recording that matches, or apply *unmatched*."""
         if flow.request is None or flow.response is not None:
             return
-        queue = self._recorded.get(self._key(flow))
+        key = self._key(flow)
+        queue = self._recorded.get(key)
+        if not queue and key in self._bodiless:
+            _log.warn(
+                "the recorded response for {url} has no whole body; not served, so the "
+                "request is unmatched ({unmatched})",
+                url=flow.request.url, unmatched=self.unmatched,
+            )
         if queue:
             recorded = queue.popleft()
             assert recorded.response is not None
