@@ -18,6 +18,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -962,6 +963,30 @@ class ReplayOptionTests(TempDirTestCase):
                 self.assertTrue(message.startswith(f"{option} {path}: line 2: "), message)
                 self.assertIn("not valid JSON", message)
 
+    def test_skip_invalid_flows(self) -> None:
+        """
+        With ``--skip-invalid-flows`` the lines (or HAR entries) of a
+        recording that cannot be read are skipped, and one warning per file
+        counts them and names the first; the option needs a replay file.
+        """
+        path = self.write_flows("bad.jsonl", recorded("http://example.com/1"))
+        with open(path, "ab") as f:
+            f.write(b"{not json\n" + b"[" * 200_000 + b"\n")
+        with open(path, "ab") as f:
+            dump_flows([recorded("http://example.com/2")], f)
+        for option in ("--server-replay", "--client-replay"):
+            with self.subTest(option=option):
+                with capturedLogs() as events:
+                    options = parse(option, path, "--skip-invalid-flows")
+                flows = options[f"{option[2:]}-flows"]
+                self.assertEqual([f.request.path for f in flows], ["/1", "/2"])
+                [event] = events
+                self.assertTrue(formatEvent(event).startswith(
+                    f"{option} {path}: skipped 2 unreadable flows (first: line 2: not valid "
+                    "JSON"), formatEvent(event))
+        self.assertEqual(self.usage_error("--skip-invalid-flows"),
+                         "--skip-invalid-flows needs --client-replay or --server-replay")
+
     def test_recording_unwritable(self) -> None:
         """
         A recording holding a message that could not be written as it
@@ -1182,17 +1207,62 @@ class ReplayOptionTests(TempDirTestCase):
     def test_exit_after_replay_nothing_to_replay(self) -> None:
         """
         With ``--exit-after-replay`` and a recording of flows that cannot be
-        replayed (a ``CONNECT``), nothing is sent and the reactor is stopped
-        as soon as it runs: twistd starts services before ``reactor.run()``,
-        and stopping a reactor that does not run yet would hang twistd.
+        replayed (a ``CONNECT``), nothing is sent and starting the service
+        raises ``SystemExit`` with one line saying so (twistd then exits
+        with status 1), after the warning naming why each flow was refused.
         """
         path = self.write_flows("rec.jsonl", recorded("http://example.com:443/",
                                                       method="CONNECT"))
         reactor = StopCountingReactor()
-        self.started(parse("--client-replay", path, "--exit-after-replay"), reactor)
-        self.assertEqual(reactor.tcpClients, [])
+        service = make_service(parse("--client-replay", path, "--exit-after-replay"), reactor)
+        with capturedLogs() as events, self.assertRaises(SystemExit) as caught:
+            service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(
+            caught.exception.code,
+            "twistproxy: --client-replay: nothing to replay: none of the 1 recorded flows "
+            "can be replayed (see the warnings above)",
+        )
+        [refused] = [e for e in events if "reason" in e]
+        self.assertIn("CONNECT", refused["reason"])
+        self.assertEqual((reactor.tcpClients[1:], reactor.stops), ([], 0))
+
+    def test_nothing_to_replay_warns(self) -> None:
+        """
+        Without ``--exit-after-replay``, a recording with nothing to replay
+        is a warning and the proxy runs on.
+        """
+        path = self.write_flows("rec.jsonl", recorded("http://example.com:443/",
+                                                      method="CONNECT"))
+        reactor = StopCountingReactor()
+        with capturedLogs() as events:
+            _, _, service = self.started(parse("--client-replay", path), reactor)
+        self.assertTrue(service.running)
+        self.assertIn("--client-replay: nothing to replay: none of the 1 recorded flows",
+                      formatEvent(events[-1]))
         self.assertEqual(reactor.stops, 0)
-        reactor.running = reactor.hasRun = True
-        for hook, args, kwargs in reactor.whenRunningHooks:
-            hook(*args, **kwargs)
+
+    def test_saved_flows_replayed(self) -> None:
+        """
+        Flows saved by ``--save`` while they were live in that process
+        (the ``response`` hook runs before the flow ends) are read back not
+        live, and ``--client-replay`` replays them; at the end one line
+        counts the answered and failed replays.
+        """
+        path = self.mktemp() + ".jsonl"
+        _, factory, service = self.started(parse("--save", path))
+        flow = recorded("http://127.0.0.1:8001/")
+        flow.live = True
+        self.addon(factory, SaveFlows).response(flow)
+        service.stopService()
+        reactor = StopCountingReactor()
+        with capturedLogs() as events:
+            self.started(parse("--client-replay", path, "--exit-after-replay"), reactor)
+            reactor.running = reactor.hasRun = True
+            [(host, port, connecting, *_)] = reactor.tcpClients
+            self.assertEqual((host, port), ("127.0.0.1", 8001))
+            connecting.clientConnectionFailed(reactor.connectors[0],
+                                              Failure(ConnectionRefusedError()))
         self.assertEqual(reactor.stops, 1)
+        self.assertIn("replayed 1 recorded requests: 0 answered, 1 failed",
+                      formatEvent(events[-1]))

@@ -20,12 +20,15 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from twistproxy.addons.access import ProxyAuth, load_users, parse_host_pattern, parse_user
 from twistproxy.errors import FlowFileError
 from twistproxy.flowfile import load_flows
 from twistproxy.http import HTTPFlow
+
+_log = Logger(namespace="twistproxy")
 
 
 def worker_count(text: str) -> int:
@@ -121,16 +124,26 @@ def host_pattern(option: str, pattern: str) -> str:
     return pattern
 
 
-def read_recordings(option: str, paths: list[str]) -> list[HTTPFlow]:
-    """The flows of the files *paths* name, or a usage error naming what is wrong."""
+def read_recordings(option: str, paths: list[str], *, skip_invalid: bool = False) -> list[HTTPFlow]:
+    """
+    The flows of the files *paths* name, or a usage error naming what is
+    wrong.  With *skip_invalid*, a line (or HAR entry) that cannot be read
+    is skipped instead, and one warning per file counts them and names the
+    first.
+    """
     flows: list[HTTPFlow] = []
     for path in paths:
+        skipped: list[FlowFileError] = []
         try:
-            flows.extend(load_flows(Path(path).expanduser()))
+            flows.extend(load_flows(Path(path).expanduser(),
+                                    on_error=skipped.append if skip_invalid else None))
         except OSError as e:
             raise usage.UsageError(f"{option} {path}: {e.strerror}") from e
         except FlowFileError as e:
             raise usage.UsageError(f"{option} {path}: {e}") from e
+        if skipped:
+            _log.warn("{option} {path}: skipped {count} unreadable flows (first: {first})",
+                      option=option, path=path, count=len(skipped), first=str(skipped[0]))
     return flows
 
 

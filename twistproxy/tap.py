@@ -300,7 +300,14 @@ class Options(usage.Options):
         ],
         ["insecure", None, "Do not verify servers' certificates (testing only)."],
         ["replay-ignore-content", None, "Server replay: do not match request bodies."],
-        ["exit-after-replay", None, "Stop once every --client-replay flow was replayed."],
+        ["exit-after-replay", None, "Stop once every --client-replay flow was replayed "
+         "(exit status 1 when there is nothing to replay)."],
+        [
+            "skip-invalid-flows",
+            None,
+            "Replay: skip (and count) the lines or HAR entries of --client-replay and "
+            "--server-replay files that cannot be read, instead of refusing the file.",
+        ],
         ["worker", None, "(internal) Run as one of --workers' processes."],
     ]
 
@@ -431,8 +438,13 @@ class Options(usage.Options):
                 self["save-filter-parsed"] = parse_filter(self["save-filter"])
             except FilterError as e:
                 raise usage.UsageError(f"--save-filter: {e}") from e
-        self["server-replay-flows"] = read_recordings("--server-replay", self["server-replay"])
-        self["client-replay-flows"] = read_recordings("--client-replay", self["client-replay"])
+        skip = self["skip-invalid-flows"]
+        self["server-replay-flows"] = read_recordings(
+            "--server-replay", self["server-replay"], skip_invalid=skip)
+        self["client-replay-flows"] = read_recordings(
+            "--client-replay", self["client-replay"], skip_invalid=skip)
+        if skip and not (self["server-replay"] or self["client-replay"]):
+            raise usage.UsageError("--skip-invalid-flows needs --client-replay or --server-replay")
         if self["exit-after-replay"] and not self["client-replay"]:
             raise usage.UsageError("--exit-after-replay needs --client-replay")
         if self["save-filter"] is not None and self["save"] is None:
@@ -571,10 +583,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         try:
             # Unbuffered appends: one write per flow, never interleaved with
             # another worker's. Closed when the service stops.
-            out = open(Path(options["save"]).expanduser(), "ab", buffering=0)
+            saving = SaveFlows.open(Path(options["save"]).expanduser(),
+                                    flow_filter=options["save-filter-parsed"])
         except OSError as e:
             raise SystemExit(f"twistproxy: --save {options['save']}: {e.strerror}") from e
-        saving = SaveFlows(out, flow_filter=options["save-filter-parsed"])
         addons.append(saving)
     factories = [
         ProxyFactory(
@@ -681,7 +693,12 @@ def _without_workers(args: list[str]) -> list[str]:
 
 
 class _ClientReplayService(Service):
-    """Replays the --client-replay flows once the proxy runs; optionally stops after."""
+    """
+    Replays the --client-replay flows once the proxy runs; optionally stops
+    after.  With nothing it can replay it says so, and with --exit-after-replay
+    ends twistd with a non-zero status (``SystemExit`` from
+    :meth:`startService`, before the reactor runs).
+    """
 
     def __init__(
         self,
@@ -699,14 +716,25 @@ class _ClientReplayService(Service):
     def startService(self) -> None:
         super().startService()
         queued = self._replay.start_replay(self._flows)
+        if not queued:
+            message = (f"--client-replay: nothing to replay: none of the {len(self._flows)} "
+                       "recorded flows can be replayed (see the warnings above)")
+            if self._stop is not None:
+                raise SystemExit(f"twistproxy: {message}")
+            _log.warn(message)
+            return
         _log.info("replaying {count} recorded requests", count=queued)
+        drained = self._replay.when_drained().addCallback(self._report)
         if self._stop is not None:
             stop = self._stop
-            # Drained at once (nothing to replay) happens before the reactor
-            # runs: stop it once it does.
-            self._replay.when_drained().addCallback(
-                lambda _: self._reactor.callWhenRunning(stop)
-            )
+            # Drained at once happens before the reactor runs: stop it once it does.
+            drained.addCallback(lambda _: self._reactor.callWhenRunning(stop))
+
+    def _report(self, _: object) -> None:
+        replayed = [f for f in self._flows if f.is_replay == "request"]
+        failed = sum(1 for f in replayed if f.response is None)
+        _log.info("replayed {count} recorded requests: {answered} answered, {failed} failed",
+                  count=len(replayed), answered=len(replayed) - failed, failed=failed)
 
     def stopService(self) -> None:
         super().stopService()

@@ -169,12 +169,98 @@ async def test_corrupt_recording_is_a_usage_error(tmp_path: Path) -> None:
 async def test_exit_after_replay_with_nothing_to_replay(tmp_path: Path) -> None:
     """
     ``--exit-after-replay`` with only flows that cannot be replayed exits at
-    once (it used to stop the reactor before it ran, and hang).
+    once, with status 1 and one line saying there was nothing to replay
+    (after the warning saying why), not a traceback.
     """
+    from tests.e2e.test_twistd import free_port, run
+
     recording = tmp_path / "connects.jsonl"
     with FlowWriter(recording.open("wb")) as writer:
         flow = HTTPFlow(Client(), Server(), now=lambda: 1.0)
         flow.request = Request.make("CONNECT", "http://example.com:443/")
         writer.add(flow)
-    child = await _replay_and_exit(tmp_path, recording)
-    assert "not replaying" in child.output
+    code, output = await run(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--port", str(free_port()),
+         "--client-replay", str(recording), "--exit-after-replay"], tmp_path)
+    assert code == 1, output
+    assert "Traceback" not in output, output
+    assert "not replaying" in output
+    assert ("twistproxy: --client-replay: nothing to replay: none of the 1 recorded flows "
+            "can be replayed") in output
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_save_client_replay_server_replay(tmp_path: Path) -> None:
+    """
+    The operator's round trip, from files ``--save`` wrote: flows saved
+    from live traffic (a GET, a POST, a chunked answer, a body that
+    streamed past ``--body-limit``, a failed request) are read back not
+    live, in a file only the owner may read; ``--client-replay`` sends every
+    one to the origin again and saves the new answers with ``--save``, with
+    a line counting them; ``--server-replay`` of that file answers each
+    request with the replayed response while the origin is gone.  A
+    recording whose body was only recorded in part is never served: the
+    request is unmatched (404) and the log says why.
+    """
+    import stat
+
+    factory = OriginFactory()
+    origin = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    base = f"http://127.0.0.1:{origin.getHost().port}"
+    from tests.e2e.test_twistd import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/gone"
+    urls = [f"{base}/echo?a=1", f"{base}/echo?p=1", f"{base}/chunked", f"{base}/bytes/100000"]
+    saved, replayed = tmp_path / "saved.jsonl", tmp_path / "replayed.jsonl"
+    try:
+        child, port = await start_twistd(tmp_path, "--save", str(saved), "--body-limit", "4096")
+        proxy = f"http://127.0.0.1:{port}"
+        try:
+            for url in urls + [closed]:
+                data = ("--data-binary", "hello") if "p=1" in url else ()
+                await curl("-x", proxy, *data, "-o", "/dev/null", url, cwd=tmp_path)
+        finally:
+            await child.stop()
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        recorded = load_flows(saved)
+        assert [f.request.url for f in recorded] == urls + [closed]
+        assert not any(f.live for f in recorded)
+        assert recorded[3].response.truncated and recorded[4].error is not None
+        before = len(factory.received)
+
+        child = await _replay_and_exit(tmp_path, saved, "--save", str(replayed))
+        targets = sorted(r.target.decode() for r in factory.received[before:])
+        assert targets == sorted(url[len(base):] for url in urls)
+        assert "replaying 5 recorded requests" in child.output
+        assert "replayed 5 recorded requests: 4 answered, 1 failed" in child.output
+    finally:
+        await origin.stopListening()
+    flows = load_flows(replayed)
+    assert [f.is_replay for f in flows] == ["request"] * 5
+    answered = [f for f in flows if f.response is not None]
+    assert [f.request.url for f in answered] == urls
+
+    child, port = await start_twistd(tmp_path, "--server-replay", str(replayed),
+                                     "--replay-unmatched", "404")
+    proxy = f"http://127.0.0.1:{port}"
+    try:
+        for flow in answered:
+            data = ("--data-binary", "hello") if flow.request.method == "POST" else ()
+            out = tmp_path / "body"
+            code, output = await curl("-x", proxy, *data, "-o", str(out), flow.request.url,
+                                      cwd=tmp_path)
+            assert code == 0, output
+            assert out.read_bytes() == flow.response.content, flow.request.url
+    finally:
+        await child.stop()
+
+    child, port = await start_twistd(tmp_path, "--server-replay", str(saved),
+                                     "--replay-unmatched", "404")
+    try:
+        code, status = await curl("-x", f"http://127.0.0.1:{port}", "-o", "/dev/null",
+                                  "-w", "%{http_code}", urls[3], cwd=tmp_path)
+        assert status == "404"
+        assert f"the recorded response for {urls[3]} has no whole body" in child.output
+    finally:
+        await child.stop()
