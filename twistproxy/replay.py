@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from twisted.application.service import Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredQueue, succeed
 from twisted.logger import Logger
@@ -223,6 +224,63 @@ class ClientReplay:
         collector.upstream = upstream
         upstream.open()
         return await collector.done
+
+
+class ClientReplayService(Service):
+    """
+    Replays *flows* once the service starts (twistd's ``--client-replay``),
+    and logs a line counting the answered and failed replays when they are
+    done.  With nothing it can replay it says so: with *stop* (twistd's
+    ``--exit-after-replay``) :meth:`startService` raises ``SystemExit``
+    with that line (twistd exits with status 1), else it is a warning.
+
+    :param replay: The client replay to queue the flows on.
+    :param flows: The recorded flows.
+    :param reactor: Runs *stop* once it is running.
+    :param stop: Called once every flow was replayed (or failed), if given.
+    """
+
+    def __init__(
+        self,
+        replay: ClientReplay,
+        flows: list[HTTPFlow],
+        *,
+        reactor: Any,
+        stop: Callable[[], object] | None,
+    ) -> None:
+        self._reactor = reactor
+        self._replay = replay
+        self._flows = flows
+        self._stop = stop
+
+    def startService(self) -> None:
+        """Queue the flows; see the class docstring."""
+        super().startService()
+        queued = self._replay.start_replay(self._flows)
+        if not queued:
+            message = (f"--client-replay: nothing to replay: none of the {len(self._flows)} "
+                       "recorded flows can be replayed (see the warnings above)")
+            if self._stop is not None:
+                raise SystemExit(f"twistproxy: {message}")
+            _log.warn(message)
+            return
+        _log.info("replaying {count} recorded requests", count=queued)
+        drained = self._replay.when_drained().addCallback(self._report)
+        if self._stop is not None:
+            stop = self._stop
+            # Drained at once happens before the reactor runs: stop it once it does.
+            drained.addCallback(lambda _: self._reactor.callWhenRunning(stop))
+
+    def _report(self, _: object) -> None:
+        replayed = [f for f in self._flows if f.is_replay == "request"]
+        failed = sum(1 for f in replayed if f.response is None)
+        _log.info("replayed {count} recorded requests: {answered} answered, {failed} failed",
+                  count=len(replayed), answered=len(replayed) - failed, failed=failed)
+
+    def stopService(self) -> None:
+        """Stop the replay: flows waiting are dropped."""
+        super().stopService()
+        self._replay.close()
 
 
 def _server_name(flow: HTTPFlow) -> str | None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -47,11 +47,10 @@ from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, Certifi
 from twistproxy.errors import AddonError, CertificateAuthorityError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
-from twistproxy.http import HTTPFlow
 from twistproxy.limits import DEFAULT_BACKLOG, Limits, with_backlog
 from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT, ProxyFactory
-from twistproxy.replay import UNMATCHED, ClientReplay, ServerReplay
+from twistproxy.replay import UNMATCHED, ClientReplay, ClientReplayService, ServerReplay
 from twistproxy.service import DEFAULT_SHUTDOWN_TIMEOUT, ProxyService
 from twistproxy.workers import (
     INTERFACE_POSITION,
@@ -626,7 +625,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     # unless that is another mode).
     factory = factories[0]
     if options["client-replay"]:
-        _ClientReplayService(
+        ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),
             options["client-replay-flows"],
             reactor=reactor,
@@ -690,55 +689,6 @@ def _without_workers(args: list[str]) -> list[str]:
         elif arg != "--worker" and not arg.startswith(("--workers=", "--port=", "-p")):
             out.append(arg)
     return out
-
-
-class _ClientReplayService(Service):
-    """
-    Replays the --client-replay flows once the proxy runs; optionally stops
-    after.  With nothing it can replay it says so, and with --exit-after-replay
-    ends twistd with a non-zero status (``SystemExit`` from
-    :meth:`startService`, before the reactor runs).
-    """
-
-    def __init__(
-        self,
-        replay: ClientReplay,
-        flows: list[HTTPFlow],
-        *,
-        reactor: Any,
-        stop: Callable[[], object] | None,
-    ) -> None:
-        self._reactor = reactor
-        self._replay = replay
-        self._flows = flows
-        self._stop = stop
-
-    def startService(self) -> None:
-        super().startService()
-        queued = self._replay.start_replay(self._flows)
-        if not queued:
-            message = (f"--client-replay: nothing to replay: none of the {len(self._flows)} "
-                       "recorded flows can be replayed (see the warnings above)")
-            if self._stop is not None:
-                raise SystemExit(f"twistproxy: {message}")
-            _log.warn(message)
-            return
-        _log.info("replaying {count} recorded requests", count=queued)
-        drained = self._replay.when_drained().addCallback(self._report)
-        if self._stop is not None:
-            stop = self._stop
-            # Drained at once happens before the reactor runs: stop it once it does.
-            drained.addCallback(lambda _: self._reactor.callWhenRunning(stop))
-
-    def _report(self, _: object) -> None:
-        replayed = [f for f in self._flows if f.is_replay == "request"]
-        failed = sum(1 for f in replayed if f.response is None)
-        _log.info("replayed {count} recorded requests: {answered} answered, {failed} failed",
-                  count=len(replayed), answered=len(replayed) - failed, failed=failed)
-
-    def stopService(self) -> None:
-        super().stopService()
-        self._replay.close()
 
 
 class _Closing(MultiService):
