@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,61 @@ def _temporary_directory(case: SynchronousTestCase) -> Path:
     directory = tempfile.mkdtemp()
     case.addCleanup(shutil.rmtree, directory)
     return Path(directory)
+
+
+
+_RACER = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+
+from twistproxy.certs import CertificateAuthority
+
+print("ready", flush=True)
+sys.stdin.readline()
+ca, created = CertificateAuthority.load_or_create(Path(sys.argv[1]), now=datetime.now(UTC))
+print(ca.certificate.fingerprint(hashes.SHA256()).hex(), int(created), flush=True)
+"""
+
+
+def _race_load_or_create(directory: Path, count: int) -> list[tuple[str, bool]]:
+    """
+    Run `CertificateAuthority.load_or_create` on *directory* in *count*
+    processes released at once (bounded: 60 s).
+
+    :returns: Each process's CA fingerprint and whether it created the CA.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH"))
+        if p
+    ))
+    racers = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(directory)], env=env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+    try:
+        for racer in racers:
+            assert racer.stdout is not None
+            assert racer.stdout.readline() == "ready\n"  # imported, waiting
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        results = []
+        for racer in racers:
+            out, _ = racer.communicate(timeout=60)
+            assert racer.returncode == 0, out
+            fingerprint, created = out.split()
+            results.append((fingerprint, created == "1"))
+        return results
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+                racer.wait()
 
 
 def _key_pem(key: PrivateKey) -> bytes:
@@ -402,6 +458,55 @@ class LoadTests(SynchronousTestCase):
             CertificateAuthorityError, CertificateAuthority.load_or_create, self.directory, now=NOW
         )
         self.assertEqual(self.path.read_bytes(), b"garbage")
+
+    def test_load_or_create_restores_certificate_files(self) -> None:
+        """
+        Certificate files lost after the CA was created (a crash between the
+        key file and them) are written again from the CA file on the next
+        start, the key file left as it is.
+        """
+        ca, _ = CertificateAuthority.load_or_create(self.directory, now=NOW)
+        key_file = self.path.read_bytes()
+        (self.directory / CA_CERT_PEM).unlink()
+        (self.directory / CA_CERT_DER).unlink()
+        again, created = CertificateAuthority.load_or_create(self.directory, now=NOW)
+        self.assertFalse(created)
+        self.assertEqual(self.path.read_bytes(), key_file)
+        self.assertEqual((self.directory / CA_CERT_PEM).read_bytes(), ca.certificate_pem())
+        self.assertEqual((self.directory / CA_CERT_DER).read_bytes(), ca.certificate_der())
+
+    def test_load_or_create_leaves_no_temporary_files(self) -> None:
+        """
+        Creating a CA leaves exactly the three CA files in the directory.
+        """
+        CertificateAuthority.load_or_create(self.directory, now=NOW)
+        self.assertEqual(
+            sorted(p.name for p in self.directory.iterdir()),
+            sorted([CA_FILE, CA_CERT_PEM, CA_CERT_DER]),
+        )
+
+    def test_load_or_create_racing_processes(self) -> None:
+        """
+        Processes that call `load_or_create` at the same moment on one empty
+        directory all end with the same CA, the one on disk: exactly one of
+        them created it, and the key file is its owner's alone.  (Each
+        process imports first and waits at a barrier, its standard input, so
+        that the calls overlap.)
+        """
+        for _ in range(2):  # two rounds, each on a fresh directory
+            directory = _temporary_directory(self) / "ca"
+            results = _race_load_or_create(directory, count=6)
+            # The racers used the real time: load with it too.
+            on_disk = CertificateAuthority.load(directory / CA_FILE, now=datetime.now(UTC))
+            fingerprint = on_disk.certificate.fingerprint(hashes.SHA256()).hex()
+            self.assertEqual({f for f, _ in results}, {fingerprint}, results)
+            self.assertEqual(sum(created for _, created in results), 1, results)
+            self.assertEqual(
+                x509.load_pem_x509_certificate((directory / CA_CERT_PEM).read_bytes()),
+                on_disk.certificate,
+            )
+            self.assertEqual(_mode(directory / CA_FILE), 0o600)
+            self.assertEqual(_mode(directory), 0o700)
 
     def test_missing(self) -> None:
         """

@@ -16,9 +16,11 @@ it runs inside OpenSSL's server-name callback, which cannot wait.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -173,7 +175,9 @@ class CertificateAuthority:
         """
         Write the CA to *directory*: :data:`CA_FILE` (key and certificate,
         mode 0600), :data:`CA_CERT_PEM` and :data:`CA_CERT_DER` (the
-        certificate alone, mode 0644).  Existing files are replaced.
+        certificate alone, mode 0644).  Existing files are replaced, each at
+        once (written beside it, then renamed over it): a reader, or a crash,
+        never sees half a file.
 
         A directory that does not exist is created with mode 0700; one that
         already exists keeps its mode, since it may be shared with other files.
@@ -181,28 +185,25 @@ class CertificateAuthority:
         :param directory: Where to write the files.
         :raises OSError: if the directory or a file cannot be written.
         """
-        try:
-            directory.mkdir(mode=_DIRECTORY_MODE, parents=True)
-        except FileExistsError:
-            pass
-        else:
-            # mkdir's mode is filtered through the umask; make it exact.
-            directory.chmod(_DIRECTORY_MODE)
+        _make_directory(directory)
         # The certificate files first: once CA_FILE exists, a CA is present.
-        _write_file(directory / CA_CERT_PEM, self.certificate_pem(), _CERT_FILE_MODE)
-        _write_file(directory / CA_CERT_DER, self.certificate_der(), _CERT_FILE_MODE)
-        key_pem = self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write_file(directory / CA_FILE, key_pem + self.certificate_pem(), _KEY_FILE_MODE)
+        self._save_certificates(directory)
+        _write_file(directory / CA_FILE, self._key_file(), _KEY_FILE_MODE)
 
     @classmethod
     def load_or_create(cls, directory: Path, *, now: datetime) -> tuple[CertificateAuthority, bool]:
         """
         Load the CA saved in *directory*, or generate and save one there if
         there is none.
+
+        Creation is atomic and happens once: the new :data:`CA_FILE` is
+        written in full under a temporary name, then linked to its name
+        only if no other process got there first (``link`` never replaces a
+        file).  A process that loses that race loads the winner's CA, so
+        every process started on one directory, however close together, ends
+        with the CA on disk.  The certificate files follow the key file;
+        missing ones (a crash in between) are written again by the next
+        start.
 
         :param directory: The directory holding :data:`CA_FILE`.
         :param now: The current time, timezone-aware.
@@ -212,11 +213,39 @@ class CertificateAuthority:
         :raises OSError: if a new CA cannot be saved.
         """
         path = directory / CA_FILE
-        if path.exists():
-            return cls.load(path, now=now), False
-        authority = cls.generate(now=now)
-        authority.save(directory)
-        return authority, True
+        if not path.exists():
+            authority = cls.generate(now=now)
+            _make_directory(directory)
+            if _create_file(path, authority._key_file(), _KEY_FILE_MODE):
+                authority._save_certificates(directory)
+                return authority, True
+        authority = cls.load(path, now=now)
+        try:
+            authority._save_certificates(directory, missing_only=True)
+        except OSError:
+            pass  # a read-only directory: the CA itself is usable
+        return authority, False
+
+    def _key_file(self) -> bytes:
+        """
+        The contents of :data:`CA_FILE`: the private key, then the certificate.
+        """
+        key_pem = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key_pem + self.certificate_pem()
+
+    def _save_certificates(self, directory: Path, *, missing_only: bool = False) -> None:
+        """
+        Write :data:`CA_CERT_PEM` and :data:`CA_CERT_DER` into *directory*
+        (only those that do not exist, if *missing_only*).
+        """
+        for name, data in ((CA_CERT_PEM, self.certificate_pem()),
+                           (CA_CERT_DER, self.certificate_der())):
+            if not (missing_only and (directory / name).exists()):
+                _write_file(directory / name, data, _CERT_FILE_MODE)
 
     def certificate_pem(self) -> bytes:
         """
@@ -547,16 +576,81 @@ def _public_der(key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
+def _make_directory(directory: Path) -> None:
+    """
+    Create *directory* (and its parents) with mode 0700 if it does not
+    exist; an existing one keeps its mode.
+    """
+    try:
+        directory.mkdir(mode=_DIRECTORY_MODE, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        # mkdir's mode is filtered through the umask; make it exact.
+        directory.chmod(_DIRECTORY_MODE)
+
+
+def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
+    """
+    Write *data* to a new file beside *path*, created with exactly *mode*
+    (so a secret is never readable by others, even briefly) and flushed to
+    disk.
+
+    :returns: The new file's path.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as f:
+            os.fchmod(fd, mode)  # mkstemp makes 0600; the certificates are 0644
+            f.write(data)
+            f.flush()
+            os.fsync(fd)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """
-    Replace the file at *path* with *data*, with exactly *mode*.  A new file
-    is created with *mode*, so a secret is never readable by others, even
-    briefly; an existing file gets *mode* before anything is written.
+    Replace the file at *path* with *data*, with exactly *mode*, at once:
+    written in full beside it, then renamed over it.
     """
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
-    with open(fd, "wb") as f:
-        os.fchmod(fd, mode)  # the umask may have removed bits; an old file kept its mode
-        f.write(data)
+    temporary = _write_temporary(path, data, mode)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink()
+        raise
+
+
+def _create_file(path: Path, data: bytes, mode: int) -> bool:
+    """
+    Create the file at *path* with *data* and exactly *mode*, unless it
+    exists: written in full beside it, then hard-linked to *path*, which
+    fails if another process created *path* first.  On a file system
+    without hard links, *path* is created exclusively and written in place.
+
+    :returns: Whether this call created the file.
+    """
+    temporary = _write_temporary(path, data, mode)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+        except FileExistsError:
+            return False
+        with open(fd, "wb") as f:
+            os.fchmod(fd, mode)
+            f.write(data)
+    finally:
+        temporary.unlink()
+    return True
 
 
 def _refusal(path: Path, reason: str) -> CertificateAuthorityError:
