@@ -55,9 +55,11 @@ from twistproxy.service import DEFAULT_SHUTDOWN_TIMEOUT, ProxyService
 from twistproxy.workers import (
     INTERFACE_POSITION,
     Supervisor,
+    SupervisorWatch,
     WorkerPortService,
     endpoint_argument,
     split_endpoint,
+    stop_and_fail,
 )
 
 _log = Logger(namespace="twistproxy")
@@ -284,8 +286,17 @@ class Options(usage.Options):
             "workers",
             None,
             1,
-            "Worker processes serving the port ('auto': one per core); a dead one restarts.",
+            "Worker processes serving the port ('auto': one per core); a dead one restarts, "
+            "later each time it fails again within 10 s of starting.",
             worker_count,
+        ],
+        [
+            "restart-limit",
+            None,
+            5,
+            "--workers: give up (stop, exit 1) when a worker failed this many times in a row "
+            "within 10 s of starting.",
+            at_least_one,
         ],
 
     ]
@@ -617,6 +628,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         listen = with_backlog(options["endpoint"], options["backlog"])
         WorkerPortService(reactor, listen, factories[0],
                           shutdown_timeout=timeout).setServiceParent(serving)
+        SupervisorWatch(reactor).setServiceParent(top)
     else:
         for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
             ProxyService(endpoint, factory, backlog=options["backlog"],
@@ -673,20 +685,26 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
         worker_args += ["--ca", ca]
     top = _Main(options["endpoint"])
     Supervisor(reactor, count=options["workers"], endpoint=options["endpoint"],
-               worker_args=worker_args).setServiceParent(top)
+               worker_args=worker_args, give_up_after=options["restart-limit"],
+               give_up=stop_and_fail(reactor)).setServiceParent(top)
     return top
 
 
 def _without_workers(args: list[str]) -> list[str]:
-    """*args* without ``--workers``, ``--port`` (and ``-p``), and their values."""
+    """
+    *args* without ``--workers``, ``--restart-limit``, ``--port`` (and
+    ``-p``), and their values.
+    """
     out: list[str] = []
     skip = False
     for arg in args:
         if skip:
             skip = False
-        elif arg in ("--workers", "--port", "-p"):
+        elif arg in ("--workers", "--restart-limit", "--port", "-p"):
             skip = True
-        elif arg != "--worker" and not arg.startswith(("--workers=", "--port=", "-p")):
+        elif arg != "--worker" and not arg.startswith(
+            ("--workers=", "--restart-limit=", "--port=", "-p")
+        ):
             out.append(arg)
     return out
 
