@@ -287,7 +287,13 @@ class Supervisor(Service):
         :raises OSError: if another process listens on the address, or
             another supervisor is starting on it.
         """
-        with bind(self._endpoint, listen=False, reuse_port=False) as probe:
+        try:
+            probe = bind(self._endpoint, listen=False, reuse_port=False)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise OSError(e.errno, "another process listens on this address") from None
+            raise
+        with probe:
             host, port = probe.getsockname()[:2]
             # Taken while the probe holds the port, so that a port 0 probe
             # names the port no one else took meanwhile.

@@ -18,7 +18,13 @@ from twisted.internet.task import deferLater
 
 from tests.e2e.conftest import parse_responses, raw
 from tests.e2e.origin import OriginFactory
-from tests.e2e.test_twistd import start_twistd
+from tests.e2e.test_twistd import (
+    accepting,
+    free_port,
+    spawn,
+    start_twistd,
+    twistd_command,
+)
 from twistproxy.flowfile import load_flows
 
 pytestmark = pytest.mark.e2e
@@ -99,3 +105,43 @@ async def test_two_workers_share_the_port(tmp_path: Path) -> None:
     assert len(flows) == answered
     assert all(f.request.raw_content == b"z" * len(f.request.raw_content) for f in flows)
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_logfile_holds_the_workers_lines(tmp_path: Path) -> None:
+    """
+    With ``-l FILE`` every worker's lines (start, flows) land in that file,
+    marked with the worker's number, and none on the supervisor's output.
+    """
+    origin = reactor.listenTCP(0, OriginFactory(), interface="127.0.0.1")
+    origin_port = origin.getHost().port
+    log = tmp_path / "proxy.log"
+    port = free_port()
+    child = spawn([*twistd_command(), "-n", "--pidfile=", "-l", str(log), "twistproxy",
+                   "--port", str(port), "--workers", "2"], tmp_path)
+    try:
+        await accepting(port, child)
+        await _answered(port, origin_port)
+        for _ in range(100):  # bounded: 10 s, until both workers and the flow logged
+            text = log.read_text()
+            if len(ACCEPTING.findall(text)) == 2 and " -> 200" in text:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        text = log.read_text()
+        assert len(ACCEPTING.findall(text)) == 2, text
+        assert re.search(r"worker \d+\] .*GET http://127\.0\.0\.1:\d+/echo -> 200", text), text
+        assert "accepting" not in child.output and " -> 200" not in child.output, child.output
+    finally:
+        await child.stop()
+        await origin.stopListening()
+
+
+ACCEPTING = re.compile(r"worker \d+\] worker \d+ accepting")
+"""A worker's start line, as the supervisor logs it."""
+
+
+async def _answered(port: int, origin_port: int) -> None:
+    data = await raw(port, (f"GET http://127.0.0.1:{origin_port}/echo HTTP/1.1\r\n"
+                            "Connection: close\r\n\r\n").encode(), timeout=10)
+    [parsed] = parse_responses(data)
+    assert parsed.status == 200
