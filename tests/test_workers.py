@@ -20,8 +20,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.options import parse
-from twistproxy.tap import Options, _without_workers
-from twistproxy.workers import Supervisor, SupervisorWatch, address_lock, bind
+from twistproxy.tap import Options
+from twistproxy.workers import (
+    Supervisor,
+    SupervisorWatch,
+    address_lock,
+    bind,
+    worker_arguments,
+)
 
 
 class BindTests(SynchronousTestCase):
@@ -110,7 +116,7 @@ class WorkerOptionTests(SynchronousTestCase):
         the port (the supervisor gives them the concrete one).
         """
         self.assertEqual(
-            _without_workers(["--port", "9", "--workers", "2", "--workers=3", "--quiet",
+            worker_arguments(["--port", "9", "--workers", "2", "--workers=3", "--quiet",
                               "-p", "8", "--port=7", "--worker", "--addon", "a.py"]),
             ["--quiet", "--addon", "a.py"],
         )

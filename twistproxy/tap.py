@@ -60,6 +60,7 @@ from twistproxy.workers import (
     endpoint_argument,
     split_endpoint,
     stop_and_fail,
+    worker_arguments,
 )
 
 _log = Logger(namespace="twistproxy")
@@ -678,7 +679,7 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
     The supervisor of ``--workers`` proxies: the CA is made (or checked)
     here once, and the workers are handed it with ``--ca``.
     """
-    worker_args = _without_workers(options.raw_args)
+    worker_args = worker_arguments(options.raw_args)
     if not options["no-intercept"]:
         _certificate_store(options)
         ca = options["ca"] or str(Path(options["ca-dir"]).expanduser() / CA_FILE)
@@ -690,23 +691,6 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
     return top
 
 
-def _without_workers(args: list[str]) -> list[str]:
-    """
-    *args* without ``--workers``, ``--restart-limit``, ``--port`` (and
-    ``-p``), and their values.
-    """
-    out: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("--workers", "--restart-limit", "--port", "-p"):
-            skip = True
-        elif arg != "--worker" and not arg.startswith(
-            ("--workers=", "--restart-limit=", "--port=", "-p")
-        ):
-            out.append(arg)
-    return out
 
 
 class _Closing(MultiService):

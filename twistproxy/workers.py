@@ -183,6 +183,26 @@ def address_lock(host: str, port: int) -> socket.socket | None:
     return lock
 
 
+def worker_arguments(args: list[str]) -> list[str]:
+    """
+    The ``twistd twistproxy`` arguments *args* for a worker: without
+    ``--workers``, ``--restart-limit``, ``--port`` (and ``-p``), and their
+    values (the supervisor adds the concrete port).
+    """
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--restart-limit", "--port", "-p"):
+            skip = True
+        elif arg != "--worker" and not arg.startswith(
+            ("--workers=", "--restart-limit=", "--port=", "-p")
+        ):
+            out.append(arg)
+    return out
+
+
 _MAX_LINE = 1024 * 1024
 """Bytes of a worker's output kept waiting for the end of a line."""
 
