@@ -39,6 +39,7 @@ from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import ServerReplay
 from twistproxy.service import ProxyService
 from twistproxy.tap import Options, make_service, parse_size
+from twistproxy.workers import Supervisor
 
 GOOD_ADDON = """\
 from twistproxy.hooks import Addon
@@ -400,6 +401,16 @@ class MakeServiceTests(TempDirTestCase):
             [(port, interface) for port, _, _, interface in reactor.tcpServers],
             [(8080, "127.0.0.1")],
         )
+
+    def test_workers_killed_after_their_drain(self) -> None:
+        """
+        The supervisor gives its workers their ``--shutdown-timeout`` (and
+        the drain's last aborts, and a margin) before it kills them.
+        """
+        top = make_service(parse("--workers", "2", "--no-intercept",
+                                 "--shutdown-timeout", "20"), MemoryReactorClock())
+        [supervisor] = [child for child in top if isinstance(child, Supervisor)]
+        self.assertEqual(supervisor.kill_after, 25.0)
 
     def test_listeners_per_mode(self) -> None:
         """

@@ -268,6 +268,20 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(60)
         self.assertEqual(len(self.reactor.spawned), 2)
 
+    def test_killed_after_kill_after(self) -> None:
+        """
+        Workers still running ``kill_after`` seconds after ``SIGTERM`` (their
+        drain outlived its deadline) are killed; not a moment before.
+        """
+        self.supervisor.kill_after = 15.0
+        processes = [self.supervisor._processes[n] for n in (0, 1)]
+        self.supervisor.stopService()
+        self.end(0, Failure(ProcessDone(0)))
+        self.reactor.advance(14.9)
+        self.assertEqual([p.signals for p in processes], [["TERM"], ["TERM"]])
+        self.reactor.advance(0.1)
+        self.assertEqual(processes[1].signals, ["TERM", "KILL"])
+
     def test_worker_log_events_published(self) -> None:
         """
         A JSON log event a worker writes on standard output is published

@@ -26,6 +26,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twistproxy._drain import LAST_WORD
 from twistproxy._options import (
     at_least_one,
     host_pattern,
@@ -687,6 +688,9 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
     top = _Main(options["endpoint"])
     Supervisor(reactor, count=options["workers"], endpoint=options["endpoint"],
                worker_args=worker_args, give_up_after=options["restart-limit"],
+               # The workers drain first: their deadline, the drain's last
+               # words (twice LAST_WORD), and a margin for starting to.
+               kill_after=options["shutdown-timeout"] + 2 * LAST_WORD + 3.0,
                give_up=stop_and_fail(reactor)).setServiceParent(top)
     return top
 

@@ -260,6 +260,9 @@ class Supervisor(Service):
         failed quickly.
     :param give_up_after: After this many quick failures in a row of one
         worker, stop every worker and call *give_up*.
+    :param kill_after: Seconds the workers have to stop after ``SIGTERM``
+        (their drain: ``--shutdown-timeout`` and a little more) before
+        they are killed.
     :param give_up: Called with a one-line reason when the supervisor gives
         up (the twistd plugin stops the reactor and exits with status 1).
     :param observer: Where the workers' log events go.
@@ -281,6 +284,7 @@ class Supervisor(Service):
         max_restart_delay: float = 30.0,
         quick: float = 10.0,
         give_up_after: int = 5,
+        kill_after: float = 10.0,
         give_up: Callable[[str], object],
         observer: ILogObserver = globalLogPublisher,
     ) -> None:
@@ -292,6 +296,7 @@ class Supervisor(Service):
         self.max_restart_delay = max_restart_delay
         self.quick = quick
         self.give_up_after = give_up_after
+        self.kill_after = kill_after
         self._give_up = give_up
         self._observer = observer
         self._text_log = Logger(namespace=_log.namespace, observer=observer)
@@ -397,7 +402,7 @@ class Supervisor(Service):
         self._reactor.callLater(delay, self._spawn, worker.number)
 
     def stopService(self) -> Deferred[Any]:
-        """Stop the workers (TERM, then KILL after 10 s) and release the address."""
+        """Stop the workers (TERM, then KILL after ``kill_after`` s) and release the address."""
         super().stopService()
         # The workers stop listening first thing: the port check guards
         # the address from here on.
@@ -407,7 +412,7 @@ class Supervisor(Service):
         ended = [worker.ended for worker in self.workers.values()]
         for process in list(self._processes.values()):
             _signal(process, "TERM")
-        killer = self._reactor.callLater(10, self._kill_all)
+        killer = self._reactor.callLater(self.kill_after, self._kill_all)
 
         def done(result: object) -> object:
             if killer.active():
