@@ -9,7 +9,7 @@ import atexit
 import shutil
 import tempfile
 
-from twistproxy.tap import Options
+from twistproxy.options import Options
 
 CA_DIR = tempfile.mkdtemp(prefix="twistproxy-test-ca-")
 """The CA directory every test shares (removed when the interpreter exits)."""

@@ -35,10 +35,11 @@ from twistproxy.flowfile import dump_flows, load_flows
 from twistproxy.har import to_har
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.modes import REGULAR, parse_mode
+from twistproxy.options import Options, parse_size
 from twistproxy.proxy import DEFAULT_BODY_LIMIT, ProxyFactory
 from twistproxy.replay import ServerReplay
 from twistproxy.service import ProxyService
-from twistproxy.tap import Options, make_service, parse_size
+from twistproxy.tap import make_service
 from twistproxy.workers import Supervisor
 
 GOOD_ADDON = """\
@@ -95,7 +96,7 @@ def write_file(case: SynchronousTestCase, name: str, source: str) -> str:
 
 class ParseSizeTests(SynchronousTestCase):
     """
-    Tests for :func:`twistproxy.tap.parse_size`.
+    Tests for :func:`twistproxy.options.parse_size`.
     """
 
     def test_plain_number(self) -> None:
@@ -137,7 +138,7 @@ class ParseSizeTests(SynchronousTestCase):
 
 class OptionsTests(TempDirTestCase):
     """
-    Tests for :class:`twistproxy.tap.Options`.
+    Tests for :class:`twistproxy.options.Options`.
     """
 
     def assert_usage_error(self, *args: str) -> str:

@@ -18,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fakes import write_temp_file
 from tests.options import parse
 from twistproxy.addons.access import HostPolicy, ProxyAuth
+from twistproxy.options import Options
 from twistproxy.proxy import ProxyFactory
-from twistproxy.tap import Options, loopback_only, make_service
+from twistproxy.tap import loopback_only, make_service
 
 
 def _addons(options: Options) -> tuple[object, ...]:

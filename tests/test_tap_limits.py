@@ -14,8 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.options import parse
 from twistproxy import tap
+from twistproxy.options import Options, default_max_connections
 from twistproxy.proxy import ProxyFactory
-from twistproxy.tap import Options, default_max_connections, make_service
+from twistproxy.tap import make_service
 
 
 class LimitOptionTests(SynchronousTestCase):

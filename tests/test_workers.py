@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.options import parse
-from twistproxy.tap import Options
+from twistproxy.options import Options
 from twistproxy.workers import (
     Supervisor,
     SupervisorWatch,

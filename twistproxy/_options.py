@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tap,tests.test_tap_access,tests.test_tap_limits -*-
 """
 Reading the values of the twistd plugin's options, for
-:class:`twistproxy.tap.Options`.
+:class:`twistproxy.options.Options`.
 
 The converters (:func:`positive`, :func:`whole`, :func:`at_least_one`,
 :func:`worker_count`, :func:`seconds`) are ``optParameters`` coerce

@@ -32,7 +32,7 @@ from tests.e2e.origin import OriginFactory
 from twistproxy.flow import Client, Server
 from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
-from twistproxy.tap import Options
+from twistproxy.options import Options
 
 pytestmark = pytest.mark.e2e
 
