@@ -125,8 +125,9 @@ class TunnelEnd:
         self._pending = None
         self.relay = relay
         transport = relay.transport
+        proxy = self._factory.pool.proxy  # upstream mode: where the tunnel was asked for
         server = relay.server = Server(
-            address=(self._host, self._port),
+            address=proxy.address if proxy is not None else (self._host, self._port),
             peername=host_and_port(transport.getPeer()),
             sockname=host_and_port(transport.getHost()),
             timestamp_start=self._factory.reactor.seconds(),

@@ -315,14 +315,17 @@ def _keep_length(fields: Fields) -> list[tuple[bytes, bytes]]:
 
 
 def request_head(
-    request: Request, framing: int, via: bytes | None = VIA, upgrade: bool = False
+    request: Request, framing: int, via: bytes | None = VIA, upgrade: bool = False,
+    proxy: Fields | None = None,
 ) -> bytes:
     """
     The head to send upstream for *request*: an origin-form request line,
     then its end-to-end fields framed by *framing* (see
     :func:`request_fields`), with ``Host`` from the request's ``Host``
     header, or its host and port when it has none, and *via* added; with
-    *upgrade*, the WebSocket upgrade it asks for kept.
+    *upgrade*, the WebSocket upgrade it asks for kept.  With *proxy* (to an
+    upstream proxy), the request line is in absolute form and the *proxy*
+    fields (its ``Proxy-Authorization``) are added.
     """
     host = request.headers.get_raw(b"host") or authority_for(
         request.scheme, request.host, request.port
@@ -330,12 +333,12 @@ def request_head(
     fields = request_fields(
         request.headers.fields, authority=host, framing=framing, via=via, upgrade=upgrade
     )
-    lines = [
-        request.method.encode("ascii"),
-        b" ",
-        request.path.encode("utf-8", "surrogateescape"),
-        b" HTTP/1.1\r\n",
-    ]
+    lines = [request.method.encode("ascii"), b" "]
+    if proxy is not None:
+        lines += (request.scheme.encode("ascii"), b"://",
+                  authority_for(request.scheme, request.host, request.port))
+        fields += proxy
+    lines += (request.path.encode("utf-8", "surrogateescape"), b" HTTP/1.1\r\n")
     for name, value in fields:
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")

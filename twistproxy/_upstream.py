@@ -136,6 +136,7 @@ class UpstreamExchange:
         :meth:`abandon` closes it.
     :ivar server: The record of the connection carrying the request (the
         latest one, after a retry), once there is one.
+    :ivar key: The *key* given.
     """
 
     server: Server | None = None
@@ -162,7 +163,7 @@ class UpstreamExchange:
     ) -> None:
         self._upgrade = upgrade
         self._pool = pool
-        self._key = key
+        self.key = key
         self._receiver = receiver
         self._method = method
         self._timeout = timeout
@@ -178,12 +179,12 @@ class UpstreamExchange:
         last).
         """
         self._attempts += 1
-        client = self._pool.take_idle(self._key) if self._attempts == 1 else None
+        client = self._pool.take_idle(self.key) if self._attempts == 1 else None
         if client is not None:
             self._attach(client)
             self._receiver.upstream_ready(client.server)
             return
-        self._pending = d = self._pool.connect(self._key)
+        self._pending = d = self._pool.connect(self.key)
         d.addCallbacks(self._connected, self._failed)
 
     def _connected(self, client: ProxyClient) -> None:

@@ -56,13 +56,16 @@ _log = Logger()
 class PoolKey(NamedTuple):
     """
     What a pooled connection is good for: the origin's scheme, host and
-    port, and for ``https`` the server name sent as SNI and verified.
+    port, and for ``https`` the server name sent as SNI and verified; with
+    *proxy*, those of an upstream proxy, the connection carrying
+    absolute-form requests to any origin (:mod:`twistproxy._upstream_proxy`).
     """
 
     scheme: str
     host: str
     port: int
     server_name: str | None = None
+    proxy: bool = False
 
 EndpointFactory = Callable[[str, str, int], IStreamClientEndpoint]
 """
@@ -530,6 +533,14 @@ class ProxyClientFactory(ClientFactory):
         return client
 
 
+class _Proxy(TypingProtocol):
+    """An upstream proxy (:class:`~twistproxy._upstream_proxy.UpstreamProxy`) to the pool."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Its ``(host, port)``, which the connections' records name."""
+
+
 class ConnectionPool:
     """
     Idle keep-alive connections to origins, keyed by scheme, host and port.
@@ -547,9 +558,12 @@ class ConnectionPool:
     :ivar on_disconnect: Called with each connection that closes, after it
         has carried an exchange (the proxy runs ``server_disconnected``).
     :ivar clock: The *reactor* given, for the connections' idle deadlines.
+    :ivar proxy: The upstream proxy every connection goes through
+        (:class:`~twistproxy._upstream_proxy.UpstreamPool`), or ``None``.
     """
 
     on_disconnect: Callable[[ProxyClient], object] | None = None
+    proxy: _Proxy | None = None
 
     def __init__(
         self,
@@ -586,6 +600,27 @@ class ConnectionPool:
         client.deadline.stop()
         return client
 
+    def key_for(
+        self, scheme: str, host: str, port: int, server_name: str | None = None,
+        *, tunnel: bool = False,
+    ) -> PoolKey:
+        """
+        The key of the connections a request to *scheme*://*host*:*port*
+        goes on (*tunnel*: it came inside a ``CONNECT`` tunnel).
+        """
+        return PoolKey(scheme, host, port, server_name)
+
+    def proxy_fields(self, key: PoolKey) -> list[tuple[bytes, bytes]] | None:
+        """
+        For a *key* to an upstream proxy, the fields its absolute-form
+        requests carry (``Proxy-Authorization``); ``None``: origin form.
+        """
+        return None
+
+    def endpoint_for(self, key: PoolKey) -> IStreamClientEndpoint:
+        """The endpoint of a new connection for *key*, before TLS (:meth:`connect` adds it)."""
+        return self.endpoint_factory(key.scheme, key.host, key.port)
+
     def connect(self, key: PoolKey) -> Deferred[ProxyClient]:
         """
         Open a new connection for *key*.
@@ -594,7 +629,7 @@ class ConnectionPool:
             or failing with a :class:`~twistproxy.errors.TwistProxyError`
             (refused, name not resolved, timed out).
         """
-        endpoint = self.endpoint_factory(key.scheme, key.host, key.port)
+        endpoint = self.endpoint_for(key)
         if key.scheme == "https":
             creator = self.tls.creator_for(key.server_name or key.host)
             endpoint = wrapClientTLS(creator, endpoint)
@@ -634,8 +669,9 @@ class ConnectionPool:
     def _record(self, client: ProxyClient) -> ProxyClient:
         transport = client.transport
         assert transport is not None
+        proxy = self.proxy
         client.server = Server(
-            address=(client.key[1], client.key[2]),
+            address=proxy.address if proxy is not None else (client.key[1], client.key[2]),
             peername=host_and_port(transport.getPeer()),
             sockname=host_and_port(transport.getHost()),
             timestamp_start=self.clock.seconds(),

@@ -12,7 +12,6 @@ turned into a status line by :func:`error_status`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 from twisted.internet import error as _ierror
 from twisted.python.failure import Failure
@@ -22,12 +21,13 @@ class TwistProxyError(Exception):
     """
     Base class for every exception twistproxy raises on purpose.
 
-    :cvar status: The status code the proxy answers with.
+    :cvar status: The status code the proxy answers with (a class's own;
+        :class:`UpstreamProxyRefused` carries the upstream proxy's).
     :cvar phrase: The reason phrase of that status line.
     """
 
-    status: ClassVar[int] = 500
-    phrase: ClassVar[bytes] = b"Internal Server Error"
+    status: int = 500
+    phrase: bytes = b"Internal Server Error"
 
 
 class BadRequestTarget(TwistProxyError):
@@ -105,6 +105,22 @@ class UpstreamProtocolError(TwistProxyError):
     """
 
     status, phrase = 502, b"Bad Gateway"
+
+
+class UpstreamProxyRefused(TwistProxyError):
+    """
+    The upstream proxy (upstream mode) refused a ``CONNECT``: the client is
+    answered with the upstream proxy's own status and reason (``407``,
+    ``403``, ``502``...), not a generic 502.
+
+    :param message: What was refused, and how.
+    :param status: The upstream proxy's status code.
+    :param phrase: Its reason phrase.
+    """
+
+    def __init__(self, message: str, status: int, phrase: bytes) -> None:
+        super().__init__(message)
+        self.status, self.phrase = status, phrase
 
 
 class LoopDetected(TwistProxyError):

@@ -7,7 +7,7 @@ A mode is written as mitmproxy writes it, ``MODE[:DATA][@[ADDRESS:]PORT]``:
 - ``regular``: an explicit HTTP(S) proxy; clients send absolute-form
   requests and ``CONNECT`` (the default, and what ``--port`` listens for);
 - ``upstream:http[s]://HOST[:PORT]``: the same, sending every request on
-  through another proxy;
+  through another proxy (:mod:`twistproxy._upstream_proxy`);
 - ``reverse:http[s]://HOST[:PORT]``: a reverse proxy in front of that
   origin; clients send origin-form requests (in the clear or over TLS,
   told apart by their first byte) as to the origin itself;
@@ -37,7 +37,7 @@ from twistproxy.channel import Proxy
 MODES: tuple[str, ...] = ("regular", "upstream", "reverse", "socks5", "transparent")
 """The modes a listener can run in."""
 
-SERVED: tuple[str, ...] = ("regular", "reverse")
+SERVED: tuple[str, ...] = ("regular", "upstream", "reverse")
 """The modes a listener can run in today (the others are read, and refused)."""
 
 _DEFAULT_LISTEN_PORTS = {"socks5": 1080}

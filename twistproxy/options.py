@@ -31,6 +31,7 @@ from twistproxy._options import (
     worker_count,
 )
 from twistproxy._tls import UpstreamTLS
+from twistproxy._upstream_proxy import check_upstream_auth
 from twistproxy.addons.access import HostPolicy, parse_user
 from twistproxy.addons.script import load_addons
 from twistproxy.errors import AddonError
@@ -93,7 +94,10 @@ class Options(usage.Options):
         "Modes (--mode, repeatable, one listener each, on 127.0.0.1:8080 unless "
         "@[ADDRESS:]PORT follows): regular (the default; --port is its short form), "
         "reverse:http[s]://HOST[:PORT] (in front of that origin; clients may speak "
-        "TLS, answered with a certificate from the CA)."
+        "TLS, answered with a certificate from the CA), upstream:http[s]://HOST[:PORT] "
+        "(a regular proxy sending everything through that proxy: plain HTTP in absolute "
+        "form, the rest through CONNECT, still intercepted here; --upstream-auth USER:PASS "
+        "logs in to it)."
     )
     optParameters = [
         [
@@ -130,6 +134,13 @@ class Options(usage.Options):
             None,
             None,
             "Trust the CA certificates in this PEM file for servers, not the system's.",
+        ],
+        [
+            "upstream-auth",
+            None,
+            None,
+            "Upstream mode: log in to the upstream proxy as USER:PASS (Basic; shows in "
+            "the process list).",
         ],
         [
             "proxy-auth-file",
@@ -464,6 +475,10 @@ class Options(usage.Options):
             raise usage.UsageError("--workers serves one --port listener: no --mode with it yet")
         if self["keep-host-header"] and not any(m.kind == "reverse" for m in self["mode"]):
             raise usage.UsageError("--keep-host-header needs a --mode reverse:...")
+        try:
+            check_upstream_auth(self["upstream-auth"], self["mode"])
+        except ValueError as e:
+            raise usage.UsageError(f"--upstream-auth {e}") from None
         maximum = self["max-connections"]
         try:
             self["limits"] = Limits(

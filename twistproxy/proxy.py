@@ -45,12 +45,12 @@ from twistproxy._target import Tunnel
 from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
+from twistproxy._upstream_proxy import make_pool
 from twistproxy._websocket import switch_websocket
 from twistproxy.channel import Busy, Proxy
 from twistproxy.client import (
     ConnectionPool,
     EndpointFactory,
-    PoolKey,
     ProxyClient,
     hostname_endpoints,
 )
@@ -319,10 +319,12 @@ class ProxyRequest(RequestCompat):
         channel, factory = self.channel, self._factory
         server_name = channel.server_name(request.host) if request.scheme == "https" else None
         self._upgrade = upgrade = bool(upgrade)
+        key = factory.pool.key_for(request.scheme, request.host, request.port, server_name,
+                                   tunnel=channel.tunnel is not None)
         self._upstream = upstream = UpstreamExchange(
-            factory.pool, PoolKey(request.scheme, request.host, request.port, server_name), self,
-            method=request.method.encode("ascii"), timeout=factory.limits.upstream_timeout,
-            here=channel.getHost(), on_connected=self.server_hook(), upgrade=upgrade,
+            factory.pool, key, self, method=request.method.encode("ascii"),
+            timeout=factory.limits.upstream_timeout, here=channel.getHost(),
+            on_connected=self.server_hook(), upgrade=upgrade,
         )
         upstream.open()
 
@@ -353,12 +355,13 @@ class ProxyRequest(RequestCompat):
         else:
             framing = forwarded_request(self.framing, size if complete else None)
         self._chunked = chunked = framing == CHUNKED
-        data = [request_head(request, framing, self._factory.via, self._upgrade)]
+        upstream, factory = self._upstream, self._factory
+        data = [request_head(request, framing, factory.via, self._upgrade,
+                             factory.pool.proxy_fields(upstream.key))]
         for piece in body:
             data += chunk(piece) if chunked else (piece,)
         if complete and chunked:
             data.append(last_chunk(trailers.fields if trailers else None))
-        upstream = self._upstream
         upstream.send(data, complete=complete)
         if not complete:
             self._body_transport = transport = upstream.transport
@@ -561,9 +564,10 @@ class ProxyFactory(HTTPFactory):
         ``regular`` proxy by default; one factory per listener.
     :param keep_host_header: In ``reverse`` mode, send the client's
         ``Host`` to the origin rather than the origin's own authority.
+    :param upstream_auth: ``upstream`` mode: ``USER:PASS`` for its proxy (Basic).
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
-        positive finite number, *connection_strategy* is neither, or *mode*
-        is not served (:data:`~twistproxy.modes.SERVED`).
+        positive finite number, *connection_strategy* is neither, *mode* is
+        not served (:data:`~twistproxy.modes.SERVED`), or *upstream_auth* bad.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connect_eagerly: The connection strategy is ``eager``.
     :ivar connections: Client connections open now.
@@ -598,6 +602,7 @@ class ProxyFactory(HTTPFactory):
         connection_strategy: str = "eager",
         mode: Mode = REGULAR,
         keep_host_header: bool = False,
+        upstream_auth: str | None = None,
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
         self.mode = mode
@@ -630,8 +635,9 @@ class ProxyFactory(HTTPFactory):
         self._hooks: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
         if endpoint_factory is None:
             endpoint_factory = hostname_endpoints(reactor, connect_timeout)
-        self.pool = pool if pool is not None else ConnectionPool(
-            reactor=reactor, endpoint_factory=endpoint_factory, tls=upstream_tls,
+        self.pool = make_pool(  # through the upstream proxy in upstream mode
+            pool, mode, upstream_auth, reactor=reactor, endpoint_factory=endpoint_factory,
+            connect_timeout=connect_timeout, tls=upstream_tls,
             max_response_header_size=self.limits.max_response_header_size,
         )
         self.body_limit = body_limit

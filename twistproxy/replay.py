@@ -32,7 +32,6 @@ from twistproxy import _headers
 from twistproxy._framing import forwarded_request, request_framing
 from twistproxy._headers import check_request
 from twistproxy._upstream import UpstreamExchange
-from twistproxy.client import PoolKey
 from twistproxy.flow import Error, Server
 from twistproxy.headers import Headers
 from twistproxy.hooks import Addon
@@ -204,14 +203,16 @@ class ClientReplay:
         factory = self._factory
         content = request.raw_content or b""
         framing = forwarded_request(request_framing(request.headers.fields), len(content))
-        data = [_headers.request_head(request, framing, factory.via)]
+        pool = factory.pool
+        key = pool.key_for(request.scheme, request.host, request.port, _server_name(flow))
+        data = [_headers.request_head(request, framing, factory.via, proxy=pool.proxy_fields(key))]
         if content:
             data.append(content)
         chain = factory.chain
         collector = _Collector(flow, data, factory.reactor.seconds)
         upstream = UpstreamExchange(
-            factory.pool,
-            PoolKey(request.scheme, request.host, request.port, _server_name(flow)),
+            pool,
+            key,
             collector,
             method=request.method.encode("ascii"),
             timeout=factory.limits.upstream_timeout,

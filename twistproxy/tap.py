@@ -120,6 +120,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             connection_strategy=options["connection-strategy"],
             mode=mode,
             keep_host_header=options["keep-host-header"],
+            upstream_auth=options["upstream-auth"] if mode.kind == "upstream" else None,
         )
         for mode, _ in options["listeners"]
     ]
