@@ -215,16 +215,22 @@ async def start_twistd(cwd: Path, *options: str) -> tuple[Child, int]:
     until it accepts connections.  The caller stops the child.
     """
     port = free_port()
-    child = spawn(
-        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--port", str(port), *options],
-        cwd,
-    )
+    args = [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--port", str(port), *options]
+    return await spawn_listening(args, cwd, port), port
+
+
+async def spawn_listening(args: Sequence[str], cwd: Path, port: int) -> Child:
+    """
+    :func:`spawn` *args* and wait until it accepts connections on *port*;
+    stopped again if it does not.  The caller stops the child.
+    """
+    child = spawn(args, cwd)
     try:
         await accepting(port, child)
     except BaseException:
         await child.stop()
         raise
-    return child, port
+    return child
 
 
 def assert_usage_error(code: int | None, output: str, *expected: str) -> None:

@@ -25,9 +25,8 @@ from tests.e2e.pki import OriginTLS
 from tests.e2e.test_hooks_e2e import Ends
 from tests.e2e.test_twistd import (
     Child,
-    accepting,
     free_port,
-    spawn,
+    spawn_listening,
     twistd_command,
 )
 from tests.e2e.test_twistd import curl as twistd_curl
@@ -301,13 +300,7 @@ async def _tinyproxy(tmp_path: Path, *lines: str) -> tuple[Child, int]:
         f"Port {port}", "Listen 127.0.0.1", "Timeout 30", "MaxClients 10",
         "Allow 127.0.0.1", "LogLevel Error", "DisableViaHeader No", *lines, "",
     ]))
-    child = spawn([TINYPROXY, "-d", "-c", str(config)], tmp_path)
-    try:
-        await accepting(port, child)
-    except BaseException:
-        await child.stop()
-        raise
-    return child, port
+    return await spawn_listening([TINYPROXY, "-d", "-c", str(config)], tmp_path, port), port
 
 
 @pytest.mark.skipif(TINYPROXY is None, reason="tinyproxy is not installed (Debian: tinyproxy)")
@@ -355,11 +348,11 @@ async def test_twistd_upstream_mode(tmp_path: Path, origin: Running, start_proxy
     """
     upstream = await start_proxy(addons=[ProxyAuth({"u": "p"})])
     listen = free_port()
-    child = spawn([*twistd_command(), "-n", "--pidfile=", "twistproxy", "--no-intercept",
-                   "--mode", f"upstream:http://127.0.0.1:{upstream.port}@{listen}",
-                   "--upstream-auth", "u:p"], tmp_path)
+    child = await spawn_listening(
+        [*twistd_command(), "-n", "--pidfile=", "twistproxy", "--no-intercept",
+         "--mode", f"upstream:http://127.0.0.1:{upstream.port}@{listen}",
+         "--upstream-auth", "u:p"], tmp_path, listen)
     try:
-        await accepting(listen, child)
         url = f"http://127.0.0.1:{origin.port}/echo/twistd"
         code, body = await twistd_curl("-x", f"http://127.0.0.1:{listen}", url, cwd=tmp_path)
         assert code == 0, body
