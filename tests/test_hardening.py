@@ -321,3 +321,72 @@ class CheckHostTests(SynchronousTestCase):
                        [(b"Host", b"exa mple.com")]):
             with self.subTest(fields=fields), self.assertRaises(BadRequestTarget):
                 check_host(fields, self.target)
+
+
+class WholeHeadTests(SynchronousTestCase):
+    """
+    A request head that arrives whole in one read is taken at once
+    (``ChannelCompat.take_head``); it must be read exactly as the same bytes
+    read line by line: the same answers, the same requests upstream.
+    """
+
+    CASES = (
+        GET + b"Host: example.com\r\nUser-Agent: t\r\n\r\n",
+        b"POST http://example.com/p HTTP/1.1\r\nHost: example.com\r\n"
+        b"Content-Length: 5\r\n\r\nhello",
+        b"POST http://example.com/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n",
+        GET + b"Host: example.com\r\n\r\n" + GET + b"Host: example.com\r\n\r\n",
+        b"GET http://twistproxy/ HTTP/1.1\r\n\r\n",
+        b"GET http://example.com/ HTTP/1.0\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\n\r\n\x16\x03\x01\x00\x05hello",
+        GET + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        GET + b"X-A: 1\r\n folded\r\n\r\n",
+        GET + b"X-A: 1\n\r\n",
+        GET + b"Bad Name: 1\r\n\r\n",
+        GET + b"X-A: \x01\r\n\r\n",
+        b"GET http://example.com/" + b"a" * 200 + b" HTTP/1.1\r\n\r\n",
+        GET + b"".join(b"X-%d: 1\r\n" % i for i in range(12)) + b"\r\n",
+        b"GET  http://example.com/ HTTP/1.1\r\n\r\n",
+        b"GET http://example.com/ HTTP/2.0\r\n\r\n",
+        b"\r\n" + GET + b"\r\n",
+        b"G\xe9T http://example.com/ HTTP/1.1\r\n\r\n",
+    )
+
+    def exchange(self, pieces: list[bytes]) -> tuple[bytes, list[bytes], bool]:
+        """What the client got, what went upstream, whether it was closed."""
+        proxy = _Channel(max_request_line=128, max_header_count=10)
+        token = proxy.factory.via.split(b" ", 1)[1]
+        for piece in pieces:
+            if proxy.transport.disconnecting:
+                break  # a closing transport reads no more
+            proxy.channel.dataReceived(piece)
+        answer = proxy.transport.value()
+        upstream = [u.value().replace(token, b"VIA") for _, u in proxy.endpoints.connections]
+        return answer, upstream, proxy.transport.disconnecting
+
+    def test_whole_as_line_by_line(self) -> None:
+        """Each case gives the same results with its head in one read or a byte at a time."""
+        for data in self.CASES:
+            whole = self.exchange([data])
+            # The head a byte at a time, what follows it in one read (a body
+            # read in pieces goes upstream in pieces).
+            end = data.find(b"\r\n\r\n", 2) + 4
+            piecemeal = self.exchange([data[i:i + 1] for i in range(end)] + [data[end:]])
+            self.assertEqual(whole, piecemeal, data)
+
+    def test_taken_whole(self) -> None:
+        """A whole head in one read does not go through ``lineReceived``."""
+        proxy = _Channel()
+        lines: list[bytes] = []
+        original = proxy.channel.lineReceived
+        proxy.channel.lineReceived = lambda line: (lines.append(line), original(line))[1]
+        proxy.send(GET + b"Host: example.com\r\n\r\n")
+        self.assertEqual(lines, [])
+        [(_, upstream)] = proxy.endpoints.connections
+        self.assertTrue(upstream.value().startswith(b"GET / HTTP/1.1\r\n"))
+        cut = _Channel()  # a head in two reads is read line by line
+        original_cut = cut.channel.lineReceived
+        cut.channel.lineReceived = lambda line: (lines.append(line), original_cut(line))[1]
+        cut.send(b"GET http://example.com/2 HTTP/1.1\r\n", b"Host: example.com\r\n\r\n")
+        self.assertEqual(lines, [b"GET http://example.com/2 HTTP/1.1", b"Host: example.com", b""])

@@ -267,7 +267,7 @@ class Sniffer(Protocol):
         self._port = port
         self._origin = origin
         self._fixed = fixed
-        self._buffer = b""
+        self._received = b""
 
     def start(self) -> None:
         """Watch the origin, and the clock, unless the client decided already."""
@@ -294,11 +294,11 @@ class Sniffer(Protocol):
         if self._next is not None:  # decided while hand_over fed the first bytes
             self._next.dataReceived(data)
             return
-        self._buffer += data
+        self._received += data
         if self._fixed is not None:
-            self._decide(Carried.TLS if self._buffer[0] == 0x16 else Carried.HTTP)
+            self._decide(Carried.TLS if self._received[0] == 0x16 else Carried.HTTP)
             return
-        carried = sniff(self._buffer, self._channel.factory.limits.max_request_line)
+        carried = sniff(self._received, self._channel.factory.limits.max_request_line)
         if carried is not None:
             self._decide(carried)
 
@@ -325,7 +325,7 @@ class Sniffer(Protocol):
         self._stop_watching()
         channel, origin = self._channel, self._origin
         factory = channel.factory
-        buffered, self._buffer = self._buffer, b""
+        buffered, self._received = self._received, b""
         _log.debug("tunnel to {host}:{port} carries {carried}", host=self._host,
                    port=self._port, carried=carried.value)
         protocol: Any

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.protocols.basic import LineReceiver
 from twisted.web.http import (  # the module's own attribute access is slow (deprecations)
     HTTPChannel,
     Request,
     _ChunkedTransferDecoder,
     _MalformedChunkedDataError,
+    _parseRequestLine,
 )
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from twistproxy._framing import MAX_LENGTH
 
@@ -38,6 +41,12 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.web.http._ChunkedTransferDecoder", "_dataReceived_CHUNK_LENGTH"),
     ("twisted.web.http._ChunkedTransferDecoder", "_trailerHeaders"),
     ("twisted.web.http", "_MalformedChunkedDataError"),
+    ("twisted.web.http", "_parseRequestLine"),
+    ("twisted.web.http.HTTPChannel", "_HTTPChannel__first_line"),
+    ("twisted.web.http.HTTPChannel", "_HTTPChannel__header"),
+    ("twisted.web.http.HTTPChannel", "_receivedHeaderSize"),
+    ("twisted.protocols.basic.LineReceiver", "_buffer"),
+    ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
 )
 """``(owner, name)`` of every private Twisted name used here, for the test."""
 
@@ -107,6 +116,69 @@ class ChannelCompat(HTTPChannel):
         A chunked request body ended with trailer *lines* (``name: value``,
         unparsed), just before the request is complete (override it).
         """
+
+    def can_take_head(self) -> bool:
+        """
+        Whether a request head could be taken whole now
+        (:meth:`take_head`): the channel waits for a request's first line,
+        with nothing of it read yet, and is neither paused nor reading.
+        """
+        return bool(
+            self._HTTPChannel__first_line
+            and not self._buffer and not self._busyReceiving and not self.paused
+            and self.persistent and self.line_mode
+        )
+
+    def take_head(self, request_line: bytes, fields: list[bytes], rest: bytes) -> None:
+        """
+        Take a request head that arrived whole, its *request_line* and its
+        field lines at once, as Twisted's line-by-line parsing would take
+        them (the same request, the same calls of :meth:`headerReceived`,
+        ``allHeadersReceived`` and ``allContentReceived``, the same state
+        after), then parse *rest*, what followed the head, as
+        ``LineReceiver`` would have.  Call it only when
+        :meth:`can_take_head` says so, for a head the subclass's line
+        checks (limits, folding) would pass.
+        """
+        self.resetTimeout()
+        # *rest* waits in the line buffer, as behind the lines LineReceiver
+        # had yet to parse: a CONNECT's tunnel opened inside these calls
+        # takes it from there (take_buffered), and reentrant reads (a
+        # response finished here hands its pipelined bytes back) queue
+        # behind it.
+        self._buffer = rest
+        self._busyReceiving = True
+        try:
+            self._receivedHeaderSize += len(request_line) + sum(map(len, fields))
+            factory = self.requestFactory
+            if INonQueuedRequestFactory.providedBy(factory):
+                request = factory(self)
+            else:
+                request = factory(self, len(self.requests))
+            self.requests.append(request)
+            self._HTTPChannel__first_line = 0
+            try:
+                self._command, self._path, self._version = _parseRequestLine(request_line)
+            except ValueError:
+                self._respondToBadRequestAndDisconnect()
+                return
+            for line in fields:
+                if not self.headerReceived(line):
+                    return
+            self._HTTPChannel__header = b""
+            self.allHeadersReceived()
+            if self.length == 0:
+                self.allContentReceived()
+            else:
+                self.setRawMode()
+        finally:
+            self._busyReceiving = False
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            self._buffer = b""  # as LineReceiver: nothing more of a refused request is read
+            return
+        rest = self.clearLineBuffer()
+        if rest:
+            LineReceiver.dataReceived(self, rest)
 
 
 class RequestCompat(Request):

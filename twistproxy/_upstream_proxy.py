@@ -321,7 +321,7 @@ class _Handshake(Protocol):
         self._clock = clock
         self._timeout = timeout
         self._tls = tls
-        self._buffer = b""
+        self._answer = b""
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
 
     # -- the connection to the proxy -------------------------------------------
@@ -363,15 +363,15 @@ class _Handshake(Protocol):
             return
         if self._over:
             return
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
+        self._answer += data
+        end = self._answer.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._buffer) > _MAX_ANSWER:
+            if len(self._answer) > _MAX_ANSWER:
                 self._fail(UpstreamProtocolError(
                     f"upstream proxy {self._proxy}: its answer to CONNECT is too large"))
             return
-        head, rest = self._buffer[:end + 2], self._buffer[end + 4:]
-        self._buffer = b""
+        head, rest = self._answer[:end + 2], self._answer[end + 4:]
+        self._answer = b""
         match = _STATUS_LINE.match(head)
         if match is None:
             self._fail(UpstreamProtocolError(

@@ -219,7 +219,33 @@ class Proxy(ChannelCompat):
                 self._refuse(400, b"Bad Request", "lines must end with CRLF, not a bare LF")
                 return
             self._last_byte = data[-1:]
+            if self._head_lines == 0 and self._whole_head(data):
+                return
         super().dataReceived(data)
+
+    def _whole_head(self, data: bytes) -> bool:
+        """
+        Take a request head that arrived whole at the start of *data* at
+        once (:meth:`take_head`) when the line checks of
+        :meth:`lineReceived` would pass every line of it; ``False``: it is
+        to be read line by line (it is cut, or a line may be refused).
+        """
+        end = data.find(b"\r\n\r\n")
+        if end <= 0 or data[0] == 0x0D:  # cut, or a stray empty line first
+            return False
+        limits = self.factory.limits
+        head = data[:end]
+        if end + 4 > limits.max_header_size or b"\r\n " in head or b"\r\n\t" in head:
+            return False
+        lines = head.split(b"\r\n")
+        request_line = lines[0]
+        if (len(request_line) > limits.max_request_line
+                or len(lines) > limits.max_header_count + 1 or not self.can_take_head()):
+            return False
+        self._request_line = request_line
+        del lines[0]
+        self.take_head(request_line, lines, data[end + 4:])
+        return True
 
     def _bare_lf(self, data: bytes) -> bool:
         """
