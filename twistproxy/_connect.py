@@ -212,8 +212,20 @@ def switch(request: Any, _: object) -> None:
     channel.persistent = True  # the tunnel outlives this request
     request.startedWriting = 1  # the 200 went out raw: finish() writes no head
     request.finish()
+    enter_tunnel(channel, end, target.host, target.port, buffered)
+
+
+def enter_tunnel(channel: Proxy, end: TunnelEnd, host: str, port: int, buffered: bytes) -> None:
+    """
+    Give *channel*'s connection to the tunnel to *host*:*port* whose far
+    end is *end* (opened, its exchange over), starting with *buffered*, the
+    client's bytes read already: a raw relay joined to *end*'s when it is
+    passed through, else a :class:`Sniffer` that lets the client's first
+    bytes decide.  (A ``CONNECT``'s, after its ``200``; a SOCKS5 or
+    transparent listener's, after its own answer.)
+    """
     end.switched()
-    channel.client_conn.tunnel = (target.host, target.port)
+    channel.client_conn.tunnel = (host, port)
     relay = end.relay
     if relay is not None:
         relay.on_close = channel.factory.server_closed
@@ -224,7 +236,7 @@ def switch(request: Any, _: object) -> None:
         channel.stop_deadlines()
         protocol.join(relay)
         return
-    sniffer = Sniffer(channel, target.host, target.port, relay)
+    sniffer = Sniffer(channel, host, port, relay)
     hand_over(channel, sniffer, buffered)
     channel.stop_deadlines()
     sniffer.start()

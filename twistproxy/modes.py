@@ -31,14 +31,16 @@ from collections.abc import Callable
 import attrs
 
 from twistproxy._connect import Sniffer, hand_over
+from twistproxy._socks import Socks5
 from twistproxy._target import DEFAULT_PORTS, Tunnel, parse_url
+from twistproxy._transparent import transparent_entry
 from twistproxy.channel import Proxy
 
 MODES: tuple[str, ...] = ("regular", "upstream", "reverse", "socks5", "transparent")
 """The modes a listener can run in."""
 
-SERVED: tuple[str, ...] = ("regular", "upstream", "reverse")
-"""The modes a listener can run in today (the others are read, and refused)."""
+SERVED: tuple[str, ...] = ("regular", "upstream", "reverse", "socks5", "transparent")
+"""The modes a listener can run in today (all of :data:`MODES`)."""
 
 _DEFAULT_LISTEN_PORTS = {"socks5": 1080}
 _WITH_DATA = ("upstream", "reverse")
@@ -213,7 +215,19 @@ def entry_for(mode: Mode, *, keep_host: bool = False) -> Callable[[Proxy], None]
             _take_over(channel, Sniffer(channel, tunnel.host, tunnel.port, None, fixed=tunnel))
 
         return reverse
+    if mode.kind == "socks5":
+        return _socks5
+    if mode.kind == "transparent":
+        return transparent_entry
     return None
+
+
+def _socks5(channel: Proxy) -> None:
+    """A SOCKS5 listener's new connection: the handshake comes first."""
+    protocol = Socks5(channel)
+    hand_over(channel, protocol, b"")
+    channel.stop_deadlines()
+    protocol.start()
 
 
 def _take_over(channel: Proxy, sniffer: Sniffer) -> None:

@@ -233,12 +233,8 @@ class ProxyAuth(Addon):
             self._refuse(flow)
             return None
         user, password = credentials
-        expected = self._digests.get(user)
-        matched = hmac.compare_digest(
-            _digest(password), _DUMMY_DIGEST if expected is None else expected
-        )
         name = user.decode("utf-8", "replace")
-        if not matched or expected is None:
+        if not self.verify(user, password):
             _log.warn(
                 "proxy authentication failed for user {user!r} from {client}",
                 user=name[:100],
@@ -248,6 +244,18 @@ class ProxyAuth(Addon):
             return None
         flow.metadata[PROXY_USER] = name
         return name
+
+    def verify(self, user: bytes, password: bytes) -> bool:
+        """
+        Whether *password* is *user*'s (UTF-8 bytes), compared in constant
+        time (an unknown user against a dummy digest).  A SOCKS5 listener
+        checks its clients' RFC 1929 credentials with it.
+        """
+        expected = self._digests.get(user)
+        matched = hmac.compare_digest(
+            _digest(password), _DUMMY_DIGEST if expected is None else expected
+        )
+        return matched and expected is not None
 
     def _refuse(self, flow: HTTPFlow) -> None:
         flow.response = Response.make(
