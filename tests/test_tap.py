@@ -246,6 +246,14 @@ class OptionsTests(TempDirTestCase):
         self.assertIn("--keep-host-header needs a --mode reverse", message)
         message = self.assert_usage_error("--workers", "2", "--mode", "regular")
         self.assertIn("no --mode with it", message)
+        message = self.assert_usage_error("--mode", "transparent", "--proxy-auth", "a:b")
+        self.assertIn("--mode transparent with proxy authentication", message)
+
+    def test_socks5_and_transparent_listeners(self) -> None:
+        """socks5 listens on 1080 by default, transparent on its port; both are served."""
+        options = parse("--mode", "socks5", "--mode", "transparent@8081")
+        self.assertEqual([endpoint for _, endpoint in options["listeners"]],
+                         ["tcp:1080:interface=127.0.0.1", "tcp:8081:interface=127.0.0.1"])
 
     def test_body_limit(self) -> None:
         """

@@ -295,6 +295,10 @@ class Socks5(Protocol):
             if e.reply is not None:
                 self.transport.write(reply(e.reply))
             self._drop(str(e))
+            return
+        if self._opening is not None:
+            # The request is read (and out of the buffer): open its tunnel.
+            self._opening.start()
 
     # -- the handshake's steps: each reads one message, or returns None ----
 
@@ -341,7 +345,6 @@ class Socks5(Protocol):
         self._opening = opening = TunnelOpening(
             self._channel, self, socks.host, socks.port, self._fields)
         self._fields = []
-        opening.start()
         return used
 
     # -- how the tunnel opening ends (IOpeningListener) ---------------------

@@ -97,7 +97,12 @@ class Options(usage.Options):
         "TLS, answered with a certificate from the CA), upstream:http[s]://HOST[:PORT] "
         "(a regular proxy sending everything through that proxy: plain HTTP in absolute "
         "form, the rest through CONNECT, still intercepted here; --upstream-auth USER:PASS "
-        "logs in to it)."
+        "logs in to it), socks5 (a SOCKS5 server, port "
+        "1080 by default; with --proxy-auth it requires a username/password login), "
+        "transparent (Linux: connections redirected here by iptables/nftables REDIRECT "
+        "go where they were going). Through socks5 and transparent listeners, TLS is "
+        "intercepted and HTTP served as flows as inside a CONNECT tunnel, and "
+        "--allow-hosts/--block-hosts apply to the destination."
     )
     optParameters = [
         [
@@ -428,6 +433,12 @@ class Options(usage.Options):
                 f"choose one of {', '.join(UNMATCHED)}"
             )
         self["proxy-auth-addon"] = proxy_auth(self["proxy-auth"], self["proxy-auth-file"])
+        if self["proxy-auth-addon"] is not None and any(
+                mode.kind == "transparent" for mode in self["mode"]):
+            raise usage.UsageError(
+                "--mode transparent with proxy authentication: redirected clients do not "
+                "know there is a proxy to log in to; run the transparent listener in another "
+                "twistproxy")
         self["host-policy"] = None
         if self["allow-hosts"] or self["block-hosts"]:
             self["host-policy"] = HostPolicy(allow=self["allow-hosts"], block=self["block-hosts"])
