@@ -146,7 +146,7 @@ class ListenerTests(TestCase):
 
     def test_refused_by_policy(self) -> None:
         """A destination the host policy refuses gets "not allowed" and no connection."""
-        proxy = self._listener(addons=[HostPolicy(block=["^127\\."])])
+        proxy = self._listener(addons=[HostPolicy(block=["127.0.0.1"])])
         proxy.channel.dataReceived(b"\x05\x01\x00" + _connect_request("127.0.0.1", 8000))
         self.assertEqual(proxy.transport.value(), b"\x05\x00" + reply(Reply.NOT_ALLOWED))
         self.assertEqual(proxy.endpoints.requested, [])

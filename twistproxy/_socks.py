@@ -342,7 +342,7 @@ class Socks5(Protocol):
             self.transport.write(reply(Reply.COMMAND_NOT_SUPPORTED))
             raise SocksError(f"command {socks.command} is not supported (CONNECT only)")
         self._destination = f"{socks.host}:{socks.port}"
-        self._opening = opening = TunnelOpening(
+        self._opening = TunnelOpening(
             self._channel, self, socks.host, socks.port, self._fields)
         self._fields = []
         return used
