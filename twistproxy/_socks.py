@@ -266,7 +266,7 @@ class Socks5(Protocol):
         self._channel = channel
         factory = channel.factory
         self._checkers = _login_checkers(factory)
-        self._buffer = b""
+        self._received = b""
         self._step = self._greeting
         self._fields: list[tuple[bytes, bytes]] = []
 
@@ -280,17 +280,17 @@ class Socks5(Protocol):
         """Read the handshake's messages as they complete."""
         if self._done:
             return
-        self._buffer += data
+        self._received += data
         if self._opening is not None:  # early bytes of the tunnel, before the reply
-            if len(self._buffer) > _MAX_EARLY:
+            if len(self._received) > _MAX_EARLY:
                 self._drop("sent too much before the tunnel opened")
             return
         try:
-            while self._buffer and not self._done and self._opening is None:
-                used = self._step(self._buffer)
+            while self._received and not self._done and self._opening is None:
+                used = self._step(self._received)
                 if used is None:
                     return
-                self._buffer = self._buffer[used:]
+                self._received = self._received[used:]
         except SocksError as e:
             if e.reply is not None:
                 self.transport.write(reply(e.reply))
@@ -357,7 +357,7 @@ class Socks5(Protocol):
             self.transport.write(reply(Reply.SUCCEEDED, bound.host, bound.port))
         else:  # intercepted lazily: no connection yet
             self.transport.write(reply(Reply.SUCCEEDED))
-        buffered, self._buffer = self._buffer, b""
+        buffered, self._received = self._received, b""
         return buffered
 
     def tunnel_refused(self, status: int | None, reason: Failure | None) -> None:

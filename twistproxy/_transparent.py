@@ -127,7 +127,7 @@ class _Redirected(Protocol):
         self._channel = channel
         self._host = host
         self._port = port
-        self._buffer = b""
+        self._received = b""
 
     def start(self) -> None:
         """Open the tunnel."""
@@ -136,14 +136,14 @@ class _Redirected(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """The client spoke first (it does, TLS and HTTP): kept for the tunnel."""
-        self._buffer += data
-        if len(self._buffer) > _MAX_EARLY and not self._done:
+        self._received += data
+        if len(self._received) > _MAX_EARLY and not self._done:
             self._done = True
             self.transport.pauseProducing()  # the tunnel's opening resumes it
 
     def tunnel_opened(self, end: TunnelEnd) -> bytes:
         """Nothing to answer: the client's bytes go in."""
-        buffered, self._buffer = self._buffer, b""
+        buffered, self._received = self._received, b""
         return buffered
 
     def tunnel_refused(self, status: int | None, reason: Failure | None) -> None:
