@@ -231,6 +231,28 @@ class Filter:
     def __repr__(self) -> str:
         return f"<Filter {self.expression!r}: {self._root}>"
 
+    @property
+    def operators(self) -> frozenset[str]:
+        """
+        The operators the expression uses, without their ``~`` (``{"d",
+        "q"}`` for ``~d example & ~q``; a bare word is ``"u"``): a caller can
+        tell, say, whether matching may need a body (``b``, ``bq``, ``bs``).
+        """
+        return frozenset(_operators(self._root))
+
+
+def _operators(node: _Node) -> Iterator[str]:
+    """The operator codes in the tree under *node*."""
+    if isinstance(node, _Not):
+        yield from _operators(node.child)
+    elif isinstance(node, _Join):
+        for child in node.children:
+            yield from _operators(child)
+    elif isinstance(node, _Code):
+        yield "c"
+    else:
+        yield getattr(node, "code", "")
+
 
 # What the operators look at
 

@@ -30,6 +30,7 @@ from twistproxy._options import (
     whole,
     worker_count,
 )
+from twistproxy._rewrite_options import RewriteOptions
 from twistproxy._tls import UpstreamTLS
 from twistproxy._upstream_proxy import check_upstream_auth
 from twistproxy.addons.access import HostPolicy, parse_user
@@ -71,9 +72,10 @@ def default_max_connections() -> int:
     return max(16, (soft - 64) // 2)
 
 
-class Options(usage.Options):
+class Options(RewriteOptions):
     """
-    Command-line options for ``twistd twistproxy``.
+    Command-line options for ``twistd twistproxy`` (the rewrites' are
+    :class:`~twistproxy._rewrite_options.RewriteOptions`').
     """
 
     synopsis = "[twistproxy options]"

@@ -83,6 +83,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             )
     if not options["quiet"]:
         addons.append(FlowLog())
+    # The built-in rewrites, before the addon files: these see the flows
+    # rewritten and have the last word.
+    addons.extend(options.rewrite_addons())
     addons.extend(options["addons"])
     # After the addon files, so it sees their last word (flow.passthrough).
     if options["server-replay"]:
