@@ -17,7 +17,10 @@ A spec's first character is its separator; the fields between separators
 are ``[filter SEP]`` then the rewrite's own fields (mitmproxy's
 ``parse_spec``): ``|~q|X-Name|value``, or without a filter ``|X-Name|value``
 (every flow).  The last field may hold the separator.  The filter is a
-:mod:`twistproxy.filters` expression.  A spec that cannot be read raises
+:mod:`twistproxy.filters` expression.  A spec whose first field is a
+filter with one field too few (``|~d example|https://elsewhere``) is
+refused: mitmproxy would take the filter for a URL regex that never
+matches.  A spec that cannot be read raises
 :exc:`ValueError` with a one-line message.
 
 When the rewrites look at a flow: block lists, map_remote, anticache and
@@ -97,6 +100,11 @@ def split_spec(option: str, fields: Sequence[str], *, need_filter: bool = False
             shape += f" (the separator is the first character, {option[0]!r} here)"
         raise ValueError(f"expected {shape}")
     if len(parts) == len(fields):
+        first = parts[0]
+        if first.startswith(("~", "!~")) and _parses(first):
+            raise ValueError(
+                f"the {fields[0]} {first!r} is a filter: the filter comes first, "
+                f"then the {fields[0]}: |{first}|" + "|".join(fields))
         return None, parts
     expression = parts[0]
     try:
@@ -105,6 +113,14 @@ def split_spec(option: str, fields: Sequence[str], *, need_filter: bool = False
         raise ValueError(
             f"filter {expression!r}: {e.reason} at column {e.position + 1}") from None
     return flow_filter, parts[1:]
+
+
+def _parses(expression: str) -> bool:
+    try:
+        parse_filter(expression)
+    except FilterError:
+        return False
+    return True
 
 
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|x|[0-7]{1,3}|[\\'\"abfnrtv\n]|.|\Z)", re.DOTALL)
@@ -533,7 +549,9 @@ class ModifyBody(Addon):
 
     def response(self, flow: Any) -> None:
         """Apply the matching rules to *flow*'s response body."""
-        if flow.live and flow.error is None:
+        # A streamed response was relayed already (the flow is no longer
+        # live): _run says it was not modified.
+        if flow.error is None and (flow.live or flow.response.stream):
             self._run(flow, flow.response, "response")
 
     def _run(self, flow: Any, message: Message, side: str) -> None:
