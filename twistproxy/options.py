@@ -294,7 +294,10 @@ class Options(RewriteOptions):
             "within 10 s of starting.",
             at_least_one,
         ],
-
+        ["web-host", None, "127.0.0.1", "--web: the address the web UI listens on."],
+        ["web-port", None, 8081, "--web: the web UI's port (0: any free one).", whole],
+        ["web-store", None, None, "--web: keep the UI's flows in this SQLite file "
+         "(kept after exit). [default: a temporary file]"],
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
@@ -314,6 +317,8 @@ class Options(RewriteOptions):
             "Replay: skip (and count) the lines or HAR entries of --client-replay and "
             "--server-replay files that cannot be read, instead of refusing the file.",
         ],
+        ["web", None, "Serve the web UI (see docs/web.rst); its URL, with a token, is logged "
+         "at start."],
         ["worker", None, "(internal) Run as one of --workers' processes."],
     ]
 
@@ -484,6 +489,14 @@ class Options(RewriteOptions):
             )
         if self["workers"] > 1 and self["client-replay"]:
             raise usage.UsageError("--client-replay runs in one process: use --workers 1")
+        web_only = [f"--{name}" for name in ("web-host", "web-port", "web-store")
+                    if self[name] != self.defaults[name]]
+        if web_only and not self["web"]:
+            raise usage.UsageError(f"{', '.join(web_only)} needs --web")
+        if self["web-port"] > 65535:
+            raise usage.UsageError(f"--web-port {self['web-port']}: not a port number")
+        if self["workers"] > 1 and self["web"]:
+            raise usage.UsageError("--web runs in one process: use --workers 1")
         if self["workers"] > 1 and self["mode"]:
             raise usage.UsageError("--workers serves one --port listener: no --mode with it yet")
         if self["keep-host-header"] and not any(m.kind == "reverse" for m in self["mode"]):

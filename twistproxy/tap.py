@@ -31,6 +31,7 @@ from twistproxy.options import Options
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay, ClientReplayService, ServerReplay
 from twistproxy.service import ProxyService
+from twistproxy.web.service import WebUI
 from twistproxy.workers import (
     INTERFACE_POSITION,
     Supervisor,
@@ -107,6 +108,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         except OSError as e:
             raise SystemExit(f"twistproxy: --save {options['save']}: {e.strerror}") from e
         addons.append(saving)
+    web = WebUI.from_options(options, reactor)
+    if web is not None:
+        addons.extend(web.addons)
     factories = [
         ProxyFactory(
             reactor=reactor,
@@ -146,6 +150,9 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     # Replayed requests go out as the first listener's (as a regular proxy's
     # unless that is another mode).
     factory = factories[0]
+    if web is not None:
+        web.replay = ClientReplay(factory)
+        web.service().setServiceParent(top)
     if options["client-replay"]:
         ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),

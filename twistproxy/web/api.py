@@ -1,0 +1,426 @@
+# -*- test-case-name: tests.test_web_api -*-
+"""
+The web UI's HTTP side: :class:`WebRoot`, the twisted.web resource tree
+(the page, its static files, the JSON API and the push channel), every
+request checked by a :class:`~twistproxy.web._guard.Guard` first.
+
+The API (every call needs the token: the cookie the page's URL sets, or an
+``X-Twistproxy-Token`` header)::
+
+    GET    /api/flows?filter=F&offset=N&limit=N   a page of flow summaries
+    GET    /api/flows/ID                          one flow (the flow view)
+    GET    /api/flows/ID/request/content          a body, decoded (?download=1)
+    PUT    /api/flows/ID                          {marked, comment, request: {...}}
+    DELETE /api/flows/ID
+    POST   /api/flows/ID/resume | kill | replay
+    GET    /api/export.har?filter=F, /api/export.jsonl?filter=F
+    GET    /api/intercept, PUT /api/intercept     {"filter": F}
+    GET    /api/events?filter=F                   server-sent events
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.static import File
+
+from twistproxy import __version__
+from twistproxy.filters import FilterError
+from twistproxy.flow import FlowNotKillable
+from twistproxy.flowfile import dump_flows
+from twistproxy.har import to_har
+from twistproxy.headers import Headers
+from twistproxy.http import HTTPFlow
+from twistproxy.web._detail import flow_detail
+from twistproxy.web._guard import TOKEN_HEADER, Guard
+from twistproxy.web.addon import WebIntercept, WebRecorder, Written
+from twistproxy.web.store import SIDES, View
+
+_log = Logger(namespace="twistproxy.web")
+
+STATIC = files("twistproxy.web") / "static"
+"""The page's files."""
+
+MAX_PAGE = 1000
+"""The most flow summaries one list call returns."""
+
+MAX_BODY = 16 * 1024 * 1024
+"""The largest request body the API reads (an edited body, say)."""
+
+_SECURITY_HEADERS = [
+    (b"Content-Security-Policy",
+     b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+     b"base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+    (b"Referrer-Policy", b"no-referrer"),
+    (b"X-Frame-Options", b"DENY"),
+]
+
+
+class _HTTPError(Exception):
+    def __init__(self, code: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body = {"error": message, **extra}
+
+
+def _send_json(request: Request, value: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _refuse(request: Request, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    return f"twistproxy web UI: {message}\n".encode()
+
+
+class _Refused(Resource):
+    isLeaf = True
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__()
+        self._code, self._message = code, message
+
+    def render(self, request: Request) -> bytes:
+        return _refuse(request, self._code, self._message)
+
+
+class WebRoot(Resource):
+    """
+    The UI's root: checks ``Host``, ``Origin`` and the token on every
+    request, then serves ``/`` (the page; ``/?token=T`` sets the token's
+    cookie and redirects to ``/``), ``/static/`` and ``/api/``.
+    """
+
+    def __init__(self, guard: Guard, recorder: WebRecorder, intercept: WebIntercept,
+                 replay: Callable[[HTTPFlow], str | None] | None = None) -> None:
+        super().__init__()
+        self._guard = guard
+        self._static = File(str(STATIC))
+        self._static.contentTypes = {**self._static.contentTypes, ".js": "text/javascript"}
+        self._api = _Api(recorder, intercept, replay)
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        """Check the request, then route it."""
+        for name, value in _SECURITY_HEADERS:
+            request.setHeader(name, value)
+        guard = self._guard
+        host = _header(request, b"host")
+        refusal = guard.host_refusal(host)
+        if refusal is None:
+            refusal = guard.origin_refusal(_header(request, b"origin"), host,
+                                           _header(request, b"sec-fetch-site"))
+        if refusal is not None:
+            _log.warn("--web: refused {method} {uri} from {client}: {why}",
+                      method=request.method.decode("latin-1"),
+                      uri=request.uri.decode("latin-1")[:200].split("?")[0],
+                      client=str(request.getClientAddress()), why=refusal)
+            return _Refused(403, f"refused: {refusal}")
+        if path == b"" and not request.postpath and b"token" in request.args:
+            return _Login(guard)
+        token = _header(request, TOKEN_HEADER)
+        if not guard.token_valid(token) and not guard.token_valid(request.getCookie(
+                guard.cookie_name)):
+            return _Refused(403, "open the URL twistproxy printed at start (it holds the "
+                            "token), or send the token in an X-Twistproxy-Token header")
+        if path == b"":
+            return self._static.getChild(b"index.html", request)
+        if path == b"static":
+            return self._static
+        if path == b"api":
+            return self._api
+        return _Refused(404, "no such page")
+
+
+class _Login(Resource):
+    """``/?token=T``: set the token's cookie, then go to ``/`` (the token leaves the URL)."""
+
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self._guard = guard
+
+    def render_GET(self, request: Request) -> bytes:
+        guard = self._guard
+        if not guard.token_valid(request.args[b"token"][0]):
+            return _refuse(request, 403, "wrong token")
+        request.addCookie(guard.cookie_name, guard.token.encode(), path=b"/",
+                          httpOnly=True, sameSite="strict")
+        request.setResponseCode(303)
+        request.setHeader(b"Location", b"/")
+        return b""
+
+
+class _Api(Resource):
+    isLeaf = True
+
+    def __init__(self, recorder: WebRecorder, intercept: WebIntercept,
+                 replay: Callable[[HTTPFlow], str | None] | None) -> None:
+        super().__init__()
+        self._recorder = recorder
+        self._store = recorder.store
+        self._intercept = intercept
+        self._replay = replay
+
+    def render(self, request: Request) -> bytes | int:
+        method = request.method.decode("ascii", "replace")
+        path = [p.decode("utf-8", "replace") for p in request.postpath or ()]
+        try:
+            return self._route(request, method, path)
+        except _HTTPError as e:
+            return _send_json(request, e.body, e.code)
+
+    def _route(self, request: Request, method: str, path: list[str]) -> bytes | int:
+        match method, path:
+            case "GET", ["flows"]:
+                return _send_json(request, self._list(request))
+            case "GET", ["events"]:
+                return _Events(self._recorder, self._view(_arg(request, "filter"))).start(
+                    request)
+            case "GET", ["intercept"]:
+                return _send_json(request, {"filter": self._intercept.expression})
+            case "PUT", ["intercept"]:
+                expression = str(_json_body(request).get("filter", ""))
+                try:
+                    self._intercept.set_filter(expression)
+                except FilterError as e:
+                    raise _filter_error(e) from None
+                return _send_json(request, {"filter": self._intercept.expression})
+            case "GET", ["export.har"]:
+                har = to_har(self._matching(request), creator_version=__version__)
+                return _download(request, json.dumps(har).encode(), "flows.har",
+                                 b"application/json")
+            case "GET", ["export.jsonl"]:
+                out = io.BytesIO()
+                dump_flows(self._matching(request), out)
+                return _download(request, out.getvalue(), "flows.jsonl",
+                                 b"application/x-ndjson")
+            case "GET", ["flows", flow_id]:
+                flow = self._flow(flow_id, bodies=False)
+                return _send_json(request, flow_detail(flow, self._store.seq_of(flow_id)))
+            case "GET", ["flows", flow_id, side, "content"] if side in SIDES:
+                return self._content(request, self._flow(flow_id), side)
+            case "PUT", ["flows", flow_id]:
+                return _send_json(request, self._change(flow_id, _json_body(request)))
+            case "DELETE", ["flows", flow_id]:
+                return _send_json(request, self._delete(flow_id))
+            case "POST", ["flows", flow_id, action] if action in ("resume", "kill", "replay"):
+                return _send_json(request, self._act(flow_id, action))
+        raise _HTTPError(404, f"no such API call: {method} /api/{'/'.join(path)}")
+
+    # -- reading ------------------------------------------------------------
+
+    def _view(self, expression: str) -> View:
+        try:
+            return self._store.view(expression)
+        except FilterError as e:
+            raise _filter_error(e) from None
+
+    def _list(self, request: Request) -> dict[str, Any]:
+        self._recorder.flush()  # the list includes what was just seen
+        view = self._view(_arg(request, "filter"))
+        offset = max(0, _int_arg(request, "offset", 0))
+        limit = min(MAX_PAGE, max(0, _int_arg(request, "limit", 100)))
+        seqs = view.seqs[offset:offset + limit]
+        return {"total": len(view), "offset": offset, "flows": self._store.summaries(seqs)}
+
+    def _matching(self, request: Request) -> list[HTTPFlow]:
+        self._recorder.flush()
+        view = self._view(_arg(request, "filter"))
+        return list(self._store.flows(view.seqs))
+
+    def _flow(self, flow_id: str, *, bodies: bool = True) -> HTTPFlow:
+        live = self._recorder.live.get(flow_id)
+        if live is not None:
+            return live
+        flow = self._store.load(flow_id, bodies=bodies)
+        if flow is None:
+            raise _HTTPError(404, f"no flow {flow_id}")
+        return flow
+
+    def _content(self, request: Request, flow: HTTPFlow, side: str) -> bytes:
+        message = flow.request if side == "request" else flow.response
+        if message is None or message.raw_content is None:
+            raise _HTTPError(404, f"the flow has no recorded {side} body")
+        content = message.get_content(strict=False)
+        request.setHeader(b"X-Decoded", b"yes" if content is not None else b"no")
+        if content is None:
+            content = message.raw_content
+        if _arg(request, "download"):
+            name = f"{flow.id}-{side}"
+            return _download(request, content, name, b"application/octet-stream")
+        # Never the body's own type: a page of the origin's must not run here.
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Security-Policy", b"sandbox")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return content
+
+    # -- acting ---------------------------------------------------------------
+
+    def _written(self, flow: HTTPFlow) -> None:
+        if flow.id in self._recorder.live:
+            self._recorder.touch(flow)
+            self._recorder.flush()
+        else:
+            self._recorder.notify(self._store.write([flow]))
+
+    def _change(self, flow_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        flow = self._flow(flow_id)
+        if "marked" in body:
+            flow.marked = str(body["marked"])[:8]
+        if "comment" in body:
+            flow.comment = str(body["comment"])
+        if "request" in body:
+            if not flow.intercepted:
+                raise _HTTPError(409, "only a held (intercepted) request can be edited")
+            _edit_request(flow, body["request"])
+        self._written(flow)
+        return flow_detail(flow, self._store.seq_of(flow_id))
+
+    def _delete(self, flow_id: str) -> dict[str, Any]:
+        if flow_id in self._recorder.live:
+            raise _HTTPError(409, "the flow is live: kill it first")
+        if self._store.delete(flow_id) is None:
+            raise _HTTPError(404, f"no flow {flow_id}")
+        self._recorder.notify([], True)
+        return {"deleted": flow_id}
+
+    def _act(self, flow_id: str, action: str) -> dict[str, Any]:
+        flow = self._flow(flow_id)
+        if action == "replay":
+            if self._replay is None:
+                raise _HTTPError(409, "replay is not available here")
+            reason = self._replay(flow)
+            if reason is not None:
+                raise _HTTPError(409, f"cannot replay: {reason}")
+            return {"replaying": flow_id}
+        if flow_id not in self._recorder.live:
+            raise _HTTPError(409, "the flow is not live")
+        if action == "resume":
+            flow.resume()
+        else:
+            try:
+                flow.kill()
+            except FlowNotKillable as e:
+                raise _HTTPError(409, str(e)) from None
+        self._written(flow)
+        return {action: flow_id}
+
+
+def _edit_request(flow: HTTPFlow, edit: Any) -> None:
+    """Apply the UI's edit of a held request (method, url, headers, content)."""
+    request = flow.request
+    if request is None or not isinstance(edit, dict):
+        raise _HTTPError(400, "expected an object with method, url, headers, content")
+    try:
+        if "method" in edit:
+            method = str(edit["method"]).strip().upper()
+            if not method.isalpha():
+                raise ValueError(f"not a method: {method!r}")
+            request.method = method
+        if "url" in edit:
+            request.url = str(edit["url"])
+        if "headers" in edit:
+            fields = [(str(n).encode("utf-8"), str(v).encode("utf-8"))
+                      for n, v in edit["headers"]]
+            request.headers = Headers(fields)
+        if "content" in edit:
+            request.set_text(str(edit["content"]))
+    except (ValueError, TypeError) as e:
+        raise _HTTPError(400, f"cannot edit the request: {e}") from None
+
+
+class _Events:
+    """One push channel: server-sent events of the flows in one view."""
+
+    def __init__(self, recorder: WebRecorder, view: View) -> None:
+        self._recorder = recorder
+        self._view = view
+        self._request: Request | None = None
+
+    def start(self, request: Request) -> int:
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-store")
+        self._request = request
+        self._view.users += 1
+        self._recorder.subscribe(self._written)
+        request.write(b": twistproxy\n\n")
+        request.notifyFinish().addBoth(self._gone)
+        return NOT_DONE_YET
+
+    def _gone(self, _: object) -> None:
+        self._recorder.unsubscribe(self._written)
+        self._view.users -= 1
+        self._request = None
+
+    def _written(self, written: Written, reload: bool) -> None:
+        request = self._request
+        if request is None:
+            return
+        view = self._view
+        event: dict[str, Any] = {"total": len(view), "reload": reload or view.reload}
+        if not event["reload"]:
+            changes = []
+            for seq, summary, _ in written:
+                index = view.index(seq)
+                if index is not None:
+                    changes.append({"index": index, "flow": summary})
+            if not changes:
+                return
+            event["changes"] = changes
+        request.write(b"event: flows\ndata: " + json.dumps(event, separators=(",", ":")).encode()
+                      + b"\n\n")
+
+
+def _header(request: Request, name: bytes) -> bytes | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[0] if values else None
+
+
+def _arg(request: Request, name: str) -> str:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else ""
+
+
+def _int_arg(request: Request, name: str, default: int) -> int:
+    text = _arg(request, name)
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise _HTTPError(400, f"{name} must be a whole number") from None
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    assert request.content is not None
+    data = request.content.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise _HTTPError(413, "the request body is too large")
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError as e:
+        raise _HTTPError(400, f"the body is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _HTTPError(400, "expected a JSON object")
+    return value
+
+
+def _filter_error(e: FilterError) -> _HTTPError:
+    return _HTTPError(400, e.reason, column=e.position + 1, expression=e.expression)
+
+
+def _download(request: Request, data: bytes, name: str, content_type: bytes) -> bytes:
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Disposition", f'attachment; filename="{name}"'.encode())
+    request.setHeader(b"Cache-Control", b"no-store")
+    return data

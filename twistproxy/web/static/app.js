@@ -1,0 +1,81 @@
+// The web UI's page: the filter and intercept boxes, the flow list, the
+// flow view, the push channel and the keyboard.
+
+import { getIntercept, query, setIntercept } from "./api.js";
+import { FlowList } from "./list.js";
+import { renderFlow } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+
+function showError(input, error) {
+  const box = $("filter-error");
+  input.classList.toggle("invalid", Boolean(error));
+  if (!error) { box.textContent = ""; return; }
+  const column = error.body && error.body.column;
+  box.textContent = column ? `${error.message} at column ${column}` : error.message;
+  box.dataset.column = column || "";
+}
+
+let events = null;
+
+function listen(list) {
+  if (events) events.close();
+  events = new EventSource(`/api/events${query({ filter: list.filter })}`);
+  events.addEventListener("open", () => { $("status").textContent = "● live"; });
+  events.addEventListener("error", () => { $("status").textContent = "○ reconnecting"; });
+  events.addEventListener("flows", (e) => {
+    list.apply(JSON.parse(e.data));
+    const view = $("view");
+    if (!view.hidden) {
+      const changed = (JSON.parse(e.data).changes || []).some((c) => c.flow.id === view.dataset.id);
+      if (changed) renderFlow(view, view.dataset.id, () => list.render()).catch(() => {});
+    }
+  });
+}
+
+function exportLinks(filter) {
+  $("export-har").href = `/api/export.har${query({ filter })}`;
+  $("export-flows").href = `/api/export.jsonl${query({ filter })}`;
+}
+
+async function main() {
+  const list = new FlowList($("viewport"), $("spacer"), {
+    onOpen: (id) => renderFlow($("view"), id, () => list.render()).catch((e) => alert(e.message)),
+    onCount: (total) => { $("count").textContent = `${total} flows`; },
+    onError: (error) => showError($("filter"), error),
+  });
+  window.twistproxy = { list }; // for the browser tests and the curious
+  const filter = $("filter");
+  let timer = null;
+  filter.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      await list.reset(filter.value.trim());
+      if (!filter.classList.contains("invalid")) { listen(list); exportLinks(list.filter); }
+    }, 250);
+  });
+  const intercept = $("intercept");
+  intercept.addEventListener("keydown", async (e) => {
+    if (e.key !== "Enter") return;
+    try {
+      await setIntercept(intercept.value);
+      showError(intercept, null);
+      intercept.dataset.active = intercept.value.trim();
+    } catch (error) {
+      showError(intercept, error);
+    }
+  });
+  intercept.value = (await getIntercept()).filter;
+  document.addEventListener("keydown", (e) => {
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLTextAreaElement) return;
+    if (e.key === "ArrowDown" || e.key === "j") { list.select(list.selected + 1); e.preventDefault(); }
+    else if (e.key === "ArrowUp" || e.key === "k") { list.select(list.selected - 1); e.preventDefault(); }
+    else if (e.key === "Enter") { list.open(); e.preventDefault(); }
+    else if (e.key === "Escape") { $("view").hidden = true; }
+  });
+  await list.reset("");
+  listen(list);
+  document.body.dataset.ready = "yes";
+}
+
+main();

@@ -1,0 +1,215 @@
+// The flow view: one flow's request, response, timings, TLS, error and
+// WebSocket messages, and what can be done with it. Everything from the
+// flow is put in the page as text (textContent), never as markup.
+
+import { act, changeFlow, content, contentUrl, deleteFlow, flowDetail } from "./api.js";
+import { formatSize, formatTime } from "./list.js";
+
+const VIEW_LIMIT = 1024 * 1024; // bodies larger than this are offered as a download
+const HEX_LIMIT = 64 * 1024;
+
+function el(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else element.setAttribute(name, value);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) element.append(child);
+  }
+  return element;
+}
+
+function table(rows) {
+  return el("table", {}, ...rows.filter(([, v]) => v !== null && v !== undefined && v !== "")
+    .map(([name, value]) => el("tr", {}, el("td", {}, name), el("td", {}, String(value)))));
+}
+
+function ms(start, end) {
+  return start && end ? `${((end - start) * 1000).toFixed(1)} ms` : null;
+}
+
+export function hexdump(bytes) {
+  const lines = [];
+  for (let offset = 0; offset < Math.min(bytes.length, HEX_LIMIT); offset += 16) {
+    const chunk = bytes.subarray(offset, offset + 16);
+    const hex = Array.from(chunk, (b) => b.toString(16).padStart(2, "0")).join(" ");
+    const text = Array.from(chunk, (b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : ".")).join("");
+    lines.push(`${offset.toString(16).padStart(8, "0")}  ${hex.padEnd(48)}  ${text}`);
+  }
+  if (bytes.length > HEX_LIMIT) lines.push(`… ${bytes.length - HEX_LIMIT} more bytes`);
+  return lines.join("\n");
+}
+
+function kind(contentType) {
+  const type = (contentType || "").split(";")[0].trim().toLowerCase();
+  if (type === "application/json" || type.endsWith("+json")) return "json";
+  if (type.startsWith("image/")) return "image";
+  if (type.startsWith("text/") || /(xml|javascript|ecmascript|x-www-form-urlencoded)$/.test(type)) return "text";
+  return "binary";
+}
+
+async function bodyView(flow, side, body) {
+  const box = el("div", { class: "body" });
+  if (!body.captured) {
+    box.append(el("p", {}, body.size ? `${formatSize(body.size)}, not recorded (streamed)` : "no body"));
+    return box;
+  }
+  if (body.size === 0) { box.append(el("p", {}, "no body")); return box; }
+  const download = el("a", { href: `${contentUrl(flow.id, side)}?download=1` }, "download");
+  if (body.size > VIEW_LIMIT) {
+    box.append(el("p", {}, `too large to show (${formatSize(body.size)}): `, download));
+    return box;
+  }
+  let bytes;
+  try {
+    bytes = await content(flow.id, side);
+  } catch (error) {
+    box.append(el("p", { class: "error" }, error.message));
+    return box;
+  }
+  const type = kind(body.content_type);
+  const info = `${formatSize(bytes.length)}${body.content_encoding ? ` decoded from ${body.content_encoding}` : ""}${body.truncated ? ", truncated" : ""} `;
+  box.append(el("p", {}, info, download));
+  if (type === "image") {
+    const url = URL.createObjectURL(new Blob([bytes], { type: body.content_type.split(";")[0] }));
+    box.append(el("img", { src: url, alt: `${side} image` }));
+  } else if (type === "json" || type === "text") {
+    let text = new TextDecoder("utf-8").decode(bytes);
+    if (type === "json") {
+      try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* shown as it is */ }
+    }
+    box.append(el("pre", { class: `body-${type}` }, text));
+  } else {
+    box.append(el("pre", { class: "body-hex" }, hexdump(bytes)));
+  }
+  return box;
+}
+
+function headersText(headers) {
+  return headers.map(([name, value]) => `${name}: ${value}`).join("\n");
+}
+
+function parseHeaders(text) {
+  return text.split("\n").filter((line) => line.trim()).map((line) => {
+    const colon = line.indexOf(":");
+    if (colon < 1) throw new Error(`not a header line: ${line}`);
+    return [line.slice(0, colon).trim(), line.slice(colon + 1).trim()];
+  });
+}
+
+function editor(flow, refresh) {
+  const request = flow.request;
+  const method = el("input", { id: "edit-method", value: request.method, size: "8" });
+  const url = el("input", { id: "edit-url", value: request.url, size: "60" });
+  const headers = el("textarea", { id: "edit-headers", rows: "8" });
+  headers.value = headersText(request.headers);
+  const body = el("textarea", { id: "edit-body", rows: "6" });
+  const error = el("div", { class: "error" });
+  let bodyLoaded = false;
+  if (request.body.captured && request.body.size && request.body.size <= VIEW_LIMIT) {
+    content(flow.id, "request").then((bytes) => {
+      body.value = new TextDecoder("utf-8").decode(bytes);
+      bodyLoaded = true;
+    });
+  }
+  const save = async (then) => {
+    try {
+      const edit = { method: method.value, url: url.value, headers: parseHeaders(headers.value) };
+      if (bodyLoaded || body.value) edit.content = body.value;
+      await changeFlow(flow.id, { request: edit });
+      if (then) await act(flow.id, then);
+      refresh();
+    } catch (e) {
+      error.textContent = e.message;
+    }
+  };
+  return el("div", { class: "edit held" },
+    el("p", {}, "This request is held. Edit it, then resume it or kill it."),
+    el("div", {}, method, " ", url),
+    el("label", {}, "Headers (Name: value, one a line)", headers),
+    el("label", {}, "Body (text)", body),
+    el("div", { class: "actions" },
+      el("button", { id: "save-resume", onclick: () => save("resume") }, "Save and resume"),
+      el("button", { id: "save", onclick: () => save(null) }, "Save")),
+    error);
+}
+
+function connection(name, conn) {
+  return [
+    el("h3", {}, name),
+    table([
+      ["address", conn.address ? conn.address.join(":") : null],
+      ["peer", conn.peername ? conn.peername.join(":") : null],
+      ["local", conn.sockname ? conn.sockname.join(":") : null],
+      ["TLS", conn.tls ? `${conn.tls_version || "yes"}` : "no"],
+      ["SNI", conn.sni], ["ALPN", conn.alpn],
+      ["connected", conn.timestamp_start ? formatTime(conn.timestamp_start) : null],
+      ["error", conn.error],
+    ]),
+  ];
+}
+
+export async function renderFlow(container, id, onChanged) {
+  const flow = await flowDetail(id);
+  const refresh = () => renderFlow(container, id, onChanged).then(onChanged);
+  const request = flow.request;
+  const response = flow.response;
+  const actions = el("div", { class: "actions" });
+  const button = (label, handler, enabled = true) => {
+    const b = el("button", { onclick: async () => {
+      try { await handler(); refresh(); } catch (e) { alert(e.message); }
+    } }, label);
+    b.disabled = !enabled;
+    actions.append(b);
+  };
+  button("Resume", () => act(id, "resume"), flow.intercepted);
+  button("Kill", () => act(id, "kill"), flow.live);
+  button("Replay", () => act(id, "replay"), !flow.live);
+  button(flow.marked ? "Unmark" : "Mark", () => changeFlow(id, { marked: flow.marked ? "" : "●" }));
+  button("Comment", async () => {
+    const text = prompt("Comment", flow.comment);
+    if (text !== null) await changeFlow(id, { comment: text });
+  });
+  button("Delete", async () => { await deleteFlow(id); container.hidden = true; }, !flow.live);
+  const parts = [
+    el("h2", {}, request ? `${request.method} ${request.url}` : "(no request)"),
+    el("p", {}, response ? `${response.status_code} ${response.reason}` : flow.error ? "" : "waiting for the response",
+      flow.intercepted ? " — held" : "", flow.comment ? ` — ${flow.comment}` : ""),
+    actions,
+  ];
+  if (flow.error) parts.push(el("p", { class: "error" }, `error: ${flow.error.msg}`));
+  if (request) {
+    parts.push(el("h3", {}, "Request"));
+    if (flow.intercepted && !response) parts.push(editor(flow, refresh));
+    parts.push(table([["version", request.http_version], ...request.headers]));
+    parts.push(await bodyView(flow, "request", request.body));
+  }
+  if (response) {
+    parts.push(el("h3", {}, "Response"));
+    parts.push(table([["status", `${response.status_code} ${response.reason}`],
+      ["version", response.http_version], ...response.headers]));
+    parts.push(await bodyView(flow, "response", response.body));
+  }
+  if (flow.websocket) {
+    const ws = flow.websocket;
+    parts.push(el("h3", {}, `WebSocket: ${ws.count} messages${ws.close_code ? `, closed ${ws.close_code} ${ws.close_reason || ""}` : ""}`));
+    parts.push(el("table", { class: "ws" }, ...ws.messages.map((m) => el("tr", {},
+      el("td", {}, m.from_client ? "→" : "←"),
+      el("td", {}, formatTime(m.timestamp)),
+      el("td", {}, `${m.text ? m.content : `binary, ${m.size} bytes (base64: ${m.content})`}${m.dropped ? " (dropped)" : ""}${m.injected ? " (injected)" : ""}`)))));
+  }
+  parts.push(el("h3", {}, "Timings"));
+  parts.push(table([
+    ["created", formatTime(flow.timestamp_created)],
+    ["request", request ? ms(request.timestamp_start, request.timestamp_end) : null],
+    ["waiting", request && response ? ms(request.timestamp_end, response.timestamp_start) : null],
+    ["response", response ? ms(response.timestamp_start, response.timestamp_end) : null],
+    ["total", request && response ? ms(request.timestamp_start, response.timestamp_end) : null],
+  ]));
+  parts.push(...connection("Client connection", flow.client_conn));
+  parts.push(...connection("Server connection", flow.server_conn));
+  container.replaceChildren(...parts);
+  container.hidden = false;
+  container.dataset.id = id;
+}

@@ -1,0 +1,368 @@
+# -*- test-case-name: tests.test_web_store -*-
+"""
+The web UI's flow store: every flow in SQLite, so that the proxy's memory
+stays flat however many flows it has seen.
+
+A flow is one row: its summary (what the flow list shows, as JSON) and its
+state (a flow file record, :mod:`twistproxy._flowschema`).  Bodies longer
+than ``inline_limit`` are kept out of the state, in a table of their own,
+and read only when asked for.  Rows are numbered in the order flows were
+first written (``seq``); the UI pages through *views*: the sorted seqs of
+the flows a filter expression matches, kept up to date as flows are
+written, so that a page is a slice and a new flow an append.
+
+Everything here runs in the reactor thread; SQLite is given one batch of
+writes at a time (:class:`~twistproxy.web.addon.WebRecorder` flushes every
+100 ms) in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from twistproxy._flowschema import FLOW
+from twistproxy.filters import Filter, parse
+from twistproxy.flow import FLOW_STATE_VERSION
+from twistproxy.http import HTTPFlow
+
+INLINE_LIMIT = 64 * 1024
+"""Bodies longer than this (bytes, as on the wire) are kept in rows of their own."""
+
+MAX_VIEWS = 8
+"""Filter views kept besides those the push channel's clients hold."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flows (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    summary TEXT NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    flow TEXT NOT NULL,
+    side TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (flow, side)
+) WITHOUT ROWID;
+"""
+
+SIDES = ("request", "response")
+
+
+def summarize(flow: HTTPFlow, seq: int) -> dict[str, Any]:
+    """
+    What the flow list shows of *flow*: one JSON object.
+
+    :param seq: The flow's row number in the store.
+    """
+    request = flow.request
+    response = flow.response
+    client = flow.client_conn.peername
+    start = request.timestamp_start if request is not None else None
+    end = None
+    if flow.error is not None:
+        end = flow.error.timestamp
+    elif flow.websocket is not None and flow.websocket.timestamp_end is not None:
+        end = flow.websocket.timestamp_end
+    elif response is not None:
+        end = response.timestamp_end
+    return {
+        "seq": seq,
+        "id": flow.id,
+        "time": start if start is not None else flow.timestamp_created,
+        "client": f"{client[0]}:{client[1]}" if client else "",
+        "method": request.method if request is not None else "",
+        "scheme": request.scheme if request is not None else "",
+        "host": request.pretty_host if request is not None else "",
+        "port": request.port if request is not None else 0,
+        "path": request.path if request is not None else "",
+        "status": response.status_code if response is not None else None,
+        "size": response.body_size if response is not None else None,
+        "duration": None if start is None or end is None else round((end - start) * 1000, 1),
+        "marked": flow.marked,
+        "comment": flow.comment,
+        "error": flow.error.msg if flow.error is not None else None,
+        "intercepted": flow.intercepted,
+        "live": flow.live,
+        "replay": flow.is_replay,
+        "websocket": flow.websocket is not None,
+    }
+
+
+class View:
+    """
+    The flows one filter expression matches, as the sorted seqs of their
+    rows: the flow list pages through it.
+
+    :ivar expression: The filter expression (``""``: every flow).
+    :ivar seqs: The matching rows' seqs, ascending.
+    :ivar users: How many push channels show it (it is kept while used).
+    :ivar reload: Whether the last :meth:`FlowStore.write` changed it other
+        than at its end.
+    """
+
+    def __init__(self, expression: str, flow_filter: Filter | None) -> None:
+        self.expression = expression
+        self.filter = flow_filter
+        self.seqs: array[int] = array("q")
+        self.users = 0  # push channels showing this view
+        self.reload = False  # the last write changed it other than at its end
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def index(self, seq: int) -> int | None:
+        """Where *seq* is in the view, or ``None`` when it is not in it."""
+        i = bisect_left(self.seqs, seq)
+        return i if i < len(self.seqs) and self.seqs[i] == seq else None
+
+    def put(self, seq: int, matches: bool) -> bool:
+        """
+        Put *seq* in the view or take it out.
+
+        :returns: Whether the view changed other than at its end (a flow left
+            it, or one joined before the last): the UI reloads what it shows.
+        """
+        seqs = self.seqs
+        i = bisect_left(seqs, seq)
+        present = i < len(seqs) and seqs[i] == seq
+        if matches and not present:
+            seqs.insert(i, seq)
+            return i != len(seqs) - 1
+        if not matches and present:
+            del seqs[i]
+            return True
+        return False
+
+
+class FlowStore:
+    """
+    Flows in a SQLite database.
+
+    :param path: The database file; ``None`` for a temporary file, deleted
+        by :meth:`close`.
+    :param inline_limit: Bodies longer than this many bytes are kept in rows
+        of their own.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 inline_limit: int = INLINE_LIMIT) -> None:
+        self._temporary: str | None = None
+        if path is None:
+            fd, name = tempfile.mkstemp(prefix="twistproxy-web-", suffix=".sqlite3")
+            os.close(fd)
+            path = self._temporary = name
+        else:
+            # The flows hold cookies and credentials: a new file is its owner's.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self.path = Path(path)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._inline_limit = inline_limit
+        last = self._db.execute("SELECT max(seq) FROM flows").fetchone()[0]
+        self._next_seq = (last or 0) + 1
+        self._views: OrderedDict[str, View] = OrderedDict()
+
+    # -- writing ------------------------------------------------------------
+
+    def write(self, flows: Iterable[HTTPFlow]) -> list[tuple[int, dict[str, Any], HTTPFlow]]:
+        """
+        Insert or update *flows*, in one transaction, and update the views.
+
+        :returns: For each flow, its seq, its summary and the flow.
+        """
+        written = []
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for flow in flows:
+                seq = self.seq_of(flow.id)
+                new = seq is None
+                if seq is None:
+                    seq = self._next_seq
+                    self._next_seq += 1
+                summary = summarize(flow, seq)
+                state, bodies = self._encode(flow)
+                summary_text = json.dumps(summary, separators=(",", ":"))
+                if new:
+                    db.execute("INSERT INTO flows VALUES (?, ?, ?, ?)",
+                               (seq, flow.id, summary_text, state))
+                else:
+                    db.execute("UPDATE flows SET summary = ?, state = ? WHERE seq = ?",
+                               (summary_text, state, seq))
+                for side in SIDES:
+                    data = bodies.get(side)
+                    if data is None:
+                        db.execute("DELETE FROM bodies WHERE flow = ? AND side = ?",
+                                   (flow.id, side))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO bodies VALUES (?, ?, ?)",
+                                   (flow.id, side, data))
+                written.append((seq, summary, flow))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for view in self._views.values():
+            view.reload = False
+            for seq, _, flow in written:
+                matches = view.filter is None or view.filter(flow)
+                view.reload = view.put(seq, matches) or view.reload
+        return written
+
+    def seq_of(self, flow_id: str) -> int | None:
+        """The seq of the flow with *flow_id*, or ``None`` if it is not stored."""
+        row = self._db.execute("SELECT seq FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _encode(self, flow: HTTPFlow) -> tuple[bytes, dict[str, bytes]]:
+        """
+        *flow*'s state as a flow file record, without the bodies longer than
+        the inline limit, and those bodies by side.
+        """
+        state = flow.get_state()
+        del state["version"]
+        state["live"] = False
+        bodies: dict[str, bytes] = {}
+        for side in SIDES:
+            message = state[side]
+            if message is not None:
+                content = message["content"]
+                if content is not None and len(content) > self._inline_limit:
+                    bodies[side] = content
+                    message["content"] = None
+        record = FLOW.encode(state)
+        record["external"] = sorted(bodies)
+        return json.dumps(record, separators=(",", ":")).encode("ascii"), bodies
+
+    def delete(self, flow_id: str) -> int | None:
+        """
+        Delete a flow and its bodies.
+
+        :returns: Its seq, or ``None`` if there was no such flow.
+        """
+        seq = self.seq_of(flow_id)
+        if seq is None:
+            return None
+        self._db.execute("DELETE FROM flows WHERE seq = ?", (seq,))
+        self._db.execute("DELETE FROM bodies WHERE flow = ?", (flow_id,))
+        for view in self._views.values():
+            view.put(seq, False)
+        return seq
+
+    # -- reading ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        count: int = self._db.execute("SELECT count(*) FROM flows").fetchone()[0]
+        return count
+
+    def load(self, flow_id: str, *, bodies: bool = True) -> HTTPFlow | None:
+        """
+        The flow with *flow_id* (not live), or ``None``.
+
+        :param bodies: Also read the bodies kept in rows of their own (else
+            they are ``None``, with their size).
+        """
+        row = self._db.execute("SELECT state FROM flows WHERE id = ?", (flow_id,)).fetchone()
+        return None if row is None else self._decode(row[0], bodies)
+
+    def _decode(self, data: bytes, bodies: bool) -> HTTPFlow:
+        record = json.loads(data)
+        external = record.pop("external")
+        state = FLOW.decode(record, "")
+        state["version"] = FLOW_STATE_VERSION
+        for side in external:
+            message = state[side]
+            if bodies:
+                message["content"] = self.body(state["id"], side)
+            else:
+                message["body_size"] = message["body_size"] or self.body_size(state["id"], side)
+        return HTTPFlow.from_state(state, now=time.time)
+
+    def body(self, flow_id: str, side: str) -> bytes | None:
+        """The raw body of *side* kept in a row of its own, or ``None``."""
+        row = self._db.execute("SELECT data FROM bodies WHERE flow = ? AND side = ?",
+                               (flow_id, side)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def body_size(self, flow_id: str, side: str) -> int | None:
+        """The length of a body kept in a row of its own, or ``None``."""
+        row = self._db.execute("SELECT length(data) FROM bodies WHERE flow = ? AND side = ?",
+                               (flow_id, side)).fetchone()
+        return None if row is None else int(row[0])
+
+    def flows(self, seqs: Iterable[int], *, bodies: bool = True) -> Iterator[HTTPFlow]:
+        """The flows of *seqs*, in that order (those deleted meanwhile left out)."""
+        for seq in seqs:
+            row = self._db.execute("SELECT state FROM flows WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                yield self._decode(row[0], bodies)
+
+    def summaries(self, seqs: Iterable[int]) -> list[dict[str, Any]]:
+        """The summaries of *seqs*, in that order (those deleted meanwhile left out)."""
+        out = []
+        for seq in seqs:
+            row = self._db.execute("SELECT summary FROM flows WHERE seq = ?", (seq,)).fetchone()
+            if row is not None:
+                out.append(json.loads(row[0]))
+        return out
+
+    # -- views ----------------------------------------------------------------
+
+    def view(self, expression: str) -> View:
+        """
+        The view of *expression* (made by reading every stored flow the first
+        time; kept while used, and the last :data:`MAX_VIEWS` besides).
+
+        :raises FilterError: if *expression* is not a filter expression.
+        """
+        expression = expression.strip()
+        view = self._views.get(expression)
+        if view is not None:
+            self._views.move_to_end(expression)
+            return view
+        flow_filter = parse(expression) if expression else None
+        view = View(expression, flow_filter)
+        if flow_filter is None:
+            view.seqs.extend(row[0] for row in self._db.execute(
+                "SELECT seq FROM flows ORDER BY seq"))
+        else:
+            # A body operator needs the bodies kept apart too.
+            bodies = "~b" in str(flow_filter)
+            for seq, data in self._db.execute("SELECT seq, state FROM flows ORDER BY seq"):
+                if flow_filter(self._decode(data, bodies)):
+                    view.seqs.append(seq)
+        self._views[expression] = view
+        self._forget_views()
+        return view
+
+    def _forget_views(self) -> None:
+        unused = [e for e, v in self._views.items() if v.users == 0]
+        for expression in unused[: max(0, len(unused) - MAX_VIEWS)]:
+            del self._views[expression]
+
+    def views(self) -> list[View]:
+        """The views kept now."""
+        return list(self._views.values())
+
+    def close(self) -> None:
+        """Close the database; a temporary one is deleted."""
+        self._db.close()
+        if self._temporary is not None:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self._temporary + suffix)
+                except FileNotFoundError:
+                    pass
