@@ -31,7 +31,7 @@ const COLUMNS = [
   ["c-status", (f) => (f.error ? "error" : f.status ?? (f.live ? "…" : ""))],
   ["c-size", (f) => formatSize(f.size)],
   ["c-duration", (f) => (f.duration === null ? "" : `${Math.round(f.duration)} ms`)],
-  ["c-marks", (f) => `${f.intercepted ? "⏸" : ""}${f.marked}${f.comment ? "✎" : ""}${f.replay ? "↻" : ""}${f.websocket ? "⇄" : ""}`],
+  ["c-marks", (f) => `${f.intercepted ? "‖" : ""}${f.marked}${f.comment ? "✎" : ""}${f.replay ? "↻" : ""}${f.websocket ? "⇄" : ""}`],
 ];
 
 export class FlowList {
@@ -67,6 +67,7 @@ export class FlowList {
     this.selected = -1;
     await this.fetchPage(0);
     this.render();
+    this.viewport.parentElement.dataset.filter = filter;
   }
 
   async fetchPage(page) {
@@ -80,7 +81,13 @@ export class FlowList {
       this.setTotal(data.total);
       data.flows.forEach((flow, i) => this.rows.set(data.offset + i, flow));
     } catch (error) {
-      if (generation === this.generation) this.onError(error);
+      if (generation === this.generation) {
+        // Nothing to show (a bad filter, say) until the next reset: no retries.
+        this.setTotal(0);
+        this.rows.clear();
+        this.onError(error);
+      }
+      return;
     } finally {
       if (generation === this.generation) this.loading.delete(page);
     }
