@@ -29,7 +29,6 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from twisted.web.static import File
 
 from twistproxy import __version__
 from twistproxy.filters import FilterError
@@ -106,8 +105,7 @@ class WebRoot(Resource):
                  replay: Callable[[HTTPFlow], str | None] | None = None) -> None:
         super().__init__()
         self._guard = guard
-        self._static = File(str(STATIC))
-        self._static.contentTypes = {**self._static.contentTypes, ".js": "text/javascript"}
+        self._static = _Static()
         self._api = _Api(recorder, intercept, replay)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
@@ -134,12 +132,47 @@ class WebRoot(Resource):
             return _Refused(403, "open the URL twistproxy printed at start (it holds the "
                             "token), or send the token in an X-Twistproxy-Token header")
         if path == b"":
-            return self._static.getChild(b"index.html", request)
+            return self._static.page(b"index.html")
         if path == b"static":
             return self._static
         if path == b"api":
             return self._api
         return _Refused(404, "no such page")
+
+
+_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
+          ".css": b"text/css; charset=utf-8"}
+
+
+class _Static(Resource):
+    """The page's files (and nothing else: no listing, no other path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for item in STATIC.iterdir():
+            suffix = "." + item.name.rpartition(".")[2]
+            if suffix in _TYPES:
+                self.putChild(item.name.encode(), _File(item.read_bytes(), _TYPES[suffix]))
+
+    def page(self, name: bytes) -> Resource:
+        """The file *name*."""
+        return self.children[name]
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _Refused(404, "no such file")
+
+
+class _File(Resource):
+    isLeaf = True
+
+    def __init__(self, data: bytes, content_type: bytes) -> None:
+        super().__init__()
+        self._data, self._type = data, content_type
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", self._type)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return self._data
 
 
 class _Login(Resource):

@@ -1,0 +1,217 @@
+"""
+The web UI's API with a plain HTTP client, through real sockets on
+127.0.0.1: the proxy, the UI and an origin in the test's reactor, the
+clients (``http.client``, to the UI and through the proxy) in threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThread
+
+from tests.e2e.origin import OriginFactory
+from twistproxy.proxy import ProxyFactory
+from twistproxy.replay import ClientReplay
+from twistproxy.service import ProxyService
+from twistproxy.web.service import WebUI
+
+pytestmark = pytest.mark.e2e
+
+
+class Setup:
+    """A proxy with the web UI, an origin, and blocking clients."""
+
+    def __init__(self, ui: WebUI, proxy: int, web: int, origin: int,
+                 factory: OriginFactory) -> None:
+        self.ui, self.proxy, self.web, self.origin, self.factory = (
+            ui, proxy, web, origin, factory)
+
+    def call(self, method: str, path: str, body: Any = None, *, token: bool = True,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One request to the UI (blocking: run it in a thread)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.web, timeout=10)
+        sent = {"X-Twistproxy-Token": self.ui.guard.token} if token else {}
+        sent.update(headers or {})
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def through_proxy(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes | None = None) -> tuple[int, bytes]:
+        """One request to the origin through the proxy (blocking)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy, timeout=10)
+        try:
+            conn.request(method, f"http://127.0.0.1:{self.origin}{path}", body=body,
+                         headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+
+def call(setup: Setup, *args: Any, **kwargs: Any) -> Any:
+    return deferToThread(setup.call, *args, **kwargs)
+
+
+@pytest_twisted.async_yield_fixture
+async def setup() -> AsyncIterator[Setup]:
+    """The proxy with the UI's addons, the UI on a free port, an origin."""
+    factory = OriginFactory()
+    origin: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    ui = WebUI(reactor=reactor, port=0)
+    proxy_factory = ProxyFactory(reactor=reactor, addons=ui.addons)
+    ui.replay = ClientReplay(proxy_factory)
+    proxy = ProxyService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), proxy_factory)
+    proxy.startService()
+    port = await proxy.when_listening()
+    web = ui.service()
+    web.startService()
+    yield Setup(ui, port.getHost().port, ui.guard.port, origin.getHost().port, factory)
+    await web.stopService()
+    await proxy.stopService()
+    await origin.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_host_origin(setup: Setup) -> None:
+    """
+    Without the token every call is refused (the page too); a foreign Host
+    (DNS rebinding) or Origin is refused even with it; /?token= sets the
+    cookie, which then opens the page.
+    """
+    for path in ("/api/flows", "/", "/static/app.js", "/api/events"):
+        status, _, body = await call(setup, "GET", path, token=False)
+        assert status == 403, (path, body)
+    status, _, body = await call(setup, "GET", "/api/flows",
+                                 headers={"Host": f"rebound.example:{setup.web}"})
+    assert status == 403 and b"rebound.example" in body
+    status, _, body = await call(setup, "PUT", "/api/intercept", {"filter": "~q"},
+                                 headers={"Origin": "http://evil.example"})
+    assert status == 403 and b"another origin" in body
+    assert setup.ui.intercept.expression == ""
+    status, headers, _ = await call(setup, "GET", "/?token=wrong", token=False)
+    assert status == 403
+    status, headers, _ = await call(setup, "GET", f"/?token={setup.ui.guard.token}", token=False)
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=strict" in headers["Set-Cookie"]
+    status, headers, body = await call(setup, "GET", "/", token=False, headers={"Cookie": cookie})
+    assert status == 200 and b"app.js" in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_filter_detail_content(setup: Setup) -> None:
+    """
+    Flows made through the proxy are listed (paged, filtered), a bad
+    filter is a 400 naming its column, a flow's detail and decoded body
+    are served (the body never with its own type).
+    """
+    for i in range(3):
+        status, _ = await deferToThread(setup.through_proxy, "GET", f"/echo?n={i}")
+        assert status == 200
+    status, _ = await deferToThread(setup.through_proxy, "GET", "/gzip")
+    assert status == 200
+    status, _, body = await call(setup, "GET", "/api/flows?limit=2&offset=1")
+    page = json.loads(body)
+    assert status == 200 and page["total"] == 4
+    assert [f["path"] for f in page["flows"]] == ["/echo?n=1", "/echo?n=2"]
+    status, _, body = await call(setup, "GET", "/api/flows?filter=~u%20gzip")
+    listed = json.loads(body)
+    assert listed["total"] == 1
+    flow_id = listed["flows"][0]["id"]
+    status, _, body = await call(setup, "GET", "/api/flows?filter=~d%20(")
+    assert status == 400 and json.loads(body)["column"] == 4
+    status, _, body = await call(setup, "GET", f"/api/flows/{flow_id}")
+    detail = json.loads(body)
+    assert detail["response"]["status_code"] == 200
+    assert detail["response"]["body"]["content_encoding"] == "gzip"
+    status, headers, body = await call(setup, "GET", f"/api/flows/{flow_id}/response/content")
+    assert status == 200 and headers["X-Decoded"] == "yes"
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Security-Policy"] == "sandbox"
+    assert b"gzip" not in body[:2] and len(body) > 0
+    status, _, body = await call(setup, "GET", "/api/flows/nope")
+    assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_mark_comment_delete_export(setup: Setup) -> None:
+    """Marks and comments are stored, a flow can be deleted, exports hold the flows."""
+    await deferToThread(setup.through_proxy, "GET", "/echo?keep")
+    await deferToThread(setup.through_proxy, "GET", "/echo?drop")
+    _, _, body = await call(setup, "GET", "/api/flows")
+    keep, drop = (f["id"] for f in json.loads(body)["flows"])
+    status, _, body = await call(setup, "PUT", f"/api/flows/{keep}",
+                                 {"marked": "*", "comment": "look"})
+    assert status == 200
+    status, _, body = await call(setup, "GET", "/api/flows?filter=~marked")
+    [marked] = json.loads(body)["flows"]
+    assert (marked["id"], marked["comment"]) == (keep, "look")
+    status, _, _ = await call(setup, "DELETE", f"/api/flows/{drop}")
+    assert status == 200
+    status, headers, body = await call(setup, "GET", "/api/export.har")
+    har = json.loads(body)
+    assert [e["request"]["url"] for e in har["log"]["entries"]] == [
+        f"http://127.0.0.1:{setup.origin}/echo?keep"]
+    assert "attachment" in headers["Content-Disposition"]
+    status, _, body = await call(setup, "GET", "/api/export.jsonl")
+    assert len(body.splitlines()) == 1 and b'"comment":"look"' in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_intercept_edit_resume_and_kill(setup: Setup) -> None:
+    """
+    A request the intercept filter matches is held until resumed through
+    the API, with the edits made meanwhile (the origin sees them); a held
+    request killed through the API never reaches the origin.
+    """
+    status, _, _ = await call(setup, "PUT", "/api/intercept", {"filter": "~q & ~u held"})
+    assert status == 200
+    status, _, body = await call(setup, "PUT", "/api/intercept", {"filter": "~c x"})
+    assert status == 400 and "column" in json.loads(body)
+    held = deferToThread(setup.through_proxy, "POST", "/echo?held=1", {"X-A": "1"}, b"body")
+    flow_id = None
+    for _ in range(100):
+        if setup.ui.recorder.live and any(f.intercepted for f in setup.ui.recorder.live.values()):
+            flow_id = next(iter(setup.ui.recorder.live))
+            break
+        await deferToThread(time.sleep, 0.05)
+    assert flow_id is not None
+    assert not held.called
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow_id}", {"request": {
+        "method": "PUT", "url": f"http://127.0.0.1:{setup.origin}/echo?edited=1",
+        "headers": [["Host", f"127.0.0.1:{setup.origin}"], ["X-A", "2"],
+                    ["Content-Length", "4"]],
+        "content": "new!"}})
+    assert status == 200, body
+    status, _, _ = await call(setup, "POST", f"/api/flows/{flow_id}/resume")
+    assert status == 200
+    code, answer = await held
+    echoed = json.loads(answer)
+    assert (code, echoed["method"], echoed["target"]) == (200, "PUT", "/echo?edited=1")
+    assert ["X-A", "2"] in echoed["headers"] and echoed["length"] == 4
+    killed = deferToThread(setup.through_proxy, "GET", "/echo?held=2")
+    for _ in range(100):
+        live = [f for f in setup.ui.recorder.live.values() if f.intercepted]
+        if live:
+            break
+        await deferToThread(time.sleep, 0.05)
+    status, _, _ = await call(setup, "POST", f"/api/flows/{live[0].id}/kill")
+    assert status == 200
+    with pytest.raises((http.client.HTTPException, OSError)):
+        await killed
+    assert not any(r.target == b"/echo?held=2" for r in setup.factory.received)

@@ -1,0 +1,183 @@
+"""
+The web UI's flow store and its recorder: SQLite rows, bodies kept apart,
+filter views kept current, batched writes on a clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twistproxy.filters import FilterError
+from twistproxy.flow import Client, Server
+from twistproxy.http import HTTPFlow, Request, Response
+from twistproxy.web.addon import WebIntercept, WebRecorder
+from twistproxy.web.store import FlowStore
+
+
+def make_flow(path: str = "/", *, body: bytes = b"", status: int | None = 200,
+              host: str = "example.com") -> HTTPFlow:
+    """A finished (or, with *status* None, live) flow for *path*."""
+    flow = HTTPFlow(Client(peername=("127.0.0.1", 5000)), Server(), live=status is None)
+    flow.request = Request.make("GET", f"http://{host}{path}")
+    flow.request.timestamp_start = 100.0
+    if status is not None:
+        flow.response = Response.make(status, body, {"Content-Type": "application/octet-stream"})
+        flow.response.timestamp_end = 100.25
+    return flow
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = FlowStore(inline_limit=16)
+        self.addCleanup(self.store.close)
+
+    def test_write_and_load(self) -> None:
+        """A written flow reads back whole, with its summary listed."""
+        flow = make_flow("/a", body=b"small")
+        [(seq, summary, _)] = self.store.write([flow])
+        self.assertEqual(summary["path"], "/a")
+        self.assertEqual(summary["status"], 200)
+        self.assertEqual(summary["duration"], 250.0)
+        loaded = self.store.load(flow.id)
+        assert loaded is not None and loaded.response is not None
+        self.assertEqual(loaded.response.raw_content, b"small")
+        self.assertEqual(self.store.summaries([seq])[0]["id"], flow.id)
+
+    def test_update_keeps_seq(self) -> None:
+        """Writing a flow again updates its row (same seq), not a new one."""
+        flow = make_flow("/a", status=None)
+        [(seq, summary, _)] = self.store.write([flow])
+        self.assertIsNone(summary["status"])
+        flow.response = Response.make(404)
+        [(again, summary, _)] = self.store.write([flow])
+        self.assertEqual((again, summary["status"], len(self.store)), (seq, 404, 1))
+
+    def test_large_bodies_apart(self) -> None:
+        """
+        A body over the inline limit is kept in a row of its own: read with
+        the flow only when asked for, its size known either way.
+        """
+        big = bytes(range(256)) * 4
+        flow = make_flow("/big", body=big)
+        self.store.write([flow])
+        light = self.store.load(flow.id, bodies=False)
+        assert light is not None and light.response is not None
+        self.assertIsNone(light.response.raw_content)
+        self.assertEqual(light.response.body_size, len(big))
+        self.assertEqual(self.store.body(flow.id, "response"), big)
+        whole = self.store.load(flow.id)
+        assert whole is not None and whole.response is not None
+        self.assertEqual(whole.response.raw_content, big)
+
+    def test_views(self) -> None:
+        """
+        A view lists the matching flows in order, is kept current as flows
+        are written and deleted, and says when it changed other than at
+        its end.
+        """
+        flows = [make_flow(f"/{name}") for name in ("a1", "b1", "a2")]
+        self.store.write(flows)
+        view = self.store.view("~u /a")
+        self.assertEqual(len(view), 2)
+        self.store.write([make_flow("/a3")])
+        self.assertEqual(len(view), 3)
+        self.assertFalse(view.reload)
+        flows[0].request.path = "/b0"  # type: ignore[union-attr]
+        self.store.write([flows[0]])
+        self.assertTrue(view.reload)
+        self.assertEqual([s["path"] for s in self.store.summaries(view.seqs)], ["/a2", "/a3"])
+        self.store.delete(flows[2].id)
+        self.assertEqual([s["path"] for s in self.store.summaries(view.seqs)], ["/a3"])
+        self.assertEqual(len(self.store.view("")), 3)
+
+    def test_bad_filter(self) -> None:
+        """A bad expression raises FilterError, with its position."""
+        with self.assertRaises(FilterError) as raised:
+            self.store.view("~d (")
+        self.assertEqual(raised.exception.position, 3)
+
+
+def test_store_file_kept(tmp_path: Path) -> None:
+    """A --web-store file is made 0600 and holds its flows across opening."""
+    path = tmp_path / "flows.sqlite3"
+    store = FlowStore(path)
+    flow = make_flow("/kept")
+    store.write([flow])
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = FlowStore(path)
+    try:
+        assert again.load(flow.id) is not None
+        [(seq, _, _)] = again.write([make_flow("/next")])
+        assert seq == 2
+    finally:
+        again.close()
+
+
+class RecorderTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FlowStore()
+        self.addCleanup(self.store.close)
+        self.recorder = WebRecorder(self.store, clock=self.clock)
+        self.batches: list[list[str]] = []
+        self.recorder.subscribe(
+            lambda written, reload: self.batches.append([f.id for _, _, f in written]))
+
+    def test_batched(self) -> None:
+        """
+        Flows are written once per interval, each once however often it
+        changed; a live flow is remembered until it ends.
+        """
+        flow = make_flow("/live", status=None)
+        self.recorder.requestheaders(flow)
+        self.recorder.requestheaders(make_flow("/other", status=None))
+        self.assertEqual(len(self.store), 0)
+        self.assertIn(flow.id, self.recorder.live)
+        flow.response = Response.make(200)
+        self.recorder.response(flow)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.batches), 1)
+        self.assertEqual(len(self.batches[0]), 2)
+        self.assertNotIn(flow.id, self.recorder.live)
+        self.assertEqual(self.store.summaries([1])[0]["status"], 200)
+        self.clock.advance(1)
+        self.assertEqual(len(self.batches), 1)
+
+    def test_connect_not_kept(self) -> None:
+        """CONNECT flows are not stored."""
+        flow = make_flow()
+        flow.request = Request("example.com", 443, "CONNECT", "http", "example.com:443", "",
+                               "HTTP/1.1", [], b"")
+        self.recorder.error(flow)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.store), 0)
+
+    def test_closed(self) -> None:
+        """Closing writes what is pending; later flows are not written."""
+        self.recorder.error(make_flow("/a"))
+        self.recorder.close()
+        self.recorder.error(make_flow("/b"))
+        self.assertEqual(len(self.store), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_intercept(self) -> None:
+        """The intercept filter holds the flows it matches, and only them."""
+        intercept = WebIntercept(self.recorder)
+        intercept.set_filter("~q & ~u hold")
+        held, passed = make_flow("/hold", status=None), make_flow("/pass", status=None)
+        intercept.request(held)
+        intercept.request(passed)
+        self.assertTrue(held.intercepted)
+        self.assertFalse(passed.intercepted)
+        self.assertIn(held.id, self.recorder.live)
+        intercept.set_filter("")
+        other = make_flow("/hold", status=None)
+        intercept.request(other)
+        self.assertFalse(other.intercepted)
+        with pytest.raises(FilterError):
+            intercept.set_filter("~c notanumber")
