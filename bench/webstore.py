@@ -1,0 +1,83 @@
+"""
+Memory of the web UI's flow store: pushes N synthetic flows through the
+store's addon (WebRecorder: requestheaders, then response, written in
+100 ms batches on a fake clock) and prints the process's RSS at 1,000
+flows and at N.
+
+    PYTHONPATH=. python bench/webstore.py            # 100,000 flows
+    PYTHONPATH=. python bench/webstore.py 20000
+
+Each flow has a 600-byte response body (inline in its row) and every 1,000th
+a 256 KiB one (kept in a row of its own).  A filter view (what a UI client
+holds) is kept current all along.  The store is a temporary file, deleted at
+the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from twisted.internet.task import Clock
+
+from twistproxy.flow import Client, Server
+from twistproxy.http import HTTPFlow, Request, Response
+from twistproxy.web.addon import WebRecorder
+from twistproxy.web.store import FlowStore
+
+BATCH = 100  # flows between two flushes (the clock moves 0.1 s)
+
+
+def rss_mib() -> float:
+    """This process's resident set size, in MiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def make_flow(i: int) -> HTTPFlow:
+    flow = HTTPFlow(Client(peername=("127.0.0.1", 40000 + i % 20000)), Server(), live=True)
+    flow.request = Request.make("GET", f"http://host{i % 50}.example/path/{i}?q={i}",
+                                headers={"User-Agent": "bench", "Accept": "*/*"})
+    flow.request.timestamp_start = 1000.0 + i
+    return flow
+
+
+def respond(flow: HTTPFlow, i: int) -> None:
+    size = 256 * 1024 if i % 1000 == 999 else 600
+    flow.response = Response.make(200, b"x" * size, {"Content-Type": "text/plain"})
+    flow.response.timestamp_end = 1000.01 + i
+    flow.live = False
+
+
+def main() -> None:
+    total = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    clock = Clock()
+    store = FlowStore()
+    recorder = WebRecorder(store, clock=clock)
+    view = store.view("~u path & ~c 200")
+    view.users = 1
+    started = time.perf_counter()
+    print(f"start: RSS {rss_mib():.1f} MiB")
+    try:
+        for i in range(total):
+            flow = make_flow(i)
+            recorder.requestheaders(flow)
+            respond(flow, i)
+            recorder.response(flow)
+            if i % BATCH == BATCH - 1:
+                clock.advance(0.1)
+            if i + 1 in (1_000, 10_000, total):
+                clock.advance(0.1)
+                print(f"{i + 1:>7} flows: RSS {rss_mib():.1f} MiB, view {len(view)}, "
+                      f"{(time.perf_counter() - started) / (i + 1) * 1e6:.0f} us/flow, "
+                      f"db {store.path.stat().st_size / 2**20:.0f} MiB")
+    finally:
+        recorder.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
