@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_api -*-
+# -*- test-case-name: tests.test_web_api,tests.e2e.test_web_api_e2e -*-
 """
 One flow as the web UI's flow view shows it: plain JSON data (headers,
 timings, TLS facts, the error, WebSocket messages, what is known of each

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_addon -*-
+# -*- test-case-name: tests.test_web_store -*-
 """
 The web UI's addons: :class:`WebRecorder` writes every flow to the
 :class:`~twistproxy.web.store.FlowStore` (in batches, off the hot path) and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_api -*-
+# -*- test-case-name: tests.test_web_api,tests.e2e.test_web_api_e2e -*-
 """
 The web UI's HTTP side: :class:`WebRoot`, the twisted.web resource tree
 (the page, its static files, the JSON API and the push channel), every

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_api -*-
+# -*- test-case-name: tests.test_web_api,tests.e2e.test_web_api_e2e -*-
 """
 :class:`WebUI`: the web UI's parts (store, addons, token) and the service
 that serves it (``twistd twistproxy --web``).
