@@ -4,11 +4,20 @@ Tests for :mod:`twistproxy.modes`: how modes are spelt and what they mean.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase as TestCase
 
+from tests.options import parse
+from twistproxy._request import CLIENT_HOST
 from twistproxy._target import Tunnel
+from twistproxy._tls import GivenCertificate
+from twistproxy.addons.reverse import ReverseRewrite
+from twistproxy.certs import CertificateAuthority
 from twistproxy.flow import Client, Server
-from twistproxy.http import HTTPFlow
+from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.modes import MODES, REGULAR, SERVED, Mode, entry_for, parse_mode
 
 
@@ -97,3 +106,95 @@ class FlowModeTests(TestCase):
         copy = HTTPFlow.from_state(flow.get_state())
         self.assertEqual(copy.mode, "reverse:https://api.internal@8443")
         self.assertEqual(HTTPFlow(Client(), Server()).mode, "regular")
+
+
+class GivenCertificateTests(TestCase):
+    """``--certs``: a PEM of the user's own, for the names matching its pattern."""
+
+    def pem(self, *, other_key: bool = False) -> str:
+        """A PEM file with a key and a certificate (of another key, if asked)."""
+        now = datetime.now(UTC)
+        first = CertificateAuthority.generate(now=now)
+        second = CertificateAuthority.generate(now=now) if other_key else first
+        path = self.mktemp()
+        with open(path, "wb") as out:
+            out.write(second.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                               NoEncryption()))
+            out.write(first.certificate.public_bytes(Encoding.PEM))
+        return path
+
+    def test_matches(self) -> None:
+        """A glob or a name, case-insensitively."""
+        given = GivenCertificate("*.Example.com", self.pem())
+        self.assertTrue(given.matches("api.example.COM"))
+        self.assertFalse(given.matches("example.com"))
+        self.assertTrue(GivenCertificate("*", self.pem()).matches("anything"))
+
+    def test_refused(self) -> None:
+        """A missing file, a file without PEM, a key of another certificate: one line each."""
+        with self.assertRaisesRegex(ValueError, "No such file"):
+            GivenCertificate("*", "/nonexistent/own.pem")
+        path = self.mktemp()
+        with open(path, "w") as out:
+            out.write("nothing here")
+        with self.assertRaisesRegex(ValueError, "not a PEM key and certificate"):
+            GivenCertificate("*", path)
+        with self.assertRaisesRegex(ValueError, "the key is not the certificate's"):
+            GivenCertificate("*", self.pem(other_key=True))
+
+    def test_options(self) -> None:
+        """``--certs [DOMAIN=]PATH``, and not with --no-intercept."""
+        path = self.pem()
+        [first, second] = parse("--certs", path, "--certs", f"*.internal={path}")["certs"]
+        self.assertEqual((first.pattern, second.pattern), ("*", "*.internal"))
+        with self.assertRaises(usage.UsageError):
+            parse("--certs", "/nonexistent.pem")
+        with self.assertRaises(usage.UsageError):
+            parse("--certs", path, "--no-intercept")
+
+
+class ReverseRewriteTests(TestCase):
+    """:class:`ReverseRewrite` on flows of a reverse listener."""
+
+    def flow(self, mode: str, location: str, *, tls: bool = False,
+             client_host: str | None = "front.example") -> HTTPFlow:
+        """A flow of *mode* whose response redirects to *location*."""
+        flow = HTTPFlow(Client(proxy_mode=mode, tls_established=tls,
+                               sockname=("127.0.0.1", 8443)), Server())
+        flow.request = Request.make("GET", "http://api.internal/x")
+        if client_host is not None:
+            flow.metadata[CLIENT_HOST] = client_host
+        else:
+            del flow.request.headers["Host"]
+        flow.response = Response.make(302, b"", {"Location": location,
+                                                 "Content-Location": "/relative"})
+        return flow
+
+    def rewritten(self, flow: HTTPFlow) -> str | None:
+        """The flow's Location after the addon ran."""
+        ReverseRewrite().responseheaders(flow)
+        assert flow.response is not None
+        return flow.response.headers.get("Location")
+
+    def test_location(self) -> None:
+        """To the origin (any case, default port written or not): to the client's host."""
+        mode = "reverse:https://api.internal@8443"
+        for location in ("https://api.internal/a?b", "HTTPS://API.internal:443/a?b"):
+            self.assertEqual(self.rewritten(self.flow(mode, location)),
+                             "http://front.example/a?b")
+        self.assertEqual(self.rewritten(self.flow(mode, "https://api.internal", tls=True)),
+                         "https://front.example")
+        for elsewhere in ("https://api.internal.evil/a", "http://api.internal/a",
+                          "https://other/a", "/a"):
+            self.assertEqual(self.rewritten(self.flow(mode, elsewhere)), elsewhere)
+
+    def test_without_host(self) -> None:
+        """A client that sent no Host: the address it reached."""
+        flow = self.flow("reverse:https://api.internal", "https://api.internal/a",
+                         client_host=None)
+        self.assertEqual(self.rewritten(flow), "http://127.0.0.1:8443/a")
+
+    def test_other_modes_untouched(self) -> None:
+        """A regular listener's flows pass as they are."""
+        self.assertEqual(self.rewritten(self.flow("regular", "https://api.internal/a")),
+                         "https://api.internal/a")

@@ -27,6 +27,12 @@ from twistproxy.flow import Client, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request
 
+CLIENT_HOST = "reverse.client_host"
+"""
+The ``flow.metadata`` key of the ``Host`` a reverse proxy's client sent,
+when the request goes to the origin with the origin's own.
+"""
+
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 """
 The methods a proxy may send again on its own (RFC 9110 section 9.2.2):
@@ -121,11 +127,15 @@ def new_flow(
         flow.passthrough = passthrough(host, port)
         return flow
     headers = Headers(fields)
+    asked = None  # a reverse proxy's client's own Host, when it is rewritten
     if tunnel is not None and (uri[:1] == b"/" or tunnel.reverse):
         if uri[:1] != b"/":  # absolute form, to a reverse proxy: its path only
             uri = parse_absolute_form(uri).path
         target = tunnel.target(uri)
-        if tunnel.rewrite_host or headers.get_raw(b"host") is None:
+        if tunnel.rewrite_host:
+            asked = headers.get_raw(b"host")
+            headers["Host"] = target.authority
+        elif headers.get_raw(b"host") is None:
             headers["Host"] = target.authority
     else:
         target = parse_absolute_form(uri)
@@ -140,4 +150,6 @@ def new_flow(
         target.host, target.port, method, target.scheme, target.authority, target.path,
         version, headers, None, timestamp_start=now,
     )
+    if asked is not None:
+        flow.metadata[CLIENT_HOST] = asked.decode("latin-1")
     return flow

@@ -18,6 +18,8 @@ the user names, or unverified with ``--insecure``; SNI and ALPN
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -45,41 +47,100 @@ ALPN_HTTP11 = b"http/1.1"
 _SERVER_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
 
 
+class GivenCertificate:
+    """
+    A certificate of the user's own (``--certs [DOMAIN=]PATH``), presented
+    instead of a minted one for the host names matching *pattern*.
+
+    :param pattern: A host name, or a glob (``*.example.com``; ``*``: every
+        name), matched case-insensitively.
+    :param path: A PEM file holding the private key and the certificate,
+        followed by its chain (mitmproxy's format).
+    :raises ValueError: with one line, if the file cannot be read or does
+        not hold a key and a certificate that belong together.
+    """
+
+    def __init__(self, pattern: str, path: str) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from cryptography.x509 import load_pem_x509_certificates
+
+        self.pattern = pattern.lower()
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except OSError as e:
+            raise ValueError(f"{path}: {e.strerror}") from None
+        try:
+            key = load_pem_private_key(data, password=None)
+            certificates = load_pem_x509_certificates(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a PEM key and certificate ({e})") from None
+        context = _server_context()
+        try:
+            context.use_certificate(certificates[0])
+            context.use_privatekey(key)  # type: ignore[arg-type]
+            context.check_privatekey()
+        except SSL.Error:
+            raise ValueError(f"{path}: the key is not the certificate's") from None
+        for extra in certificates[1:]:
+            context.add_extra_chain_cert(extra)
+        self.context = context
+
+    def matches(self, hostname: str) -> bool:
+        """Whether *hostname* gets this certificate."""
+        return fnmatchcase(hostname.lower(), self.pattern)
+
+
+def _server_context() -> SSL.Context:
+    """A server context with the options every intercepting context has."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(_SERVER_OPTIONS)
+    context.set_alpn_select_callback(_select_alpn)
+    # Session resumption towards clients: IDs scoped to this process.
+    context.set_session_id(b"twistproxy")
+    return context
+
+
 class ServerContexts:
     """
     One ``SSL.Context`` per host name, each presenting that host's minted
-    certificate.  A context is rebuilt when the store hands out a new
-    certificate for the name (renewed near expiry, or evicted and minted
-    again), so the store's cache is the one that decides.
+    certificate (or a *given* one: the first whose pattern matches).  A
+    context is rebuilt when the store hands out a new certificate for the
+    name (renewed near expiry, or evicted and minted again), so the store's
+    cache is the one that decides.
 
     :ivar built: How many contexts were built (a cache-miss counter).
     """
 
-    def __init__(self, store: CertificateStore, *, capacity: int = 1024) -> None:
+    def __init__(
+        self, store: CertificateStore, *, capacity: int = 1024,
+        given: Sequence[GivenCertificate] = (),
+    ) -> None:
         self.store = store
         self.capacity = capacity
         self.built = 0
+        self.given = tuple(given)
+        for own in self.given:
+            own.context.set_tlsext_servername_callback(self._servername)
         self._contexts: OrderedDict[str, tuple[IssuedCertificate, SSL.Context]] = OrderedDict()
 
     def context_for(self, hostname: str) -> SSL.Context:
         """The context presenting *hostname*'s certificate."""
+        for own in self.given:
+            if own.matches(hostname):
+                return own.context
         issued = self.store.certificate_for(hostname)
         key = issued.hostname
         cached = self._contexts.get(key)
         if cached is not None and cached[0] is issued:
             self._contexts.move_to_end(key)
             return cached[1]
-        context = SSL.Context(SSL.TLS_SERVER_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_options(_SERVER_OPTIONS)
+        context = _server_context()
         context.use_certificate(issued.certificate)
         context.use_privatekey(issued.key)
         for certificate in issued.chain:
             context.add_extra_chain_cert(certificate)
-        context.set_alpn_select_callback(_select_alpn)
         context.set_tlsext_servername_callback(self._servername)
-        # Session resumption towards clients: IDs scoped to this process.
-        context.set_session_id(b"twistproxy")
         self.built += 1
         self._contexts[key] = (issued, context)
         self._contexts.move_to_end(key)

@@ -31,7 +31,7 @@ from twistproxy._options import (
     worker_count,
 )
 from twistproxy._rewrite_options import RewriteOptions
-from twistproxy._tls import UpstreamTLS
+from twistproxy._tls import GivenCertificate, UpstreamTLS
 from twistproxy._upstream_proxy import check_upstream_auth
 from twistproxy.addons.access import HostPolicy, parse_user
 from twistproxy.addons.script import load_addons
@@ -307,6 +307,12 @@ class Options(RewriteOptions):
             None,
             "Reverse mode: send the client's Host to the origin, not the origin's own.",
         ],
+        [
+            "reverse-rewrite",
+            None,
+            "Reverse mode: rewrite the origin's Location headers and cookie Domains that "
+            "name it to the host the client reached.",
+        ],
         ["insecure", None, "Do not verify servers' certificates (testing only)."],
         ["replay-ignore-content", None, "Server replay: do not match request bodies."],
         ["exit-after-replay", None, "Stop once every --client-replay flow was replayed "
@@ -328,6 +334,7 @@ class Options(RewriteOptions):
         super().__init__()
         self["port"] = None
         self["mode"] = []
+        self["certs"] = []
         self["addon"] = []
         self["addons"] = []
         self["ignore-hosts"] = []
@@ -358,6 +365,16 @@ class Options(RewriteOptions):
         if mode.kind not in SERVED:
             raise usage.UsageError(f"--mode {text}: the {mode.kind} mode is not served yet")
         self["mode"].append(mode)
+
+    def opt_certs(self, spec: str) -> None:
+        """Present this PEM (key, certificate, chain) for names matching DOMAIN: [DOMAIN=]PATH."""
+        pattern, sep, path = spec.partition("=")
+        if not sep:
+            pattern, path = "*", spec
+        try:
+            self["certs"].append(GivenCertificate(pattern, path))
+        except ValueError as e:
+            raise usage.UsageError(f"--certs {e}") from None
 
     def opt_server_replay(self, path: str) -> None:
         """Answer requests from the flows recorded in this file (or .har); repeatable."""
@@ -499,8 +516,12 @@ class Options(RewriteOptions):
             raise usage.UsageError("--web runs in one process: use --workers 1")
         if self["workers"] > 1 and self["mode"]:
             raise usage.UsageError("--workers serves one --port listener: no --mode with it yet")
-        if self["keep-host-header"] and not any(m.kind == "reverse" for m in self["mode"]):
-            raise usage.UsageError("--keep-host-header needs a --mode reverse:...")
+        if self["certs"] and self["no-intercept"]:
+            raise usage.UsageError("--certs presents certificates where the proxy speaks "
+                                   "TLS to clients: not with --no-intercept")
+        for flag in ("keep-host-header", "reverse-rewrite"):
+            if self[flag] and not any(m.kind == "reverse" for m in self["mode"]):
+                raise usage.UsageError(f"--{flag} needs a --mode reverse:...")
         try:
             check_upstream_auth(self["upstream-auth"], self["mode"])
         except ValueError as e:

@@ -42,7 +42,7 @@ from twistproxy._framing import (
 from twistproxy._headers import interim_head, last_chunk, request_head, response_head
 from twistproxy._request import new_flow
 from twistproxy._target import Tunnel
-from twistproxy._tls import InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._tls import GivenCertificate, InterceptingServerTLS, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
 from twistproxy._upstream_proxy import make_pool
@@ -565,6 +565,9 @@ class ProxyFactory(HTTPFactory):
     :param keep_host_header: In ``reverse`` mode, send the client's
         ``Host`` to the origin rather than the origin's own authority.
     :param upstream_auth: ``upstream`` mode: ``USER:PASS`` for its proxy (Basic).
+    :param certificates: Certificates of the user's own, presented instead
+        of minted ones for the names they match (``--certs``; with a
+        *cert_store* only).
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
         positive finite number, *connection_strategy* is neither, *mode* is
         not served (:data:`~twistproxy.modes.SERVED`), or *upstream_auth* bad.
@@ -603,6 +606,7 @@ class ProxyFactory(HTTPFactory):
         mode: Mode = REGULAR,
         keep_host_header: bool = False,
         upstream_auth: str | None = None,
+        certificates: Sequence[GivenCertificate] = (),
     ) -> None:
         super().__init__(timeout=timeout, reactor=reactor)
         self.mode = mode
@@ -619,7 +623,9 @@ class ProxyFactory(HTTPFactory):
         self.channels = OpenChannels(reactor)
         # A token of this process for Via: seeing it again means a loop.
         self.via = b"1.1 twistproxy-" + os.urandom(4).hex().encode("ascii")
-        self.contexts = ServerContexts(cert_store) if cert_store is not None else None
+        self.contexts = (
+            ServerContexts(cert_store, given=certificates) if cert_store is not None else None
+        )
         self._ignore_hosts = [re.compile(pattern, re.IGNORECASE) for pattern in ignore_hosts]
         self.request_factory = request_factory
         self.chain = HookChain(

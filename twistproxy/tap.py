@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twistproxy._drain import LAST_WORD
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
+from twistproxy.addons.reverse import ReverseRewrite
 from twistproxy.addons.save import SaveFlows
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
 from twistproxy.errors import CertificateAuthorityError
@@ -87,6 +88,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     # The built-in rewrites, before the addon files: these see the flows
     # rewritten and have the last word.
     addons.extend(options.rewrite_addons())
+    if options["reverse-rewrite"]:
+        addons.append(ReverseRewrite())
     addons.extend(options["addons"])
     # After the addon files, so it sees their last word (flow.passthrough).
     if options["server-replay"]:
@@ -128,6 +131,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             mode=mode,
             keep_host_header=options["keep-host-header"],
             upstream_auth=options["upstream-auth"] if mode.kind == "upstream" else None,
+            certificates=options["certs"],
         )
         for mode, _ in options["listeners"]
     ]

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
 
 from tests.e2e.conftest import CURL, Running, curl, parse_responses, raw
 from tests.e2e.test_hooks_e2e import Ends
@@ -24,6 +26,8 @@ from tests.e2e.test_twistd import (
     twistd_command,
 )
 from tests.e2e.test_twistd import curl as twistd_curl
+from twistproxy._tls import GivenCertificate
+from twistproxy.addons.reverse import ReverseRewrite
 from twistproxy.modes import parse_mode
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +180,74 @@ async def test_twistd_listens_in_each_mode(tmp_path: Path) -> None:
     finally:
         await child.stop()
         await origin_listening.stopListening()
+
+
+class _Redirecting(Protocol):
+    """An origin answering every request with a redirect to itself and cookies."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" not in data:
+            return
+        port = self.transport.getHost().port  # type: ignore[union-attr]
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 302 Found\r\nLocation: http://localhost:%d/next?a=1\r\n"
+            b"Set-Cookie: s=1; Domain=localhost; Path=/\r\n"
+            b"Set-Cookie: t=2; Domain=other.example\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n" % port)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reverse_rewrite(start_proxy: Any) -> None:
+    """
+    With ReverseRewrite (``--reverse-rewrite``), an origin's redirect to
+    itself points at the host the client reached, and its cookie for its
+    own domain loses the Domain; without it, both pass as sent.
+    """
+    listening: Any = reactor.listenTCP(0, Factory.forProtocol(_Redirecting),
+                                       interface="127.0.0.1")
+    try:
+        mode = parse_mode(f"reverse:http://localhost:{listening.getHost().port}")
+        request = b"GET /x HTTP/1.1\r\nHost: front.example:81\r\nConnection: close\r\n\r\n"
+        rewriting = await start_proxy(mode=mode, addons=[ReverseRewrite()])
+        [response] = parse_responses(await raw(rewriting.port, request))
+        assert response.header(b"location") == b"http://front.example:81/next?a=1"
+        assert response.headers.count((b"Set-Cookie", b"s=1; Path=/")) == 1
+        assert (b"Set-Cookie", b"t=2; Domain=other.example") in response.headers
+        plain = await start_proxy(mode=mode)
+        [response] = parse_responses(await raw(plain.port, request))
+        location = response.header(b"location")
+        assert location is not None and location.startswith(b"http://localhost:")
+    finally:
+        await listening.stopListening()
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_reverse_with_a_given_certificate(origin: Running, start_https_proxy: Any,
+                                                pki: Any, tmp_path: Path) -> None:
+    """
+    ``--certs`` (``certificates=``): a reverse listener presents the user's
+    own certificate for the names it matches, minted ones for the others.
+    """
+    pem = tmp_path / "own.pem"
+    pem.write_bytes(
+        pki.good.key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
+        + pki.good.certificate.public_bytes(serialization.Encoding.PEM))
+    mode = parse_mode(f"reverse:http://127.0.0.1:{origin.port}")
+    proxy = await start_https_proxy(
+        mode=mode, certificates=[GivenCertificate("localhost", str(pem))])
+    url = f"https://localhost:{proxy.port}/echo/own"
+    out, err, code = await curl("--cacert", str(pki.origin_ca_pem), "-s", url)
+    assert code == 0, err
+    assert json.loads(out)["target"] == "/echo/own"
+    # The CA's certificate is not the one presented for localhost now...
+    _, _, code = await curl("--cacert", str(pki.proxy_ca_pem), "-s", url)
+    assert code == 60
+    # ... and is for the names the given one does not match.
+    out, err, code = await curl("--cacert", str(pki.proxy_ca_pem), "-s", "--resolve",
+                                f"front.example:{proxy.port}:127.0.0.1",
+                                f"https://front.example:{proxy.port}/echo/minted")
+    assert code == 0, err
