@@ -21,6 +21,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -149,3 +150,71 @@ async def test_redirected_connection(namespaces: tuple[str, str], tmp_path: Path
     assert flow.request.headers["host"] == ORIGIN
     assert flow.mode == f"transparent@{GATEWAY}:{PROXY_PORT}"
     assert flow.response is not None and flow.response.status_code == 200
+
+
+# A TLS origin on ORIGIN:443 presenting the certificate in the files given.
+_TLS_ORIGIN_SCRIPT = f"""
+import json, http.server, ssl, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"path": self.path, "host": self.headers["Host"]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.HTTPServer(("{ORIGIN}", 443), Echo)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("origin ready", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirected_tls_by_sni(namespaces: tuple[str, str], tmp_path: Path,
+                                     pki: Any) -> None:
+    """
+    A client's TLS connection to ORIGIN:443, redirected, is intercepted
+    with a certificate for the name in its ClientHello (SNI), and goes on
+    to the original destination with that name verified.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.e2e.pki import make_ca, make_leaf
+
+    assert IP is not None and IPTABLES is not None
+    client, gateway = namespaces
+    _run(IP, "netns", "exec", gateway, IPTABLES, "-t", "nat", "-A", "PREROUTING",
+         "-p", "tcp", "--dport", "443", "-j", "REDIRECT", "--to-ports", str(PROXY_PORT))
+    origin_ca = make_ca("transparent origin CA")
+    leaf = make_leaf(origin_ca, ["origin.test"])
+    cert_pem, key_pem, ca_pem = (tmp_path / name for name in ("o.pem", "o.key", "ca.pem"))
+    cert_pem.write_bytes(leaf.certificate.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(leaf.key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    ca_pem.write_bytes(origin_ca[0].public_bytes(serialization.Encoding.PEM))
+    origin = spawn([IP, "netns", "exec", gateway, sys.executable, "-c", _TLS_ORIGIN_SCRIPT,
+                    str(cert_pem), str(key_pem)], tmp_path)
+    saved = tmp_path / "flows.jsonl"
+    proxy = spawn([IP, "netns", "exec", gateway, *twistd_command(), "-n", "--pidfile=",
+                   "twistproxy", "--save", str(saved), "--ca-dir", str(pki.proxy_ca_pem.parent),
+                   "--upstream-ca", str(ca_pem),
+                   "--mode", f"transparent@{GATEWAY}:{PROXY_PORT}"], tmp_path)
+    try:
+        await output_contains(origin, "origin ready", timeout=10)
+        await output_contains(proxy, f"listening on {GATEWAY}:{PROXY_PORT}", timeout=20)
+        out, err, code = await _curl_in(
+            client, "--cacert", str(pki.proxy_ca_pem),
+            "--resolve", f"origin.test:443:{ORIGIN}", "https://origin.test/tls?y=2")
+        assert code == 0, err
+        assert json.loads(out) == {"path": "/tls?y=2", "host": "origin.test"}
+        await output_contains(proxy, "/tls?y=2 -> 200")
+    finally:
+        await proxy.stop()
+        await origin.stop()
+    [flow] = [flow for flow in load_flows(saved) if flow.request.method == "GET"]
+    assert flow.request.scheme == "https"
+    assert (flow.request.host, flow.request.port) == (ORIGIN, 443)
+    assert flow.client_conn.sni == "origin.test"
