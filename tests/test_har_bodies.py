@@ -16,6 +16,7 @@ from tests.test_har import check_har, minimal_entry
 from twistproxy.errors import FlowFileError
 from twistproxy.flow import Client, Server
 from twistproxy.har import from_har, to_har
+from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response
 
 
@@ -188,3 +189,33 @@ class SkipEntryTests(SynchronousTestCase):
         self.assertEqual([str(e).split(":")[0] for e in errors],
                          ["log.entries[1]", "log.entries[3]"])
         self.assertRaises(FlowFileError, list, from_har({"log": {"entries": entries}}))
+
+
+class TrailerTests(SynchronousTestCase):
+    """Trailers go into HAR as ``_trailers`` (HAR 1.2 has none) and come back."""
+
+    def test_round_trip(self) -> None:
+        """Both messages' trailers, in order and case; none stays none."""
+        flow = flow_with(b"up", b"down")
+        assert flow.request is not None and flow.response is not None
+        flow.request.trailers = Headers([(b"X-Checksum", b"abc")])
+        flow.response.trailers = Headers([(b"grpc-status", b"0"), (b"grpc-message", b"ok")])
+        har, back = round_trip(self, flow)
+        [entry] = har["log"]["entries"]
+        self.assertEqual(entry["response"]["_trailers"],
+                         [{"name": "grpc-status", "value": "0"},
+                          {"name": "grpc-message", "value": "ok"}])
+        assert back.request is not None and back.response is not None
+        self.assertEqual(back.request.trailers, flow.request.trailers)
+        self.assertEqual(back.response.trailers, flow.response.trailers)
+        _, plain = round_trip(self, flow_with(b"up", b"down"))
+        assert plain.response is not None
+        self.assertNotIn("_trailers", to_har([plain])["log"]["entries"][0]["response"])
+        self.assertIsNone(plain.response.trailers)
+
+    def test_bad_trailers_refused(self) -> None:
+        """A trailer entry that is not a header is refused, naming where."""
+        entry = minimal_entry()
+        entry["response"] = {"status": 200, "_trailers": [{"value": "no name"}]}
+        with self.assertRaisesRegex(FlowFileError, r"response\._trailers"):
+            list(from_har({"log": {"version": "1.2", "entries": [entry]}}))

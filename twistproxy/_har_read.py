@@ -115,6 +115,12 @@ def _objects(items: list[Any], where: str) -> Iterator[tuple[str, Mapping[str, A
         yield here, item
 
 
+def _trailers_from_har(har: Mapping[str, Any], where: str) -> Headers | None:
+    """The message's ``_trailers`` (twistproxy's own HAR field), or ``None``."""
+    items = _get(har, "_trailers", list, where, default=None)
+    return None if items is None else _headers_from_har(items, f"{where}._trailers")
+
+
 def _headers_from_har(items: list[Any], where: str) -> Headers:
     """
     :returns: The HAR header list as :class:`Headers`, without HTTP/2
@@ -208,6 +214,7 @@ def _request_from_har(har: Mapping[str, Any], start: float, end: float) -> Reque
     if b"host" not in headers:  # HTTP/2 has :authority instead; HTTP/1.1 needs Host
         headers.insert(0, "Host", urllib.parse.urlsplit(url).netloc.rpartition("@")[2])
     request.headers = headers
+    request.trailers = _trailers_from_har(har, "request")
     post = _get(har, "postData", Mapping, "request", default=None)
     size = _get(har, "bodySize", (int, float), "request", default=-1)
     if post is None:
@@ -299,6 +306,7 @@ def _response_from_har(har: Mapping[str, Any], start: float, end: float) -> Resp
     response = Response(
         version, status, reason, headers, None, timestamp_start=start, timestamp_end=end
     )
+    response.trailers = _trailers_from_har(har, "response")
     content = _get(har, "content", Mapping, "response", default={})
     where = "response.content"
     text = _get(content, "text", str, where, default=None)

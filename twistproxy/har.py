@@ -245,6 +245,8 @@ def _har_request(flow: HTTPFlow, request: Request) -> dict[str, Any]:
         har["postData"] = {"mimeType": mime_type, "text": ""}
     har["headersSize"] = -1
     har["bodySize"] = request.body_size if request.body_size is not None else -1
+    if request.trailers is not None:
+        har["_trailers"] = _har_headers(request.trailers)  # HAR 1.2 has no trailers
     return har
 
 
@@ -278,6 +280,8 @@ def _har_response(flow: HTTPFlow) -> dict[str, Any]:
             "headersSize": -1,
             "bodySize": response.body_size if response.body_size is not None else -1,
         }
+        if response.trailers is not None:
+            har["_trailers"] = _har_headers(response.trailers)
     if flow.error is not None:
         har["_error"] = _clean(flow.error.msg)
     return har
