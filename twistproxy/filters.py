@@ -18,11 +18,18 @@ and ``~all``.  With a regular expression: ``~b``,
 (a Content-Type value), ``~d`` (the request's host or its Host header's
 host), ``~m`` (the method), ``~mode`` (the mode of the listener that carried
 the flow, as :func:`~twistproxy.modes.parse_mode` reads it: ``regular``,
-``reverse:https://api.internal@8443``; twistproxy's own) and ``~u`` (the
-URL, absolute or built from the Host header).  ``~c`` takes a status code.
-A word or quoted string on its own means ``~u``.  Operators on what a flow
-does not have (``~bs`` before the response, any HTTP operator on a non-HTTP
-flow) do not match.
+``reverse:https://api.internal@8443``; twistproxy's own), ``~u`` (the
+URL, absolute or built from the Host header), ``~src`` (the client's
+address as ``host:port``), ``~dst`` (the address the proxy connected to for
+the flow, ``host:port``), ``~meta`` (the flow's metadata, one ``key: value``
+line per key), ``~marker`` (the flow's marker) and ``~comment`` (its
+comment).  ``~c`` takes a status code.  A word or quoted string on its own
+means ``~u``.  Operators on what a flow does not have (``~bs`` before the
+response, any HTTP operator on a non-HTTP flow, ``~dst`` before the proxy
+connected) do not match.  The body operators also search a WebSocket's
+messages (``~bq`` the client's, ``~bs`` the origin's), as mitmproxy's do.
+mitmproxy's ``~tcp``, ``~udp`` and ``~dns`` are refused with a message
+saying so: twistproxy records HTTP flows only.
 
 The grammar, loosest first (``{x}`` is zero or more ``x``)::
 
@@ -53,7 +60,9 @@ escapes and any other backslash is kept, so ``"a\.b"`` is the regex
 Matching: :func:`re.search`, case-insensitive (mitmproxy's default; use
 ``(?-i:...)`` for a case-sensitive part).  Header lines and values are
 ``str`` (bytes decoded as UTF-8 with ``surrogateescape``), each line
-searched on its own, so ``^`` and ``$`` anchor a line.  Bodies are searched
+searched on its own, so ``^`` and ``$`` anchor a line; ``~meta`` and
+``~comment`` search their whole text with :data:`re.MULTILINE`, so there
+too ``^`` and ``$`` anchor a line (mitmproxy's flags).  Bodies are searched
 as ``bytes``, with their Content-Encoding undone (a body that does not
 decode is searched as it is) and no charset applied: the pattern is
 encoded as UTF-8 and compiled with :data:`re.DOTALL`, and case folding
@@ -296,6 +305,33 @@ def _body(message: Message) -> Iterable[bytes]:
     return () if content is None else (content,)
 
 
+def _bodies(request: bool, response: bool) -> Callable[[Flow], Iterator[bytes]]:
+    """
+    :returns: The subjects of a body operator: the chosen messages' bodies,
+        then the WebSocket messages sent by the chosen sides.
+    """
+    messages = _from_messages(request, response, _body)
+
+    def subjects(flow: Flow) -> Iterator[bytes]:
+        yield from messages(flow)
+        websocket = getattr(flow, "websocket", None)
+        if websocket is not None:
+            for message in websocket.messages:
+                sent_by_chosen_side = request if message.from_client else response
+                if sent_by_chosen_side:
+                    yield message.content
+
+    return subjects
+
+
+def _address(address: tuple[str, int] | None) -> tuple[str, ...]:
+    return () if address is None else (f"{address[0]}:{address[1]}",)
+
+
+def _metadata(flow: Flow) -> tuple[str]:
+    return ("\n".join(f"{key}: {value}" for key, value in flow.metadata.items()),)
+
+
 def _header_lines(message: Message) -> Iterator[str]:
     return (f"{name}: {value}" for name, value in message.headers.items(multi=True))
 
@@ -353,12 +389,23 @@ _TEXT_OPERATORS: dict[str, Callable[[Flow], Iterable[str]]] = {
     "tq": _from_messages(True, False, _content_types),
     "ts": _from_messages(False, True, _content_types),
     "u": _from_request(_urls),
+    "src": lambda flow: _address(flow.client_conn.peername),
+    "dst": lambda flow: _address(flow.server_conn.address),
+    "meta": _metadata,
+    "marker": lambda flow: (flow.marked,),
+    "comment": lambda flow: (flow.comment,),
 }
 
+_MULTILINE = frozenset({"meta", "comment"})
+"""The text operators whose one subject may hold several lines."""
+
+_NOT_RECORDED = {"tcp": "TCP", "udp": "UDP", "dns": "DNS"}
+"""mitmproxy's operators for kinds of flows twistproxy does not record."""
+
 _BYTES_OPERATORS: dict[str, Callable[[Flow], Iterable[bytes]]] = {
-    "b": _from_messages(True, True, _body),
-    "bq": _from_messages(True, False, _body),
-    "bs": _from_messages(False, True, _body),
+    "b": _bodies(True, True),
+    "bq": _bodies(True, False),
+    "bs": _bodies(False, True),
 }
 
 
@@ -535,6 +582,9 @@ class _Parser:
         if name in _BYTES_OPERATORS:
             reason = f"expected a regular expression after {token.value}"
             return self._search(name, self._argument(reason), _BYTES_OPERATORS[name])
+        if name in _NOT_RECORDED:
+            reason = f"{token.value} is mitmproxy's operator for {_NOT_RECORDED[name]} flows"
+            raise self._error(token.start, f"{reason}, which twistproxy does not record")
         raise self._error(token.start, f"unknown operator {token.value!r}")
 
     def _argument(self, reason: str) -> _Token:
@@ -554,6 +604,8 @@ class _Parser:
                 source = argument.value.encode("utf-8", "surrogateescape")
             except UnicodeEncodeError as e:
                 raise self._error(argument.offsets[e.start], "not encodable as UTF-8") from None
+        elif code in _MULTILINE:
+            flags |= re.MULTILINE
         try:
             pattern = re.compile(source, flags)
         except re.error as e:
