@@ -23,7 +23,10 @@ them back; :func:`dump_flows` and :func:`load_flows` are shortcuts
 
 **The command** ``python -m twistproxy.flowfile export-har IN OUT`` and
 ``import-har IN OUT`` converts between flow files and HAR 1.2 files (see
-:func:`main` and :mod:`twistproxy.har`).
+:func:`main` and :mod:`twistproxy.har`); ``export-curl IN``,
+``export-httpie IN`` and ``export-raw IN`` write a flow file's flows (those
+``--filter EXPR`` matches) as commands or HTTP/1 bytes on standard output
+(:mod:`twistproxy.export`).
 
 This is core code: it reads no clock (flows take a ``now`` callable), opens
 no sockets, and does I/O only through the file objects (or, for
@@ -49,6 +52,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from twistproxy import __version__
+from twistproxy import export as _export
 from twistproxy import har as _har
 from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import describe_value as _describe_value
@@ -56,7 +60,9 @@ from twistproxy._flowerror import nesting_over as _nesting_over
 from twistproxy._flowschema import FLOW
 from twistproxy._headers import check_messages as _check_messages
 from twistproxy.errors import FlowFileError, InvalidMessage
-from twistproxy.flow import FLOW_STATE_VERSION
+from twistproxy.filters import FilterError
+from twistproxy.filters import parse as _parse_filter
+from twistproxy.flow import FLOW_STATE_VERSION, Flow
 from twistproxy.http import HTTPFlow
 
 FORMAT_VERSION: int = 5
@@ -512,6 +518,30 @@ def _export_har(args: argparse.Namespace) -> None:
     _write_output(args.output, lambda out: out.write(data))
 
 
+def _export_as(args: argparse.Namespace) -> int:
+    try:
+        wanted = _parse_filter(args.filter) if args.filter is not None else None
+    except FilterError as e:
+        where = f"at column {e.position + 1}"
+        raise ValueError(f"--filter {args.filter!r}: {e.reason} {where}") from None
+    source = _open_input(args.input)
+    try:
+        flows = [flow for flow in read_flows(source) if wanted is None or wanted(flow)]
+    except FlowFileError as e:
+        raise FlowFileError(f"{args.input}: {e}") from e
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    skipped = []
+
+    def skip(flow: Flow, error: _export.ExportError) -> None:
+        skipped.append(flow)
+        print(f"{_PROG}: flow {flow.id} skipped: {error}", file=sys.stderr)
+
+    _write_output("-", lambda out: _export.export_flows(flows, args.export, out, skip))
+    return 1 if skipped else 0
+
+
 def _import_har(args: argparse.Namespace) -> None:
     source = _open_input(args.input)
     try:
@@ -528,8 +558,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Convert between twistproxy flow files (JSON lines, as twistproxy saves "
-        "flows) and HAR 1.2 files (as browsers' developer tools export them).",
-        epilog="Use - for standard input or output.  On failure a one-line message goes to "
+        "flows) and HAR 1.2 files (as browsers' developer tools export them), or write a flow "
+        "file's requests as curl or HTTPie commands or raw HTTP.",
+        epilog="Use - for standard input or output (the export-* commands write to standard "
+        "output).  On failure a one-line message goes to "
         "standard error and the exit status is 1; the output file is written only once the "
         "whole input has been read.",
     )
@@ -550,18 +582,40 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("input", metavar="IN.har", help="the HAR file to read")
     imp.add_argument("output", metavar="OUT.jsonl", help="the flow file to write")
     imp.set_defaults(run=_import_har)
+    for name, to_format in _export.FORMATS.items():
+        command = commands.add_parser(
+            f"export-{name}",
+            help=f"flow file -> {_EXPORT_HELP[name]}",
+            description=f"Write the flows of a flow file as {_EXPORT_HELP[name]} on standard "
+            "output. A flow that cannot be exported (no request, a body not recorded in full) is "
+            "named on standard error and skipped, and the exit status is 1.",
+        )
+        command.add_argument("input", metavar="IN.jsonl", help="the flow file to read")
+        command.add_argument(
+            "--filter", metavar="EXPR", help="only the flows this filter expression matches"
+        )
+        command.set_defaults(run=_export_as, export=to_format)
     return parser
+
+
+_EXPORT_HELP = {
+    "curl": "curl commands, one a line",
+    "httpie": "HTTPie commands, one a line",
+    "raw": "HTTP/1 requests and responses",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """
-    Run the command line: ``export-har IN.jsonl OUT.har`` or ``import-har
-    IN.har OUT.jsonl`` (``-h`` for help).
+    Run the command line: ``export-har IN.jsonl OUT.har``, ``import-har
+    IN.har OUT.jsonl``, or ``export-curl``, ``export-httpie``,
+    ``export-raw IN.jsonl [--filter EXPR]`` (``-h`` for help).
 
     :param argv: The arguments, without the program name; ``sys.argv[1:]``
         by default.
     :returns: The exit status: 0 on success, 1 on failure (after a one-line
-        message on standard error), 2 for a usage error (argparse's
+        message on standard error) or when an export skipped a flow (one
+        line each), 2 for a usage error (argparse's
         convention, with the usage on standard error).
     """
     try:
@@ -569,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # -h, or a usage error argparse has reported
         return e.code if isinstance(e.code, int) else 2
     try:
-        args.run(args)
+        status = args.run(args)
     except OSError as e:
         what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         print(f"{_PROG}: error: {what}", file=sys.stderr)
@@ -577,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # FlowFileError, or text that cannot be written
         print(f"{_PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
