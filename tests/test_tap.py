@@ -711,7 +711,7 @@ class HTTPSOptionTests(TempDirTestCase):
         directory 0700, the key file 0600, the certificate as PEM and DER)
         and loaded from on the next.
         """
-        directory = Path(self.mktemp()) / "ca"
+        directory = Path(self.mktemp())  # its parent exists; only the last level is made
         first = self.factory(parse("--ca-dir", str(directory)))
         self.assertEqual(stat.S_IMODE(directory.stat().st_mode), 0o700)
         self.assertEqual(stat.S_IMODE((directory / CA_FILE).stat().st_mode), 0o600)

@@ -4,7 +4,7 @@ Reading the values of the twistd plugin's options, for
 :class:`twistproxy.options.Options`.
 
 The converters (:func:`positive`, :func:`whole`, :func:`at_least_one`,
-:func:`worker_count`, :func:`seconds`) are ``optParameters`` coerce
+:func:`worker_count`, :func:`seconds`, :func:`ca_directory`) are ``optParameters`` coerce
 functions: they raise :class:`ValueError`, which ``usage.Options`` reports
 with the option's name. The checks and loaders used while parsing
 (:func:`regex`, :func:`host_pattern`, :func:`read_recordings`,
@@ -36,14 +36,39 @@ def worker_count(text: str) -> int:
     The value of ``--workers``: ``auto`` (one per core) or a whole number of
     at least 1.
 
-    :raises ValueError: if *text* is neither.
+    :raises ValueError: naming the option, if *text* is neither.
     """
     if text == "auto":
         return os.cpu_count() or 1
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise ValueError(f"{text!r} is not 'auto' or a whole number of at least 1")
+        raise ValueError(f"--workers {text}: not 'auto' or a whole number of at least 1")
     return value
+
+
+def ca_directory(text: str) -> str:
+    """
+    Check the value of ``--ca-dir``: an existing directory, or one that can
+    be made there, in a directory that exists (only the last level is
+    created, with mode 0700, on the first start; a mistyped path is not
+    made with all its parents).
+
+    :returns: *text*.
+    :raises ValueError: in one line naming the option, if it is not.
+    """
+    directory = Path(text).expanduser()
+    if directory.exists():
+        if not directory.is_dir():
+            raise ValueError(f"--ca-dir {text}: not a directory")
+    elif not directory.parent.is_dir():
+        problem = "is not a directory" if directory.parent.exists() else "does not exist"
+        raise ValueError(
+            f"--ca-dir {text}: {directory.parent} {problem} (only the last level is created)"
+        )
+    return text
 
 
 def whole(text: str) -> int:

@@ -638,6 +638,11 @@ def _resembled_hook(name: str) -> str | None:
     return None
 
 
+_NOT_ADDONS = (str, bytes, bytearray, int, float, complex, list, tuple, dict, set, frozenset,
+               type(None))
+"""Values that are data, never addons: ``addons = ["str", 42]`` is refused."""
+
+
 def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
     """
     Check that *addon* has no misspelt hook and that its hooks are callable.
@@ -655,8 +660,10 @@ def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
         class the addon is not responsible for.
     :raises AddonError: naming the attribute and the hook it resembles, if
         *addon* has a misspelt hook or a hook-named attribute that is not
-        callable.
+        callable; or if *addon* is a value such as a string or a number.
     """
+    if isinstance(addon, _NOT_ADDONS):
+        raise AddonError(f"{addon!r} is a {type(addon).__name__}, not an addon object")
     skipped = frozenset(ignore)
     for name in dir(addon):
         if name.startswith("_") or name in skipped:

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from twistproxy._options import (
     at_least_one,
+    ca_directory,
     host_pattern,
     positive,
     proxy_auth,
@@ -133,7 +134,9 @@ class Options(RewriteOptions):
             "ca-dir",
             None,
             "~/.twistproxy",
-            "Directory of the CA that signs intercepted HTTPS; created on first start.",
+            "Directory of the CA that signs intercepted HTTPS; created (0700) on first start, "
+            "in a directory that must exist.",
+            ca_directory,
         ],
         ["ca", None, None, "Use this CA instead (one PEM file holding its key and certificate)."],
         [
@@ -415,6 +418,17 @@ class Options(RewriteOptions):
     def opt_block_hosts(self, pattern: str) -> None:
         """Refuse (403) destinations this pattern matches, even if allowed. Repeatable."""
         self["block-hosts"].append(host_pattern("--block-hosts", pattern))
+
+    def opt_version(self) -> None:
+        """Print twistproxy's version (and Twisted's and Python's) and exit."""
+        import platform
+
+        from twisted import __version__ as twisted_version
+        from twistproxy import __version__
+
+        print(f"twistproxy {__version__} (Twisted {twisted_version}, "
+              f"Python {platform.python_version()})")
+        sys.exit(0)
 
     raw_args: list[str] = []
 

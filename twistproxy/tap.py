@@ -247,11 +247,11 @@ def _certificate_store(options: Options) -> CertificateStore:
 
     :raises SystemExit: with one line, when the CA cannot be loaded or made.
     """
+    directory = Path(options["ca-dir"]).expanduser()
     try:
         if options["ca"] is not None:
             authority = CertificateAuthority.load(Path(options["ca"]), now=_now())
         else:
-            directory = Path(options["ca-dir"]).expanduser()
             authority, created = CertificateAuthority.load_or_create(directory, now=_now())
             if created:
                 _log.info(
@@ -261,7 +261,9 @@ def _certificate_store(options: Options) -> CertificateStore:
                     certificate=str(directory / CA_CERT_PEM),
                 )
     except (CertificateAuthorityError, OSError) as e:
-        raise SystemExit(f"twistproxy: {e}") from e
+        option = f"--ca {options['ca']}" if options["ca"] is not None else f"--ca-dir {directory}"
+        reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else e
+        raise SystemExit(f"twistproxy: {option}: {reason}") from e
     return CertificateStore(authority, now=_now)
 
 

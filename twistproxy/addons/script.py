@@ -48,9 +48,9 @@ def load_addons(path: str) -> list[object]:
     addons = getattr(module, "addons", None)
     if not isinstance(addons, (list, tuple)):
         raise AddonError(f"{path}: must define 'addons', a list of addon objects")
-    for addon in addons:
+    for index, addon in enumerate(addons):
         try:
             validate_addon(addon)
         except AddonError as e:
-            raise AddonError(f"{path}: {e}") from e
+            raise AddonError(f"{path}: addons[{index}]: {e}") from e
     return list(addons)
