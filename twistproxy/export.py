@@ -55,16 +55,14 @@ class ExportError(ValueError):
 
 def _request(flow: Flow) -> Request:
     """
-    :returns: *flow*'s request, if it can be sent again.
-    :raises ExportError: if there is none, it is a ``CONNECT``, or its body
-        was not recorded in full.
+    :returns: *flow*'s request, if it is one a command can send again.
+    :raises ExportError: if there is none, or it is a ``CONNECT``.
     """
     request = flow.request if isinstance(flow, HTTPFlow) else None
     if request is None:
         raise ExportError("the flow has no request")
     if request.method.upper() == "CONNECT":
         raise ExportError("a CONNECT request cannot be sent again this way")
-    _check_body(request, "request")
     return request
 
 
@@ -131,11 +129,10 @@ def _check_text(fields: Iterable[tuple[str, str]]) -> None:
             raise ExportError(f"header {name!r} is not UTF-8 text") from None
 
 
-def to_curl(flow: Flow) -> str:
+def _to_send(flow: Flow) -> tuple[Request, bytes, str, list[tuple[str, str]]]:
     """
-    A ``curl`` command that sends *flow*'s request again.
-
-    :returns: One line of POSIX shell (see the module docstring).
+    :returns: What a command sends again for *flow*: its request, the body,
+        the URL and the header fields (see :func:`_headers`).
     :raises ExportError: if the request cannot be sent again.
     """
     request = _request(flow)
@@ -143,6 +140,22 @@ def to_curl(flow: Flow) -> str:
     url = request.pretty_url
     fields = _headers(request, url, body)
     _check_text(fields)
+    return request, body, url, fields
+
+
+def _lacks_content_type(body: bytes, fields: list[tuple[str, str]]) -> bool:
+    """Whether there is a body but no Content-Type (the tool would add its own)."""
+    return bool(body) and not any(name.lower() == "content-type" for name, _ in fields)
+
+
+def to_curl(flow: Flow) -> str:
+    """
+    A ``curl`` command that sends *flow*'s request again.
+
+    :returns: One line of POSIX shell (see the module docstring).
+    :raises ExportError: if the request cannot be sent again.
+    """
+    request, body, url, fields = _to_send(flow)
     args = ["curl"]
     if request.http_version == "HTTP/1.0":
         args.append("--http1.0")
@@ -155,7 +168,7 @@ def to_curl(flow: Flow) -> str:
         args += ["-X", method]
     for name, value in fields:
         args += ["-H", f"{name}: {value}" if value else f"{name};"]
-    if body and not any(name.lower() == "content-type" for name, _ in fields):
+    if _lacks_content_type(body, fields):
         args += ["-H", "Content-Type:"]  # curl would send a form's
     args.append(url)
     if not body:
@@ -172,14 +185,10 @@ def to_httpie(flow: Flow) -> str:
     :returns: One line of POSIX shell (see the module docstring).
     :raises ExportError: if the request cannot be sent again.
     """
-    request = _request(flow)
-    body = _check_body(request, "request")
-    url = request.pretty_url
-    fields = _headers(request, url, body)
-    _check_text(fields)
+    request, body, url, fields = _to_send(flow)
     args = ["http", request.method, url]
     args += [f"{name}:{value}" if value else f"{name};" for name, value in fields]
-    if body and not any(name.lower() == "content-type" for name, _ in fields):
+    if _lacks_content_type(body, fields):
         args.append("Content-Type:")  # HTTPie would send JSON's
     if not body:
         return shlex.join(args)
