@@ -94,7 +94,7 @@ class OptionTests(SynchronousTestCase):
         """
         ``--version`` prints twistproxy's version, and Twisted's, and exits 0.
         """
-        from twisted import __version__ as twisted_version
+        from twisted.copyright import version as twisted_version
 
         out = io.StringIO()
         self.patch(sys, "stdout", out)

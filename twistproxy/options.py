@@ -423,7 +423,8 @@ class Options(RewriteOptions):
         """Print twistproxy's version (and Twisted's and Python's) and exit."""
         import platform
 
-        from twisted import __version__ as twisted_version
+        from twisted.copyright import version as twisted_version
+
         from twistproxy import __version__
 
         print(f"twistproxy {__version__} (Twisted {twisted_version}, "

@@ -37,7 +37,7 @@ async def test_version(tmp_path: Path) -> None:
     ``twistd twistproxy --version`` prints twistproxy's version, and
     Twisted's, and exits 0.
     """
-    from twisted import __version__ as twisted_version
+    from twisted.copyright import version as twisted_version
 
     code, output = await run([*twistd_command(), "twistproxy", "--version"], tmp_path)
     assert code == 0, output
