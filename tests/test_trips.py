@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.options import parse
+from tests.test_flowfile import temp_dir
 from twistproxy import __version__
 from twistproxy.addons.script import load_addons
 from twistproxy.certs import CA_FILE
@@ -51,7 +52,7 @@ class OptionTests(SynchronousTestCase):
         A ``--ca-dir`` whose parent does not exist is a usage error naming
         the option, and nothing is created.
         """
-        base = Path(self.mktemp())
+        base = Path(temp_dir(self)) / "base"
         directory = base / "a" / "ca"
         error = self.assertRaises(usage.UsageError, parse, "--ca-dir", str(directory))
         self.assertIn(
@@ -66,7 +67,7 @@ class OptionTests(SynchronousTestCase):
         A ``--ca-dir`` that is a file, or under one, is a usage error naming
         the option.
         """
-        file = Path(self.mktemp())
+        file = Path(temp_dir(self)) / "file"
         file.write_text("x")
         error = self.assertRaises(usage.UsageError, parse, "--ca-dir", str(file))
         self.assertIn(f"--ca-dir {file}: not a directory", str(error))
@@ -78,7 +79,7 @@ class OptionTests(SynchronousTestCase):
         A CA file in ``--ca-dir`` that cannot be read stops twistd with one
         line naming the option and the file.
         """
-        directory = Path(self.mktemp())
+        directory = Path(temp_dir(self)) / "ca"
         (directory / CA_FILE).mkdir(parents=True)
         with self.assertRaises(SystemExit) as caught:
             make_service(parse("--ca-dir", str(directory)), MemoryReactorClock())
@@ -117,7 +118,7 @@ class AddonValueTests(SynchronousTestCase):
         ``addons = ["str", 42]`` in an addon file is refused, naming the
         file, the item and what it is.
         """
-        path = Path(self.mktemp() + ".py")
+        path = Path(temp_dir(self)) / "addon.py"
         path.write_text('addons = ["str", 42]\n')
         error = self.assertRaises(AddonError, load_addons, str(path))
         self.assertEqual(str(error), f"{path}: addons[0]: 'str' is a str, not an addon object")
