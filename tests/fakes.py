@@ -5,6 +5,7 @@ Fakes for unit tests: an endpoint factory whose connections are in-memory
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -188,3 +189,21 @@ def write_temp_file(case: SynchronousTestCase, data: bytes, name: str = "users")
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+class TempDirTestCase(SynchronousTestCase):
+    """
+    A test case whose :meth:`mktemp` paths are under a private temporary
+    directory removed after the test, not under the current directory
+    (pytest does not run tests in trial's ``_trial_temp``).
+    """
+
+    def mktemp(self) -> str:
+        """
+        A new path, not yet created, under this test's temporary directory.
+        """
+        if not hasattr(self, "_temp_base"):
+            self._temp_base = tempfile.mkdtemp(prefix="twistproxy-test-")
+            self._temp_names = itertools.count()
+            self.addCleanup(shutil.rmtree, self._temp_base, True)
+        return os.path.join(self._temp_base, str(next(self._temp_names)))

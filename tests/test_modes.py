@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase as TestCase
 
+from tests.fakes import TempDirTestCase
 from tests.options import parse
 from twistproxy._request import CLIENT_HOST
 from twistproxy._target import Tunnel
@@ -108,7 +109,7 @@ class FlowModeTests(TestCase):
         self.assertEqual(HTTPFlow(Client(), Server()).mode, "regular")
 
 
-class GivenCertificateTests(TestCase):
+class GivenCertificateTests(TempDirTestCase):
     """``--certs``: a PEM of the user's own, for the names matching its pattern."""
 
     def pem(self, *, other_key: bool = False) -> str:

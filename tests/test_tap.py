@@ -4,12 +4,9 @@ Tests for :mod:`twistproxy.tap` and the twistd plugin that points at it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import shutil
 import stat
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.fakes import TempDirTestCase
 from tests.options import parse
 from twistproxy._tls import UpstreamTLS
 from twistproxy.addons.certpage import CertPage
@@ -60,24 +58,6 @@ addons = [AddHeader(), Plain()]
 """
 
 
-
-
-class TempDirTestCase(SynchronousTestCase):
-    """
-    A test case whose :meth:`mktemp` paths are under a private temporary
-    directory removed after the test, not under the current directory
-    (pytest does not run tests in trial's ``_trial_temp``).
-    """
-
-    def mktemp(self) -> str:
-        """
-        A new path, not yet created, under this test's temporary directory.
-        """
-        if not hasattr(self, "_temp_base"):
-            self._temp_base = tempfile.mkdtemp(prefix="twistproxy-test-")
-            self._temp_names = itertools.count()
-            self.addCleanup(shutil.rmtree, self._temp_base, True)
-        return os.path.join(self._temp_base, str(next(self._temp_names)))
 
 
 def write_file(case: SynchronousTestCase, name: str, source: str) -> str:
