@@ -16,7 +16,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twistproxy.errors import AddonError, HookFailed, HookTimeout
-from twistproxy.hooks import FLOW_HOOKS, HOOKS, Addon, HookChain, IAddon, validate_addon
+from twistproxy.hooks import (
+    FLOW_HOOKS,
+    HOOKS,
+    LIFECYCLE_HOOKS,
+    UNSUPPORTED_HOOKS,
+    Addon,
+    HookChain,
+    IAddon,
+    validate_addon,
+)
 
 
 class FakeFlow:
@@ -1475,6 +1484,48 @@ class ValidateAddonTests(SynchronousTestCase):
 
         validate_addon(Misspelt(), ignore=["reqeust", "response"])
 
+    def test_unsupported_mitmproxy_hooks(self) -> None:
+        """
+        A method named after a mitmproxy hook twistproxy does not implement
+        is refused with a message that says so (``server_connect`` is no
+        longer taken for a misspelt ``server_connected``); an attribute of
+        that name that is not callable is no hook and passes.
+        """
+        for name in ("tls_clienthello", "server_connect", "update", "tcp_message",
+                     "http_connect_upstream"):
+            addon_class = type("Mitm", (), {name: lambda self, data: None})
+            with self.assertRaises(AddonError) as caught:
+                validate_addon(addon_class())
+            self.assertEqual(
+                str(caught.exception),
+                f"Mitm.{name}: mitmproxy's {name!r} hook is not implemented by twistproxy, "
+                "so it would never be called",
+            )
+        self.assertIn("socks5_auth", UNSUPPORTED_HOOKS)
+        validate_addon(type("Data", (), {"update": 3})())
+
+    def test_lifecycle_misspellings(self) -> None:
+        """
+        A misspelt lifecycle hook is refused like any other; helpers whose
+        names only resemble the short lifecycle names pass.
+        """
+        for name, hook in {"configur": "configure", "runing": "running",
+                           "on_load": "load", "Done": "done"}.items():
+            addon_class = type("Misspelt", (), {name: lambda self, *args: None})
+            with self.assertRaises(AddonError) as caught:
+                validate_addon(addon_class())
+            self.assertIn(f"did you mean {hook!r}", str(caught.exception))
+        for name in ("reload", "download", "run", "configuration"):
+            validate_addon(type("Fine", (), {name: lambda self: None})())
+
+    def test_uncallable_lifecycle_hook(self) -> None:
+        """
+        A lifecycle hook's name on something that is not callable is refused.
+        """
+        with self.assertRaises(AddonError) as caught:
+            validate_addon(type("Odd", (), {"done": True})())
+        self.assertIn("Odd.done is named like a hook but is not callable", str(caught.exception))
+
     def test_class_named_in_error(self) -> None:
         """
         Validating a class names the class itself in the error.
@@ -1505,13 +1556,14 @@ class AddonTests(SynchronousTestCase):
 
     def test_interface_lists_hooks(self) -> None:
         """
-        ``IAddon`` has exactly one method per hook, and the
-        ``stream_bodies`` attribute.
+        ``IAddon`` has exactly one method per hook and lifecycle hook, and
+        the ``stream_bodies`` attribute.
         """
-        self.assertEqual(sorted(IAddon.names()), sorted([*HOOKS, "stream_bodies"]))
+        every = [*HOOKS, *LIFECYCLE_HOOKS]
+        self.assertEqual(sorted(IAddon.names()), sorted([*every, "stream_bodies"]))
         methods = [name for name in IAddon.names()
                    if callable(getattr(IAddon[name], "getSignatureInfo", None))]
-        self.assertEqual(sorted(methods), sorted(HOOKS))
+        self.assertEqual(sorted(methods), sorted(every))
 
     def test_no_op_hooks(self) -> None:
         """

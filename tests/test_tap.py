@@ -328,8 +328,9 @@ class AddonOptionTests(TempDirTestCase):
         ``--addon`` may be given more than once; the files' addons are kept
         in the order of the options.
         """
-        first = self.write("first.py", "class A:\n    pass\naddons = [A()]\n")
-        second = self.write("second.py", "class B:\n    pass\naddons = [B()]\n")
+        hook = "    def request(self, flow):\n        pass\n"
+        first = self.write("first.py", f"class A:\n{hook}addons = [A()]\n")
+        second = self.write("second.py", f"class B:\n{hook}addons = [B()]\n")
         options = parse("--addon", first, "--addon", second)
         self.assertEqual(options["addon"], [first, second])
         self.assertEqual([type(a).__name__ for a in options["addons"]], ["A", "B"])

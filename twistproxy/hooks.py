@@ -9,18 +9,20 @@ optional: any object with some of the hook methods is an addon.
 :class:`HookChain` calls the hooks of a fixed list of addons in order, waits
 for any hook that returns a Deferred or a coroutine (up to a deadline, if it
 is given one), holds the chain while a hook has intercepted the flow, and
-stops early once a hook has answered or killed it. :func:`validate_addon`
-rejects a misspelt hook at registration instead of letting it be ignored
-silently.
+stops early once a hook has answered or killed it; its addons can be
+replaced while it runs (an addon file reloaded). :func:`validate_addon`
+rejects a misspelt hook, or a mitmproxy hook twistproxy does not implement,
+at registration instead of letting it be ignored silently.
+
+The lifecycle hooks (``load``, ``configure``, ``running``, ``done``) are
+documented here and run by :class:`twistproxy.lifecycle.AddonManager`.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
-from types import ModuleType
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -28,35 +30,26 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from twistproxy._addoncheck import (
+    HOOKS,
+    LIFECYCLE_HOOKS,
+    UNSUPPORTED_HOOKS,
+    validate_addon,
+)
+from twistproxy._addoncheck import addon_name as _addon_name
 from twistproxy._chain import HookCall, PendingChain, hook_failed, settled
-from twistproxy.errors import AddonError
 
 __all__ = [
     "FLOW_HOOKS",
     "HOOKS",
+    "LIFECYCLE_HOOKS",
+    "UNSUPPORTED_HOOKS",
     "WHOLE_BODY_HOOKS",
     "Addon",
     "HookChain",
     "IAddon",
     "validate_addon",
 ]
-
-HOOKS: tuple[str, ...] = (
-    "client_connected",
-    "client_disconnected",
-    "server_connected",
-    "server_disconnected",
-    "http_connect",
-    "requestheaders",
-    "request",
-    "responseheaders",
-    "response",
-    "error",
-    "websocket_start",
-    "websocket_message",
-    "websocket_end",
-)
-"""Every hook name, in the order a proxied request meets them."""
 
 WHOLE_BODY_HOOKS: frozenset[str] = frozenset({"request", "response"})
 """
@@ -101,6 +94,11 @@ class IAddon(Interface):
     calls ``flow.kill()`` ends the flow and no further hook of the chain
     runs. A hook that raises, or outlives its deadline, is logged with the
     flow's id and the client is answered 500.
+
+    The lifecycle hooks, first (:meth:`load`, :meth:`configure`,
+    :meth:`running`, :meth:`done`), are called by the
+    :class:`~twistproxy.lifecycle.AddonManager` once per addon, however
+    many listeners share it.
     """
 
     stream_bodies = Attribute(
@@ -114,6 +112,42 @@ class IAddon(Interface):
         this addon's hooks.
         """
     )
+
+    def load(loader: Any) -> object:
+        """
+        The addon was registered (given to a
+        :class:`~twistproxy.lifecycle.AddonManager`, a ``ProxyFactory``, or
+        loaded from an addon file); called once, first. Declare options here
+        with ``loader.add_option(name, typespec, default, help)``
+        (:class:`~twistproxy.addonopts.Loader`). An exception refuses the
+        addon.
+
+        :param loader: The :class:`~twistproxy.addonopts.Loader`.
+        """
+
+    def configure(updated: Any) -> object:
+        """
+        Options changed: at start with every option's name, then with the
+        names of those changed (``ctx.options`` holds the new values). An
+        exception refuses the change (at start, the proxy does not start).
+
+        :param updated: The set of the changed options' names.
+        """
+
+    def running() -> object:
+        """
+        The proxy is up: every listener sharing the addons listens. A
+        Deferred or coroutine returned is waited for before the next addon's
+        ``running``; a failure is logged.
+        """
+
+    def done() -> object:
+        """
+        The proxy stopped, after its last flow (its connections drained), or
+        the addon was removed (its addon file reloaded). The addon's last
+        hook; a Deferred or coroutine returned is waited for (within the
+        manager's deadline) before the next addon's ``done``.
+        """
 
     def client_connected(client: Any) -> object:
         """
@@ -274,6 +308,30 @@ class Addon:
 
     stream_bodies = False
 
+    def load(self, loader: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.load`.
+        """
+        return None
+
+    def configure(self, updated: Any) -> object:
+        """
+        Do nothing; see :meth:`IAddon.configure`.
+        """
+        return None
+
+    def running(self) -> object:
+        """
+        Do nothing; see :meth:`IAddon.running`.
+        """
+        return None
+
+    def done(self) -> object:
+        """
+        Do nothing; see :meth:`IAddon.done`.
+        """
+        return None
+
     def client_connected(self, client: Any) -> object:
         """
         Do nothing; see :meth:`IAddon.client_connected`.
@@ -415,17 +473,29 @@ class HookChain:
                 raise ValueError(f"{name} must be a positive number of seconds, not {seconds!r}")
             if clock is None:
                 raise ValueError(f"{name} needs a clock to schedule it on")
-        for addon in addons:
-            validate_addon(addon)
         self._clock = clock
         self._timeout = timeout
         self._intercept_timeout = intercept_timeout
-        self._addons = tuple(addons)
         self._first_base = first_base
         self._first_ignore: frozenset[str] = (
             frozenset() if first_base is None else frozenset(dir(first_base))
         )
         self._first_hooks: dict[type, frozenset[str]] = {}
+        self.replace(addons)
+
+    def replace(self, addons: Sequence[object]) -> None:
+        """
+        Run the hooks of *addons* from now on, instead of the present ones
+        (an addon file was reloaded). A hook chain already running goes on
+        with the addons it started with.
+
+        :raises AddonError: if an addon has a misspelt or uncallable hook;
+            the addons are then left as they were.
+        """
+        for addon in addons:
+            validate_addon(addon)
+        self._addons = tuple(addons)
+        self._for_first: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
         self._whole = frozenset(
             hook
             for hook in WHOLE_BODY_HOOKS
@@ -540,6 +610,21 @@ class HookChain:
             return self._whole
         return self._whole | (self._hooks_of(first) & WHOLE_BODY_HOOKS)
 
+    def hooks_for(self, cls: type) -> tuple[frozenset[str], frozenset[str]]:
+        """
+        The hooks the addons or the ``first`` class *cls* implement, and of
+        those :meth:`whole_bodies`; worked out once per class (until
+        :meth:`replace`).
+
+        :raises AddonError: if *cls*, seen for the first time, has a
+            misspelt or uncallable hook.
+        """
+        known = self._for_first.get(cls)
+        if known is None:
+            hooks = frozenset(hook for hook in HOOKS if self._calls[hook]) | self._hooks_of(cls)
+            known = self._for_first[cls] = (hooks, self.whole_bodies(cls))
+        return known
+
     def first_hooks(self, cls: type) -> frozenset[str]:
         """
         The hooks a ``first`` object of class *cls* implements, validating
@@ -580,16 +665,6 @@ def _streams_bodies(addon: object) -> bool:
     return getattr(addon, "stream_bodies", False) is True
 
 
-def _addon_name(addon: object) -> str:
-    """
-    Name *addon* in logs and errors: its class's qualified name, or the
-    ``repr`` of a module.
-    """
-    if isinstance(addon, ModuleType):
-        return repr(addon)
-    return type(addon).__qualname__
-
-
 def _implementation(addon: object, hook: str) -> Callable[[Any], object] | None:
     """
     The bound method *addon* implements *hook* with, or ``None`` if it lacks
@@ -603,97 +678,3 @@ def _implementation(addon: object, hook: str) -> Callable[[Any], object] | None:
     ):
         return None
     return method
-
-
-def _normalise(name: str) -> str:
-    """
-    Reduce a method name to compare it with the hooks' names: without a
-    leading ``on``/``on_``, without underscores, lowercase.
-    """
-    if name.startswith("on_"):
-        name = name[3:]
-    elif name.startswith("on") and name[2:3].isupper():
-        name = name[2:]
-    return name.replace("_", "").lower()
-
-
-_NORMALISED_HOOKS: dict[str, str] = {_normalise(hook): hook for hook in HOOKS}
-
-
-def _resembled_hook(name: str) -> str | None:
-    """
-    The hook *name* looks like a misspelling of, if any.
-    """
-    close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.8)
-    if close:
-        return close[0]
-    normal = _normalise(name)
-    if normal in _NORMALISED_HOOKS:
-        return _NORMALISED_HOOKS[normal]
-    # Stricter than for the name as written: normalising shortens it, and
-    # helpers such as ``response_time`` or ``response_body`` must pass.
-    close = difflib.get_close_matches(normal, _NORMALISED_HOOKS, n=1, cutoff=0.85)
-    if close:
-        return _NORMALISED_HOOKS[close[0]]
-    return None
-
-
-_NOT_ADDONS = (str, bytes, bytearray, int, float, complex, list, tuple, dict, set, frozenset,
-               type(None))
-"""Values that are data, never addons: ``addons = ["str", 42]`` is refused."""
-
-
-def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
-    """
-    Check that *addon* has no misspelt hook and that its hooks are callable.
-
-    A public method (a callable attribute whose name does not start with
-    ``_``) whose name is close to a hook's name but is not one is taken for
-    a misspelling: ``reqeust``, ``Request``, ``request_headers``,
-    ``client_connect``, ``on_request``. Unrelated public methods are
-    accepted; name a helper that looks like a hook (``respond``) with a
-    leading underscore.
-
-    :param addon: The addon, or a class whose instances are to be used as
-        hooks.
-    :param ignore: Attribute names not to check, such as those of a base
-        class the addon is not responsible for.
-    :raises AddonError: naming the attribute and the hook it resembles, if
-        *addon* has a misspelt hook or a hook-named attribute that is not
-        callable; or if *addon* is a value such as a string or a number.
-    """
-    if isinstance(addon, _NOT_ADDONS):
-        raise AddonError(f"{addon!r} is a {type(addon).__name__}, not an addon object")
-    skipped = frozenset(ignore)
-    for name in dir(addon):
-        if name.startswith("_") or name in skipped:
-            continue
-        if name in HOOKS:
-            suggestion: str | None = name
-        else:
-            suggestion = _resembled_hook(name)
-            if suggestion is None:
-                continue
-        try:
-            value = getattr(addon, name)
-        except AttributeError:
-            continue
-        if name == suggestion:
-            if not callable(value):
-                raise AddonError(
-                    f"{_name_of(addon)}.{name} is named like a hook but is not callable"
-                )
-        elif callable(value):
-            raise AddonError(
-                f"{_name_of(addon)}.{name} is not a hook; did you mean {suggestion!r}?"
-            )
-
-
-def _name_of(addon: object) -> str:
-    """
-    Name *addon* in a validation error: a class by its own name, anything
-    else as :func:`_addon_name` does.
-    """
-    if isinstance(addon, type):
-        return addon.__qualname__
-    return _addon_name(addon)

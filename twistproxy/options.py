@@ -34,11 +34,13 @@ from twistproxy._options import (
 from twistproxy._rewrite_options import RewriteOptions
 from twistproxy._tls import GivenCertificate, UpstreamTLS
 from twistproxy._upstream_proxy import check_upstream_auth
+from twistproxy.addonopts import OptionsError
 from twistproxy.addons.access import HostPolicy, parse_user
-from twistproxy.addons.script import load_addons
+from twistproxy.addons.script import AddonFile
 from twistproxy.errors import AddonError
 from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
+from twistproxy.lifecycle import AddonManager
 from twistproxy.limits import DEFAULT_BACKLOG, Limits
 from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT
@@ -105,7 +107,9 @@ class Options(RewriteOptions):
         "transparent (Linux: connections redirected here by iptables/nftables REDIRECT "
         "go where they were going). Through socks5 and transparent listeners, TLS is "
         "intercepted and HTTP served as flows as inside a CONNECT tunnel, and "
-        "--allow-hosts/--block-hosts apply to the destination."
+        "--allow-hosts/--block-hosts apply to the destination. "
+        "Addon files are reloaded when they change; the options their addons declare are "
+        "set with --set NAME=VALUE and listed by --options."
     )
     optParameters = [
         [
@@ -304,6 +308,8 @@ class Options(RewriteOptions):
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
+        ["options", None, "List the options the addons declare (name, type, default, help) "
+         "and exit; give --addon before it."],
         ["no-intercept", None, "Pass every CONNECT tunnel through untouched (no CA needed)."],
         [
             "keep-host-header",
@@ -340,6 +346,7 @@ class Options(RewriteOptions):
         self["certs"] = []
         self["addon"] = []
         self["addons"] = []
+        self["set"] = []
         self["ignore-hosts"] = []
         self["proxy-auth"] = []
         self["allow-hosts"] = []
@@ -399,6 +406,10 @@ class Options(RewriteOptions):
         """Load addons from a Python file defining 'addons = [...]'; repeatable."""
         self["addon"].append(path)
 
+    def opt_set(self, spec: str) -> None:
+        """Set an addon's option: NAME=VALUE (NAME alone: true); repeatable. See --options."""
+        self["set"].append(spec)
+
     def opt_ignore_hosts(self, pattern: str) -> None:
         """Pass tunnels whose host:port matches this regex through untouched; repeatable."""
         self["ignore-hosts"].append(regex("--ignore-hosts", pattern))
@@ -453,13 +464,7 @@ class Options(RewriteOptions):
         """Check the listening addresses and load the addon files."""
         self["listeners"] = _listeners(self["port"], self["mode"])
         self["endpoint"] = self["listeners"][0][1]
-        addons: list[object] = []
-        for path in self["addon"]:
-            try:
-                addons.extend(load_addons(path))
-            except AddonError as e:
-                raise usage.UsageError(f"--addon {e}") from e
-        self["addons"] = addons
+        self._addon_options()
         try:
             self["upstream-tls"] = UpstreamTLS(
                 ca_file=self["upstream-ca"], insecure=self["insecure"]
@@ -557,6 +562,34 @@ class Options(RewriteOptions):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+
+
+    def _addon_options(self) -> None:
+        """
+        Load the addon files (their addons' ``load`` declares their
+        options), list the options for ``--options``, apply ``--set`` and
+        configure the addons (not in a ``--workers`` supervisor, which runs
+        none).
+        """
+        try:
+            self["addon-files"] = files = [AddonFile(path) for path in self["addon"]]
+            manager = AddonManager([addon for file in files for addon in file.addons])
+        except AddonError as e:
+            raise usage.UsageError(f"--addon {e}") from e
+        self["addon-manager"] = manager
+        self["addons"] = list(manager.addons)
+        if self["options"]:
+            sys.stdout.write(manager.options.listing())
+            raise SystemExit(0)
+        try:
+            manager.options.set(*self["set"])
+        except OptionsError as e:
+            raise usage.UsageError(f"--set {e}") from e
+        if self["workers"] <= 1 or self["worker"]:
+            try:
+                manager.configure()
+            except AddonError as e:
+                raise usage.UsageError(f"--addon {e}") from e
 
 
 def _listeners(port: str | None, modes: list[Mode]) -> list[tuple[Mode, str]]:

@@ -64,8 +64,9 @@ from twistproxy.errors import (
     error_status,
 )
 from twistproxy.flow import Server
-from twistproxy.hooks import HOOKS, HookChain
+from twistproxy.hooks import HookChain
 from twistproxy.http import HTTPFlow, Response
+from twistproxy.lifecycle import AddonManager
 from twistproxy.limits import Limits
 from twistproxy.modes import REGULAR, Mode, entry_for
 
@@ -528,7 +529,8 @@ class ProxyFactory(HTTPFactory):
     :param reactor: The reactor for timeouts, timestamps and, by default,
         upstream connections.
     :param addons: Addon objects, run in order after the request class's own
-        hook methods.
+        hook methods, or an :class:`~twistproxy.lifecycle.AddonManager` that
+        several factories share (its lifecycle hooks then run once for all).
     :param request_factory: The :class:`ProxyRequest` subclass to use.
     :raises AddonError: if an addon or *request_factory* has a misspelt hook,
         or *request_factory* defines a connection hook (those belong in
@@ -571,6 +573,7 @@ class ProxyFactory(HTTPFactory):
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
         positive finite number, *connection_strategy* is neither, *mode* is
         not served (:data:`~twistproxy.modes.SERVED`), or *upstream_auth* bad.
+    :ivar addons: The :class:`~twistproxy.lifecycle.AddonManager`.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connect_eagerly: The connection strategy is ``eager``.
     :ivar connections: Client connections open now.
@@ -589,7 +592,7 @@ class ProxyFactory(HTTPFactory):
         self,
         *,
         reactor: IReactorTime,
-        addons: Sequence[object] = (),
+        addons: Sequence[object] | AddonManager = (),
         request_factory: type[ProxyRequest] = ProxyRequest,
         endpoint_factory: EndpointFactory | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
@@ -628,8 +631,9 @@ class ProxyFactory(HTTPFactory):
         )
         self._ignore_hosts = [re.compile(pattern, re.IGNORECASE) for pattern in ignore_hosts]
         self.request_factory = request_factory
+        self.addons = AddonManager.of(addons)
         self.chain = HookChain(
-            addons, first_base=ProxyRequest, clock=reactor,
+            self.addons.addons, first_base=ProxyRequest, clock=reactor,
             timeout=hook_timeout, intercept_timeout=intercept_timeout,
         )
         misplaced = self.chain.first_hooks(request_factory) & set(_CONNECTION_HOOKS)
@@ -638,7 +642,7 @@ class ProxyFactory(HTTPFactory):
                 f"{request_factory.__qualname__} defines {', '.join(sorted(misplaced))}: a "
                 "ProxyRequest lives for one request, so connection hooks belong in an addon"
             )
-        self._hooks: dict[type, tuple[frozenset[str], frozenset[str]]] = {}
+        self.addons.attach(self)
         if endpoint_factory is None:
             endpoint_factory = hostname_endpoints(reactor, connect_timeout)
         self.pool = make_pool(  # through the upstream proxy in upstream mode
@@ -675,17 +679,8 @@ class ProxyFactory(HTTPFactory):
         )
 
     def hooks_for(self, cls: type[ProxyRequest]) -> tuple[frozenset[str], frozenset[str]]:
-        """
-        The hooks the addons or *cls* (a request class) implement, and of
-        ``request`` and ``response`` those somebody needs whole bodies for
-        (:meth:`~twistproxy.hooks.HookChain.whole_bodies`).
-        """
-        cached = self._hooks.get(cls)
-        if cached is None:
-            chain = self.chain
-            hooks = frozenset(hook for hook in HOOKS if chain.has(hook)) | chain.first_hooks(cls)
-            cached = self._hooks[cls] = (hooks, chain.whole_bodies(cls))
-        return cached
+        """What ``chain.hooks_for`` says of the addons and *cls* (a request class)."""
+        return self.chain.hooks_for(cls)
 
     def ignores(self, host: str, port: int) -> bool:
         """Whether ``ignore_hosts`` passes a CONNECT to *host*:*port* through."""
@@ -763,11 +758,13 @@ class ProxyFactory(HTTPFactory):
                 d.addErrback(_ignore_cancel)
 
     def startFactory(self) -> None:
-        """Nothing to start: the flow log addon replaces Twisted's access log."""
+        """Tell the addons' manager (``running`` once every listener is up)."""
+        self.addons.started(self)
 
     def stopFactory(self) -> None:
-        """Close the idle upstream connections."""
+        """Close the idle upstream connections; tell the addons' manager (``done``)."""
         self.pool.close()
+        self.addons.stopped(self)
 
     def log(self, request: Request) -> None:
         """Twisted's access log is not written; see the flow log addon."""

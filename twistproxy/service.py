@@ -42,7 +42,10 @@ class ProxyService(Service):
     default is 50: pass ``backlog=DEFAULT_BACKLOG`` to it for bursts).
 
     Stopping it (``twistd`` does on ``SIGTERM``) drains the connections:
-    see :meth:`stopService`.
+    see :meth:`stopService`. The service keeps its factory started
+    (``doStart``) from when it listens until the drain ends, so that the
+    addons' ``running`` comes once it listens and their ``done`` after the
+    last flow (:mod:`twistproxy.lifecycle`).
 
     :ivar endpoint: Where to listen.
     :ivar factory: The proxy factory serving each connection.
@@ -75,6 +78,7 @@ class ProxyService(Service):
         self._failure: Failure | None = None
         self._waiters: list[Deferred[IListeningPort]] = []
         self._starting = False
+        self._held = False
 
     def startService(self) -> None:
         """
@@ -104,6 +108,8 @@ class ProxyService(Service):
     def _listened(self, port: IListeningPort) -> None:
         self._listening = None
         self.port = port
+        self._held = True
+        self.factory.doStart()
         self.log.info("twistproxy listening on {address}", address=_describe_port(port))
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -148,8 +154,9 @@ class ProxyService(Service):
         drain the client connections (:func:`drain`), then close the idle
         upstream connections.
 
-        :returns: A Deferred that fires once the port is closed and every
-            client connection has ended.
+        :returns: A Deferred that fires once the port is closed, every
+            client connection has ended and the addons' ``done`` hooks are
+            done.
         """
         super().stopService()
         port, self.port = self.port, None
@@ -160,11 +167,13 @@ class ProxyService(Service):
         stopped: Deferred[Any] | None = None
         if port is not None:
             stopped = maybeDeferred(port.stopListening)
-        return drain(self.factory, self.shutdown_timeout, stopped)
+        held, self._held = self._held, False
+        return drain(self.factory, self.shutdown_timeout, stopped, held=held)
 
 
 def drain(
-    factory: ProxyFactory, timeout: float, stopped: Deferred[Any] | None = None
+    factory: ProxyFactory, timeout: float, stopped: Deferred[Any] | None = None,
+    *, held: bool = False,
 ) -> Deferred[None]:
     """
     Drain the client connections of *factory*, whose listening has
@@ -176,16 +185,24 @@ def drain(
     at the start and at the end.  Every flow that ends meanwhile runs its
     hooks (and is saved by ``--save``) before this fires.
 
-    :returns: A Deferred that fires once *stopped* has and every client
-        connection has ended.
+    :param held: The caller started *factory* (``doStart``) when it began
+        listening: it is stopped (``doStop``) once drained, which runs the
+        addons' ``done`` hooks after the last flow when no other listener
+        holds their manager.
+    :returns: A Deferred that fires once *stopped* has, every client
+        connection has ended and, with *held*, the ``done`` hooks are done.
     """
     factory.pool.close()
     steps: list[Deferred[Any]] = [factory.channels.drain(timeout)]
     if stopped is not None:
         steps.append(stopped)
 
-    def closed(_: object) -> None:
+    def closed(_: object) -> Deferred[None] | None:
         factory.pool.close()
+        if not held:
+            return None
+        factory.doStop()
+        return factory.addons.when_done()
 
     return gatherResults(steps, consumeErrors=True).addCallback(closed)
 

@@ -25,6 +25,7 @@ from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.reverse import ReverseRewrite
 from twistproxy.addons.save import SaveFlows
+from twistproxy.addons.script import AddonFileWatcher
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
 from twistproxy.errors import CertificateAuthorityError
 from twistproxy.limits import with_backlog
@@ -90,7 +91,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     addons.extend(options.rewrite_addons())
     if options["reverse-rewrite"]:
         addons.append(ReverseRewrite())
-    addons.extend(options["addons"])
+    # The addon files' addons (loaded, given --set, configured) are in the
+    # manager: the built-in ones go around them.
+    manager = options["addon-manager"]
+    manager.add(*addons, at=0)
+    addons = []
     # After the addon files, so it sees their last word (flow.passthrough).
     if options["server-replay"]:
         addons.append(ServerReplay(
@@ -114,10 +119,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     web = WebUI.from_options(options, reactor)
     if web is not None:
         addons.extend(web.addons)
+    manager.add(*addons)
     factories = [
         ProxyFactory(
             reactor=reactor,
-            addons=addons,
+            addons=manager,
             body_limit=options["body-limit"],
             timeout=options["timeout"],
             connect_timeout=options["connect-timeout"],
@@ -136,6 +142,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         for mode, _ in options["listeners"]
     ]
     top = _Main(", ".join(endpoint for _, endpoint in options["listeners"]))
+    if options["addon-files"]:
+        AddonFileWatcher(reactor, manager, options["addon-files"]).setServiceParent(top)
     # What makes flows runs under the save file's closing: it closes once
     # they all stopped, the connections drained (their flows saved).
     serving: MultiService = top if saving is None else _Closing(saving.close)

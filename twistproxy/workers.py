@@ -555,6 +555,7 @@ class WorkerPortService(Service):
             self.port = self._reactor.adoptStreamPort(
                 listening.fileno(), listening.family, self._factory
             )
+        self._factory.doStart()  # held until drained: see drain()
         _log.info("worker {pid} accepting", pid=os.getpid())
 
     def stopService(self) -> Any:
@@ -562,4 +563,4 @@ class WorkerPortService(Service):
         super().stopService()
         port, self.port = self.port, None
         stopped = maybeDeferred(port.stopListening) if port is not None else None
-        return drain(self._factory, self._shutdown_timeout, stopped)
+        return drain(self._factory, self._shutdown_timeout, stopped, held=port is not None)
