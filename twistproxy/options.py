@@ -308,8 +308,8 @@ class Options(RewriteOptions):
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
-        ["options", None, "List the options the addons declare (name, type, default, help) "
-         "and exit; give --addon before it."],
+        ["options", None, "List the options the --addon files' addons declare (name, type, "
+         "default, help) and exit."],
         ["no-intercept", None, "Pass every CONNECT tunnel through untouched (no CA needed)."],
         [
             "keep-host-header",
