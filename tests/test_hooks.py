@@ -1518,13 +1518,12 @@ class ValidateAddonTests(SynchronousTestCase):
         for name in ("reload", "download", "run", "configuration"):
             validate_addon(type("Fine", (), {name: lambda self: None})())
 
-    def test_uncallable_lifecycle_hook(self) -> None:
+    def test_uncallable_lifecycle_name(self) -> None:
         """
-        A lifecycle hook's name on something that is not callable is refused.
+        An attribute named like a lifecycle hook that is not callable
+        (``self.running = True``) is state, not a hook: it passes.
         """
-        with self.assertRaises(AddonError) as caught:
-            validate_addon(type("Odd", (), {"done": True})())
-        self.assertIn("Odd.done is named like a hook but is not callable", str(caught.exception))
+        validate_addon(type("Stateful", (), {"done": object(), "running": True})())
 
     def test_class_named_in_error(self) -> None:
         """

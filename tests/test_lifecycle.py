@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twistproxy import ctx
 from twistproxy.addonopts import AddonOptions, Loader, OptionsError
 from twistproxy.errors import AddonError
+from twistproxy.hooks import Addon
 from twistproxy.lifecycle import AddonManager
 from twistproxy.proxy import ProxyFactory
 
@@ -366,6 +367,23 @@ class AddonManagerTests(SynchronousTestCase):
         self.assertEqual(factory.chain.addons, (first,))
         self.assertEqual(self.events[-1], "other.done")
         self.assertRaises(AddonError, manager.remove, other)
+
+    def test_state_named_like_hooks(self) -> None:
+        """
+        An addon whose ``running`` and ``done`` are attributes, not methods
+        (overriding `Addon`'s), is accepted and they are not called.
+        """
+
+        class Stateful(Addon):
+            def __init__(self) -> None:
+                self.running = False  # type: ignore[assignment]
+                self.done: Deferred[None] = Deferred()  # type: ignore[assignment]
+
+        factory = ProxyFactory(reactor=self.reactor, addons=[Stateful()])
+        factory.doStart()
+        factory.doStop()
+        self.successResultOf(factory.addons.when_done())
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_plain_list(self) -> None:
         """

@@ -128,7 +128,9 @@ def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
     accepted; name a helper that looks like a hook (``respond``) with a
     leading underscore. A method named after one of
     :data:`UNSUPPORTED_HOOKS` (``tls_clienthello``, ``update``...) is
-    refused: it would never be called.
+    refused: it would never be called. An attribute named like a lifecycle
+    hook that is not callable (``self.running = True``) is no hook, and
+    passes.
 
     :param addon: The addon, or a class whose instances are to be used as
         hooks.
@@ -162,7 +164,9 @@ def validate_addon(addon: object, *, ignore: Iterable[str] = ()) -> None:
                     "implemented by twistproxy, so it would never be called"
                 )
         elif name == suggestion:
-            if not callable(value):
+            # ``self.running = True`` or ``self.done = Deferred()`` is state,
+            # not a lifecycle hook: those short words are common names.
+            if not callable(value) and name not in LIFECYCLE_HOOKS:
                 raise AddonError(
                     f"{_name_of(addon)}.{name} is named like a hook but is not callable"
                 )

@@ -226,7 +226,7 @@ class AddonManager:
         loader = Loader(self.options)
         for addon in addons:
             load = getattr(addon, "load", None)
-            if load is None:
+            if not callable(load):
                 continue
             try:
                 load(loader)
@@ -254,7 +254,7 @@ class AddonManager:
         """
         for addon in addons:
             configure = getattr(addon, "configure", None)
-            if configure is None:
+            if not callable(configure):
                 continue
             try:
                 configure(set(updated))
@@ -274,7 +274,7 @@ class AddonManager:
         async def each() -> None:
             for addon in list(addons):
                 method = getattr(addon, hook, None)
-                if method is None:
+                if not callable(method):
                     continue
                 try:
                     result: Any = method()
