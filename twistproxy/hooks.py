@@ -58,21 +58,7 @@ them, unless every addon implementing the hook says it does not need the
 body whole (``stream_bodies``).
 """
 
-FLOW_HOOKS: frozenset[str] = frozenset(
-    {
-        "server_connected",
-        "server_disconnected",
-        "http_connect",
-        "requestheaders",
-        "request",
-        "responseheaders",
-        "response",
-        "error",
-        "websocket_start",
-        "websocket_message",
-        "websocket_end",
-    }
-)
+FLOW_HOOKS: frozenset[str] = frozenset(HOOKS) - {"client_connected", "client_disconnected"}
 """
 The hooks that run while a request is being proxied, so that the proxy has a
 flow (and its per-request object) at hand. ``server_connected`` and
