@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -33,14 +33,19 @@ from twistproxy import ctx
 from twistproxy._addoncheck import addon_name, validate_addon
 from twistproxy.addonopts import AddonOptions, Loader, OptionsError
 from twistproxy.errors import AddonError
-
-if TYPE_CHECKING:
-    from twistproxy.proxy import ProxyFactory
+from twistproxy.hooks import HookChain
 
 __all__ = ["DONE_TIMEOUT", "AddonManager"]
 
 DONE_TIMEOUT = 30.0
 """Seconds the ``done`` hooks, together, may take at shutdown."""
+
+
+class _Listener(Protocol):
+    """What the manager needs of a ``ProxyFactory`` (without importing it)."""
+
+    reactor: Any
+    chain: HookChain
 
 
 class AddonManager:
@@ -74,7 +79,7 @@ class AddonManager:
         self.options = options
         self.options.subscribe(self._options_changed)
         self._addons: list[object] = []
-        self._factories: list[ProxyFactory] = []
+        self._factories: list[_Listener] = []
         self._started: set[int] = set()
         self._configured = False
         self._running = False
@@ -158,14 +163,14 @@ class AddonManager:
         self._configure(self._addons, self.options.keys())
         self._configured = True
 
-    def attach(self, factory: ProxyFactory) -> None:
+    def attach(self, factory: _Listener) -> None:
         """
         *factory* (a listener) runs these addons: its hook chain follows
         changes, and ``running`` waits for it to start.
         """
         self._factories.append(factory)
 
-    def started(self, factory: ProxyFactory) -> None:
+    def started(self, factory: _Listener) -> None:
         """
         *factory* started: once every attached factory has, configure the
         addons if that was not done and call ``running``.
@@ -182,7 +187,7 @@ class AddonManager:
         self._running = True
         self._call_each("running", self._addons)
 
-    def stopped(self, factory: ProxyFactory) -> Deferred[None]:
+    def stopped(self, factory: _Listener) -> Deferred[None]:
         """
         *factory* stopped: once no attached factory is started, call
         ``done`` (if ``running`` was called).
