@@ -149,11 +149,15 @@ class LoadAddonsTests(SynchronousTestCase):
 
     def test_not_addons(self) -> None:
         """
-        Something in ``addons`` with no hook at all is refused, naming it.
+        Something in ``addons`` with no hook at all is refused, naming it:
+        a value (a string, a number), or an object without a hook.
         """
         path = self.write("values.py", "addons = ['str', 42]\n")
         message = self.assert_refused(path)
-        self.assertIn("addons[0] is str 'str', which has no hook: not an addon", message)
+        self.assertIn("addons[0]: 'str' is a str, not an addon object", message)
+        path = self.write("hookless.py", "class A:\n    pass\n\naddons = [A()]\n")
+        message = self.assert_refused(path)
+        self.assertIn("addons[0] is a A object, which has no hook: not an addon", message)
 
     def test_module_is_the_addon(self) -> None:
         """

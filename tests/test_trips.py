@@ -122,7 +122,8 @@ class AddonValueTests(SynchronousTestCase):
         path.write_text('addons = ["str", 42]\n')
         error = self.assertRaises(AddonError, load_addons, str(path))
         self.assertEqual(str(error), f"{path}: addons[0]: 'str' is a str, not an addon object")
-        path.write_text("class A:\n    pass\n\naddons = [A(), 42]\n")
+        path.write_text("class A:\n    def request(self, flow):\n        pass\n\n"
+                        "addons = [A(), 42]\n")
         error = self.assertRaises(AddonError, load_addons, str(path))
         self.assertEqual(str(error), f"{path}: addons[1]: 42 is a int, not an addon object")
 
