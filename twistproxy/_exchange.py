@@ -242,7 +242,7 @@ class Exchange(ResponseSide):
         elif state is _RELAYED:
             # The streamed response is out: the failure is only recorded.
             assert self.flow is not None
-            self.flow.error = Error(describe(reason), now)
+            self.flow.error = Error(describe(reason), now, reason.type)
             self.state = _DONE
         else:
             # The response hook was the flow's last; any other still owes
@@ -530,7 +530,7 @@ class Exchange(ResponseSide):
         self.failure = reason
         flow = self.flow
         if flow is not None:
-            flow.error = Error(describe(reason), now)
+            flow.error = Error(describe(reason), now, reason.type)
         if flow is not None and run_hook:
             actions.extend(self._run("error", _ERROR, now))
         else:

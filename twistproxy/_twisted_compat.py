@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser
 from twisted.web.http import (  # the module's own attribute access is slow (deprecations)
     HTTPChannel,
     Request,
@@ -47,8 +48,21 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("twisted.web.http.HTTPChannel", "_receivedHeaderSize"),
     ("twisted.protocols.basic.LineReceiver", "_buffer"),
     ("twisted.protocols.basic.LineReceiver", "_busyReceiving"),
+    # The PROXY protocol's header parsers (public classes in private
+    # modules; twisted.protocols.haproxy exports only proxyEndpoint, whose
+    # wrapper connects the protocol before the header is read).
+    ("twisted.protocols.haproxy._v1parser", "V1Parser"),
+    ("twisted.protocols.haproxy._v2parser", "V2Parser"),
+    ("twisted.protocols.haproxy._exceptions", "InvalidProxyHeader"),
 )
 """``(owner, name)`` of every private Twisted name used here, for the test."""
+
+InvalidProxyHeader = _exceptions.InvalidProxyHeader
+"""What the PROXY protocol's header parsers raise for bytes that are no header."""
+ProxyHeaderV1 = _v1parser.V1Parser
+"""The PROXY protocol's version 1 (text) header parser."""
+ProxyHeaderV2 = _v2parser.V2Parser
+"""The PROXY protocol's version 2 (binary) header parser."""
 
 
 class _BoundedChunks(_ChunkedTransferDecoder):

@@ -560,10 +560,13 @@ class ConnectionPool:
     :ivar clock: The *reactor* given, for the connections' idle deadlines.
     :ivar proxy: The upstream proxy every connection goes through
         (:class:`~twistproxy._upstream_proxy.UpstreamPool`), or ``None``.
+    :ivar reused: How many idle connections were taken for a request
+        (:meth:`take_idle`), for metrics.
     """
 
     on_disconnect: Callable[[ProxyClient], object] | None = None
     proxy: _Proxy | None = None
+    reused = 0
 
     def __init__(
         self,
@@ -598,6 +601,7 @@ class ConnectionPool:
             del self._idle[key]
         self._pooled.discard(client)
         client.deadline.stop()
+        self.reused += 1
         return client
 
     def key_for(

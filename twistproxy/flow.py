@@ -106,6 +106,9 @@ class Error:
 
     :ivar msg: A human-readable message.
     :ivar timestamp: When the error happened (seconds since the epoch).
+    :ivar exception: The class of the exception that failed the flow, when
+        the proxy failed it with one (what metrics count errors by); not
+        part of the state, so ``None`` in a flow read from a file.
     :cvar KILLED_MESSAGE: The message of the error :meth:`Flow.kill` sets.
     """
 
@@ -113,6 +116,7 @@ class Error:
 
     msg: str
     timestamp: float
+    exception: type[BaseException] | None = attrs.field(default=None, eq=False, repr=False)
 
     def __str__(self) -> str:
         return self.msg
@@ -133,6 +137,7 @@ class Error:
         _check_keys(state, ("msg", "timestamp"), "error")
         self.msg = state["msg"]
         self.timestamp = state["timestamp"]
+        self.exception = None
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Self:

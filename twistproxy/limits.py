@@ -32,9 +32,13 @@ def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     listening with *backlog*, unless it names a backlog itself; a
     description of another endpoint type (``systemd:``, plugins) comes back
     unchanged.  Every listener the proxy opens from a description goes
-    through here.
+    through here.  A ``haproxy:`` description (the PROXY protocol) gets the
+    backlog on the endpoint it wraps.
     """
-    kind = description.split(":", 1)[0].strip().lower()
+    kind, _, rest = description.partition(":")
+    if kind.strip().lower() == "haproxy":
+        return f"{kind}:{with_backlog(rest, backlog)}"
+    kind = kind.strip().lower()
     if kind not in _BACKLOG_KINDS or _HAS_BACKLOG.search(description):
         return description
     return f"{description}:backlog={backlog}"

@@ -44,6 +44,7 @@ from twistproxy.lifecycle import AddonManager
 from twistproxy.limits import DEFAULT_BACKLOG, Limits
 from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT
+from twistproxy.proxyprotocol import PREFIX, split_prefix
 from twistproxy.replay import UNMATCHED
 from twistproxy.service import DEFAULT_SHUTDOWN_TIMEOUT
 
@@ -305,6 +306,23 @@ class Options(RewriteOptions):
         ["web-port", None, 8081, "--web: the web UI's port (0: any free one).", whole],
         ["web-store", None, None, "--web: keep the UI's flows in this SQLite file "
          "(kept after exit). [default: a temporary file]"],
+        [
+            "metrics-port",
+            None,
+            None,
+            "Serve Prometheus metrics (/metrics) and a health check (/healthz: 200 once "
+            "the CA is loaded and the listeners are up, 503 while stopping) on this port "
+            "(on 127.0.0.1) or endpoint. [default: off]",
+        ],
+        [
+            "drain-delay",
+            None,
+            0.0,
+            "Seconds the listeners keep accepting after SIGTERM while /healthz says 503, "
+            "so a load balancer stops sending first; then the drain starts.",
+            seconds("--drain-delay", zero=True),
+        ],
+        ["metrics-dir", None, None, "(internal) --workers' shared metrics directory."],
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],
@@ -334,6 +352,13 @@ class Options(RewriteOptions):
         ],
         ["web", None, "Serve the web UI (see docs/web.rst); its URL, with a token, is logged "
          "at start."],
+        [
+            "proxy-protocol",
+            None,
+            "Every listener expects the PROXY protocol (v1 or v2, HAProxy's send-proxy) "
+            "and serves each connection as the client its header names; a connection "
+            "without one is closed. (Or prefix --port's endpoint with haproxy:.)",
+        ],
         ["worker", None, "(internal) Run as one of --workers' processes."],
     ]
 
@@ -463,6 +488,11 @@ class Options(RewriteOptions):
     def postOptions(self) -> None:
         """Check the listening addresses and load the addon files."""
         self["listeners"] = _listeners(self["port"], self["mode"])
+        if self["proxy-protocol"] or any(split_prefix(d)[1] for _, d in self["listeners"]):
+            self["proxy-protocol"] = True
+            self["listeners"] = [(mode, PREFIX + split_prefix(description)[0])
+                                 for mode, description in self["listeners"]]
+        self["metrics-endpoint"] = _metrics_endpoint(self["metrics-port"])
         self["endpoint"] = self["listeners"][0][1]
         self._addon_options()
         try:
@@ -590,6 +620,29 @@ class Options(RewriteOptions):
                 manager.configure()
             except AddonError as e:
                 raise usage.UsageError(f"--addon {e}") from e
+
+
+def _metrics_endpoint(port: str | None) -> str | None:
+    """
+    The server endpoint description of ``--metrics-port`` *port* (a port
+    number listens on 127.0.0.1), or ``None`` without one.
+
+    :raises usage.UsageError: for a bad *port*.
+    """
+    if port is None:
+        return None
+    description = port
+    if port.isdigit():
+        if not 0 <= int(port) < 65536:
+            raise usage.UsageError(f"--metrics-port {port}: not a port number")
+        description = f"tcp:{port}:interface=127.0.0.1"
+    try:
+        serverFromString(None, description)
+    except Exception as e:  # as for --port: parsers raise anything
+        raise usage.UsageError(f"--metrics-port {port}: not a port or endpoint ({e})") from e
+    if split_prefix(description)[1]:
+        raise usage.UsageError(f"--metrics-port {port}: the PROXY protocol is for --port")
+    return description
 
 
 def _listeners(port: str | None, modes: list[Mode]) -> list[tuple[Mode, str]]:

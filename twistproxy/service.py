@@ -16,14 +16,14 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistproxy._target import join_host_port
-from twistproxy.limits import DEFAULT_BACKLOG, with_backlog
+from twistproxy.limits import DEFAULT_BACKLOG
 from twistproxy.proxy import ProxyFactory
+from twistproxy.proxyprotocol import server_endpoint
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 """Seconds the exchanges in flight may take to finish once the proxy stops."""
@@ -39,7 +39,9 @@ class ProxyService(Service):
     *endpoint* is a server endpoint description (listening with *backlog*
     unless it names one, see :func:`~twistproxy.limits.with_backlog`) or an
     endpoint object, which keeps its own backlog (``TCP4ServerEndpoint``'s
-    default is 50: pass ``backlog=DEFAULT_BACKLOG`` to it for bursts).
+    default is 50: pass ``backlog=DEFAULT_BACKLOG`` to it for bursts).  A
+    description prefixed ``haproxy:`` takes the PROXY protocol (see
+    :mod:`twistproxy.proxyprotocol`).
 
     Stopping it (``twistd`` does on ``SIGTERM``) drains the connections:
     see :meth:`stopService`. The service keeps its factory started
@@ -69,7 +71,7 @@ class ProxyService(Service):
         if not shutdown_timeout >= 0:
             raise ValueError(f"shutdown_timeout must be 0 or more, not {shutdown_timeout!r}")
         if isinstance(endpoint, str):
-            self.endpoint = serverFromString(factory.reactor, with_backlog(endpoint, backlog))
+            self.endpoint = server_endpoint(factory.reactor, endpoint, backlog)
         else:
             self.endpoint = endpoint
         self.factory = factory

@@ -11,16 +11,21 @@ for twistd's ``ServiceMaker``, which looks for them in this module).
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from twistproxy._drain import LAST_WORD
+from twistproxy._health import Health, RunningService, status_site
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.reverse import ReverseRewrite
@@ -29,8 +34,10 @@ from twistproxy.addons.script import AddonFileWatcher
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
 from twistproxy.errors import CertificateAuthorityError
 from twistproxy.limits import with_backlog
+from twistproxy.metrics import Metrics, collect_directory, forget_dead, use_directory
 from twistproxy.options import Options
 from twistproxy.proxy import ProxyFactory
+from twistproxy.proxyprotocol import ProxyHeaderFactory, split_prefix
 from twistproxy.replay import ClientReplay, ClientReplayService, ServerReplay
 from twistproxy.service import ProxyService
 from twistproxy.web.service import WebUI
@@ -96,6 +103,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     manager = options["addon-manager"]
     manager.add(*addons, at=0)
     addons = []
+    metrics, registry = _metrics(options)
     # After the addon files, so it sees their last word (flow.passthrough).
     if options["server-replay"]:
         addons.append(ServerReplay(
@@ -119,6 +127,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     web = WebUI.from_options(options, reactor)
     if web is not None:
         addons.extend(web.addons)
+    if metrics is not None:
+        addons.append(metrics)  # last: it counts what the others made of the flow
     manager.add(*addons)
     factories = [
         ProxyFactory(
@@ -144,21 +154,32 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     top = _Main(", ".join(endpoint for _, endpoint in options["listeners"]))
     if options["addon-files"]:
         AddonFileWatcher(reactor, manager, options["addon-files"]).setServiceParent(top)
+    listening: list[Callable[[], Deferred[Any]]] = []
+    outer = _running(options, reactor, listening, registry, metrics)
+    parent: MultiService = top if outer is None else outer
+    if outer is not None:
+        outer.setServiceParent(top)
+        if metrics is not None:
+            metrics.watch(factories, store)
     # What makes flows runs under the save file's closing: it closes once
     # they all stopped, the connections drained (their flows saved).
-    serving: MultiService = top if saving is None else _Closing(saving.close)
-    if serving is not top:
-        serving.setServiceParent(top)
+    serving: MultiService = parent if saving is None else _Closing(saving.close)
+    if serving is not parent:
+        serving.setServiceParent(parent)
     timeout = options["shutdown-timeout"]
     if options["worker"]:
-        listen = with_backlog(options["endpoint"], options["backlog"])
-        WorkerPortService(reactor, listen, factories[0],
-                          shutdown_timeout=timeout).setServiceParent(serving)
+        inner, proxied = split_prefix(options["endpoint"])
+        listen = with_backlog(inner, options["backlog"])
+        wrap = (lambda f: ProxyHeaderFactory(f, clock=reactor)) if proxied else None
+        WorkerPortService(reactor, listen, factories[0], shutdown_timeout=timeout,
+                          wrap=wrap).setServiceParent(serving)
         SupervisorWatch(reactor).setServiceParent(top)
     else:
         for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
-            ProxyService(endpoint, factory, backlog=options["backlog"],
-                         shutdown_timeout=timeout).setServiceParent(serving)
+            service = ProxyService(endpoint, factory, backlog=options["backlog"],
+                                   shutdown_timeout=timeout)
+            service.setServiceParent(serving)
+            listening.append(service.when_listening)
     # Replayed requests go out as the first listener's (as a regular proxy's
     # unless that is another mode).
     factory = factories[0]
@@ -184,7 +205,7 @@ def loopback_only(description: str) -> bool:
     whose interface cannot be told (``systemd:``, plugins) counts as
     reachable.
     """
-    args, kwargs = split_endpoint(description)
+    args, kwargs = split_endpoint(split_prefix(description)[0])
     kind = args[0].lower() if args else ""
     if kind == "unix":
         return True
@@ -208,18 +229,88 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
     here once, and the workers are handed it with ``--ca``.
     """
     worker_args = worker_arguments(options.raw_args)
+    endpoint, proxied = split_prefix(options["endpoint"])
+    if proxied and "--proxy-protocol" not in worker_args:
+        worker_args.append("--proxy-protocol")
     if not options["no-intercept"]:
         _certificate_store(options)
         ca = options["ca"] or str(Path(options["ca-dir"]).expanduser() / CA_FILE)
         worker_args += ["--ca", ca]
-    top = _Main(options["endpoint"])
-    Supervisor(reactor, count=options["workers"], endpoint=options["endpoint"],
+    registry = None
+    if options["metrics-endpoint"] is not None:
+        # The workers record into this directory; the supervisor serves the sum.
+        options["metrics-dir"] = tempfile.mkdtemp(prefix="twistproxy-metrics-")
+        worker_args += ["--metrics-dir", options["metrics-dir"]]
+        registry = collect_directory(options["metrics-dir"])
+    top = _Main(endpoint)
+    # Ready once the supervisor runs (it restarts a worker that fails).
+    outer = _running(options, reactor, [], registry, None)
+    parent: MultiService = top if outer is None else outer
+    if outer is not None:
+        outer.setServiceParent(top)
+    Supervisor(reactor, count=options["workers"], endpoint=endpoint,
                worker_args=worker_args, give_up_after=options["restart-limit"],
                # The workers drain first: their deadline, the drain's last
                # words (twice LAST_WORD), and a margin for starting to.
                kill_after=options["shutdown-timeout"] + 2 * LAST_WORD + 3.0,
-               give_up=stop_and_fail(reactor)).setServiceParent(top)
+               give_up=stop_and_fail(reactor)).setServiceParent(parent)
     return top
+
+
+def _metrics(options: Options) -> tuple[Metrics | None, Any]:
+    """
+    The metrics addon (``--metrics-port``, or a worker's ``--metrics-dir``)
+    and the registry it is served from (``None`` in a worker, whose
+    supervisor serves the directory), or ``(None, None)``.
+    """
+    if options["metrics-dir"] is not None:
+        use_directory(options["metrics-dir"])
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()
+        return Metrics(None), None
+    if options["metrics-endpoint"] is None:
+        return None, None
+    from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+
+    disable_created_metrics()  # no *_created series: one line per counter, not two
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return Metrics(registry), registry
+
+
+def _running(
+    options: Options, reactor: Any, listening: list[Callable[[], Deferred[Any]]],
+    registry: Any, metrics: Metrics | None,
+) -> MultiService | None:
+    """
+    The service around the proxy's that serves ``--metrics-port`` (health,
+    and the metrics of *registry*) and delays the drain (``--drain-delay``),
+    and samples *metrics* once a second; ``None`` when there is none of it.
+    """
+    endpoint = options["metrics-endpoint"]
+    directory = options["metrics-dir"]
+    if endpoint is None and not options["drain-delay"] and metrics is None:
+        return None
+    health = Health()
+    site = None
+    if endpoint is not None:
+        if directory is not None:  # the supervisor: the workers' files
+            site = status_site(health, registry, lambda: forget_dead(directory))
+        else:
+            site = status_site(health, registry, metrics.sample if metrics else lambda: None)
+    supervising = directory is not None and not options["worker"]
+    running = RunningService(
+        reactor, health, listening=listening, drain_delay=options["drain-delay"], site=site,
+        endpoint=None if endpoint is None else serverFromString(reactor, endpoint),
+        on_stop=(lambda: shutil.rmtree(directory, ignore_errors=True)) if supervising
+        else metrics.sample if metrics is not None else lambda: None,
+    )
+    if metrics is not None:
+        sampling = TimerService(1.0, metrics.sample)
+        sampling.clock = reactor
+        sampling.setServiceParent(running)
+    return running
 
 
 

@@ -183,10 +183,15 @@ def address_lock(host: str, port: int) -> socket.socket | None:
     return lock
 
 
+_SUPERVISOR_ONLY = ("--workers", "--restart-limit", "--port", "-p", "--metrics-port",
+                    "--drain-delay")
+
+
 def worker_arguments(args: list[str]) -> list[str]:
     """
     The ``twistd twistproxy`` arguments *args* for a worker: without
-    ``--workers``, ``--restart-limit``, ``--port`` (and ``-p``), and their
+    ``--workers``, ``--restart-limit``, ``--port`` (and ``-p``),
+    ``--metrics-port`` and ``--drain-delay`` (the supervisor's), and their
     values (the supervisor adds the concrete port).
     """
     out: list[str] = []
@@ -194,10 +199,10 @@ def worker_arguments(args: list[str]) -> list[str]:
     for arg in args:
         if skip:
             skip = False
-        elif arg in ("--workers", "--restart-limit", "--port", "-p"):
+        elif arg in _SUPERVISOR_ONLY:
             skip = True
         elif arg != "--worker" and not arg.startswith(
-            ("--workers=", "--restart-limit=", "--port=", "-p")
+            (*(f"{name}=" for name in _SUPERVISOR_ONLY if name.startswith("--")), "-p")
         ):
             out.append(arg)
     return out
@@ -535,26 +540,29 @@ class WorkerPortService(Service):
     :param factory: Serves each connection.
     :param shutdown_timeout: Seconds the exchanges in flight may take to
         finish when the worker stops (see :func:`~twistproxy.service.drain`).
+    :param wrap: Wraps *factory* for the port (the PROXY protocol's
+        :class:`~twistproxy.proxyprotocol.ProxyHeaderFactory`).
     """
 
     port: Any = None
 
     def __init__(
-        self, reactor: Any, endpoint: str, factory: Any, *, shutdown_timeout: float = 10.0
+        self, reactor: Any, endpoint: str, factory: Any, *, shutdown_timeout: float = 10.0,
+        wrap: Callable[[Any], Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self._endpoint = endpoint
         self._factory = factory
         self._shutdown_timeout = shutdown_timeout
+        self._wrap = wrap
 
     def startService(self) -> None:
         """Bind, listen and start accepting."""
         super().startService()
         with bind(self._endpoint) as listening:
             # The reactor keeps a duplicate of the descriptor; ours closes.
-            self.port = self._reactor.adoptStreamPort(
-                listening.fileno(), listening.family, self._factory
-            )
+            factory = self._factory if self._wrap is None else self._wrap(self._factory)
+            self.port = self._reactor.adoptStreamPort(listening.fileno(), listening.family, factory)
         self._factory.doStart()  # held until drained: see drain()
         _log.info("worker {pid} accepting", pid=os.getpid())
 
