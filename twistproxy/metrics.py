@@ -182,14 +182,20 @@ class Metrics(Addon):
         """Report what *read* returns as the gauge ``twistproxy_NAME``, set by :meth:`sample`."""
         self._levels.append((self._gauge(name, doc), read))
 
-    def watch(self, factories: Iterable[Any], store: Any = None) -> None:
+    def watch(self, factories: Iterable[Any], store: Any = None, *,
+              refused: Callable[[], int] | None = None) -> None:
         """
-        Sample the pools of *factories* (``ProxyFactory``) and the
-        certificate *store*, if there is one.
+        Sample the pools of *factories* (``ProxyFactory``), the certificate
+        *store*, if there is one, and *refused*, the count of connections
+        the PROXY protocol listeners closed for want of a header
+        (:attr:`~twistproxy.proxyprotocol.ProxyHeaderFactory.refused`).
         """
         pools = [factory.pool for factory in factories]
         self.count("pool_reuses", "Requests sent on an idle upstream connection reused.",
                    lambda: sum(pool.reused for pool in pools))
+        if refused is not None:
+            self.count("proxy_header_refused", "Connections closed for a missing, invalid "
+                       "or late PROXY protocol header.", refused)
         if store is not None:
             self.count("certificates_minted", "Leaf certificates minted.",
                        lambda: store.minted)

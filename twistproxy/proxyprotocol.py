@@ -94,6 +94,8 @@ class ProxyHeaderEndpoint:
     :param clock: Times the headers' deadline.
     :param timeout: Seconds a connection may take to send its header (by
         default the wrapped factory's ``limits.header_timeout``).
+    :ivar factories: The factories it listened with (their ``refused``
+        counts are the listener's).
     """
 
     def __init__(
@@ -102,10 +104,12 @@ class ProxyHeaderEndpoint:
         self._endpoint = endpoint
         self._clock = clock
         self._timeout = timeout
+        self.factories: list[ProxyHeaderFactory] = []
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the wrapped endpoint, expecting a PROXY header first."""
         wrapped = ProxyHeaderFactory(factory, clock=self._clock, timeout=self._timeout)
+        self.factories.append(wrapped)
         return self._endpoint.listen(wrapped)
 
 

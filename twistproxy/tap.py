@@ -37,7 +37,7 @@ from twistproxy.limits import with_backlog
 from twistproxy.metrics import Metrics, collect_directory, forget_dead, use_directory
 from twistproxy.options import Options
 from twistproxy.proxy import ProxyFactory
-from twistproxy.proxyprotocol import ProxyHeaderFactory, split_prefix
+from twistproxy.proxyprotocol import ProxyHeaderEndpoint, ProxyHeaderFactory, split_prefix
 from twistproxy.replay import ClientReplay, ClientReplayService, ServerReplay
 from twistproxy.service import ProxyService
 from twistproxy.web.service import WebUI
@@ -155,12 +155,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if options["addon-files"]:
         AddonFileWatcher(reactor, manager, options["addon-files"]).setServiceParent(top)
     listening: list[Callable[[], Deferred[Any]]] = []
+    headers: list[list[ProxyHeaderFactory]] = []  # the PROXY listeners', for their refusals
     outer = _running(options, reactor, listening, registry, metrics)
     parent: MultiService = top if outer is None else outer
     if outer is not None:
         outer.setServiceParent(top)
-        if metrics is not None:
-            metrics.watch(factories, store)
     # What makes flows runs under the save file's closing: it closes once
     # they all stopped, the connections drained (their flows saved).
     serving: MultiService = parent if saving is None else _Closing(saving.close)
@@ -170,7 +169,15 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     if options["worker"]:
         inner, proxied = split_prefix(options["endpoint"])
         listen = with_backlog(inner, options["backlog"])
-        wrap = (lambda f: ProxyHeaderFactory(f, clock=reactor)) if proxied else None
+        wrap = None
+        if proxied:
+            made: list[ProxyHeaderFactory] = []
+            headers.append(made)
+
+            def wrap(factory: ProxyFactory) -> ProxyHeaderFactory:
+                made.append(ProxyHeaderFactory(factory, clock=reactor))
+                return made[-1]
+
         WorkerPortService(reactor, listen, factories[0], shutdown_timeout=timeout,
                           wrap=wrap).setServiceParent(serving)
         SupervisorWatch(reactor).setServiceParent(top)
@@ -180,6 +187,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
                                    shutdown_timeout=timeout)
             service.setServiceParent(serving)
             listening.append(service.when_listening)
+            if isinstance(service.endpoint, ProxyHeaderEndpoint):
+                headers.append(service.endpoint.factories)
+    if metrics is not None:
+        refused = (lambda: sum(f.refused for made in headers for f in made)) if headers else None
+        metrics.watch(factories, store, refused=refused)
     # Replayed requests go out as the first listener's (as a regular proxy's
     # unless that is another mode).
     factory = factories[0]
