@@ -8,6 +8,7 @@ own work cheaper or dearer.
     python bench/instructions.py --compare HEAD~3  # this checkout and a revision
     python bench/instructions.py --addon           # with bench/addons' trivial addon
     python bench/instructions.py --certpage        # with the CA page addon twistd loads
+    python bench/instructions.py --metrics         # with the metrics addon (--metrics-port)
 
 The driver runs scenario (a)'s exchange inside one process, over in-memory
 transports: a keep-alive client sends ``GET http://127.0.0.1:8000/1k.bin``
@@ -54,7 +55,7 @@ RESPONSE = (
 ) + BODY
 
 
-def drive(requests: int, addon: bool, certpage: bool = False) -> None:
+def drive(requests: int, addon: bool, certpage: bool = False, metrics: bool = False) -> None:
     """
     Proxy *requests* exchanges over one keep-alive client connection and one
     pooled upstream connection, checking each answer.
@@ -96,6 +97,13 @@ def drive(requests: int, addon: bool, certpage: bool = False) -> None:
         from twistproxy.certs import CertificateAuthority
 
         addons.append(CertPage(CertificateAuthority.generate(now=datetime.now(UTC))))
+    if metrics:
+        # What --metrics-port loads: the metrics addon, last.
+        from prometheus_client import CollectorRegistry
+
+        from twistproxy.metrics import Metrics
+
+        addons.append(Metrics(CollectorRegistry()))
     factory = ProxyFactory(
         reactor=MemoryReactorClock(),
         endpoint_factory=lambda scheme, host, port: Endpoint(port),
@@ -122,7 +130,7 @@ def drive(requests: int, addon: bool, certpage: bool = False) -> None:
         raise SystemExit(f"{len(origins)} upstream connections: the pool was not used")
 
 
-def _count(tree: Path, requests: int, addon: bool, certpage: bool) -> int:
+def _count(tree: Path, requests: int, addon: bool, certpage: bool, metrics: bool = False) -> int:
     """Instructions valgrind counts for one run of the driver in *tree*."""
     with tempfile.NamedTemporaryFile(dir=OUT, prefix="cachegrind-", delete=False) as out:
         path = out.name
@@ -134,6 +142,8 @@ def _count(tree: Path, requests: int, addon: bool, certpage: bool) -> int:
             argv.append("--addon")
         if certpage:
             argv.append("--certpage")
+        if metrics:
+            argv.append("--metrics")
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
                               cwd=tree)
@@ -149,8 +159,8 @@ def _count(tree: Path, requests: int, addon: bool, certpage: bool) -> int:
 
 def per_request(tree: Path, args: argparse.Namespace) -> float:
     """Instructions per request in *tree*: the difference of two runs."""
-    base = _count(tree, args.warm, args.addon, args.certpage)
-    more = _count(tree, args.warm + args.requests, args.addon, args.certpage)
+    base = _count(tree, args.warm, args.addon, args.certpage, args.metrics)
+    more = _count(tree, args.warm + args.requests, args.addon, args.certpage, args.metrics)
     return (more - base) / args.requests
 
 
@@ -162,12 +172,14 @@ def main() -> int:
                         help="load bench/addons/twistproxy_stamp.py (one response hook)")
     parser.add_argument("--certpage", action="store_true",
                         help="load the CA page addon, as twistd does (a requestheaders hook)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="load the metrics addon, as --metrics-port does")
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--warm", type=int, default=200, help="requests of the base run")
     parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive is not None:
-        drive(args.drive, args.addon, args.certpage)
+        drive(args.drive, args.addon, args.certpage, args.metrics)
         return 0
     if not 1 <= args.requests <= 100_000 or not 1 <= args.warm <= 100_000:
         parser.error("--requests and --warm must be 1-100000")
@@ -187,7 +199,8 @@ def main() -> int:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            timeout=60)
     what = ", ".join(name for name, on in (("one response hook", args.addon),
-                                           ("the CA page addon", args.certpage)) if on)
+                                           ("the CA page addon", args.certpage),
+                                           ("the metrics addon", args.metrics)) if on)
     what = f"with {what}" if what else "no addon"
     print(f"(a) keep-alive 1 KiB, in memory, {what}: instructions per request")
     for label, figure in figures.items():
