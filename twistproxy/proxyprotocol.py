@@ -165,7 +165,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
 
     def __init__(self, factory: ProxyHeaderFactory) -> None:
         super().__init__(factory, None)  # type: ignore[arg-type]
-        self._buffer = b""
+        self._head = b""
         self._parser: ProxyHeaderV1 | ProxyHeaderV2 | None = None
         self._source: IAddress | None = None
         self._destination: IAddress | None = None
@@ -240,20 +240,20 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         """
         parser = self._parser
         if parser is None:
-            buffer = self._buffer + data
+            buffer = self._head + data
             if buffer.startswith(_V2_SIGNATURE):
                 if len(buffer) < 16:  # the fixed part, with the length
-                    self._buffer = buffer
+                    self._head = buffer
                     return None, b""
                 parser = ProxyHeaderV2()
             elif buffer.startswith(_V1_SIGNATURE):
                 parser = ProxyHeaderV1()
             elif _V2_SIGNATURE.startswith(buffer) or _V1_SIGNATURE.startswith(buffer):
-                self._buffer = buffer
+                self._head = buffer
                 return None, b""
             else:
                 raise InvalidProxyHeader("no PROXY protocol header")
-            self._parser, self._buffer, data = parser, b"", buffer
+            self._parser, self._head, data = parser, b"", buffer
         info, rest = parser.feed(data)
         return info, rest or b""
 
