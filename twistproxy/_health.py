@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.test_metrics -*-
 """
 What a load balancer and a monitoring system ask a running proxy: its
 health (``GET /healthz``) and its metrics (``GET /metrics``), on the
