@@ -622,6 +622,25 @@ class Options(RewriteOptions):
                 raise usage.UsageError(f"--addon {e}") from e
 
 
+def _endpoint(option: str, text: str) -> str:
+    """
+    The server endpoint description *text* gives *option* (``--port``): a
+    port number listens on 127.0.0.1, anything else is an endpoint.
+
+    :raises usage.UsageError: for a bad port or endpoint.
+    """
+    description = text
+    if text.isdigit():
+        if not 0 <= int(text) < 65536:
+            raise usage.UsageError(f"{option} {text}: not a port number")
+        description = f"tcp:{text}:interface=127.0.0.1"
+    try:
+        serverFromString(None, description)
+    except Exception as e:  # parsers raise anything: ValueError, OSError for ssl: files...
+        raise usage.UsageError(f"{option} {text}: not a port or endpoint ({e})") from e
+    return description
+
+
 def _metrics_endpoint(port: str | None) -> str | None:
     """
     The server endpoint description of ``--metrics-port`` *port* (a port
@@ -631,15 +650,7 @@ def _metrics_endpoint(port: str | None) -> str | None:
     """
     if port is None:
         return None
-    description = port
-    if port.isdigit():
-        if not 0 <= int(port) < 65536:
-            raise usage.UsageError(f"--metrics-port {port}: not a port number")
-        description = f"tcp:{port}:interface=127.0.0.1"
-    try:
-        serverFromString(None, description)
-    except Exception as e:  # as for --port: parsers raise anything
-        raise usage.UsageError(f"--metrics-port {port}: not a port or endpoint ({e})") from e
+    description = _endpoint("--metrics-port", port)
     if split_prefix(description)[1]:
         raise usage.UsageError(f"--metrics-port {port}: the PROXY protocol is for --port")
     return description
@@ -658,16 +669,7 @@ def _listeners(port: str | None, modes: list[Mode]) -> list[tuple[Mode, str]]:
             "--port and --mode: --port is the short form of --mode regular@PORT; "
             "with --mode, give each listener's port after its @")
     if not modes:
-        description = "8080" if port is None else port
-        if description.isdigit():
-            if not 0 <= int(description) < 65536:
-                raise usage.UsageError(f"--port {description}: not a port number")
-            description = f"tcp:{description}:interface=127.0.0.1"
-        try:
-            serverFromString(None, description)
-        except Exception as e:  # parsers raise anything: ValueError, OSError for ssl: files...
-            raise usage.UsageError(f"--port {port}: not a port or endpoint ({e})") from e
-        return [(REGULAR, description)]
+        return [(REGULAR, _endpoint("--port", "8080" if port is None else port))]
     listeners = [(mode, mode.endpoint()) for mode in modes]
     seen: dict[int, Mode] = {}
     for mode, _ in listeners:
