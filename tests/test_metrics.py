@@ -57,11 +57,17 @@ class MetricsTests(SynchronousTestCase):
         self.metrics.response(flow("POST", 503, b"abc"))
         self.metrics.response(flow("BREW", 418))
         r = self.registry
+        self.assertEqual(value(r, "twistproxy_flows_total", method="GET", status="2xx"), 0)
+        self.metrics.sample()
         self.assertEqual(value(r, "twistproxy_flows_total", method="GET", status="2xx"), 2)
         self.assertEqual(value(r, "twistproxy_flows_total", method="POST", status="5xx"), 1)
         self.assertEqual(value(r, "twistproxy_flows_total", method="other", status="4xx"), 1)
         self.assertEqual(value(r, "twistproxy_body_bytes_total", direction="request"), 3)
         self.assertEqual(value(r, "twistproxy_body_bytes_total", direction="response"), 40)
+        self.metrics.response(flow("GET", 200))
+        self.metrics.sample()
+        self.metrics.sample()  # what was pushed is not pushed again
+        self.assertEqual(value(r, "twistproxy_flows_total", method="GET", status="2xx"), 3)
 
     def test_errors_by_kind(self) -> None:
         cases = [

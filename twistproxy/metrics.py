@@ -8,8 +8,11 @@ method and status class, errors by kind, body bytes each way, open client
 and upstream connections); what no hook sees (idle upstream connections
 reused, certificates minted and cached, connections refused for a missing
 PROXY header) is read from the counters the proxy keeps anyway, once a
-second and before each scrape (:meth:`Metrics.sample`), so a request pays
-only for the counters its hooks increment.
+second and before each scrape (:meth:`Metrics.sample`).  The flows and
+bytes the hooks count are plain integers until then too, so a request
+pays for a few additions, not for ``prometheus-client``'s locked
+increments; a worker killed with ``SIGKILL`` loses at most its last
+second of them.
 
 With ``--workers``, every worker records into the files of one directory
 (``prometheus-client``'s multiprocess mode, :func:`use_directory`) and the
@@ -150,18 +153,20 @@ class Metrics(Addon):
 
         flows = counter("flows", "Flows answered, by method and status class.",
                         ("method", "status"))
-        self._rows: dict[str, list[Any]] = {
-            method: [flows.labels(method, status) for status in STATUS_CLASSES]
-            for method in (*METHODS, "other")
-        }
+        # What the hooks count goes to plain lists first, and to
+        # prometheus-client (whose increments take a lock) in sample().
+        self._children = [[flows.labels(method, status) for status in STATUS_CLASSES]
+                          for method in (*METHODS, "other")]
+        self._counts = [[0] * len(STATUS_CLASSES) for _ in self._children]
+        self._rows = dict(zip((*METHODS, "other"), self._counts, strict=True))
         self._other = self._rows["other"]
+        self._bytes = [0, 0]  # request, response
         errors = counter("errors", "Flows that ended with an error, by kind.", ("kind",))
         self._errors = errors
         self._error_kinds = {kind: errors.labels(kind) for kind in _all_kinds()}
         body = counter("body_bytes", "Body bytes relayed, by direction "
                        "(request: client to server).", ("direction",))
-        self._request_bytes = body.labels("request")
-        self._response_bytes = body.labels("response")
+        self._bytes_children = (body.labels("request"), body.labels("response"))
         self._clients = gauge("client_connections", "Client connections open.")
         self._servers = gauge("server_connections", "Upstream connections open.")
         self._sampled: list[tuple[Any, Callable[[], int], list[int]]] = []
@@ -205,7 +210,19 @@ class Metrics(Addon):
                        lambda: len(store))
 
     def sample(self) -> None:
-        """Bring the sampled counters and gauges up to date."""
+        """
+        Bring the metrics up to date: what the hooks counted since the last
+        call, and the sampled counters and gauges.
+        """
+        for children, counts in zip(self._children, self._counts, strict=True):
+            for index, count in enumerate(counts):
+                if count:
+                    children[index].inc(count)
+                    counts[index] = 0
+        for index, count in enumerate(self._bytes):
+            if count:
+                self._bytes_children[index].inc(count)
+                self._bytes[index] = 0
         for counter, read, last in self._sampled:
             value = read()
             if value > last[0]:
@@ -238,13 +255,14 @@ class Metrics(Addon):
         row = self._rows.get(request.method, self._other)
         status = response.status_code // 100 - 1
         if 0 <= status < 5:
-            row[status].inc()
+            row[status] += 1
+        counts = self._bytes
         size = request.body_size
         if size:
-            self._request_bytes.inc(size)
+            counts[0] += size
         size = response.body_size
         if size:
-            self._response_bytes.inc(size)
+            counts[1] += size
 
     def error(self, flow: Any) -> None:
         """Count a failed flow by its kind."""

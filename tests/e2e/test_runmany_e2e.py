@@ -145,9 +145,15 @@ async def test_workers_metrics_are_summed(tmp_path: Path, origin_port: int) -> N
         for _ in range(20):
             await raw(port, f"GET http://127.0.0.1:{origin_port}/bytes/10 HTTP/1.1\r\n"
                       "Connection: close\r\n\r\n".encode(), timeout=10)
-        status, text = await deferToThread(fetch, metrics, "/metrics")
-        assert status == 200, text
-        assert metric(text, 'twistproxy_flows_total{method="GET",status="2xx"}') == 20
+        counted = 0.0
+        for _ in range(30):  # the workers push their counts once a second (bounded: 6 s)
+            status, text = await deferToThread(fetch, metrics, "/metrics")
+            assert status == 200, text
+            counted = metric(text, 'twistproxy_flows_total{method="GET",status="2xx"}')
+            if counted == 20:
+                break
+            await sleep(0.2)
+        assert counted == 20
         assert await deferToThread(fetch, metrics, "/healthz") == (200, "ready\n")
         during = set(Path(tempfile.gettempdir()).glob("twistproxy-metrics-*"))
         assert len(during - before) == 1
