@@ -39,9 +39,13 @@ ORIGIN = "10.200.2.2"  # what the client asks for
 GATEWAY = "10.200.1.1"  # where the proxy listens
 PROXY_PORT = 8081
 
-# An origin answering every GET with its path and the Host it was sent.
-_ORIGIN_SCRIPT = f"""
-import json, http.server
+def _origin_script(port: int) -> str:
+    """
+    An origin on ORIGIN:*port* answering every GET with its path and the
+    Host it was sent; over TLS when given a certificate and key file.
+    """
+    return f"""
+import json, http.server, ssl, sys
 class Echo(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = json.dumps({{"path": self.path, "host": self.headers["Host"]}}).encode()
@@ -49,7 +53,11 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-server = http.server.HTTPServer(("{ORIGIN}", 80), Echo)
+server = http.server.HTTPServer(("{ORIGIN}", {port}), Echo)
+if len(sys.argv) > 2:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[1], sys.argv[2])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print("origin ready", flush=True)
 server.serve_forever()
 """
@@ -125,7 +133,7 @@ async def test_redirected_connection(namespaces: tuple[str, str], tmp_path: Path
     """
     assert IP is not None
     client, gateway = namespaces
-    origin = spawn([IP, "netns", "exec", gateway, sys.executable, "-c", _ORIGIN_SCRIPT],
+    origin = spawn([IP, "netns", "exec", gateway, sys.executable, "-c", _origin_script(80)],
                    tmp_path)
     saved = tmp_path / "flows.jsonl"
     proxy = spawn([IP, "netns", "exec", gateway, *twistd_command(), "-n", "--pidfile=",
@@ -152,25 +160,6 @@ async def test_redirected_connection(namespaces: tuple[str, str], tmp_path: Path
     assert flow.response is not None and flow.response.status_code == 200
 
 
-# A TLS origin on ORIGIN:443 presenting the certificate in the files given.
-_TLS_ORIGIN_SCRIPT = f"""
-import json, http.server, ssl, sys
-class Echo(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({{"path": self.path, "host": self.headers["Host"]}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-server = http.server.HTTPServer(("{ORIGIN}", 443), Echo)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print("origin ready", flush=True)
-server.serve_forever()
-"""
-
-
 @pytest_twisted.ensureDeferred
 async def test_redirected_tls_by_sni(namespaces: tuple[str, str], tmp_path: Path,
                                      pki: Any) -> None:
@@ -195,7 +184,7 @@ async def test_redirected_tls_by_sni(namespaces: tuple[str, str], tmp_path: Path
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     ca_pem.write_bytes(origin_ca[0].public_bytes(serialization.Encoding.PEM))
-    origin = spawn([IP, "netns", "exec", gateway, sys.executable, "-c", _TLS_ORIGIN_SCRIPT,
+    origin = spawn([IP, "netns", "exec", gateway, sys.executable, "-c", _origin_script(443),
                     str(cert_pem), str(key_pem)], tmp_path)
     saved = tmp_path / "flows.jsonl"
     proxy = spawn([IP, "netns", "exec", gateway, *twistd_command(), "-n", "--pidfile=",
