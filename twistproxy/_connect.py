@@ -21,18 +21,23 @@ anything else (relayed raw).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IHandshakeListener, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
+from twistproxy._drain import OpenChannels
 from twistproxy._sniff import Carried, sniff
 from twistproxy._target import Tunnel
+from twistproxy._tls import InterceptingServerTLS, ServerContexts
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
@@ -443,3 +448,75 @@ def hand_over(old: Any, protocol: IProtocol, buffered: bytes) -> None:
     transport.resumeProducing()  # HTTPChannel may have paused it while buffering
     if buffered:
         protocol.dataReceived(buffered)
+
+
+class Interception:
+    """
+    The part of :class:`~twistproxy.proxy.ProxyFactory` that decides
+    whether a tunnel is intercepted, and takes its connection over to read
+    the requests inside: a new channel for them, in the clear or inside TLS
+    towards the client.
+    """
+
+    contexts: ServerContexts | None
+    channels: OpenChannels
+    reactor: Any
+
+    _ignore_hosts: list[re.Pattern[str]]
+
+    def _channel(self, addr: Any) -> Proxy:  # ProxyFactory's
+        raise NotImplementedError
+
+    def ignores(self, host: str, port: int) -> bool:
+        """Whether ``ignore_hosts`` passes a CONNECT to *host*:*port* through."""
+        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return any(pattern.search(hostport) for pattern in self._ignore_hosts)
+
+    def passes_through(self, host: str, port: int) -> bool:
+        """Whether a CONNECT to *host*:*port* is passed through untouched."""
+        return self.contexts is None or self.ignores(host, port)
+
+    def intercept_context(self, host: str) -> Any:
+        """
+        The TLS context presenting *host*'s certificate, minted if need be.
+
+        :raises Exception: whatever minting raised (the CA expired, say).
+        """
+        assert self.contexts is not None
+        return self.contexts.context_for(host)
+
+    def intercepting_protocol(
+        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
+    ) -> Any:
+        """
+        The protocol that takes over *channel*'s connection to intercept a
+        tunnel that carries TLS: TLS towards the client around a new channel
+        (see :meth:`tunnel_channel`).
+        """
+        assert self.contexts is not None
+        inner = self.tunnel_channel(channel, tunnel, origin)
+        alsoProvides(inner, IHandshakeListener)
+        # Without SNI, the name the client reached: the tunnel's host, or
+        # for a reverse proxy (whose origin the client does not know) the
+        # address it connected to.
+        name = channel.getHost().host if tunnel.reverse else tunnel.host
+        creator = InterceptingServerTLS(self.contexts, name)
+        tls_factory = TLSMemoryBIOFactory(
+            creator, False, cast(IProtocolFactory, self), clock=self.reactor)
+        return tls_factory.protocol(tls_factory, inner)
+
+    def tunnel_channel(
+        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
+    ) -> Proxy:
+        """
+        A new channel for the requests inside an intercepted tunnel: it
+        adopts *channel*'s client record, *tunnel* (where its origin-form
+        requests go, and over which scheme) and *origin*, the connection the
+        ``CONNECT`` opened, for the first of them.  Inside TLS it is
+        :meth:`intercepting_protocol`'s; in the clear it takes *channel*'s
+        connection itself.
+        """
+        inner = self._channel(channel.transport.getPeer())
+        inner.adopt(channel.client_conn, tunnel, origin)
+        self.channels.replace(channel, inner)
+        return inner

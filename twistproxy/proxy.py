@@ -21,13 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
-from zope.interface import alsoProvides
 
-from twistproxy._connect import open_tunnel, switch
+from twistproxy._connect import Interception, open_tunnel, switch
 from twistproxy._drain import OpenChannels
 from twistproxy._events import Action, Event, ResponseHead
 from twistproxy._exchange import Exchange
@@ -41,8 +39,7 @@ from twistproxy._framing import (
 )
 from twistproxy._headers import interim_head, last_chunk, request_head, response_head
 from twistproxy._request import new_flow
-from twistproxy._target import Tunnel
-from twistproxy._tls import GivenCertificate, InterceptingServerTLS, ServerContexts, UpstreamTLS
+from twistproxy._tls import GivenCertificate, ServerContexts, UpstreamTLS
 from twistproxy._twisted_compat import RequestCompat
 from twistproxy._upstream import UpstreamExchange
 from twistproxy._upstream_proxy import make_pool
@@ -521,7 +518,7 @@ def _ignore_cancel(reason: Failure) -> None:
     reason.trap(CancelledError, HookFailed)
 
 
-class ProxyFactory(HTTPFactory):
+class ProxyFactory(Interception, HTTPFactory):
     """
     Builds :class:`~twistproxy.channel.Proxy` channels sharing one
     configuration: the hooks, the upstream pool and the limits.
@@ -681,59 +678,6 @@ class ProxyFactory(HTTPFactory):
     def hooks_for(self, cls: type[ProxyRequest]) -> tuple[frozenset[str], frozenset[str]]:
         """What ``chain.hooks_for`` says of the addons and *cls* (a request class)."""
         return self.chain.hooks_for(cls)
-
-    def ignores(self, host: str, port: int) -> bool:
-        """Whether ``ignore_hosts`` passes a CONNECT to *host*:*port* through."""
-        hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return any(pattern.search(hostport) for pattern in self._ignore_hosts)
-
-    def passes_through(self, host: str, port: int) -> bool:
-        """Whether a CONNECT to *host*:*port* is passed through untouched."""
-        return self.contexts is None or self.ignores(host, port)
-
-    def intercept_context(self, host: str) -> Any:
-        """
-        The TLS context presenting *host*'s certificate, minted if need be.
-
-        :raises Exception: whatever minting raised (the CA expired, say).
-        """
-        assert self.contexts is not None
-        return self.contexts.context_for(host)
-
-    def intercepting_protocol(
-        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
-    ) -> Any:
-        """
-        The protocol that takes over *channel*'s connection to intercept a
-        tunnel that carries TLS: TLS towards the client around a new channel
-        (see :meth:`tunnel_channel`).
-        """
-        assert self.contexts is not None
-        inner = self.tunnel_channel(channel, tunnel, origin)
-        alsoProvides(inner, IHandshakeListener)
-        # Without SNI, the name the client reached: the tunnel's host, or
-        # for a reverse proxy (whose origin the client does not know) the
-        # address it connected to.
-        name = channel.getHost().host if tunnel.reverse else tunnel.host
-        creator = InterceptingServerTLS(self.contexts, name)
-        tls_factory = TLSMemoryBIOFactory(creator, False, self, clock=self.reactor)
-        return tls_factory.protocol(tls_factory, inner)
-
-    def tunnel_channel(
-        self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
-    ) -> Proxy:
-        """
-        A new channel for the requests inside an intercepted tunnel: it
-        adopts *channel*'s client record, *tunnel* (where its origin-form
-        requests go, and over which scheme) and *origin*, the connection the
-        ``CONNECT`` opened, for the first of them.  Inside TLS it is
-        :meth:`intercepting_protocol`'s; in the clear it takes *channel*'s
-        connection itself.
-        """
-        inner = self._channel(channel.transport.getPeer())
-        inner.adopt(channel.client_conn, tunnel, origin)
-        self.channels.replace(channel, inner)
-        return inner
 
     def server_closed(self, owner: ProxyClient | Relay) -> None:
         """
