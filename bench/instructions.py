@@ -109,6 +109,8 @@ def drive(requests: int, addon: bool, certpage: bool = False, metrics: bool = Fa
         endpoint_factory=lambda scheme, host, port: Endpoint(port),
         addons=addons,
     )
+    if metrics:
+        addons[-1].watch([factory])  # as twistd does: hook chains timed, pools sampled
     channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
     client = StringTransport(
         hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),

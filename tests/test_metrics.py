@@ -25,6 +25,7 @@ from twistproxy.errors import (
     UpstreamTLSFailed,
 )
 from twistproxy.flow import Client, Error, Server
+from twistproxy.hooks import HookChain
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.metrics import Metrics, error_kind
 
@@ -118,6 +119,7 @@ class MetricsTests(SynchronousTestCase):
 
         class Factory:
             pool = Pool()
+            chain = HookChain()
 
         class Store:
             minted = 2
@@ -137,6 +139,45 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(value(r, "twistproxy_certificates_minted_total"), 2)
         self.assertEqual(value(r, "twistproxy_certificate_cache_hits_total"), 5)
         self.assertEqual(value(r, "twistproxy_certificates_cached"), 2)
+
+
+class HookTimeTests(SynchronousTestCase):
+    """``twistproxy_hook_seconds``: how long each hook chain took."""
+
+    def test_sync_and_waiting_chains(self) -> None:
+        """A chain that returns at once and one that waits are both timed, by hook."""
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        waiting: list[Deferred[None]] = []
+
+        class Slow:
+            def requestheaders(self, flow: object) -> None:
+                pass
+
+            def response(self, flow: object) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                waiting.append(d)
+                return d
+
+        class Factory:
+            pool = type("Pool", (), {"reused": 0})()
+            chain = HookChain([Slow()])
+
+        metrics.watch([Factory()])
+        subject = flow("GET", 200)
+        self.assertIsNone(Factory.chain.run("requestheaders", subject))
+        pending = Factory.chain.run("response", subject)
+        assert pending is not None
+        metrics.sample()
+        count = "twistproxy_hook_seconds_count"
+        self.assertEqual(value(registry, count, hook="requestheaders"), 1)
+        self.assertEqual(value(registry, count, hook="response"), 0)  # still waiting
+        waiting[0].callback(None)
+        metrics.sample()
+        self.assertEqual(value(registry, count, hook="response"), 1)
+        self.assertGreaterEqual(value(registry, "twistproxy_hook_seconds_sum", hook="response"),
+                                0.0)
+        self.assertIsNone(self.successResultOf(pending))
 
 
 class Stopping(Service):

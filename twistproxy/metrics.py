@@ -142,7 +142,7 @@ class Metrics(Addon):
     stream_bodies = True  # counts body sizes, never reads a body whole
 
     def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge
+        from prometheus_client import Counter, Gauge, Histogram
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Any:
             return Counter(f"twistproxy_{name}", doc, list(labels), registry=registry)
@@ -169,6 +169,11 @@ class Metrics(Addon):
         self._bytes_children = (body.labels("request"), body.labels("response"))
         self._clients = gauge("client_connections", "Client connections open.")
         self._servers = gauge("server_connections", "Upstream connections open.")
+        self._hook_seconds = Histogram(
+            "twistproxy_hook_seconds", "Seconds each hook chain took (every addon's hook of "
+            "that name for one flow or connection, waits included), by hook.", ["hook"],
+            registry=registry)
+        self._timings: list[tuple[str, float]] = []
         self._sampled: list[tuple[Any, Callable[[], int], list[int]]] = []
         self._levels: list[tuple[Any, Callable[[], int]]] = []
         self._counter, self._gauge = counter, gauge
@@ -190,11 +195,15 @@ class Metrics(Addon):
     def watch(self, factories: Iterable[Any], store: Any = None, *,
               refused: Callable[[], int] | None = None) -> None:
         """
-        Sample the pools of *factories* (``ProxyFactory``), the certificate
+        Time the hook chains of *factories* (``ProxyFactory``; the histogram
+        ``twistproxy_hook_seconds``), and sample their pools, the certificate
         *store*, if there is one, and *refused*, the count of connections
         the PROXY protocol listeners closed for want of a header
         (:attr:`~twistproxy.proxyprotocol.ProxyHeaderFactory.refused`).
         """
+        factories = list(factories)
+        for factory in factories:
+            factory.chain.time_hooks(self._timed)
         pools = [factory.pool for factory in factories]
         self.count("pool_reuses", "Requests sent on an idle upstream connection reused.",
                    lambda: sum(pool.reused for pool in pools))
@@ -223,6 +232,9 @@ class Metrics(Addon):
             if count:
                 self._bytes_children[index].inc(count)
                 self._bytes[index] = 0
+        timings, self._timings = self._timings, []
+        for hook, seconds in timings:
+            self._hook_seconds.labels(hook).observe(seconds)
         for counter, read, last in self._sampled:
             value = read()
             if value > last[0]:
@@ -230,6 +242,10 @@ class Metrics(Addon):
             last[0] = value
         for gauge, read in self._levels:
             gauge.set(read())
+
+    def _timed(self, hook: str, seconds: float) -> None:
+        """A hook chain ran for *seconds*: observed at the next :meth:`sample`."""
+        self._timings.append((hook, seconds))
 
     # -- hooks ---------------------------------------------------------------
 

@@ -113,6 +113,10 @@ async def test_health_and_metrics(tmp_path: Path, origin_port: int) -> None:
         assert metric(text, 'twistproxy_flows_total{method="GET",status="2xx"}') == 1
         assert metric(text, 'twistproxy_errors_total{kind="connect_failed"}') == 1
         assert metric(text, 'twistproxy_body_bytes_total{direction="response"}') == 100
+        # Every flow ran the response or error hooks (the metrics addon's own).
+        answered = metric(text, 'twistproxy_hook_seconds_count{hook="response"}')
+        failed = metric(text, 'twistproxy_hook_seconds_count{hook="error"}')
+        assert (answered, failed) == (1, 1), text
         assert metric(text, "process_open_fds") > 0
         assert child.transport is not None
         child.transport.signalProcess("TERM")
