@@ -1,44 +1,44 @@
 #!/usr/bin/env python3
 """
-Issue 18's bench row, as a scenario that runs and prints: keep-alive 1 KiB
-requests through HAProxy (tcp mode, ``send-proxy``) to two twistproxy
-instances on loopback ports, and the same with two proxy.py instances
-(``--enable-proxy-protocol``) when bench/run.py's proxy.py virtualenv
-(``bench/.venv-proxypy``) exists.
+Issue 18's bench row: keep-alive 1 KiB requests through HAProxy (tcp mode,
+``send-proxy``) to two twistproxy instances on loopback ports, against the
+same with two proxy.py instances (``--enable-proxy-protocol``), on the
+machine's two cores as a team would run them (nothing pinned: HAProxy, the
+instances, nginx and wrk share the cores).
 
-    python bench/haproxy.py                 # 10 s per proxy, 50 connections
-    python bench/haproxy.py --seconds 3 --connections 10
+    python bench/haproxy.py                        # 3 rounds of 10 s, 50 connections
+    python bench/haproxy.py --rounds 5 --seconds 5
 
-The load is ``wrk`` when it is installed (keep-alive, ``-c`` connections,
-one thread), otherwise a Python client of that many keep-alive
-connections, which measures the client as much as the proxies.  The
-origin is a small asyncio server in this process answering 1 KiB.  It
-prints requests per second, errors, and how each instance's share came
-out.  Nothing is pinned and nothing is compared against a stored figure:
-on a shared machine the numbers are indications, not results for
-``bench/RESULTS.md``.  Needs ``haproxy`` (Debian's package).
+Each round starts both setups fresh, one after the other (the order
+reversed every other round), and loads each with the same wrk run against
+bench/run.py's nginx origin; it prints each round's requests per second,
+the medians and the median of the paired ratios twistproxy/proxy.py: quote
+that one.  proxy.py is installed into bench/run.py's virtualenv
+(``bench/.venv-proxypy``, the version bench/run.py names) unless
+``--no-install``.  Needs ``haproxy``, ``nginx`` and ``wrk`` (Debian's).
+Only 127.0.0.1 is used; every load is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # noqa: E402  (bench/run.py: its nginx origin, wrk and venv helpers)
+
 REPO = Path(__file__).resolve().parent.parent
-PROXYPY = REPO / "bench" / ".venv-proxypy" / "bin" / "proxy"
-BODY = b"x" * 1024
-RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: text/plain\r\n\r\n"
-            + BODY)
+PROXYPY = bench.PROXYPY_VENV / "bin" / "proxy"
 CONFIG = """\
 defaults
     mode tcp
@@ -59,28 +59,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def origin(port: int, ready: threading.Event) -> None:
-    """A keep-alive origin answering every request with 1 KiB (runs in a thread)."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(RESPONSE)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(serve, "127.0.0.1", port)
-        ready.set()
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
 
 
 def wait_listening(port: int, seconds: float = 20.0) -> None:
@@ -111,65 +89,9 @@ def instances(kind: str, ports: list[int], tmp: Path) -> list[subprocess.Popen[b
     return started
 
 
-def python_load(front: int, url: str, connections: int, seconds: float) -> tuple[int, int]:
-    """Keep-alive GETs on *connections* sockets for *seconds*: (answered, failed)."""
-    counts = [0, 0]
-    lock = threading.Lock()
-    host = url.split("/")[2]
-    request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    deadline = time.monotonic() + seconds
-
-    def one() -> None:
-        done = failed = 0
-        try:
-            sock = socket.create_connection(("127.0.0.1", front), timeout=5)
-            buffer = b""
-            while time.monotonic() < deadline:
-                sock.sendall(request)
-                while b"\r\n\r\n" not in buffer:
-                    buffer += _recv(sock)
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise ConnectionError(head[:40].decode("latin-1"))
-                while len(buffer) < len(BODY):  # the origin's Content-Length
-                    buffer += _recv(sock)
-                buffer = buffer[len(BODY):]
-                done += 1
-            sock.close()
-        except OSError:
-            failed += 1
-        with lock:
-            counts[0] += done
-            counts[1] += failed
-
-    threads = [threading.Thread(target=one) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(seconds + 10)
-    return counts[0], counts[1]
-
-
-def _recv(sock: socket.socket) -> bytes:
-    chunk = sock.recv(65536)
-    if not chunk:
-        raise ConnectionError("closed")
-    return chunk
-
-
-def wrk_load(front: int, url: str, connections: int, seconds: float) -> str:
-    wrk = shutil.which("wrk")
-    assert wrk is not None
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(f'wrk.path = "{url}"\n')
-    out = subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
-                          f"http://127.0.0.1:{front}"], capture_output=True, text=True,
-                         timeout=seconds + 30)
-    script.unlink()
-    return out.stdout
-
-
-def scenario(kind: str, haproxy: str, origin_port: int, args: argparse.Namespace) -> None:
+def scenario(kind: str, haproxy: str, origin_port: int, args: argparse.Namespace,
+             lua: Path) -> dict[str, float]:
+    """One measured run of *kind*'s two instances behind a fresh HAProxy."""
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         ports = [free_port(), free_port()]
@@ -185,15 +107,11 @@ def scenario(kind: str, haproxy: str, origin_port: int, args: argparse.Namespace
             balancer = subprocess.Popen([haproxy, "-db", "-f", str(config)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_listening(front)
-            url = f"http://127.0.0.1:{origin_port}/1k"
-            print(f"== {kind}: HAProxy -> 2 instances, keep-alive 1 KiB, "
-                  f"{args.connections} connections, {args.seconds:g} s")
-            if shutil.which("wrk"):
-                print(wrk_load(front, url, args.connections, args.seconds))
-            else:
-                answered, failed = python_load(front, url, args.connections, args.seconds)
-                print(f"   {answered / args.seconds:.0f} requests/s (Python client), "
-                      f"{failed} connections failed")
+            out = subprocess.run(
+                ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--timeout",
+                 "10s", "--latency", "-s", str(lua), f"http://127.0.0.1:{front}"],
+                capture_output=True, text=True, timeout=args.seconds + 60)
+            return bench.parse_wrk(out.stdout)
         finally:
             for child in [*children, *([balancer] if balancer else [])]:
                 child.send_signal(signal.SIGTERM)
@@ -206,21 +124,51 @@ def scenario(kind: str, haproxy: str, origin_port: int, args: argparse.Namespace
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not install proxy.py into bench/.venv-proxypy")
     args = parser.parse_args()
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not os.access(haproxy, os.X_OK):
         raise SystemExit("haproxy is not installed (apt-get install haproxy)")
-    origin_port = free_port()
-    ready = threading.Event()
-    threading.Thread(target=origin, args=(origin_port, ready), daemon=True).start()
-    ready.wait(10)
-    scenario("twistproxy", haproxy, origin_port, args)
-    if PROXYPY.exists():
-        scenario("proxy.py", haproxy, origin_port, args)
-    else:
-        print(f"(proxy.py: no {PROXYPY.relative_to(REPO)}; bench/run.py creates it)")
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install {tool})")
+    if not PROXYPY.exists() and not args.no_install:
+        why = bench.install_venv(bench.PROXYPY_VENV, bench.PROXYPY_REQUIREMENT,
+                                 "pip-proxypy.log")
+        if why is not None:
+            raise SystemExit(why)
+    kinds = ["twistproxy", *(["proxy.py"] if PROXYPY.exists() else [])]
+    _, cert, key = bench.make_origin_pki(bench.OUT / "pki")
+    http_port, https_port = bench.free_ports(2)
+    nginx = bench.start_origin(http_port, https_port, cert, key)
+    lua = bench.write_lua("haproxy", path=f"http://127.0.0.1:{http_port}/{bench.SMALL}",
+                          host=f"127.0.0.1:{http_port}", close=False)
+    rps: dict[str, list[float]] = {kind: [] for kind in kinds}
+    try:
+        print(f"HAProxy -> 2 instances, keep-alive 1 KiB, {args.connections} connections, "
+              f"{args.seconds} s per run, {args.rounds} rounds", flush=True)
+        for round_number in range(args.rounds):
+            order = kinds if round_number % 2 == 0 else kinds[::-1]
+            for kind in order:
+                result = scenario(kind, haproxy, http_port, args, lua)
+                rps[kind].append(result["rps"])
+                print(f"  round {round_number + 1}, {kind}: {result['rps']:,.0f} req/s "
+                      f"(errors {result['errors']:.0f}, non-2xx {result['non2xx']:.0f})",
+                      flush=True)
+    finally:
+        nginx.stop()
+        bench.stop_all()
+    for kind in kinds:
+        print(f"{kind}: median {statistics.median(rps[kind]):,.0f} req/s")
+    if len(kinds) == 2:
+        ratios = [a / b for a, b in zip(rps["twistproxy"], rps["proxy.py"], strict=True)]
+        print("twistproxy / proxy.py per round: "
+              + ", ".join(f"{r:.2f}" for r in ratios)
+              + f"; median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
