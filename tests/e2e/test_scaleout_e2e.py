@@ -13,8 +13,12 @@ redispatches).  Every answered request is in exactly one instance's
 ``--save`` file, with the client's real address, and in the instance that
 answered it.
 
-Network namespaces would give each instance its own address; the loopback
-ports used here need no root and test the same PROXY header path.
+It runs twice: with the instances on loopback ports (no root needed), and,
+as root with ``ip`` at hand, each instance in a network namespace of its
+own with an address of its own (10.202.N.2, joined to the host by a veth
+pair), HAProxy and the clients on the host, the origin on an address of the
+host's (10.202.0.1) that every namespace reaches; the namespaces and that
+address are removed afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import http.client
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +97,75 @@ backend twistproxy
 """
 
 
+IP = shutil.which("ip")
+
+
+@attrs.define
+class Placement:
+    """
+    Where the instances run: *addresses*, one per instance (where it
+    listens), *prefixes*, the command that runs it there, and *origin*, the
+    address the origin listens on, which every instance reaches.
+    """
+
+    addresses: list[str]
+    prefixes: list[list[str]]
+    origin: str
+
+
 @attrs.define
 class Instance:
     """One twistproxy process behind HAProxy."""
 
     name: str
+    address: str
     port: int
     metrics: int
     save: Path
     child: Child
+
+
+def _ip(*args: str) -> None:
+    assert IP is not None
+    subprocess.run([IP, *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture(params=["loopback", "namespaces"])
+def placement(request: Any) -> Iterator[Placement]:
+    """The instances on loopback ports, or each in a network namespace of its own."""
+    if request.param == "loopback":
+        yield Placement(["127.0.0.1"] * 3, [[]] * 3, "127.0.0.1")
+        return
+    if sys.platform != "linux" or os.geteuid() != 0 or IP is None:
+        pytest.skip("namespaces need Linux, root and ip (the loopback variant ran)")
+    tag = uuid.uuid4().hex[:6]
+    names = [f"so{n}-{tag}" for n in range(1, 4)]
+    made: list[str] = []
+    origin = "10.202.0.1"
+    try:
+        try:
+            _ip("addr", "add", f"{origin}/32", "dev", "lo")
+        except subprocess.CalledProcessError as e:
+            pytest.skip(f"cannot add an address here: {e.stderr.decode()[:200]}")
+        for n, name in enumerate(names, start=1):
+            _ip("netns", "add", name)
+            made.append(name)
+            host_side, inner = f"vh{n}{tag}", f"vn{n}{tag}"
+            _ip("link", "add", host_side, "type", "veth", "peer", "name", inner)
+            _ip("link", "set", inner, "netns", name)
+            _ip("addr", "add", f"10.202.{n}.1/24", "dev", host_side)
+            _ip("link", "set", host_side, "up")
+            _ip("-n", name, "link", "set", "lo", "up")
+            _ip("-n", name, "addr", "add", f"10.202.{n}.2/24", "dev", inner)
+            _ip("-n", name, "link", "set", inner, "up")
+            _ip("-n", name, "route", "add", "default", "via", f"10.202.{n}.1")
+        yield Placement([f"10.202.{n}.2" for n in range(1, 4)],
+                        [[IP, "netns", "exec", name] for name in names], origin)
+    finally:
+        for name in made:  # its veth pair goes with it
+            subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=10)
+        subprocess.run([IP, "addr", "del", f"{origin}/32", "dev", "lo"],
+                       capture_output=True, timeout=10)
 
 
 @attrs.define
@@ -150,10 +216,10 @@ def load(front: int, url: str, seconds: float, most: int) -> list[Outcome]:
     return outcomes
 
 
-def healthz(port: int) -> int:
-    """The status of ``/healthz`` on *port*, 0 if it does not answer (blocking)."""
+def healthz(address: str, port: int) -> int:
+    """The status of ``/healthz`` on *address*:*port*, 0 if it does not answer (blocking)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as r:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return e.code
@@ -161,9 +227,9 @@ def healthz(port: int) -> int:
         return 0
 
 
-def metric(port: int, line_start: str) -> float:
+def metric(address: str, port: int, line_start: str) -> float:
     """The value of the first metrics line starting with *line_start* (blocking)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+    with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=2) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(line_start):
                 return float(line.rsplit(" ", 1)[1])
@@ -175,7 +241,7 @@ async def until_healthy(instance: Instance) -> None:
     for _ in range(int(START_TIMEOUT * 5)):
         if instance.child.done:
             raise AssertionError(f"{instance.name} exited:\n{instance.child.output}")
-        if await deferToThread(healthz, instance.metrics) == 200:
+        if await deferToThread(healthz, instance.address, instance.metrics) == 200:
             return
         await sleep(0.2)
     raise AssertionError(f"{instance.name} never became healthy:\n{instance.child.output}")
@@ -194,16 +260,17 @@ def saved_clients(path: Path) -> list[tuple[str, str, int, str | None]]:
 
 
 @pytest_twisted.async_yield_fixture
-async def origin_port() -> AsyncIterator[int]:
-    """An origin on 127.0.0.1; yields its port."""
-    port: Any = reactor.listenTCP(0, OriginFactory(), interface="127.0.0.1")
+async def origin_port(placement: Placement) -> AsyncIterator[int]:
+    """An origin on the placement's origin address; yields its port."""
+    port: Any = reactor.listenTCP(0, OriginFactory(), interface=placement.origin)
     yield port.getHost().port
     await port.stopListening()
 
 
 @needs_haproxy
 @pytest_twisted.ensureDeferred
-async def test_scale_out_behind_haproxy(tmp_path: Path, origin_port: int) -> None:
+async def test_scale_out_behind_haproxy(tmp_path: Path, placement: Placement,
+                                        origin_port: int) -> None:
     """
     Three instances behind HAProxy: a SIGTERM drains one with no failed
     request; a SIGKILL fails only what was in flight on the other; every
@@ -214,28 +281,30 @@ async def test_scale_out_behind_haproxy(tmp_path: Path, origin_port: int) -> Non
     instances: list[Instance] = []
     haproxy: Child | None = None
     try:
-        for name in ("t1", "t2", "t3"):
+        for name, address, prefix in zip(("t1", "t2", "t3"), placement.addresses,
+                                         placement.prefixes, strict=True):
             addon = tmp_path / f"{name}.py"
             addon.write_text(TAG_ADDON.format(name=name))
             port, metrics = free_port(), free_port()
             save = tmp_path / f"{name}.jsonl"
             child = spawn([
-                *twistd_command(), "-n", "--pidfile=", "twistproxy", "-q",
-                "--port", f"haproxy:tcp:{port}:interface=127.0.0.1",
-                "--metrics-port", str(metrics), "--drain-delay", "1.5",
+                *prefix, *twistd_command(), "-n", "--pidfile=", "twistproxy", "-q",
+                "--port", f"haproxy:tcp:{port}:interface={address}",
+                "--metrics-port", f"tcp:{metrics}:interface={address}",
+                "--drain-delay", "1.5",
                 "--shutdown-timeout", "5", "--ca-dir", str(tmp_path / "ca"),
                 "--save", str(save), "--addon", str(addon),
             ], tmp_path)
-            instances.append(Instance(name, port, metrics, save, child))
+            instances.append(Instance(name, address, port, metrics, save, child))
         await gatherResults([Deferred.fromCoroutine(until_healthy(i)) for i in instances])
 
         front = free_port()
-        servers = "\n".join(f"    server {i.name} 127.0.0.1:{i.port} check port {i.metrics}"
+        servers = "\n".join(f"    server {i.name} {i.address}:{i.port} check port {i.metrics}"
                             for i in instances)
         config = tmp_path / "haproxy.cfg"
         config.write_text(HAPROXY_CONFIG.format(front=front, servers=servers))
         haproxy = spawn([HAPROXY, "-db", "-f", str(config)], tmp_path)
-        url = f"http://127.0.0.1:{origin_port}/bytes/1024"
+        url = f"http://{placement.origin}:{origin_port}/bytes/1024"
         for _ in range(50):  # HAProxy listening and its servers up (bounded)
             if haproxy.done:
                 raise AssertionError(f"haproxy exited:\n{haproxy.output}")
@@ -267,7 +336,7 @@ async def test_scale_out_behind_haproxy(tmp_path: Path, origin_port: int) -> Non
         assert marked_down and all(o.instance != "t1" for o in marked_down), marked_down
 
         # SIGKILL another while slow requests are in flight on it.
-        slow_url = f"http://127.0.0.1:{origin_port}/trickle/15/100"  # 1.5 s
+        slow_url = f"http://{placement.origin}:{origin_port}/trickle/15/100"  # 1.5 s
         slow = [deferToThread(get, front, slow_url) for _ in range(4)]
         fast = [deferToThread(load, front, url, 3.0, 400) for _ in range(2)]
         await sleep(0.7)
@@ -304,7 +373,7 @@ async def test_scale_out_behind_haproxy(tmp_path: Path, origin_port: int) -> Non
                 assert saved[outcome.id] == (outcome.instance, outcome.client_port)
         t3_flows = len(saved_clients(t3.save))
         counted = await deferToThread(
-            metric, t3.metrics, 'twistproxy_flows_total{method="GET",status="2xx"}')
+            metric, t3.address, t3.metrics, 'twistproxy_flows_total{method="GET",status="2xx"}')
         assert counted == t3_flows
     finally:
         if haproxy is not None:
