@@ -39,9 +39,6 @@ from twistproxy.channel import Proxy
 MODES: tuple[str, ...] = ("regular", "upstream", "reverse", "socks5", "transparent")
 """The modes a listener can run in."""
 
-SERVED: tuple[str, ...] = ("regular", "upstream", "reverse", "socks5", "transparent")
-"""The modes a listener can run in today (all of :data:`MODES`)."""
-
 _DEFAULT_LISTEN_PORTS = {"socks5": 1080}
 _WITH_DATA = ("upstream", "reverse")
 # MODE[:DATA][@[ADDRESS:]PORT]; DATA, a URL, may hold no '@' (no credentials).
@@ -204,10 +201,7 @@ def entry_for(mode: Mode, *, keep_host: bool = False) -> Callable[[Proxy], None]
 
     :param keep_host: For ``reverse``: keep the client's ``Host`` rather
         than write the origin's.
-    :raises ValueError: for a mode not in :data:`SERVED`.
     """
-    if mode.kind not in SERVED:
-        raise ValueError(f"the {mode.kind} mode is not served yet")
     if mode.kind == "reverse":
         tunnel = mode.tunnel(keep_host=keep_host)
 

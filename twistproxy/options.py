@@ -42,7 +42,7 @@ from twistproxy.filters import FilterError
 from twistproxy.filters import parse as parse_filter
 from twistproxy.lifecycle import AddonManager
 from twistproxy.limits import DEFAULT_BACKLOG, Limits
-from twistproxy.modes import REGULAR, SERVED, Mode, parse_mode
+from twistproxy.modes import REGULAR, Mode, parse_mode
 from twistproxy.proxy import CONNECTION_STRATEGIES, DEFAULT_BODY_LIMIT
 from twistproxy.proxyprotocol import PREFIX, split_prefix
 from twistproxy.replay import UNMATCHED
@@ -397,8 +397,6 @@ class Options(RewriteOptions):
             mode = parse_mode(text)
         except ValueError as e:
             raise usage.UsageError(f"--mode {e}") from None
-        if mode.kind not in SERVED:
-            raise usage.UsageError(f"--mode {text}: the {mode.kind} mode is not served yet")
         self["mode"].append(mode)
 
     def opt_certs(self, spec: str) -> None:

@@ -568,8 +568,8 @@ class ProxyFactory(Interception, HTTPFactory):
         of minted ones for the names they match (``--certs``; with a
         *cert_store* only).
     :raises ValueError: if *hook_timeout* or *intercept_timeout* is not a
-        positive finite number, *connection_strategy* is neither, *mode* is
-        not served (:data:`~twistproxy.modes.SERVED`), or *upstream_auth* bad.
+        positive finite number, *connection_strategy* is neither, or
+        *upstream_auth* is not ``USER:PASS``.
     :ivar addons: The :class:`~twistproxy.lifecycle.AddonManager`.
     :ivar contexts: The per-host TLS contexts for interception, or ``None``.
     :ivar connect_eagerly: The connection strategy is ``eager``.
