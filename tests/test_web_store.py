@@ -73,6 +73,25 @@ class StoreTests(SynchronousTestCase):
         assert whole is not None and whole.response is not None
         self.assertEqual(whole.response.raw_content, big)
 
+    def test_large_body_replaced_and_deleted(self) -> None:
+        """
+        A body kept apart goes when the flow is written again without it,
+        and with the flow when it is deleted.
+        """
+        flow = make_flow("/big", body=b"b" * 100)
+        other = make_flow("/other", body=b"o" * 100)
+        self.store.write([flow, other])
+        assert flow.response is not None
+        flow.response.content = b"small"
+        self.store.write([flow])
+        self.assertIsNone(self.store.body(flow.id, "response"))
+        loaded = self.store.load(flow.id)
+        assert loaded is not None and loaded.response is not None
+        self.assertEqual(loaded.response.raw_content, b"small")
+        self.store.delete(other.id)
+        self.assertIsNone(self.store.body(other.id, "response"))
+        self.assertEqual(self.store._db.execute("SELECT count(*) FROM blobs").fetchone()[0], 0)
+
     def test_views(self) -> None:
         """
         A view lists the matching flows in order, is kept current as flows
@@ -114,6 +133,33 @@ def test_store_file_kept(tmp_path: Path) -> None:
         assert again.load(flow.id) is not None
         [(seq, _, _)] = again.write([make_flow("/next")])
         assert seq == 2
+    finally:
+        again.close()
+
+
+def test_store_file_first_schema(tmp_path: Path) -> None:
+    """
+    A --web-store file written with the first schema (bodies keyed by flow
+    id) is moved to the current one when opened: its bodies still read.
+    """
+    path = tmp_path / "old.sqlite3"
+    store = FlowStore(path, inline_limit=16)
+    flow = make_flow("/old", body=b"x" * 100)
+    store.write([flow])
+    db = store._db
+    db.executescript("""
+        CREATE TABLE bodies (flow TEXT NOT NULL, side TEXT NOT NULL, data BLOB NOT NULL,
+                             PRIMARY KEY (flow, side)) WITHOUT ROWID;
+        INSERT INTO bodies SELECT flows.id, blobs.side, blobs.data
+            FROM blobs JOIN flows USING (seq);
+        DROP TABLE blobs;
+    """)
+    store.close()
+    again = FlowStore(path)
+    try:
+        assert again.body(flow.id, "response") == b"x" * 100
+        tables = {row[0] for row in again._db.execute("SELECT name FROM sqlite_master")}
+        assert "bodies" not in tables
     finally:
         again.close()
 
