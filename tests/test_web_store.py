@@ -5,17 +5,18 @@ filter views kept current, batched writes on a clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy.filters import FilterError
+from twistproxy.filters import FilterError, parse
 from twistproxy.flow import Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.web.addon import WebIntercept, WebRecorder
-from twistproxy.web.store import FlowStore
+from twistproxy.web.store import FlowStore, View
 
 
 def make_flow(path: str = "/", *, body: bytes = b"", status: int | None = 200,
@@ -118,6 +119,79 @@ class StoreTests(SynchronousTestCase):
         with self.assertRaises(FilterError) as raised:
             self.store.view("~d (")
         self.assertEqual(raised.exception.position, 3)
+
+
+class ViewBuildTests(SynchronousTestCase):
+    """A view built a chunk at a time while flows are written and deleted."""
+
+    def setUp(self) -> None:
+        self.store = FlowStore(chunk=3)
+        self.addCleanup(self.store.close)
+        self.flows = [make_flow(f"/{i}", status=200 if i % 2 else 404) for i in range(10)]
+        self.store.write(self.flows)
+
+    def expected(self, expression: str) -> list[int]:
+        """The seqs a view built in one go has."""
+        fresh = View(expression, parse(expression) if expression else None)
+        while self.store.build_step(fresh):
+            pass
+        return list(fresh.seqs)
+
+    def test_steps_with_changes(self) -> None:
+        """
+        Each step reads one chunk; flows changed, deleted and added meanwhile,
+        before and after the rows read so far, end up as a fresh build has them.
+        """
+        view = self.store.view("~c 200", build=False)
+        self.assertEqual((len(view), view.complete), (0, False))
+        self.assertTrue(self.store.build_step(view))
+        self.assertEqual(list(view.seqs), [2])  # rows 1-3 read
+        read, later = self.flows[0], self.flows[6]
+        assert read.response is not None and later.response is not None
+        read.response.status_code = 200  # row 1: now matches
+        later.response.status_code = 200  # row 7: the build sees it so
+        self.store.write([read, later])
+        self.store.delete(self.flows[1].id)  # row 2, read: goes
+        self.store.delete(self.flows[3].id)  # row 4, not read yet
+        self.store.write([make_flow("/new", status=200)])  # row 11
+        while self.store.build_step(view):
+            pass
+        self.assertTrue(view.complete)
+        self.assertEqual(list(view.seqs), [1, 6, 7, 8, 10, 11])
+        self.assertEqual(list(view.seqs), self.expected("~c 200"))
+        self.store.write([make_flow("/after", status=200)])
+        self.assertEqual(list(view.seqs)[-1], 12)  # complete: kept current
+
+    def test_built_spread_over_turns(self) -> None:
+        """
+        built() reads one chunk per reactor turn (with a cooperator that
+        yields after each step) and answers every caller once complete.
+        """
+        turns_due: list[Callable[[], object]] = []  # the reactor's next turn
+
+        def schedule(step: Callable[[], object]) -> None:
+            turns_due.append(step)
+
+        cooperator = Cooperator(terminationPredicateFactory=lambda: lambda: True,
+                                scheduler=schedule)
+        view = self.store.view("~c 404", build=False)
+        answers: list[View] = []
+        self.store.built(view, cooperator).addCallback(answers.append)
+        self.store.built(view, cooperator).addCallback(answers.append)
+        turns = 0
+        while not answers and turns_due and turns < 20:
+            turns_due.pop(0)()
+            turns += 1
+        self.assertEqual(turns, 4)  # 10 rows, 3 a step
+        self.assertEqual(answers, [view, view])
+        self.assertEqual(list(view.seqs), [1, 3, 5, 7, 9])
+        self.assertIs(self.successResultOf(self.store.built(view, cooperator)), view)
+
+    def test_whole_view(self) -> None:
+        """The view of every flow reads seqs only, in as few steps."""
+        view = self.store.view("", build=False)
+        self.assertFalse(self.store.build_step(view))
+        self.assertEqual(list(view.seqs), list(range(1, 11)))
 
 
 def test_store_file_kept(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ class WebRecorder(Addon):
     :ivar live: The live flows seen, by id (the UI resumes, kills and edits
         these).
     :ivar lost: How many flow writes failed.
+    :ivar clock: The clock batches are timed on (the reactor).
     """
 
     stream_bodies = True  # it records what the proxy recorded of a body
@@ -54,7 +55,7 @@ class WebRecorder(Addon):
         self.store = store
         self.live: dict[str, HTTPFlow] = {}
         self.lost = 0
-        self._clock = clock
+        self.clock = self._clock = clock
         self._interval = interval
         self._pending: dict[str, HTTPFlow] = {}
         self._call: IDelayedCall | None = None

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -205,6 +207,10 @@ class _Api(Resource):
         self._store = recorder.store
         self._intercept = intercept
         self._replay = replay
+        clock = recorder.clock
+        # A new filter view is built a chunk of flows at a time, the reactor
+        # serving others in between (10 ms of work per turn).
+        self._cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -217,10 +223,11 @@ class _Api(Resource):
     def _route(self, request: Request, method: str, path: list[str]) -> bytes | int:
         match method, path:
             case "GET", ["flows"]:
-                return _send_json(request, self._list(request))
+                return self._with_view(request, lambda view: _send_json(
+                    request, self._list(request, view)))
             case "GET", ["events"]:
-                return _Events(self._recorder, self._view(_arg(request, "filter"))).start(
-                    request)
+                return self._with_view(request, lambda view: _Events(
+                    self._recorder, view).start(request))
             case "GET", ["intercept"]:
                 return _send_json(request, {"filter": self._intercept.expression})
             case "PUT", ["intercept"]:
@@ -231,14 +238,13 @@ class _Api(Resource):
                     raise _filter_error(e) from None
                 return _send_json(request, {"filter": self._intercept.expression})
             case "GET", ["export.har"]:
-                har = to_har(self._matching(request), creator_version=__version__)
-                return _download(request, json.dumps(har).encode(), "flows.har",
-                                 b"application/json")
+                return self._with_view(request, lambda view: _download(
+                    request, json.dumps(to_har(self._matching(view), creator_version=__version__)
+                                        ).encode(), "flows.har", b"application/json"))
             case "GET", ["export.jsonl"]:
-                out = io.BytesIO()
-                dump_flows(self._matching(request), out)
-                return _download(request, out.getvalue(), "flows.jsonl",
-                                 b"application/x-ndjson")
+                return self._with_view(request, lambda view: _download(
+                    request, _flow_file(self._matching(view)), "flows.jsonl",
+                    b"application/x-ndjson"))
             case "GET", ["flows", flow_id]:
                 flow = self._flow(flow_id, bodies=False)
                 return _send_json(request, flow_detail(flow, self._store.seq_of(flow_id)))
@@ -254,23 +260,50 @@ class _Api(Resource):
 
     # -- reading ------------------------------------------------------------
 
-    def _view(self, expression: str) -> View:
+    def _with_view(self, request: Request, then: Callable[[View], bytes | int]) -> bytes | int:
+        """
+        ``then(view)`` with the view of the request's filter: now if it is
+        built, else once it is (``NOT_DONE_YET`` until then).
+        """
+        self._recorder.flush()  # the view includes what was just seen
         try:
-            return self._store.view(expression)
+            view = self._store.view(_arg(request, "filter"), build=False)
         except FilterError as e:
             raise _filter_error(e) from None
+        if view.complete:
+            return then(view)
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
 
-    def _list(self, request: Request) -> dict[str, Any]:
-        self._recorder.flush()  # the list includes what was just seen
-        view = self._view(_arg(request, "filter"))
+        def answer(view: View) -> None:
+            if gone:
+                return
+            try:
+                result = then(view)
+            except _HTTPError as e:
+                result = _send_json(request, e.body, e.code)
+            if result is not NOT_DONE_YET:
+                assert isinstance(result, bytes)
+                request.write(result)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            _log.failure("--web: cannot build the view of {expression!r}", failure,
+                         expression=view.expression)
+            if not gone:
+                request.setResponseCode(500)
+                request.finish()
+
+        self._store.built(view, self._cooperator).addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _list(self, request: Request, view: View) -> dict[str, Any]:
         offset = max(0, _int_arg(request, "offset", 0))
         limit = min(MAX_PAGE, max(0, _int_arg(request, "limit", 100)))
         seqs = view.seqs[offset:offset + limit]
         return {"total": len(view), "offset": offset, "flows": self._store.summaries(seqs)}
 
-    def _matching(self, request: Request) -> list[HTTPFlow]:
-        self._recorder.flush()
-        view = self._view(_arg(request, "filter"))
+    def _matching(self, view: View) -> list[HTTPFlow]:
         return list(self._store.flows(view.seqs))
 
     def _flow(self, flow_id: str, *, bodies: bool = True) -> HTTPFlow:
@@ -414,6 +447,12 @@ class _Events:
             event["changes"] = changes
         request.write(b"event: flows\ndata: " + json.dumps(event, separators=(",", ":")).encode()
                       + b"\n\n")
+
+
+def _flow_file(flows: list[HTTPFlow]) -> bytes:
+    out = io.BytesIO()
+    dump_flows(flows, out)
+    return out.getvalue()
 
 
 def _header(request: Request, name: bytes) -> bytes | None:

@@ -30,6 +30,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
+
 from twistproxy._flowschema import FLOW
 from twistproxy.filters import Filter, parse
 from twistproxy.flow import FLOW_STATE_VERSION
@@ -40,6 +44,11 @@ INLINE_LIMIT = 64 * 1024
 
 MAX_VIEWS = 8
 """Filter views kept besides those the push channel's clients hold."""
+
+CHUNK = 100
+"""Flows a view's build reads and filters in one step (about 6 ms)."""
+
+_ALL = 2**63 - 1  # View.scanned once every row was read
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
@@ -120,6 +129,8 @@ class View:
     :ivar users: How many push channels show it (it is kept while used).
     :ivar reload: Whether the last :meth:`FlowStore.write` changed it other
         than at its end.
+    :ivar scanned: The rows up to this seq were read while building it (past
+        it, rows are left to the build, which reads them as they are then).
     """
 
     def __init__(self, expression: str, flow_filter: Filter | None) -> None:
@@ -128,6 +139,13 @@ class View:
         self.seqs: array[int] = array("q")
         self.users = 0  # push channels showing this view
         self.reload = False  # the last write changed it other than at its end
+        self.scanned = 0
+        self._waiting: list[Deferred[View]] | None = None  # a build under way
+
+    @property
+    def complete(self) -> bool:
+        """Whether every stored flow was read (it is then kept current)."""
+        return self.scanned == _ALL
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -144,6 +162,8 @@ class View:
         :returns: Whether the view changed other than at its end (a flow left
             it, or one joined before the last): the UI reloads what it shows.
         """
+        if seq > self.scanned:
+            return False  # the build reads it
         seqs = self.seqs
         i = bisect_left(seqs, seq)
         present = i < len(seqs) and seqs[i] == seq
@@ -167,7 +187,7 @@ class FlowStore:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 inline_limit: int = INLINE_LIMIT) -> None:
+                 inline_limit: int = INLINE_LIMIT, chunk: int = CHUNK) -> None:
         self._temporary: str | None = None
         if path is None:
             fd, name = tempfile.mkstemp(prefix="twistproxy-web-", suffix=".sqlite3")
@@ -184,6 +204,7 @@ class FlowStore:
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'bodies'").fetchone():
             self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
         self._inline_limit = inline_limit
+        self._chunk = chunk
         last = self._db.execute("SELECT max(seq) FROM flows").fetchone()[0]
         self._next_seq = (last or 0) + 1
         self._views: OrderedDict[str, View] = OrderedDict()
@@ -335,10 +356,11 @@ class FlowStore:
 
     # -- views ----------------------------------------------------------------
 
-    def view(self, expression: str) -> View:
+    def view(self, expression: str, *, build: bool = True) -> View:
         """
-        The view of *expression* (made by reading every stored flow the first
-        time; kept while used, and the last :data:`MAX_VIEWS` besides).
+        The view of *expression*, kept while used, and the last
+        :data:`MAX_VIEWS` besides.  A new view is built by reading every
+        stored flow: here and now with *build*, else by :meth:`built`.
 
         :raises FilterError: if *expression* is not a filter expression.
         """
@@ -346,24 +368,73 @@ class FlowStore:
         view = self._views.get(expression)
         if view is not None:
             self._views.move_to_end(expression)
-            return view
-        flow_filter = parse(expression) if expression else None
-        view = View(expression, flow_filter)
-        if flow_filter is None:
-            view.seqs.extend(row[0] for row in self._db.execute(
-                "SELECT seq FROM flows ORDER BY seq"))
         else:
-            # A body operator needs the bodies kept apart too.
-            bodies = "~b" in str(flow_filter)
-            for seq, data in self._db.execute("SELECT seq, state FROM flows ORDER BY seq"):
-                if flow_filter(self._decode(data, bodies)):
-                    view.seqs.append(seq)
-        self._views[expression] = view
-        self._forget_views()
+            view = View(expression, parse(expression) if expression else None)
+            self._views[expression] = view
+            self._forget_views()
+        while build and self.build_step(view):
+            pass
         return view
 
+    def built(self, view: View, cooperator: Cooperator) -> Deferred[View]:
+        """
+        *view* once complete, built in steps of one chunk of flows that
+        *cooperator* spreads out (the reactor serves others between them).
+        """
+        if view.complete:
+            return succeed(view)
+        done: Deferred[View] = Deferred()
+        if view._waiting is None:
+            view._waiting = []
+            steps = cooperator.cooperate(self._steps(view)).whenDone()
+            steps.addCallbacks(lambda _: self._built(view, None),
+                               lambda failure: self._built(view, failure))
+        view._waiting.append(done)
+        return done
+
+    def _steps(self, view: View) -> Iterator[None]:
+        while self.build_step(view):
+            yield None
+
+    @staticmethod
+    def _built(view: View, failure: Failure | None) -> None:
+        waiting, view._waiting = view._waiting or [], None
+        for done in waiting:
+            if failure is None:
+                done.callback(view)
+            else:
+                done.errback(failure)
+
+    def build_step(self, view: View) -> bool:
+        """
+        Read the next chunk of stored flows into *view*.
+
+        :returns: Whether there are more to read.
+        """
+        if view.complete:
+            return False
+        flow_filter = view.filter
+        if flow_filter is None:  # every flow: seqs only, cheap
+            limit = self._chunk * 100
+            rows = self._db.execute("SELECT seq FROM flows WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (view.scanned, limit)).fetchall()
+            view.seqs.extend(seq for seq, in rows)
+        else:
+            limit = self._chunk
+            rows = self._db.execute(
+                "SELECT seq, state FROM flows WHERE seq > ? ORDER BY seq LIMIT ?",
+                (view.scanned, limit)).fetchall()
+            bodies = "~b" in str(flow_filter)  # a body operator needs those kept apart too
+            view.seqs.extend(seq for seq, data in rows
+                             if flow_filter(self._decode(data, bodies)))
+        if len(rows) < limit:
+            view.scanned = _ALL
+            return False
+        view.scanned = rows[-1][0]
+        return True
+
     def _forget_views(self) -> None:
-        unused = [e for e, v in self._views.items() if v.users == 0]
+        unused = [e for e, v in self._views.items() if v.users == 0 and v._waiting is None]
         for expression in unused[: max(0, len(unused) - MAX_VIEWS)]:
             del self._views[expression]
 
