@@ -187,6 +187,30 @@ class ViewBuildTests(SynchronousTestCase):
         self.assertEqual(list(view.seqs), [1, 3, 5, 7, 9])
         self.assertIs(self.successResultOf(self.store.built(view, cooperator)), view)
 
+    def test_sorted(self) -> None:
+        """
+        A view sorts by a summary field, ties by seq, either way; the order
+        follows the next write; an unknown field is refused.
+        """
+        paths = ["/b", "/a", "/c", "/a"]
+        store = FlowStore()
+        self.addCleanup(store.close)
+        store.write([make_flow(p, status=s) for p, s in zip(paths, (200, 500, 404, 200),
+                                                            strict=True)])
+        every = store.view("")
+        self.assertEqual(list(store.sorted(every, "path")), [2, 4, 1, 3])
+        self.assertEqual(list(store.sorted(every, "path", descending=True)), [3, 1, 4, 2])
+        self.assertEqual(list(store.sorted(every, "status")), [1, 4, 3, 2])
+        self.assertEqual(list(store.sorted(every, "seq", descending=True)), [4, 3, 2, 1])
+        ok = store.view("~c 200")
+        self.assertEqual(list(store.sorted(ok, "path")), [4, 1])
+        store.write([make_flow("/0", status=200)])
+        self.assertEqual(list(store.sorted(ok, "path")), [5, 4, 1])
+        self.assertEqual(list(store.sorted(every, "path", descending=True)), [3, 1, 4, 2, 5])
+        with self.assertRaises(ValueError) as raised:
+            store.sorted(every, "state")
+        self.assertIn("cannot sort by 'state'", str(raised.exception))
+
     def test_whole_view(self) -> None:
         """The view of every flow reads seqs only, in as few steps."""
         view = self.store.view("", build=False)

@@ -149,6 +149,28 @@ async def test_list_filter_detail_content(setup: Setup) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_list_sorted(setup: Setup) -> None:
+    """
+    The list sorts by a column either way (with a filter too); an unknown
+    column or order is a 400 naming it.
+    """
+    for path in ("/status/404", "/echo?b", "/status/500", "/echo?a"):
+        await deferToThread(setup.through_proxy, "GET", path)
+    status, _, body = await call(setup, "GET", "/api/flows?sort=status&order=desc")
+    page = json.loads(body)
+    assert status == 200 and (page["sort"], page["order"]) == ("status", "desc")
+    assert [f["status"] for f in page["flows"]] == [500, 404, 200, 200]
+    status, _, body = await call(setup, "GET", "/api/flows?filter=~c%20200&sort=path")
+    assert [f["path"] for f in json.loads(body)["flows"]] == ["/echo?a", "/echo?b"]
+    status, _, body = await call(setup, "GET", "/api/flows?sort=path&offset=1&limit=2")
+    assert [f["path"] for f in json.loads(body)["flows"]] == ["/echo?b", "/status/404"]
+    status, _, body = await call(setup, "GET", "/api/flows?sort=cookie")
+    assert status == 400 and "cannot sort by 'cookie'" in json.loads(body)["error"]
+    status, _, body = await call(setup, "GET", "/api/flows?sort=path&order=up")
+    assert status == 400 and "order must be asc or desc" in json.loads(body)["error"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_mark_comment_delete_export(setup: Setup) -> None:
     """Marks and comments are stored, a flow can be deleted, exports hold the flows."""
     await deferToThread(setup.through_proxy, "GET", "/echo?keep")

@@ -95,7 +95,7 @@ def _drive(ui_url: str, proxy: int, origin: int, shots: Path) -> dict[str, Any]:
             row.wait_for()
 
             # Opening it with the keyboard: down, then Enter.
-            page.click("#list .head")
+            page.click("#count")  # out of the filter box (its keys are its own)
             page.keyboard.press("ArrowDown")
             page.keyboard.press("Enter")
             try:
@@ -125,6 +125,16 @@ def _drive(ui_url: str, proxy: int, origin: int, shots: Path) -> dict[str, Any]:
             seen["second"] = (second.returncode, out.decode(), err.decode())
             page.locator("#viewport .row:not(.intercepted)", has_text="/echo?second=1").wait_for()
             page.screenshot(path=str(shots / "resumed.png"))
+
+            # Sorting: a click on the path header sorts by it, a second click the other way.
+            path_head = '#head [data-sort="path"]'
+            first_path = '#viewport .row[data-index="0"] .c-path'
+            page.click(path_head)
+            page.wait_for_selector(path_head + '[data-order="asc"]')
+            seen["sorted_asc"] = page.inner_text(first_path)
+            page.click(path_head)
+            page.wait_for_selector(path_head + '[data-order="desc"]')
+            seen["sorted_desc"] = page.inner_text(first_path)
             seen["page_errors"] = errors
         finally:
             browser.close()
@@ -139,7 +149,7 @@ async def test_watch_filter_open_intercept_edit_resume(tmp_path: Path) -> None:
     filters it (and shows a bad filter's column), opens it with the
     keyboard; then holds a second request by the intercept filter, its
     header is edited in the page and it is resumed: the origin got the
-    edited header.
+    edited header.  A click on a column's header sorts by it, either way.
     """
     factory = OriginFactory()
     listening: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -172,6 +182,7 @@ async def test_watch_filter_open_intercept_edit_resume(tmp_path: Path) -> None:
     at_origin = [r for r in factory.received if r.target == b"/echo?second=1"]
     assert len(at_origin) == 1
     assert (b"X-Test", b"edited") in at_origin[0].headers
+    assert (seen["sorted_asc"], seen["sorted_desc"]) == ("/echo?first=1", "/echo?second=1")
     assert seen["page_errors"] == []
     for name in ("list", "flow", "held", "resumed"):
         assert (shots / f"{name}.png").stat().st_size > 1000

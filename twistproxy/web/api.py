@@ -8,6 +8,7 @@ The API (every call needs the token: the cookie the page's URL sets, or an
 ``X-Twistproxy-Token`` header)::
 
     GET    /api/flows?filter=F&offset=N&limit=N   a page of flow summaries
+                  &sort=KEY&order=asc|desc        sorted by a summary field
     GET    /api/flows/ID                          one flow (the flow view)
     GET    /api/flows/ID/request/content          a body, decoded (?download=1)
     PUT    /api/flows/ID                          {marked, comment, request: {...}}
@@ -300,8 +301,16 @@ class _Api(Resource):
     def _list(self, request: Request, view: View) -> dict[str, Any]:
         offset = max(0, _int_arg(request, "offset", 0))
         limit = min(MAX_PAGE, max(0, _int_arg(request, "limit", 100)))
-        seqs = view.seqs[offset:offset + limit]
-        return {"total": len(view), "offset": offset, "flows": self._store.summaries(seqs)}
+        key = _arg(request, "sort") or "seq"
+        order = _arg(request, "order") or "asc"
+        if order not in ("asc", "desc"):
+            raise _HTTPError(400, f"order must be asc or desc, not {order!r}")
+        try:
+            seqs = self._store.sorted(view, key, order == "desc")[offset:offset + limit]
+        except ValueError as e:
+            raise _HTTPError(400, str(e)) from None
+        return {"total": len(view), "offset": offset, "sort": key, "order": order,
+                "flows": self._store.summaries(seqs)}
 
     def _matching(self, view: View) -> list[HTTPFlow]:
         return list(self._store.flows(view.seqs))

@@ -50,6 +50,10 @@ CHUNK = 100
 
 _ALL = 2**63 - 1  # View.scanned once every row was read
 
+SORT_KEYS = ("time", "client", "method", "host", "path", "status", "size", "duration",
+             "marked")
+"""The summary fields the flow list can be sorted by (besides ``seq``, the default)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flows (
     seq INTEGER PRIMARY KEY,
@@ -141,6 +145,7 @@ class View:
         self.reload = False  # the last write changed it other than at its end
         self.scanned = 0
         self._waiting: list[Deferred[View]] | None = None  # a build under way
+        self._sorted: dict[tuple[str, bool], array[int]] = {}  # until the next change
 
     @property
     def complete(self) -> bool:
@@ -250,6 +255,7 @@ class FlowStore:
             raise
         for view in self._views.values():
             view.reload = False
+            view._sorted.clear()
             for seq, _, flow in written:
                 matches = view.filter is None or view.filter(flow)
                 view.reload = view.put(seq, matches) or view.reload
@@ -293,6 +299,7 @@ class FlowStore:
         self._db.execute("DELETE FROM blobs WHERE seq = ?", (seq,))
         for view in self._views.values():
             view.put(seq, False)
+            view._sorted.clear()
         return seq
 
     # -- reading ------------------------------------------------------------
@@ -432,6 +439,37 @@ class FlowStore:
             return False
         view.scanned = rows[-1][0]
         return True
+
+    def sorted(self, view: View, key: str, descending: bool = False) -> array[int]:
+        """
+        The seqs of complete *view* ordered by the summary field *key* (ties,
+        and ``seq`` itself, by seq), reversed if *descending*.  SQLite sorts
+        every row (about a tenth of a second at 100,000 flows); the order is
+        kept until the next write.
+
+        :raises ValueError: if *key* is not ``seq`` or one of :data:`SORT_KEYS`.
+        """
+        if key == "seq":
+            order = view.seqs
+        else:
+            if key not in SORT_KEYS:
+                raise ValueError(f"cannot sort by {key!r}: one of seq, {', '.join(SORT_KEYS)}")
+            cached = view._sorted.get((key, False))
+            if cached is None:
+                rows = self._db.execute(
+                    f"SELECT seq FROM flows ORDER BY json_extract(summary, '$.{key}'), seq")
+                if view.filter is None:
+                    cached = array("q", (seq for seq, in rows))
+                else:
+                    cached = array("q", (seq for seq, in rows if view.index(seq) is not None))
+                view._sorted[(key, False)] = cached
+            order = cached
+        if not descending:
+            return order
+        reverse = view._sorted.get((key, True))
+        if reverse is None:
+            reverse = view._sorted[(key, True)] = order[::-1]
+        return reverse
 
     def _forget_views(self) -> None:
         unused = [e for e, v in self._views.items() if v.users == 0 and v._waiting is None]

@@ -31,8 +31,8 @@ export function query(params) {
   return text ? `?${text}` : "";
 }
 
-export const flowsPage = (filter, offset, limit) =>
-  call("GET", `/api/flows${query({ filter, offset, limit })}`);
+export const flowsPage = (filter, offset, limit, sort = "seq", order = "asc") =>
+  call("GET", `/api/flows${query({ filter, offset, limit, sort: sort === "seq" ? "" : sort, order: order === "asc" ? "" : order })}`);
 export const flowDetail = (id) => call("GET", `/api/flows/${encodeURIComponent(id)}`);
 export const changeFlow = (id, change) => call("PUT", `/api/flows/${encodeURIComponent(id)}`, change);
 export const deleteFlow = (id) => call("DELETE", `/api/flows/${encodeURIComponent(id)}`);

@@ -33,6 +33,22 @@ function listen(list) {
   });
 }
 
+// Click a column's header: sort by it, again: the other way; a third
+// time: back to arrival order.
+function sortable(list) {
+  $("head").addEventListener("click", async (e) => {
+    const cell = e.target.closest("[data-sort]");
+    if (!cell) return;
+    const key = cell.dataset.sort;
+    let order = "asc";
+    if (list.sort === key) order = list.order === "asc" ? "desc" : null;
+    await list.sortBy(order ? key : "seq", order || "asc");
+    for (const other of $("head").querySelectorAll("[data-sort]")) {
+      other.dataset.order = other.dataset.sort === list.sort ? list.order : "";
+    }
+  });
+}
+
 function exportLinks(filter) {
   $("export-har").href = `/api/export.har${query({ filter })}`;
   $("export-flows").href = `/api/export.jsonl${query({ filter })}`;
@@ -45,6 +61,7 @@ async function main() {
     onError: (error) => showError($("filter"), error),
   });
   window.twistproxy = { list }; // for the browser tests and the curious
+  sortable(list);
   const filter = $("filter");
   let timer = null;
   filter.addEventListener("input", () => {

@@ -7,6 +7,7 @@ export const ROW_HEIGHT = 22;
 const PAGE = 200;
 const OVERSCAN = 10;
 const KEEP = 5000; // summaries kept around what is in sight
+const SORTED_RELOAD = 1000; // ms between reloads of a sorted list as flows change
 
 function pad(n, width = 2) { return String(n).padStart(width, "0"); }
 
@@ -42,6 +43,9 @@ export class FlowList {
     this.onCount = onCount;
     this.onError = onError;
     this.filter = "";
+    this.sort = "seq"; // a summary field (the API's sort key)
+    this.order = "asc";
+    this.reloadTimer = null; // a sorted list's pending reload
     this.total = 0;
     this.rows = new Map(); // index -> summary
     this.loading = new Set(); // page numbers being fetched
@@ -61,6 +65,8 @@ export class FlowList {
 
   async reset(filter) {
     this.filter = filter;
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = null;
     this.generation += 1;
     this.rows.clear();
     this.loading.clear();
@@ -75,7 +81,7 @@ export class FlowList {
     const generation = this.generation;
     this.loading.add(page);
     try {
-      const data = await flowsPage(this.filter, page * PAGE, PAGE);
+      const data = await flowsPage(this.filter, page * PAGE, PAGE, this.sort, this.order);
       if (generation !== this.generation) return;
       this.onError(null);
       this.setTotal(data.total);
@@ -100,8 +106,30 @@ export class FlowList {
     this.onCount(total);
   }
 
+  // Sort by a summary field ("seq": arrival order), keeping the filter.
+  async sortBy(key, order) {
+    this.sort = key;
+    this.order = order;
+    await this.reset(this.filter);
+  }
+
   // A batch from the push channel.
   apply(event) {
+    if (this.sort !== "seq" || this.order !== "asc") {
+      // The batch's indexes are in arrival order: reload what is in sight
+      // instead, at most once a second.
+      this.setTotal(event.total);
+      if (this.reloadTimer === null) {
+        this.reloadTimer = setTimeout(() => {
+          this.reloadTimer = null;
+          this.rows.clear();
+          this.generation += 1;
+          this.loading.clear();
+          this.schedule();
+        }, SORTED_RELOAD);
+      }
+      return;
+    }
     if (event.reload) {
       const keep = this.selectedFlow();
       this.rows.clear();
