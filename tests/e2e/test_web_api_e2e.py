@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.origin import OriginFactory
+from tests.e2e.test_twistd import needs_curl
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
@@ -146,6 +148,42 @@ async def test_list_filter_detail_content(setup: Setup) -> None:
     assert b"gzip" not in body[:2] and len(body) > 0
     status, _, body = await call(setup, "GET", "/api/flows/nope")
     assert status == 404
+
+
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_export_as_command(setup: Setup) -> None:
+    """
+    A flow exports as a curl (or HTTPie) command; run, the curl command
+    sends the origin the same request again.  raw is a file; an unknown
+    format or flow is a 404.
+    """
+    status, _ = await deferToThread(setup.through_proxy, "PUT", "/echo?again",
+                                    {"X-Mine": "yes", "Content-Type": "text/plain"}, b"the body")
+    assert status == 200
+    _, _, body = await call(setup, "GET", "/api/flows")
+    [flow] = json.loads(body)["flows"]
+    status, _, body = await call(setup, "GET", f"/api/flows/{flow['id']}/export/curl")
+    exported = json.loads(body)
+    assert status == 200 and exported["format"] == "curl"
+    command = exported["command"]
+    assert command.startswith("curl ") and "X-Mine: yes" in command
+    done = await deferToThread(subprocess.run, ["sh", "-c", command + " --max-time 10"],
+                               capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    again = [r for r in setup.factory.received if r.target == b"/echo?again"]
+    assert len(again) == 2
+    assert (again[1].method, again[1].body) == (again[0].method, again[0].body) == (
+        b"PUT", b"the body")
+    assert (b"X-Mine", b"yes") in again[1].headers
+    status, _, body = await call(setup, "GET", f"/api/flows/{flow['id']}/export/httpie")
+    assert status == 200 and " | http PUT " in json.loads(body)["command"]
+    status, headers, body = await call(setup, "GET", f"/api/flows/{flow['id']}/export/raw")
+    assert status == 200 and body.startswith(b"PUT /echo?again HTTP/1.1\r\n")
+    assert "attachment" in headers["Content-Disposition"]
+    for path in (f"/api/flows/{flow['id']}/export/wget", "/api/flows/nope/export/curl"):
+        status, _, _ = await call(setup, "GET", path)
+        assert status == 404, path
 
 
 @pytest_twisted.ensureDeferred

@@ -106,6 +106,10 @@ def _drive(ui_url: str, proxy: int, origin: int, shots: Path) -> dict[str, Any]:
             page.wait_for_selector("#view pre.body-json")
             seen["view_body"] = page.inner_text("#view pre.body-json")
             page.screenshot(path=str(shots / "flow.png"))
+            # Export as curl: the command is shown under the buttons.
+            page.click("#view button.export-curl")
+            page.wait_for_selector('#export-command[data-format="curl"]')
+            seen["curl"] = page.inner_text("#export-command")
 
             # Interception: hold the second request, edit a header, resume.
             page.fill("#intercept", "~q & ~u second")
@@ -147,9 +151,10 @@ async def test_watch_filter_open_intercept_edit_resume(tmp_path: Path) -> None:
     """
     In Chromium, the UI (opened with its token) shows curl's flow live,
     filters it (and shows a bad filter's column), opens it with the
-    keyboard; then holds a second request by the intercept filter, its
-    header is edited in the page and it is resumed: the origin got the
-    edited header.  A click on a column's header sorts by it, either way.
+    keyboard and shows it as a curl command; then holds a second request
+    by the intercept filter, its header is edited in the page and it is
+    resumed: the origin got the edited header.  A click on a column's
+    header sorts by it, either way.
     """
     factory = OriginFactory()
     listening: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -175,6 +180,9 @@ async def test_watch_filter_open_intercept_edit_resume(tmp_path: Path) -> None:
     assert "column 4" in seen["filter_error"], seen["filter_error"]
     assert "/echo?first=1" in seen["view_title"]
     assert json.loads(seen["view_body"])["target"] == "/echo?first=1"
+    assert seen["curl"].startswith("curl "), seen["curl"]
+    assert f"http://127.0.0.1:{origin}/echo?first=1" in seen["curl"]
+    assert "X-Test: original" in seen["curl"]
     code, out, err = seen["second"]
     assert code == 0, err
     sent = dict((k.lower(), v) for k, v in json.loads(out)["headers"])

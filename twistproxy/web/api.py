@@ -11,6 +11,7 @@ The API (every call needs the token: the cookie the page's URL sets, or an
                   &sort=KEY&order=asc|desc        sorted by a summary field
     GET    /api/flows/ID                          one flow (the flow view)
     GET    /api/flows/ID/request/content          a body, decoded (?download=1)
+    GET    /api/flows/ID/export/curl              {"command": ...} (httpie too; raw: a file)
     PUT    /api/flows/ID                          {marked, comment, request: {...}}
     DELETE /api/flows/ID
     POST   /api/flows/ID/resume | kill | replay
@@ -34,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from twistproxy import __version__
+from twistproxy.export import FORMATS, ExportError
 from twistproxy.filters import FilterError
 from twistproxy.flow import FlowNotKillable
 from twistproxy.flowfile import dump_flows
@@ -251,6 +253,8 @@ class _Api(Resource):
                 return _send_json(request, flow_detail(flow, self._store.seq_of(flow_id)))
             case "GET", ["flows", flow_id, side, "content"] if side in SIDES:
                 return self._content(request, self._flow(flow_id), side)
+            case "GET", ["flows", flow_id, "export", name] if name in FORMATS:
+                return self._export(request, self._flow(flow_id), name)
             case "PUT", ["flows", flow_id]:
                 return _send_json(request, self._change(flow_id, _json_body(request)))
             case "DELETE", ["flows", flow_id]:
@@ -340,6 +344,15 @@ class _Api(Resource):
         request.setHeader(b"Content-Security-Policy", b"sandbox")
         request.setHeader(b"Cache-Control", b"no-store")
         return content
+
+    def _export(self, request: Request, flow: HTTPFlow, name: str) -> bytes:
+        try:
+            exported = FORMATS[name](flow)
+        except ExportError as e:
+            raise _HTTPError(409, f"cannot export as {name}: {e}") from None
+        if isinstance(exported, bytes):
+            return _download(request, exported, f"{flow.id}.http", b"application/octet-stream")
+        return _send_json(request, {"format": name, "command": exported})
 
     # -- acting ---------------------------------------------------------------
 

@@ -39,6 +39,7 @@ export const deleteFlow = (id) => call("DELETE", `/api/flows/${encodeURIComponen
 export const act = (id, action) => call("POST", `/api/flows/${encodeURIComponent(id)}/${action}`);
 export const setIntercept = (filter) => call("PUT", "/api/intercept", { filter });
 export const getIntercept = () => call("GET", "/api/intercept");
+export const exportCommand = (id, format) => call("GET", `/api/flows/${encodeURIComponent(id)}/export/${format}`);
 export const contentUrl = (id, side) => `/api/flows/${encodeURIComponent(id)}/${side}/content`;
 
 export async function content(id, side) {

@@ -2,7 +2,7 @@
 // WebSocket messages, and what can be done with it. Everything from the
 // flow is put in the page as text (textContent), never as markup.
 
-import { act, changeFlow, content, contentUrl, deleteFlow, flowDetail } from "./api.js";
+import { act, changeFlow, content, contentUrl, deleteFlow, exportCommand, flowDetail } from "./api.js";
 import { formatSize, formatTime } from "./list.js";
 
 const VIEW_LIMIT = 1024 * 1024; // bodies larger than this are offered as a download
@@ -172,11 +172,31 @@ export async function renderFlow(container, id, onChanged) {
     if (text !== null) await changeFlow(id, { comment: text });
   });
   button("Delete", async () => { await deleteFlow(id); container.hidden = true; }, !flow.live);
+  // Export as a command: shown under the buttons (and copied, where the
+  // browser lets the page write the clipboard).
+  const command = el("pre", { id: "export-command", class: "command" });
+  command.hidden = true;
+  for (const format of ["curl", "httpie"]) {
+    actions.append(el("button", { class: `export-${format}`, onclick: async () => {
+      try {
+        command.textContent = (await exportCommand(id, format)).command;
+        command.classList.remove("error");
+        navigator.clipboard?.writeText(command.textContent).catch(() => {});
+      } catch (e) {
+        command.textContent = e.message;
+        command.classList.add("error");
+      }
+      command.hidden = false;
+      command.dataset.format = format;
+    } }, format));
+  }
+  actions.append(el("a", { href: `/api/flows/${encodeURIComponent(id)}/export/raw`, download: "" }, "raw"));
   const parts = [
     el("h2", {}, request ? `${request.method} ${request.url}` : "(no request)"),
     el("p", {}, response ? `${response.status_code} ${response.reason}` : flow.error ? "" : "waiting for the response",
       flow.intercepted ? " — held" : "", flow.comment ? ` — ${flow.comment}` : ""),
     actions,
+    command,
   ];
   if (flow.error) parts.push(el("p", { class: "error" }, `error: ${flow.error.msg}`));
   if (request) {
