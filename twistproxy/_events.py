@@ -2,7 +2,9 @@
 """
 The vocabulary of an exchange (:mod:`twistproxy._exchange`): where it is
 (:class:`State`), what happens to it (:class:`Event`), what the shell is to
-do (:class:`Action`) and what happens to request body bytes (:class:`Body`).
+do (:class:`Action`) and what happens to request body bytes (:class:`Body`);
+and the port a connection to the origin reports a response to
+(:class:`IResponseReceiver`), whatever protocol carries it.
 
 The events and actions are the same for any protocol: a head, data, an end
 and an abort on each side, and pausing either side's reading.  What is
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum, auto
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twistproxy.flow import Server
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
 
 
 class _Identity(Enum):
@@ -257,3 +263,48 @@ class ResponseHead:
 
 Actions = Sequence[tuple[Action, Any]]
 """What :meth:`Exchange.handle` returns: ``(action, argument)`` pairs."""
+
+
+class IResponseReceiver(TypingProtocol):
+    """
+    What a :class:`ProxyClient` reports an exchange's response to.  Exactly
+    one of :meth:`response_ended` and :meth:`response_failed` is called for
+    every exchange, after any number of the others.
+    """
+
+    def response_started(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        fields: list[tuple[bytes, bytes]],
+        framing: int,
+    ) -> None:
+        """
+        The response's status line and header fields have arrived; its
+        body is delimited as *framing* says
+        (:func:`~twistproxy._framing.response_framing`).
+        """
+
+    def response_data(self, data: bytes) -> None:
+        """A piece of the response body (transfer coding removed) arrived."""
+
+    def read_done(self) -> None:
+        """
+        The read from the origin that carried the response's head has been
+        handled (with whatever of the body came in it).
+        """
+
+    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The chunked body ended with trailer *fields* (the end follows)."""
+
+    def response_interim(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
+    ) -> None:
+        """An interim (1xx) response arrived before the final one."""
+
+    def response_ended(self) -> None:
+        """The response is complete."""
+
+    def response_failed(self, reason: Failure) -> None:
+        """The exchange failed; *reason* holds a TwistProxyError where one fits."""

@@ -23,8 +23,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twistproxy._events import IResponseReceiver
 from twistproxy._request import may_retry
-from twistproxy.client import ConnectionPool, IResponseReceiver, PoolKey, ProxyClient
+from twistproxy.client import ConnectionPool, PoolKey, ProxyClient
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
 from twistproxy.flow import Server
 

@@ -34,6 +34,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twistproxy._events import IResponseReceiver
 from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
 from twistproxy._headers import connection_tokens
 from twistproxy._timer import Deadline
@@ -92,51 +93,6 @@ def hostname_endpoints(reactor: Any, connect_timeout: float) -> EndpointFactory:
         return tcp
 
     return endpoint
-
-
-class IResponseReceiver(TypingProtocol):
-    """
-    What a :class:`ProxyClient` reports an exchange's response to.  Exactly
-    one of :meth:`response_ended` and :meth:`response_failed` is called for
-    every exchange, after any number of the others.
-    """
-
-    def response_started(
-        self,
-        status: int,
-        reason: bytes,
-        version: bytes,
-        fields: list[tuple[bytes, bytes]],
-        framing: int,
-    ) -> None:
-        """
-        The response's status line and header fields have arrived; its
-        body is delimited as *framing* says
-        (:func:`~twistproxy._framing.response_framing`).
-        """
-
-    def response_data(self, data: bytes) -> None:
-        """A piece of the response body (transfer coding removed) arrived."""
-
-    def read_done(self) -> None:
-        """
-        The read from the origin that carried the response's head has been
-        handled (with whatever of the body came in it).
-        """
-
-    def response_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
-        """The chunked body ended with trailer *fields* (the end follows)."""
-
-    def response_interim(
-        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes]]
-    ) -> None:
-        """An interim (1xx) response arrived before the final one."""
-
-    def response_ended(self) -> None:
-        """The response is complete."""
-
-    def response_failed(self, reason: Failure) -> None:
-        """The exchange failed; *reason* holds a TwistProxyError where one fits."""
 
 
 class _Unsolicited(Exception):
