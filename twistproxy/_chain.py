@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from twistproxy._events import Event
 from twistproxy.errors import HookFailed, HookTimeout
 
 # Under the public module's name, where the hooks' failures were always logged.
@@ -343,3 +344,35 @@ def hook_failed(hook: str, description: str, subject: object, reason: Failure) -
         flow_id=flow_id,
     )
     return Failure(HookFailed(hook, description, reason))
+
+
+class HookWaiter:
+    """
+    What a shell that drives an exchange (a request, a SOCKS5 or transparent
+    tunnel's opening) does with a hook chain's Deferred: keep it as the one
+    waited for, hand its end to the exchange as ``HOOK_DONE`` or
+    ``HOOK_FAILED``, and cancel it on ``CANCEL_HOOK``; a chain that ends
+    after it was cancelled, or replaced, reports nothing.
+    """
+
+    _pending: Deferred[Any] | None = None  # the hook chain being waited for
+    _event: Callable[[Event, Any], None]  # the shell's: hand an event to its exchange
+
+    def _wait_for_hook(self, d: Deferred[Any]) -> bool:
+        """Wait for the chain *d*: whether it is still running (``HOOK_PENDING`` is due)."""
+        self._pending = d
+        d.addCallbacks(self._hook_ended, self._hook_ended,
+                       callbackArgs=(d, Event.HOOK_DONE), errbackArgs=(d, Event.HOOK_FAILED))
+        return self._pending is d
+
+    def _hook_ended(self, result: object, d: Deferred[Any], event: Event) -> None:
+        """The chain *d* fired (a Failure for ``HOOK_FAILED``), unless it was cancelled."""
+        if d is self._pending:
+            self._pending = None
+            self._event(event, result)
+
+    def _cancel_hook(self, _: object) -> None:
+        """``CANCEL_HOOK``: cancel the chain waited for, if any."""
+        d, self._pending = self._pending, None
+        if d is not None:
+            d.cancel()

@@ -28,6 +28,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from twistproxy._chain import HookWaiter
 from twistproxy._connect import TunnelEnd, enter_tunnel, open_tunnel
 from twistproxy._events import Action, Event
 from twistproxy._request import new_flow
@@ -58,7 +59,7 @@ class IOpeningListener(TypingProtocol):
         """
 
 
-class TunnelOpening:
+class TunnelOpening(HookWaiter):
     """
     The ``CONNECT`` exchange of a tunnel whose client named its
     destination some other way (see the module's description).
@@ -75,7 +76,6 @@ class TunnelOpening:
     """
 
     _upstream: Any = None  # the TunnelEnd
-    _pending: Deferred[Any] | None = None
     _busy = False
     _over = False
 
@@ -163,21 +163,8 @@ class TunnelOpening:
         if d is None:
             self._queue.insert(0, (Event.HOOK_DONE, None))
             return
-        self._pending = d
-        d.addCallbacks(self._hook_ended, self._hook_ended,
-                       callbackArgs=(d, Event.HOOK_DONE), errbackArgs=(d, Event.HOOK_FAILED))
-        if self._pending is d:
+        if self._wait_for_hook(d):
             self._queue.insert(0, (Event.HOOK_PENDING, None))
-
-    def _hook_ended(self, result: object, d: Deferred[Any], event: Event) -> None:
-        if d is self._pending:
-            self._pending = None
-            self._event(event, result)
-
-    def _cancel_hook(self, _: object) -> None:
-        d, self._pending = self._pending, None
-        if d is not None:
-            d.cancel()
 
     def _pause_client(self, _: object) -> None:
         if not self._over:

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPFactory, Request
 
+from twistproxy._chain import HookWaiter
 from twistproxy._connect import Interception, open_tunnel, switch
 from twistproxy._drain import OpenChannels
 from twistproxy._events import Action, Event, ResponseHead
@@ -96,7 +97,7 @@ _UPSTREAM_FAILED = Event.UPSTREAM_FAILED
 _UPSTREAM_READY = Event.UPSTREAM_READY
 
 
-class ProxyRequest(RequestCompat):
+class ProxyRequest(RequestCompat, HookWaiter):
     """
     One proxied request and its flow.
 
@@ -126,7 +127,6 @@ class ProxyRequest(RequestCompat):
     _exchange: Exchange | None = None
     _handle: Callable[[Event, float, Any], Any]  # the exchange's handle()
     _upstream: Any = None  # the UpstreamExchange, or a CONNECT's TunnelEnd
-    _pending: Deferred[Any] | None = None  # the hook chain being waited for
     _body_transport: Any = None  # the upstream transport the client's produces for
     _gone = False  # the client's connection is gone
     _busy = False  # carrying out actions: events wait in _queue
@@ -283,22 +283,8 @@ class ProxyRequest(RequestCompat):
             for action, value in self._handle(_HOOK_DONE, self._seconds(), None):
                 _PERFORM[action](self, value)
             return
-        self._pending = d
-        d.addCallbacks(self._hook_ended, self._hook_ended,
-                       callbackArgs=(d, _HOOK_DONE), errbackArgs=(d, _HOOK_FAILED))
-        if self._pending is d:
+        if self._wait_for_hook(d):
             self._event(_HOOK_PENDING)
-
-    def _hook_ended(self, result: object, d: Deferred[Any], event: Event) -> None:
-        """The chain *d* fired (a Failure for ``HOOK_FAILED``), unless it was cancelled."""
-        if d is self._pending:
-            self._pending = None
-            self._event(event, result)
-
-    def _cancel_hook(self, _: object) -> None:
-        d, self._pending = self._pending, None
-        if d is not None:
-            d.cancel()
 
     def _pause_client(self, _: object) -> None:
         if not self._gone:
