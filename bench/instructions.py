@@ -27,6 +27,15 @@ request), whatever else the machine is doing, so a difference of 1% is real.
 includes the kernel, but the machine's noise is several per cent.
 
 Only in-memory transports are used: nothing listens, nothing connects.
+
+``--sockets`` counts the whole proxy instead: twistd itself under valgrind,
+listening on 127.0.0.1, proxying to bench/run.py's nginx origin for a client
+that keeps ``--connections`` keep-alive connections busy (one request in
+flight on each), so the reactor's loop, the transports and the system-call
+wrappers are counted too (the kernel's side of the system calls is not:
+``strace -c -f -p PID`` counts those).  twistd is stopped with SIGTERM and
+counted whole, twice as above; a wall-clock timer firing more often in the
+slower run is the only noise, a few hundred instructions per request.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import selectors
+import socket
 import subprocess
 import sys
 import tempfile
@@ -159,10 +170,82 @@ def _count(tree: Path, requests: int, addon: bool, certpage: bool, metrics: bool
         os.unlink(path)
 
 
+def _load(proxy_port: int, origin_port: int, requests: int, connections: int) -> None:
+    """*requests* keep-alive GETs through the proxy, one in flight per connection."""
+    request = (f"GET http://127.0.0.1:{origin_port}/1k.bin HTTP/1.1\r\n"
+               f"Host: 127.0.0.1:{origin_port}\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+               ).encode()
+    selector = selectors.DefaultSelector()
+    pending: dict[socket.socket, bytes] = {}
+    sent = 0
+    for _ in range(min(connections, requests)):
+        conn = socket.create_connection(("127.0.0.1", proxy_port), timeout=120)
+        conn.sendall(request)
+        sent += 1
+        pending[conn] = b""
+        selector.register(conn, selectors.EVENT_READ)
+    done = 0
+    deadline = time.monotonic() + 1800
+    while done < requests:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the load timed out after {done} responses")
+        for key, _ in selector.select(timeout=60):
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            data = conn.recv(65536)
+            if not data:
+                raise SystemExit("the proxy closed a connection")
+            buffered = pending[conn] + data
+            end = buffered.find(b"\r\n\r\n")
+            if end < 0 or len(buffered) < end + 4 + 1024:
+                pending[conn] = buffered
+                continue
+            if not buffered.startswith(b"HTTP/1.1 200 ") or len(buffered) != end + 4 + 1024:
+                raise SystemExit(f"unexpected answer: {buffered[:200]!r}")
+            pending[conn] = b""
+            done += 1
+            if sent < requests:
+                conn.sendall(request)
+                sent += 1
+    for conn in pending:
+        selector.unregister(conn)
+        conn.close()
+
+
+def _count_sockets(tree: Path, requests: int, args: argparse.Namespace) -> int:
+    """Instructions valgrind counts for a twistd from *tree* serving *requests*."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import run as bench
+
+    with tempfile.NamedTemporaryFile(dir=OUT, prefix="cachegrind-", delete=False) as out:
+        path = out.name
+    port, = bench.free_ports(1)
+    proxy = bench.TwistProxy(bench.OUT / "pki" / "origin-ca.pem")
+    argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={path}",
+            *proxy.argv(port, addon=args.addon, workers=None)]
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
+    child = bench.Child(argv, bench.LOGS / "instructions-twistd.log", env=env)
+    try:
+        bench.wait_listening(port, child, timeout=600)
+        _load(port, args.origin_port, requests, args.connections)
+        child.stop(grace=300.0)
+        summary = re.search(r"^summary:\s+(\d+)", Path(path).read_text(), re.MULTILINE)
+        if summary is None:
+            raise SystemExit(f"no summary in {path}: {child.tail()}")
+        return int(summary.group(1))
+    finally:
+        child.stop()
+        os.unlink(path)
+
+
 def per_request(tree: Path, args: argparse.Namespace) -> float:
     """Instructions per request in *tree*: the difference of two runs."""
-    base = _count(tree, args.warm, args.addon, args.certpage, args.metrics)
-    more = _count(tree, args.warm + args.requests, args.addon, args.certpage, args.metrics)
+    if args.sockets:
+        base = _count_sockets(tree, args.warm, args)
+        more = _count_sockets(tree, args.warm + args.requests, args)
+    else:
+        base = _count(tree, args.warm, args.addon, args.certpage, args.metrics)
+        more = _count(tree, args.warm + args.requests, args.addon, args.certpage, args.metrics)
     return (more - base) / args.requests
 
 
@@ -178,6 +261,10 @@ def main() -> int:
                         help="load the metrics addon, as --metrics-port does")
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--warm", type=int, default=200, help="requests of the base run")
+    parser.add_argument("--sockets", action="store_true",
+                        help="count twistd itself on 127.0.0.1 (with --addon or none)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client connections with --sockets, one request in flight each")
     parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive is not None:
@@ -185,8 +272,28 @@ def main() -> int:
         return 0
     if not 1 <= args.requests <= 100_000 or not 1 <= args.warm <= 100_000:
         parser.error("--requests and --warm must be 1-100000")
+    if args.sockets and (args.certpage or args.metrics):
+        parser.error("--sockets runs twistd as bench/run.py does: --addon or no option")
+    if not 1 <= args.connections <= 100:
+        parser.error("--connections must be 1-100")
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    origin = None
+    if args.sockets:
+        sys.path.insert(0, str(REPO / "bench"))
+        import run as bench
+
+        _, cert, key = bench.make_origin_pki(bench.OUT / "pki")
+        args.origin_port, https_port = bench.free_ports(2)
+        origin = bench.start_origin(args.origin_port, https_port, cert, key)
+    try:
+        return _main(args, started)
+    finally:
+        if origin is not None:
+            origin.stop()
+
+
+def _main(args: argparse.Namespace, started: float) -> int:
     figures = {"this checkout": per_request(REPO, args)}
     if args.compare:
         tree = OUT / "compare-tree"
@@ -204,7 +311,9 @@ def main() -> int:
                                            ("the CA page addon", args.certpage),
                                            ("the metrics addon", args.metrics)) if on)
     what = f"with {what}" if what else "no addon"
-    print(f"(a) keep-alive 1 KiB, in memory, {what}: instructions per request")
+    where = (f"twistd on 127.0.0.1, {args.connections} connection(s)" if args.sockets
+             else "in memory")
+    print(f"(a) keep-alive 1 KiB, {where}, {what}: instructions per request")
     for label, figure in figures.items():
         print(f"  {label:>16}: {figure:,.0f}")
     if args.compare:

@@ -6,16 +6,20 @@ twistproxy relies on is still there, and nothing else uses one.
 from __future__ import annotations
 
 import ast
+import contextlib
+import socket
 from pathlib import Path
 
-from twisted.internet.testing import StringTransport
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.reflect import namedAny
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
 import twisted
 from twistproxy import _twisted_compat
-from twistproxy._twisted_compat import PRIVATE_NAMES, take_buffered
+from twistproxy._twisted_compat import PRIVATE_NAMES, send_eagerly, take_buffered
 
 PACKAGE = Path(_twisted_compat.__file__).parent
 
@@ -34,7 +38,12 @@ class PrivateNamesTests(SynchronousTestCase):
         channel = http.HTTPChannel()
         channel.makeConnection(StringTransport())
         decoder = http._ChunkedTransferDecoder(lambda data: None, lambda rest: None)
-        instances = {http.HTTPChannel: channel, http._ChunkedTransferDecoder: decoder}
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        connection = tcp.Connection(ours, None)
+        instances = {http.HTTPChannel: channel, http._ChunkedTransferDecoder: decoder,
+                     tcp.Connection: connection}
         missing = []
         for owner, name in PRIVATE_NAMES:
             target = namedAny(owner)
@@ -81,3 +90,78 @@ class PrivateNamesTests(SynchronousTestCase):
                 elif isinstance(node, ast.FunctionDef) and node.name in names:
                     offenders.append(f"{path.name}:{node.lineno}: def {node.name}")
         self.assertEqual(offenders, [])
+
+
+class SendEagerlyTests(SynchronousTestCase):
+    """
+    :func:`send_eagerly`: a TCP transport sends a write at once when nothing
+    is queued, and otherwise queues it as Twisted does, in order.
+    """
+
+    def setUp(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.theirs.close)
+        self.ours.setblocking(False)
+        self.theirs.setblocking(False)
+        self.reactor = MemoryReactor()
+        self.transport = tcp.Connection(self.ours, Protocol(), self.reactor)
+        self.transport.connected = 1
+        send_eagerly(self.transport)
+
+    def received(self) -> bytes:
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := self.theirs.recv(1 << 20):
+                data += chunk
+        return data
+
+    def test_idle_transport_sends_at_once(self) -> None:
+        """A write and a sequence reach the peer without a reactor turn."""
+        self.transport.write(b"head ")
+        self.transport.writeSequence([b"and ", b"body"])
+        self.assertEqual(self.received(), b"head and body")
+        self.assertNotIn(self.transport, self.reactor.getWriters())
+
+    def test_queued_data_keeps_its_place(self) -> None:
+        """Behind queued bytes a write is queued too: the order holds."""
+        self.transport._tempDataBuffer.append(b"first ")
+        self.transport._tempDataLen += 6
+        self.transport.write(b"second")
+        self.assertEqual(self.received(), b"")
+        self.assertIn(self.transport, self.reactor.getWriters())
+        self.transport.doWrite()
+        self.assertEqual(self.received(), b"first second")
+
+    def test_a_full_socket_queues_the_rest(self) -> None:
+        """What the socket does not take is queued and sent when writable."""
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        data = bytes(range(256)) * 512  # 128 KiB: more than the socket takes at once
+        self.transport.write(data)
+        self.assertIn(self.transport, self.reactor.getWriters())
+        got = self.received()
+        for _ in range(100):
+            if len(got) == len(data):
+                break
+            self.transport.doWrite()
+            got += self.received()
+        self.assertEqual(got, data)
+
+    def test_closing_or_tls_transport_queues(self) -> None:
+        """After loseConnection, or once TLS started, writes go Twisted's way."""
+        tls_layer = StringTransport()  # what Twisted's write hands the bytes to
+        self.transport.protocol = tls_layer
+        self.transport.TLS = True
+        self.transport.write(b"x")
+        self.assertEqual((self.received(), tls_layer.value()), (b"", b"x"))
+        self.transport.TLS = False
+        self.transport.disconnecting = True
+        self.transport.write(b"y")
+        self.assertEqual(self.received(), b"")
+
+    def test_other_transports_are_left_alone(self) -> None:
+        """A transport that is not TCP keeps its own write."""
+        transport = StringTransport()
+        send_eagerly(transport)
+        self.assertNotIn("write", vars(transport))

@@ -32,7 +32,7 @@ from twistproxy._target import Tunnel
 from twistproxy._timer import Deadline, Pace
 from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
-from twistproxy._twisted_compat import ChannelCompat
+from twistproxy._twisted_compat import ChannelCompat, send_eagerly
 from twistproxy.client import PoolKey, host_and_port
 from twistproxy.errors import BadFraming, RequestBodyTimeout, describe, error_response
 from twistproxy.flow import Client
@@ -452,6 +452,11 @@ class Proxy(ChannelCompat):
         factory.channels.add(self)
         if self.tunnel is not None:
             return  # adopted: the outer connection did this
+        # A response is one write: sent at once, without delay.
+        send_eagerly(self.transport)
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            setTcpNoDelay(True)
         self.client_conn = Client(
             peername=host_and_port(self.getPeer()),
             sockname=host_and_port(self.getHost()),

@@ -39,6 +39,7 @@ from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response
 from twistproxy._headers import connection_tokens
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure
+from twistproxy._twisted_compat import send_eagerly
 from twistproxy.errors import (
     UpstreamConnectionLost,
     UpstreamProtocolError,
@@ -382,7 +383,8 @@ class ProxyClient(Protocol):
         father.response_ended()
 
     def connectionMade(self) -> None:
-        """Send small requests without delay."""
+        """Send small requests at once and without delay."""
+        send_eagerly(self.transport)
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
             setTcpNoDelay(True)
