@@ -31,11 +31,14 @@ Only in-memory transports are used: nothing listens, nothing connects.
 ``--sockets`` counts the whole proxy instead: twistd itself under valgrind,
 listening on 127.0.0.1, proxying to bench/run.py's nginx origin for a client
 that keeps ``--connections`` keep-alive connections busy (one request in
-flight on each), so the reactor's loop, the transports and the system-call
-wrappers are counted too (the kernel's side of the system calls is not:
+flight on each; ``--https``: inside intercepted ``CONNECT`` tunnels), so
+the reactor's loop, the transports, TLS and the system-call wrappers are
+counted too (the kernel's side of the system calls is not:
 ``strace -c -f -p PID`` counts those).  twistd is stopped with SIGTERM and
-counted whole, twice as above; a wall-clock timer firing more often in the
-slower run is the only noise, a few hundred instructions per request.
+counted whole, twice as above.  Timers that fire by the clock, and how the
+connections' requests happen to fall into reactor turns, make it repeat
+less exactly than in memory: the same code counted twice gave 512,549 and
+513,316 per request (8 connections, 0.15% apart).  About 2 minutes a revision.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -170,46 +173,60 @@ def _count(tree: Path, requests: int, addon: bool, certpage: bool, metrics: bool
         os.unlink(path)
 
 
-def _load(proxy_port: int, origin_port: int, requests: int, connections: int) -> None:
-    """*requests* keep-alive GETs through the proxy, one in flight per connection."""
-    request = (f"GET http://127.0.0.1:{origin_port}/1k.bin HTTP/1.1\r\n"
-               f"Host: 127.0.0.1:{origin_port}\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
-               ).encode()
-    selector = selectors.DefaultSelector()
-    pending: dict[socket.socket, bytes] = {}
-    sent = 0
-    for _ in range(min(connections, requests)):
-        conn = socket.create_connection(("127.0.0.1", proxy_port), timeout=120)
-        conn.sendall(request)
-        sent += 1
-        pending[conn] = b""
-        selector.register(conn, selectors.EVENT_READ)
-    done = 0
-    deadline = time.monotonic() + 1800
-    while done < requests:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the load timed out after {done} responses")
-        for key, _ in selector.select(timeout=60):
-            conn = key.fileobj
-            assert isinstance(conn, socket.socket)
-            data = conn.recv(65536)
-            if not data:
-                raise SystemExit("the proxy closed a connection")
-            buffered = pending[conn] + data
-            end = buffered.find(b"\r\n\r\n")
-            if end < 0 or len(buffered) < end + 4 + 1024:
-                pending[conn] = buffered
-                continue
-            if not buffered.startswith(b"HTTP/1.1 200 ") or len(buffered) != end + 4 + 1024:
-                raise SystemExit(f"unexpected answer: {buffered[:200]!r}")
-            pending[conn] = b""
-            done += 1
-            if sent < requests:
+def _load(proxy_port: int, args: argparse.Namespace, requests: int, ca_pem: Path) -> None:
+    """
+    *requests* keep-alive GETs of 1 KiB through the proxy over
+    ``args.connections`` connections, one request in flight on each: absolute
+    form, or with ``--https`` origin form inside an intercepted ``CONNECT``.
+    """
+    target = f"127.0.0.1:{args.https_port if args.https else args.origin_port}"
+    path = "/1k.bin" if args.https else f"http://{target}/1k.bin"
+    request = (f"GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: wrk\r\n"
+               "Accept: */*\r\n\r\n").encode()
+    conns: list[socket.socket] = []
+    try:
+        for _ in range(min(args.connections, requests)):
+            conn = socket.create_connection(("127.0.0.1", proxy_port), timeout=120)
+            conns.append(conn)
+            if args.https:
+                conn.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                if not _read_head(conn).startswith(b"HTTP/1.1 200"):
+                    raise SystemExit("the proxy refused the CONNECT")
+                context = ssl.create_default_context(cafile=str(ca_pem))
+                conns[-1] = context.wrap_socket(conn, server_hostname="127.0.0.1")
+        done = 0
+        deadline = time.monotonic() + 1800
+        while done < requests:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the load timed out after {done} responses")
+            batch = conns[:requests - done]
+            for conn in batch:
                 conn.sendall(request)
-                sent += 1
-    for conn in pending:
-        selector.unregister(conn)
-        conn.close()
+            for conn in batch:
+                head = _read_head(conn)
+                body = b""
+                while len(body) < 1024:
+                    data = conn.recv(1024 - len(body))
+                    if not data:
+                        raise SystemExit("the proxy closed a connection")
+                    body += data
+                if not head.startswith(b"HTTP/1.1 200 "):
+                    raise SystemExit(f"unexpected answer: {head[:200]!r}")
+            done += len(batch)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    """A response head, read a byte at a time (the body is left unread)."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        data = conn.recv(1)
+        if not data:
+            raise SystemExit(f"the proxy closed the connection after {head[:200]!r}")
+        head += data
+    return head
 
 
 def _count_sockets(tree: Path, requests: int, args: argparse.Namespace) -> int:
@@ -227,7 +244,7 @@ def _count_sockets(tree: Path, requests: int, args: argparse.Namespace) -> int:
     child = bench.Child(argv, bench.LOGS / "instructions-twistd.log", env=env)
     try:
         bench.wait_listening(port, child, timeout=600)
-        _load(port, args.origin_port, requests, args.connections)
+        _load(port, args, requests, proxy.ca_pem())
         child.stop(grace=300.0)
         summary = re.search(r"^summary:\s+(\d+)", Path(path).read_text(), re.MULTILINE)
         if summary is None:
@@ -263,6 +280,8 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=200, help="requests of the base run")
     parser.add_argument("--sockets", action="store_true",
                         help="count twistd itself on 127.0.0.1 (with --addon or none)")
+    parser.add_argument("--https", action="store_true",
+                        help="with --sockets: scenario (e), HTTPS intercepted through CONNECT")
     parser.add_argument("--connections", type=int, default=1,
                         help="client connections with --sockets, one request in flight each")
     parser.add_argument("--drive", type=int, default=None, help=argparse.SUPPRESS)
@@ -272,6 +291,8 @@ def main() -> int:
         return 0
     if not 1 <= args.requests <= 100_000 or not 1 <= args.warm <= 100_000:
         parser.error("--requests and --warm must be 1-100000")
+    if args.https and not args.sockets:
+        parser.error("--https needs --sockets")
     if args.sockets and (args.certpage or args.metrics):
         parser.error("--sockets runs twistd as bench/run.py does: --addon or no option")
     if not 1 <= args.connections <= 100:
@@ -284,8 +305,8 @@ def main() -> int:
         import run as bench
 
         _, cert, key = bench.make_origin_pki(bench.OUT / "pki")
-        args.origin_port, https_port = bench.free_ports(2)
-        origin = bench.start_origin(args.origin_port, https_port, cert, key)
+        args.origin_port, args.https_port = bench.free_ports(2)
+        origin = bench.start_origin(args.origin_port, args.https_port, cert, key)
     try:
         return _main(args, started)
     finally:
@@ -313,7 +334,8 @@ def _main(args: argparse.Namespace, started: float) -> int:
     what = f"with {what}" if what else "no addon"
     where = (f"twistd on 127.0.0.1, {args.connections} connection(s)" if args.sockets
              else "in memory")
-    print(f"(a) keep-alive 1 KiB, {where}, {what}: instructions per request")
+    scenario = "(e) HTTPS intercepted" if args.https else "(a)"
+    print(f"{scenario} keep-alive 1 KiB, {where}, {what}: instructions per request")
     for label, figure in figures.items():
         print(f"  {label:>16}: {figure:,.0f}")
     if args.compare:
