@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IHandshakeListener, IProtocol, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
@@ -503,7 +503,10 @@ class Interception:
         creator = InterceptingServerTLS(self.contexts, name)
         tls_factory = TLSMemoryBIOFactory(
             creator, False, cast(IProtocolFactory, self), clock=self.reactor)
-        return tls_factory.protocol(tls_factory, inner)
+        # Not the factory's BufferingTLSTransport, which holds every write
+        # for the reactor's next turn (a callLater(0)) to join small ones:
+        # a channel writes a response's head and body at once already.
+        return TLSMemoryBIOProtocol(tls_factory, inner)
 
     def tunnel_channel(
         self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None
