@@ -140,6 +140,17 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(value(r, "twistproxy_certificate_cache_hits_total"), 5)
         self.assertEqual(value(r, "twistproxy_certificates_cached"), 2)
 
+    def test_counted_with_labels(self) -> None:
+        """A sampled count may carry labels (a worker's number)."""
+        accepted = [4]
+        self.metrics.count("worker_connections", "Accepted.", lambda: accepted[0],
+                           labels={"worker": "1"})
+        self.metrics.sample()
+        accepted[0] = 9
+        self.metrics.sample()
+        self.assertEqual(
+            value(self.registry, "twistproxy_worker_connections_total", worker="1"), 9)
+
 
 class HookTimeTests(SynchronousTestCase):
     """``twistproxy_hook_seconds``: how long each hook chain took."""

@@ -203,13 +203,15 @@ class SupervisorTests(SynchronousTestCase):
 
     def test_spawns_workers_with_a_pipe_each(self) -> None:
         """
-        Each worker gets the concrete port, the worker flag, a JSON logger,
-        and pipes for all three standard descriptors.
+        Each worker gets the concrete port, the worker flag and its number,
+        a JSON logger, and pipes for all three standard descriptors.
         """
         self.assertEqual(len(self.reactor.spawned), 2)
         _, args, fds = self.reactor.spawned[0]
         port = self.supervisor.address[1]  # type: ignore[index]
-        self.assertEqual(args[-3:], ["--port", f"tcp:{port}:interface=127.0.0.1", "--worker"])
+        self.assertEqual(args[-5:], ["--port", f"tcp:{port}:interface=127.0.0.1", "--worker",
+                                     "--worker-number", "0"])
+        self.assertEqual(self.reactor.spawned[1][1][-2:], ["--worker-number", "1"])
         self.assertIn("twistproxy.workers.worker_log_observer", args)
         self.assertEqual(fds, {0: "w", 1: "r", 2: "r"})
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,13 +180,17 @@ class Metrics(Addon):
 
     # -- what no hook sees: sampled -----------------------------------------
 
-    def count(self, name: str, doc: str, read: Callable[[], int]) -> None:
+    def count(self, name: str, doc: str, read: Callable[[], int],
+              labels: Mapping[str, str] | None = None) -> None:
         """
         Count what *read* returns (an ever-growing count the proxy keeps)
-        as the counter ``twistproxy_NAME_total``, brought up to date by
-        :meth:`sample`.
+        as the counter ``twistproxy_NAME_total``, with *labels* if given,
+        brought up to date by :meth:`sample`.
         """
-        self._sampled.append((self._counter(name, doc), read, [0]))
+        counter = self._counter(name, doc, labels or ())
+        if labels:
+            counter = counter.labels(**labels)
+        self._sampled.append((counter, read, [0]))
 
     def level(self, name: str, doc: str, read: Callable[[], int]) -> None:
         """Report what *read* returns as the gauge ``twistproxy_NAME``, set by :meth:`sample`."""

@@ -323,6 +323,7 @@ class Options(RewriteOptions):
             seconds("--drain-delay", zero=True),
         ],
         ["metrics-dir", None, None, "(internal) --workers' shared metrics directory."],
+        ["worker-number", None, 0, "(internal) Which of --workers' processes this is.", whole],
     ]
     optFlags = [
         ["quiet", "q", "Do not log a line for every flow."],

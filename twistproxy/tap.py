@@ -11,18 +11,16 @@ for twistd's ``ServiceMaker``, which looks for them in this module).
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from twistproxy._drain import LAST_WORD
 from twistproxy._health import Health, RunningService, status_site
@@ -34,21 +32,22 @@ from twistproxy.addons.script import AddonFileWatcher
 from twistproxy.certs import CA_CERT_PEM, CA_FILE, CertificateAuthority, CertificateStore
 from twistproxy.errors import CertificateAuthorityError
 from twistproxy.limits import with_backlog
-from twistproxy.metrics import Metrics, collect_directory, forget_dead, use_directory
+from twistproxy.metrics import Metrics, use_directory
 from twistproxy.options import Options
 from twistproxy.proxy import ProxyFactory
 from twistproxy.proxyprotocol import ProxyHeaderEndpoint, ProxyHeaderFactory, split_prefix
 from twistproxy.replay import ClientReplay, ClientReplayService, ServerReplay
 from twistproxy.service import ProxyService
+from twistproxy.supervisor_tap import MainService, supervisor_service
+from twistproxy.supervisor_tap import Options as SupervisorOptions
 from twistproxy.web.service import WebUI
 from twistproxy.workers import (
     INTERFACE_POSITION,
-    Supervisor,
     SupervisorWatch,
     WorkerPortService,
     endpoint_argument,
+    exec_supervisor,
     split_endpoint,
-    stop_and_fail,
     worker_arguments,
 )
 
@@ -58,8 +57,23 @@ _log = Logger(namespace="twistproxy")
 def makeService(options: Options) -> IService:
     """
     ``IServiceMaker.makeService``: the only place that touches the global
-    reactor.
+    reactor.  With ``--workers`` above 1, once the options are checked and
+    the CA is made, twistd's process becomes the supervisor
+    (:func:`~twistproxy.workers.exec_supervisor`): a process that has not
+    loaded the proxy.
     """
+    if _supervising(options):
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            arguments = supervisor_arguments(options)
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        exec_supervisor(options.raw_args, arguments, events)  # returns only outside twistd
+        from twisted.internet import reactor
+
+        return supervisor_service(_supervisor_options(arguments), reactor)
     from twisted.internet import reactor
 
     return make_service(options, reactor)
@@ -70,8 +84,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     Build the proxy service for parsed *options* on *reactor*: the proxy,
     or with ``--workers`` above 1 the supervisor of that many proxies.
     """
-    if options["workers"] > 1 and not options["worker"]:
-        return _supervisor(options, reactor)
+    if _supervising(options):
+        return supervisor_service(_supervisor_options(supervisor_arguments(options)), reactor)
     store = None if options["no-intercept"] else _certificate_store(options)
     # Access control first, so nothing else runs for a refused request; the
     # CA page is behind the authentication but not subject to the host policy
@@ -151,7 +165,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         )
         for mode, _ in options["listeners"]
     ]
-    top = _Main(", ".join(endpoint for _, endpoint in options["listeners"]))
+    top = MainService(", ".join(endpoint for _, endpoint in options["listeners"]))
     if options["addon-files"]:
         AddonFileWatcher(reactor, manager, options["addon-files"]).setServiceParent(top)
     listening: list[Callable[[], Deferred[Any]]] = []
@@ -178,9 +192,14 @@ def make_service(options: Options, reactor: Any) -> MultiService:
                 made.append(ProxyHeaderFactory(factory, clock=reactor))
                 return made[-1]
 
-        WorkerPortService(reactor, listen, factories[0], shutdown_timeout=timeout,
-                          wrap=wrap).setServiceParent(serving)
+        port = WorkerPortService(reactor, listen, factories[0], shutdown_timeout=timeout,
+                                 wrap=wrap)
+        port.setServiceParent(serving)
         SupervisorWatch(reactor).setServiceParent(top)
+        if metrics is not None:
+            # Which worker took how many: the supervisor's /metrics shows the split.
+            metrics.count("worker_connections", "Client connections each worker accepted.",
+                          lambda: port.accepted, labels={"worker": str(options["worker-number"])})
     else:
         for factory, (_, endpoint) in zip(factories, options["listeners"], strict=True):
             service = ProxyService(endpoint, factory, backlog=options["backlog"],
@@ -235,10 +254,19 @@ def loopback_only(description: str) -> bool:
     return address.is_loopback
 
 
-def _supervisor(options: Options, reactor: Any) -> MultiService:
+def _supervising(options: Options) -> bool:
+    """Whether *options* make the supervisor of ``--workers`` proxies."""
+    return bool(options["workers"] > 1 and not options["worker"])
+
+
+def supervisor_arguments(options: Options) -> list[str]:
     """
-    The supervisor of ``--workers`` proxies: the CA is made (or checked)
-    here once, and the workers are handed it with ``--ca``.
+    The ``twistd twistproxy-supervisor`` options
+    (:class:`twistproxy.supervisor_tap.Options`) of the supervisor of
+    ``--workers`` proxies run with the checked *options*.  The CA is made
+    (or checked) here, once, and the workers are handed it with ``--ca``.
+
+    :raises SystemExit: with one line, when the CA cannot be loaded or made.
     """
     worker_args = worker_arguments(options.raw_args)
     endpoint, proxied = split_prefix(options["endpoint"])
@@ -248,25 +276,23 @@ def _supervisor(options: Options, reactor: Any) -> MultiService:
         _certificate_store(options)
         ca = options["ca"] or str(Path(options["ca-dir"]).expanduser() / CA_FILE)
         worker_args += ["--ca", ca]
-    registry = None
+    arguments = [
+        "--workers", str(options["workers"]), "--endpoint", endpoint,
+        "--restart-limit", str(options["restart-limit"]),
+        # The workers drain first: their deadline, the drain's last words
+        # (twice LAST_WORD), and a margin for starting to.
+        "--kill-after", repr(options["shutdown-timeout"] + 2 * LAST_WORD + 3.0),
+        "--drain-delay", repr(options["drain-delay"]),
+    ]
     if options["metrics-endpoint"] is not None:
-        # The workers record into this directory; the supervisor serves the sum.
-        options["metrics-dir"] = tempfile.mkdtemp(prefix="twistproxy-metrics-")
-        worker_args += ["--metrics-dir", options["metrics-dir"]]
-        registry = collect_directory(options["metrics-dir"])
-    top = _Main(endpoint)
-    # Ready once the supervisor runs (it restarts a worker that fails).
-    outer = _running(options, reactor, [], registry, None)
-    parent: MultiService = top if outer is None else outer
-    if outer is not None:
-        outer.setServiceParent(top)
-    Supervisor(reactor, count=options["workers"], endpoint=endpoint,
-               worker_args=worker_args, give_up_after=options["restart-limit"],
-               # The workers drain first: their deadline, the drain's last
-               # words (twice LAST_WORD), and a margin for starting to.
-               kill_after=options["shutdown-timeout"] + 2 * LAST_WORD + 3.0,
-               give_up=stop_and_fail(reactor)).setServiceParent(parent)
-    return top
+        arguments += ["--metrics-endpoint", options["metrics-endpoint"]]
+    return [*arguments, "--", *worker_args]
+
+
+def _supervisor_options(arguments: list[str]) -> SupervisorOptions:
+    parsed = SupervisorOptions()
+    parsed.parseOptions(arguments)
+    return parsed
 
 
 def _metrics(options: Options) -> tuple[Metrics | None, Any]:
@@ -301,22 +327,16 @@ def _running(
     and samples *metrics* once a second; ``None`` when there is none of it.
     """
     endpoint = options["metrics-endpoint"]
-    directory = options["metrics-dir"]
     if endpoint is None and not options["drain-delay"] and metrics is None:
         return None
     health = Health()
     site = None
     if endpoint is not None:
-        if directory is not None:  # the supervisor: the workers' files
-            site = status_site(health, registry, lambda: forget_dead(directory))
-        else:
-            site = status_site(health, registry, metrics.sample if metrics else lambda: None)
-    supervising = directory is not None and not options["worker"]
+        site = status_site(health, registry, metrics.sample if metrics else lambda: None)
     running = RunningService(
         reactor, health, listening=listening, drain_delay=options["drain-delay"], site=site,
         endpoint=None if endpoint is None else serverFromString(reactor, endpoint),
-        on_stop=(lambda: shutil.rmtree(directory, ignore_errors=True)) if supervising
-        else metrics.sample if metrics is not None else lambda: None,
+        on_stop=metrics.sample if metrics is not None else lambda: None,
     )
     if metrics is not None:
         sampling = TimerService(1.0, metrics.sample)
@@ -376,21 +396,3 @@ def _certificate_store(options: Options) -> CertificateStore:
         reason = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else e
         raise SystemExit(f"twistproxy: {option}: {reason}") from e
     return CertificateStore(authority, now=_now)
-
-
-class _Main(MultiService):
-    """
-    The service twistd runs: a failure to listen ends twistd with one line
-    and a non-zero exit status, not a traceback.
-    """
-
-    def __init__(self, endpoint: str) -> None:
-        super().__init__()
-        self._endpoint = endpoint
-
-    def startService(self) -> None:
-        """Start the proxy; turn a failure to listen into ``SystemExit``."""
-        try:
-            super().startService()
-        except Exception as e:
-            raise SystemExit(f"twistproxy: cannot listen on {self._endpoint}: {e}") from e

@@ -56,7 +56,6 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from twistproxy._target import join_host_port
-from twistproxy.service import drain
 
 _log = Logger(namespace="twistproxy.workers")
 
@@ -208,6 +207,47 @@ def worker_arguments(args: list[str]) -> list[str]:
     return out
 
 
+EVENTS_VARIABLE = "TWISTPROXY_SUPERVISOR_EVENTS"
+"""
+The environment variable that carries, as JSON lines, what ``twistd
+twistproxy`` logged before it became the supervisor (:func:`exec_supervisor`;
+the CA it created): twistd starts logging after that, so the supervisor
+logs them again.
+"""
+
+_TWISTD = ("-c", "import sys; from twisted.scripts.twistd import run; run()")
+"""How a worker (or the supervisor, see :func:`exec_supervisor`) runs twistd."""
+
+
+def exec_supervisor(raw_args: Sequence[str], arguments: Sequence[str],
+                    events: Sequence[dict[str, Any]] = ()) -> None:
+    """
+    Become ``twistd twistproxy-supervisor`` *arguments*
+    (:mod:`twistproxy.supervisor_tap`) in place of this process, which is
+    twistd running ``twistproxy`` *raw_args*: the same process id (twistd
+    writes its pid file and goes to the background only after this), the
+    same twistd options (``-l``, ``--pidfile``, ``-n``...), none of the
+    modules loaded so far.  *events*, logged before twistd's logging
+    starts, are handed over to be logged there.
+
+    Returns only when this process is not such a twistd (another runner,
+    or options not from its command line): the caller then supervises in
+    this process.
+    """
+    argv = sys.argv
+    at = len(argv) - len(raw_args) - 1
+    if ("twisted.scripts.twistd" not in sys.modules or at < 1 or argv[at] != "twistproxy"
+            or argv[at + 1:] != list(raw_args)):
+        return
+    env = os.environ.copy()
+    if events:
+        env[EVENTS_VARIABLE] = "".join(eventAsJSON(event) + "\n" for event in events)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execve(sys.executable, [sys.executable, *_TWISTD, *argv[1:at],
+                               "twistproxy-supervisor", *arguments], env)
+
+
 _MAX_LINE = 1024 * 1024
 """Bytes of a worker's output kept waiting for the end of a line."""
 
@@ -343,10 +383,10 @@ class Supervisor(Service):
             return
         worker = _Worker(self, number, self._reactor.seconds())
         args = [
-            sys.executable, "-c",
-            "import sys; from twisted.scripts.twistd import run; run()",
+            sys.executable, *_TWISTD,
             "-n", "--pidfile=", "--logger", f"{__name__}.worker_log_observer",
             "twistproxy", *self._worker_args, "--port", self._concrete, "--worker",
+            "--worker-number", str(number),
         ]
         # The worker's standard input is a pipe only this process writes
         # to: its end tells the worker that the supervisor is gone.
@@ -545,6 +585,7 @@ class WorkerPortService(Service):
     """
 
     port: Any = None
+    _listened: Any = None
 
     def __init__(
         self, reactor: Any, endpoint: str, factory: Any, *, shutdown_timeout: float = 10.0,
@@ -556,6 +597,15 @@ class WorkerPortService(Service):
         self._shutdown_timeout = shutdown_timeout
         self._wrap = wrap
 
+    @property
+    def accepted(self) -> int:
+        """
+        The connections this worker accepted so far (its share of the
+        port's), stopped or not: the reactor's port numbers the connections
+        it accepts (``sessionno``), so counting costs nothing per connection.
+        """
+        return int(getattr(self._listened, "sessionno", 0))
+
     def startService(self) -> None:
         """Bind, listen and start accepting."""
         super().startService()
@@ -563,12 +613,22 @@ class WorkerPortService(Service):
             # The reactor keeps a duplicate of the descriptor; ours closes.
             factory = self._factory if self._wrap is None else self._wrap(self._factory)
             self.port = self._reactor.adoptStreamPort(listening.fileno(), listening.family, factory)
+        self._listened = self.port
         self._factory.doStart()  # held until drained: see drain()
         _log.info("worker {pid} accepting", pid=os.getpid())
 
     def stopService(self) -> Any:
-        """Stop accepting, then drain the connections (:func:`~twistproxy.service.drain`)."""
+        """
+        Stop accepting, say how many connections this worker accepted, then
+        drain the connections (:func:`~twistproxy.service.drain`).
+        """
+        # Imported here: the supervisor imports this module, not the proxy.
+        from twistproxy.service import drain
+
         super().stopService()
         port, self.port = self.port, None
         stopped = maybeDeferred(port.stopListening) if port is not None else None
+        if port is not None:
+            _log.info("worker {pid} stopped accepting; it accepted {accepted} connections",
+                      pid=os.getpid(), accepted=self.accepted)
         return drain(self._factory, self._shutdown_timeout, stopped, held=port is not None)

@@ -145,3 +145,134 @@ async def _answered(port: int, origin_port: int) -> None:
                             "Connection: close\r\n\r\n").encode(), timeout=10)
     [parsed] = parse_responses(data)
     assert parsed.status == 200
+
+
+def _rss_kib(pid: int) -> int:
+    """The resident set size of process *pid*, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _mapped(pid: int) -> str:
+    """The files process *pid* has mapped (its shared libraries among them)."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is *pid*."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(c) for c in (task / "children").read_text().split())
+    return children
+
+
+def _alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie no one reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemon_supervisor_is_small(tmp_path: Path) -> None:
+    """
+    ``twistd --pidfile P -l LOG twistproxy --workers 2``, in the background:
+    the pid file names the supervisor, which has loaded neither the proxy
+    (no ``httptools``) nor TLS (no ``cryptography``) and is much smaller
+    than its workers; the log holds the CA it created and both workers'
+    lines; ``SIGTERM`` to the pid in the pid file stops everything and
+    removes the pid file.
+    """
+    port = free_port()
+    pidfile, log = tmp_path / "twistd.pid", tmp_path / "proxy.log"
+    starter = spawn([*twistd_command(), f"--pidfile={pidfile}", "-l", str(log), "twistproxy",
+                     "--port", str(port), "--workers", "2", "--ca-dir", str(tmp_path / "ca")],
+                    tmp_path)
+    supervisor = workers = None
+    try:
+        assert await starter.wait(30) == 0, starter.output  # twistd went to the background
+        supervisor = int(pidfile.read_text())
+        text = ""
+        for _ in range(300):  # bounded: 30 s, until both workers accept
+            text = log.read_text() if log.exists() else ""
+            if len(ACCEPTING.findall(text)) == 2:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        assert len(ACCEPTING.findall(text)) == 2, text
+        assert "created a CA for intercepting HTTPS" in text, text
+        workers = _children(supervisor)
+        assert len(workers) == 2, workers
+        maps = _mapped(supervisor)
+        assert "httptools" not in maps and "cryptography" not in maps, maps
+        assert all("httptools" in _mapped(pid) for pid in workers)
+        smallest = min(_rss_kib(pid) for pid in workers)
+        assert _rss_kib(supervisor) < 0.75 * smallest, (_rss_kib(supervisor), smallest)
+        os.kill(supervisor, signal.SIGTERM)
+        for _ in range(150):  # bounded: 15 s
+            if not _alive(supervisor) and not any(_alive(pid) for pid in workers):
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        assert not _alive(supervisor) and not any(_alive(pid) for pid in workers)
+        assert not pidfile.exists()
+    finally:
+        for pid in [supervisor, *(workers or ())]:
+            if pid is not None and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        await starter.stop()
+
+
+async def _scrape(port: int) -> dict[str, int]:
+    """``twistproxy_worker_connections_total`` of each worker, from ``/metrics``."""
+    data = await raw(port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Connection: close\r\n\r\n", timeout=10)
+    [page] = parse_responses(data)
+    assert page.status == 200
+    return {worker: int(float(value)) for worker, value in re.findall(
+        r'^twistproxy_worker_connections_total\{worker="(\d+)"\} (\S+)$',
+        page.body.decode(), re.MULTILINE)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_spread_over_the_workers(tmp_path: Path) -> None:
+    """
+    200 connections to ``--workers 2``: the supervisor's ``/metrics`` counts
+    each worker's connections, and each took at least a quarter; each
+    worker says how many it accepted when it stops.
+    """
+    origin = reactor.listenTCP(0, OriginFactory(), interface="127.0.0.1")
+    origin_port = origin.getHost().port
+    metrics = free_port()
+    child, port = await start_twistd(tmp_path, "--workers", "2", "--quiet", "--no-intercept",
+                                     "--metrics-port", str(metrics))
+    try:
+        for _ in range(150):  # both workers accepting (bounded: 15 s)
+            if len(re.findall(r"worker \d+ accepting", child.output)) == 2:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        for _ in range(4):
+            answers = await DeferredList([
+                raw(port, (f"GET http://127.0.0.1:{origin_port}/echo HTTP/1.1\r\n"
+                           "Connection: close\r\n\r\n").encode(), timeout=10)
+                for _ in range(50)
+            ], consumeErrors=True)
+            assert all(ok for ok, _ in answers), answers
+        # And the one connection start_twistd made to see the port accept.
+        expected = 201
+        split: dict[str, int] = {}
+        for _ in range(50):  # the workers push their counts once a second (bounded: 10 s)
+            split = await _scrape(metrics)
+            if sum(split.values()) == expected:
+                break
+            await deferLater(reactor, 0.2, lambda: None)
+        assert sorted(split) == ["0", "1"] and sum(split.values()) == expected, split
+        assert min(split.values()) >= 50, split
+    finally:
+        await child.stop()
+        await origin.stopListening()
+    said = [int(n) for n in re.findall(r"it accepted (\d+) connections", child.output)]
+    assert sorted(said) == sorted(split.values()), child.output
