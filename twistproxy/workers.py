@@ -243,7 +243,8 @@ def exec_supervisor(raw_args: Sequence[str], arguments: Sequence[str],
     if events:
         env[EVENTS_VARIABLE] = "".join(eventAsJSON(event) + "\n" for event in events)
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        if stream is not None:
+            stream.flush()  # what is buffered would be lost with this image
     os.execve(sys.executable, [sys.executable, *_TWISTD, *argv[1:at],
                                "twistproxy-supervisor", *arguments], env)
 
