@@ -1,6 +1,7 @@
 """
-The web UI's guard (token, Host, Origin) and its twistd options, as unit
-tests; the API through real sockets is tests/e2e/test_web_api_e2e.py.
+The web UI's guard (token, Host, Origin), its twistd options, its body
+highlighting and its actions on flows, as unit tests; the API through real
+sockets is tests/e2e/test_web_api_e2e.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy.options import Options
 from twistproxy.web._guard import Guard
+from twistproxy.web._highlight import CLASSES, Highlight, body_text, language_of
 
 
 class GuardTests(SynchronousTestCase):
@@ -54,3 +56,61 @@ class OptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--web"])
         self.assertEqual((options["web-host"], options["web-port"]), ("127.0.0.1", 8081))
+
+
+class HighlightTests(SynchronousTestCase):
+    def test_language_of(self) -> None:
+        """HTML, XML (and +xml but images), CSS and JavaScript are highlighted; not JSON."""
+        for content_type, language in (
+            ("text/html; charset=utf-8", "html"), ("TEXT/HTML", "html"),
+            ("application/xhtml+xml", "html"), ("application/xml", "xml"),
+            ("application/atom+xml", "xml"), ("text/css", "css"),
+            ("application/javascript", "javascript"), ("text/javascript", "javascript"),
+            ("image/svg+xml", None), ("application/json", None), ("text/plain", None),
+            (None, None), ("", None),
+        ):
+            self.assertEqual(language_of(content_type), language, content_type)
+
+    def test_tokens_are_the_text(self) -> None:
+        """
+        The tokens' texts joined are the text, exactly (newlines, CRs and
+        markup as they were), each with a known class; adjacent ones of one
+        class are merged.
+        """
+        text = ('<!-- c -->\r\n<a href="/x?a=1&amp;b">t &lt; u</a>\n'
+                '<script>if (a < 2) { f("s"); }</script><style>p { color: red }</style>\n')
+        tokens = Highlight(text, "html").run().tokens
+        self.assertEqual("".join(t for _, t in tokens), text)
+        self.assertTrue({name for name, _ in tokens} <= CLASSES)
+        self.assertIn(["c", "<!-- c -->"], tokens)
+        self.assertIn(["t", "script"], tokens)
+        self.assertIn(["s", '"/x?a=1&amp;b"'], tokens)
+        for before, after in zip(tokens, tokens[1:], strict=False):
+            self.assertNotEqual(before[0], after[0])
+        for language, source in (("css", "a > b:hover { margin: 0 1px; } /* c */"),
+                                 ("javascript", "const a = `t${1}`; // c\nreturn a;"),
+                                 ("xml", "<?xml version='1.0'?><a x=\"1\"><![CDATA[<b>]]></a>")):
+            tokens = Highlight(source, language).run().tokens
+            self.assertEqual("".join(t for _, t in tokens), source, language)
+            self.assertGreater(len(tokens), 3, language)
+
+    def test_bounded(self) -> None:
+        """
+        Past max_tokens the rest of the text is one plain token (the text
+        still whole); the steps come every *step* tokens.
+        """
+        text = "var a = 1;\n" * 100
+        highlight = Highlight(text, "javascript", max_tokens=40, step=10)
+        steps = list(highlight.steps())
+        self.assertEqual(len(steps), 4)
+        self.assertFalse(highlight.complete)
+        self.assertEqual("".join(t for _, t in highlight.tokens), text)
+        self.assertEqual(highlight.tokens[-1][0], "")
+        self.assertGreater(len(highlight.tokens[-1][1]), len(text) // 2)
+        whole = Highlight(text, "javascript").run()
+        self.assertTrue(whole.complete)
+
+    def test_body_text(self) -> None:
+        """A body is read in its charset (UTF-8 by default), bad bytes replaced."""
+        self.assertEqual(body_text(b"caf\xe9", "text/html; charset=latin-1"), "caf\xe9")
+        self.assertEqual(body_text(b"caf\xc3\xa9 \xff", "text/html"), "caf\xe9 \ufffd")

@@ -275,3 +275,33 @@ async def test_intercept_edit_resume_and_kill(setup: Setup) -> None:
     with pytest.raises((http.client.HTTPException, OSError)):
         await killed
     assert not any(r.target == b"/echo?held=2" for r in setup.factory.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_highlight(setup: Setup) -> None:
+    """
+    An HTML body is answered as highlighted tokens whose texts joined are
+    the body (markup in it stays text); JSON and bodies over the limit are
+    not highlighted (the reason says why); no recorded body is a 404.
+    """
+    page = b'<p class="x">caf\xc3\xa9 &amp; <script>alert("hi")</script></p>'
+    await deferToThread(setup.through_proxy, "PUT", "/echo?html",
+                        {"Content-Type": "text/html; charset=utf-8"}, page)
+    await deferToThread(setup.through_proxy, "PUT", "/echo?big",
+                        {"Content-Type": "text/css"}, b"a{}" * (90 * 1024))
+    _, _, body = await call(setup, "GET", "/api/flows")
+    html, big = json.loads(body)["flows"]
+    status, _, body = await call(setup, "GET", f"/api/flows/{html['id']}/request/highlight")
+    answer = json.loads(body)
+    assert status == 200 and (answer["language"], answer["complete"]) == ("html", True)
+    assert "".join(text for _, text in answer["tokens"]) == page.decode()
+    assert ["t", "script"] in answer["tokens"] and ["s", '"x"'] in answer["tokens"]
+    status, _, body = await call(setup, "GET", f"/api/flows/{html['id']}/response/highlight")
+    answer = json.loads(body)
+    assert status == 200 and answer["language"] is None
+    assert answer["reason"].startswith("application/json")
+    status, _, body = await call(setup, "GET", f"/api/flows/{big['id']}/request/highlight")
+    assert json.loads(body) == {"language": None,
+                                "reason": "larger than 256 KiB: shown as plain text"}
+    status, _, body = await call(setup, "GET", "/api/flows/nope/request/highlight")
+    assert status == 404, body

@@ -11,6 +11,7 @@ The API (every call needs the token: the cookie the page's URL sets, or an
                   &sort=KEY&order=asc|desc        sorted by a summary field
     GET    /api/flows/ID                          one flow (the flow view)
     GET    /api/flows/ID/request/content          a body, decoded (?download=1)
+    GET    /api/flows/ID/request/highlight        {"language", "tokens": [[class, text]]}
     GET    /api/flows/ID/export/curl              {"command": ...} (httpie too; raw: a file)
     PUT    /api/flows/ID                          {marked, comment, request: {...}}
     DELETE /api/flows/ID
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +44,8 @@ from twistproxy.flowfile import dump_flows
 from twistproxy.har import to_har
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow
+from twistproxy.web._actions import Actions
+from twistproxy.web._actions import ApiError as _HTTPError
 from twistproxy.web._detail import flow_detail
 from twistproxy.web._guard import TOKEN_HEADER, Guard
 from twistproxy.web.addon import WebIntercept, WebRecorder, Written
@@ -66,13 +70,6 @@ _SECURITY_HEADERS = [
     (b"Referrer-Policy", b"no-referrer"),
     (b"X-Frame-Options", b"DENY"),
 ]
-
-
-class _HTTPError(Exception):
-    def __init__(self, code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.body = {"error": message, **extra}
 
 
 def _send_json(request: Request, value: Any, code: int = 200) -> bytes:
@@ -214,6 +211,7 @@ class _Api(Resource):
         # A new filter view is built a chunk of flows at a time, the reactor
         # serving others in between (10 ms of work per turn).
         self._cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
+        self._actions = Actions(recorder, self._cooperator)
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -253,6 +251,8 @@ class _Api(Resource):
                 return _send_json(request, flow_detail(flow, self._store.seq_of(flow_id)))
             case "GET", ["flows", flow_id, side, "content"] if side in SIDES:
                 return self._content(request, self._flow(flow_id), side)
+            case "GET", ["flows", flow_id, side, "highlight"] if side in SIDES:
+                return _later(request, self._actions.highlight(self._flow(flow_id), side))
             case "GET", ["flows", flow_id, "export", name] if name in FORMATS:
                 return self._export(request, self._flow(flow_id), name)
             case "PUT", ["flows", flow_id]:
@@ -469,6 +469,31 @@ class _Events:
             event["changes"] = changes
         request.write(b"event: flows\ndata: " + json.dumps(event, separators=(",", ":")).encode()
                       + b"\n\n")
+
+
+def _later(request: Request, answer: Deferred[Any]) -> int:
+    """Answer *request* with *answer*'s result as JSON once it fires (or its ApiError)."""
+    gone: list[object] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def done(value: Any) -> None:
+        if not gone:
+            request.write(_send_json(request, value))
+            request.finish()
+
+    def failed(failure: Failure) -> None:
+        if gone:
+            return
+        error = failure.value
+        if isinstance(error, _HTTPError):
+            request.write(_send_json(request, error.body, error.code))
+        else:
+            _log.failure("--web: {uri} failed", failure, uri=request.uri.decode("latin-1")[:200])
+            request.write(_send_json(request, {"error": "internal error (logged)"}, 500))
+        request.finish()
+
+    answer.addCallbacks(done, failed)
+    return NOT_DONE_YET
 
 
 def _flow_file(flows: list[HTTPFlow]) -> bytes:

@@ -40,6 +40,7 @@ export const act = (id, action) => call("POST", `/api/flows/${encodeURIComponent
 export const setIntercept = (filter) => call("PUT", "/api/intercept", { filter });
 export const getIntercept = () => call("GET", "/api/intercept");
 export const exportCommand = (id, format) => call("GET", `/api/flows/${encodeURIComponent(id)}/export/${format}`);
+export const highlight = (id, side) => call("GET", `/api/flows/${encodeURIComponent(id)}/${side}/highlight`);
 export const contentUrl = (id, side) => `/api/flows/${encodeURIComponent(id)}/${side}/content`;
 
 export async function content(id, side) {

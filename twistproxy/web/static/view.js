@@ -2,7 +2,7 @@
 // WebSocket messages, and what can be done with it. Everything from the
 // flow is put in the page as text (textContent), never as markup.
 
-import { act, changeFlow, content, contentUrl, deleteFlow, exportCommand, flowDetail } from "./api.js";
+import { act, changeFlow, content, contentUrl, deleteFlow, exportCommand, flowDetail, highlight } from "./api.js";
 import { formatSize, formatTime } from "./list.js";
 
 const VIEW_LIMIT = 1024 * 1024; // bodies larger than this are offered as a download
@@ -74,16 +74,44 @@ async function bodyView(flow, side, body) {
   if (type === "image") {
     const url = URL.createObjectURL(new Blob([bytes], { type: body.content_type.split(";")[0] }));
     box.append(el("img", { src: url, alt: `${side} image` }));
-  } else if (type === "json" || type === "text") {
+  } else if (type === "json") {
     let text = new TextDecoder("utf-8").decode(bytes);
-    if (type === "json") {
-      try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* shown as it is */ }
-    }
-    box.append(el("pre", { class: `body-${type}` }, text));
+    try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* shown as it is */ }
+    box.append(el("pre", { class: "body-json" }, text));
+  } else if (type === "text") {
+    box.append(await textView(flow, side, bytes));
   } else {
     box.append(el("pre", { class: "body-hex" }, hexdump(bytes)));
   }
   return box;
+}
+
+// HTML, XML, CSS and JavaScript come highlighted from the API as
+// [class, text] tokens: each becomes a text node or a span's textContent,
+// never markup. Other text (or a body the API does not highlight) is plain.
+async function textView(flow, side, bytes) {
+  let answer = { language: null };
+  try {
+    answer = await highlight(flow.id, side);
+  } catch { /* shown as plain text */ }
+  if (!answer.language) {
+    return el("pre", { class: "body-text", title: answer.reason || "" }, new TextDecoder("utf-8").decode(bytes));
+  }
+  const pre = el("pre", { class: "body-code", "data-language": answer.language });
+  const tokens = document.createDocumentFragment();
+  for (const [name, text] of answer.tokens) {
+    if (name) {
+      const span = document.createElement("span");
+      span.className = `hl-${name}`;
+      span.textContent = text;
+      tokens.append(span);
+    } else {
+      tokens.append(document.createTextNode(text));
+    }
+  }
+  pre.append(tokens);
+  if (!answer.complete) pre.title = "highlighted in part (too many tokens)";
+  return pre;
 }
 
 function headersText(headers) {
