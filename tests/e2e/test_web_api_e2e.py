@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.e2e.origin import OriginFactory
 from tests.e2e.test_twistd import needs_curl
+from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
@@ -48,6 +49,18 @@ class Setup:
             conn.request(method, path, body=data, headers=sent)
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def through_proxy_full(self, method: str, path: str) -> tuple[int, str, dict[str, str],
+                                                                 bytes]:
+        """A request through the proxy: status, reason, headers and body (blocking)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy, timeout=10)
+        try:
+            conn.request(method, f"http://127.0.0.1:{self.origin}{path}")
+            response = conn.getresponse()
+            return (response.status, response.reason, dict(response.getheaders()),
+                    response.read())
         finally:
             conn.close()
 
@@ -305,3 +318,82 @@ async def test_highlight(setup: Setup) -> None:
                                 "reason": "larger than 256 KiB: shown as plain text"}
     status, _, body = await call(setup, "GET", "/api/flows/nope/request/highlight")
     assert status == 404, body
+
+
+def detail_length(message: dict[str, Any]) -> str:
+    """The Content-Length header of a message in a flow's detail."""
+    [value] = [v for n, v in message["headers"] if n.lower() == "content-length"]
+    return str(value)
+
+
+async def _held(setup: Setup, path: str) -> HTTPFlow:
+    """The live flow of *path* once it is held (waits up to 5 s)."""
+    for _ in range(100):
+        for flow in list(setup.ui.recorder.live.values()):
+            if flow.intercepted and flow.request is not None and flow.request.path == path:
+                return flow
+        await deferToThread(time.sleep, 0.05)
+    raise AssertionError(f"{path} was not held")
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_held_response(setup: Setup) -> None:
+    """
+    A response the intercept filter holds is edited through the API
+    (status, reason, headers, body as text) and resumed: the client gets
+    the edit, with a Content-Length that fits the new body.  A bad edit (a
+    CR LF in the reason) is a 400 that changes nothing; its request cannot
+    be edited any more (it was sent).
+    """
+    status, _, _ = await call(setup, "PUT", "/api/intercept", {"filter": "~s & ~u held"})
+    assert status == 200
+    answer = deferToThread(setup.through_proxy_full, "GET", "/echo?held")
+    flow = await _held(setup, "/echo?held")
+    assert flow.response is not None and not answer.called
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow.id}", {"response": {
+        "status_code": 200, "reason": "OK\r\nX-Evil: 1"}})
+    assert status == 400 and "reason" in json.loads(body)["error"], body
+    assert flow.response.reason == "OK"
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow.id}",
+                                 {"request": {"method": "POST"}})
+    assert status == 409 and "edit the held response" in json.loads(body)["error"]
+    headers = [[n.decode(), v.decode()] for n, v in flow.response.headers.fields
+               if n.lower() != b"x-origin-case"] + [["X-Edited", "yes"]]
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow.id}", {"response": {
+        "status_code": "201", "reason": "Made Here", "headers": headers,
+        "content": '{"edited": "caf\u00e9"}'}})
+    assert status == 200, body
+    detail = json.loads(body)["response"]
+    assert (detail["status_code"], detail["reason"]) == (201, "Made Here")
+    status, _, _ = await call(setup, "POST", f"/api/flows/{flow.id}/resume")
+    assert status == 200
+    code, reason, got_headers, content = await answer
+    assert (code, reason) == (201, "Made Here")
+    assert content == '{"edited": "café"}'.encode()
+    got = {name.lower(): value for name, value in got_headers.items()}
+    assert got["x-edited"] == "yes" and "x-origin-case" not in got
+    assert got["content-length"] == str(len(content)) == detail_length(detail)
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_stored_flow(setup: Setup) -> None:
+    """
+    A flow that is not live can be edited (request and response) and the
+    edit is stored; a bad method is a 400.
+    """
+    await deferToThread(setup.through_proxy, "GET", "/echo?stored")
+    _, _, body = await call(setup, "GET", "/api/flows")
+    [flow] = json.loads(body)["flows"]
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow['id']}", {"request": {
+        "method": "POST", "url": f"http://127.0.0.1:{setup.origin}/echo?changed",
+        "content": "a body"}})
+    assert status == 200, body
+    status, _, body = await call(setup, "PUT", f"/api/flows/{flow['id']}",
+                                 {"request": {"method": "P O"}})
+    assert status == 400 and "not a method" in json.loads(body)["error"]
+    stored = setup.ui.store.load(flow["id"])
+    assert stored is not None and stored.request is not None
+    assert (stored.request.method, stored.request.path) == ("POST", "/echo?changed")
+    assert stored.request.raw_content == b"a body"
+    _, _, body = await call(setup, "GET", "/api/flows")
+    assert json.loads(body)["flows"][0]["method"] == "POST"

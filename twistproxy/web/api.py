@@ -13,7 +13,7 @@ The API (every call needs the token: the cookie the page's URL sets, or an
     GET    /api/flows/ID/request/content          a body, decoded (?download=1)
     GET    /api/flows/ID/request/highlight        {"language", "tokens": [[class, text]]}
     GET    /api/flows/ID/export/curl              {"command": ...} (httpie too; raw: a file)
-    PUT    /api/flows/ID                          {marked, comment, request: {...}}
+    PUT    /api/flows/ID                          {marked, comment, request|response: {...}}
     DELETE /api/flows/ID
     POST   /api/flows/ID/resume | kill | replay
     GET    /api/export.har?filter=F, /api/export.jsonl?filter=F
@@ -42,9 +42,8 @@ from twistproxy.filters import FilterError
 from twistproxy.flow import FlowNotKillable
 from twistproxy.flowfile import dump_flows
 from twistproxy.har import to_har
-from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow
-from twistproxy.web._actions import Actions
+from twistproxy.web._actions import Actions, edit_message
 from twistproxy.web._actions import ApiError as _HTTPError
 from twistproxy.web._detail import flow_detail
 from twistproxy.web._guard import TOKEN_HEADER, Guard
@@ -365,14 +364,13 @@ class _Api(Resource):
 
     def _change(self, flow_id: str, body: dict[str, Any]) -> dict[str, Any]:
         flow = self._flow(flow_id)
+        for side in SIDES:  # edits first (each whole or not at all), then the rest
+            if side in body:
+                edit_message(flow, side, body[side])
         if "marked" in body:
             flow.marked = str(body["marked"])[:8]
         if "comment" in body:
             flow.comment = str(body["comment"])
-        if "request" in body:
-            if not flow.intercepted:
-                raise _HTTPError(409, "only a held (intercepted) request can be edited")
-            _edit_request(flow, body["request"])
         self._written(flow)
         return flow_detail(flow, self._store.seq_of(flow_id))
 
@@ -404,29 +402,6 @@ class _Api(Resource):
                 raise _HTTPError(409, str(e)) from None
         self._written(flow)
         return {action: flow_id}
-
-
-def _edit_request(flow: HTTPFlow, edit: Any) -> None:
-    """Apply the UI's edit of a held request (method, url, headers, content)."""
-    request = flow.request
-    if request is None or not isinstance(edit, dict):
-        raise _HTTPError(400, "expected an object with method, url, headers, content")
-    try:
-        if "method" in edit:
-            method = str(edit["method"]).strip().upper()
-            if not method.isalpha():
-                raise ValueError(f"not a method: {method!r}")
-            request.method = method
-        if "url" in edit:
-            request.url = str(edit["url"])
-        if "headers" in edit:
-            fields = [(str(n).encode("utf-8"), str(v).encode("utf-8"))
-                      for n, v in edit["headers"]]
-            request.headers = Headers(fields)
-        if "content" in edit:
-            request.set_text(str(edit["content"]))
-    except (ValueError, TypeError) as e:
-        raise _HTTPError(400, f"cannot edit the request: {e}") from None
 
 
 class _Events:

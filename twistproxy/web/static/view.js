@@ -126,40 +126,52 @@ function parseHeaders(text) {
   });
 }
 
-function editor(flow, refresh) {
-  const request = flow.request;
-  const method = el("input", { id: "edit-method", value: request.method, size: "8" });
-  const url = el("input", { id: "edit-url", value: request.url, size: "60" });
-  const headers = el("textarea", { id: "edit-headers", rows: "8" });
-  headers.value = headersText(request.headers);
-  const body = el("textarea", { id: "edit-body", rows: "6" });
+// An editor of a request or response: of a held flow ("Save and resume"),
+// or of one that is not live (a stored or duplicated flow, to replay).
+function editor(flow, side, refresh) {
+  const message = flow[side];
+  const held = flow.live && flow.intercepted;
+  const prefix = side === "request" ? "edit" : "edit-response";
+  const first = side === "request"
+    ? [el("input", { id: "edit-method", value: message.method, size: "8", "aria-label": "method" }),
+      el("input", { id: "edit-url", value: message.url, size: "60", "aria-label": "URL" })]
+    : [el("input", { id: "edit-status", value: String(message.status_code), size: "4", "aria-label": "status" }),
+      el("input", { id: "edit-reason", value: message.reason, size: "30", "aria-label": "reason" })];
+  const headers = el("textarea", { id: `${prefix}-headers`, rows: "8" });
+  headers.value = headersText(message.headers);
+  const body = el("textarea", { id: `${prefix}-body`, rows: "6" });
   const error = el("div", { class: "error" });
   let bodyLoaded = false;
-  if (request.body.captured && request.body.size && request.body.size <= VIEW_LIMIT) {
-    content(flow.id, "request").then((bytes) => {
+  if (message.body.captured && message.body.size && message.body.size <= VIEW_LIMIT) {
+    content(flow.id, side).then((bytes) => {
       body.value = new TextDecoder("utf-8").decode(bytes);
       bodyLoaded = true;
     });
   }
   const save = async (then) => {
     try {
-      const edit = { method: method.value, url: url.value, headers: parseHeaders(headers.value) };
+      const edit = side === "request"
+        ? { method: first[0].value, url: first[1].value }
+        : { status_code: first[0].value, reason: first[1].value };
+      edit.headers = parseHeaders(headers.value);
       if (bodyLoaded || body.value) edit.content = body.value;
-      await changeFlow(flow.id, { request: edit });
+      await changeFlow(flow.id, { [side]: edit });
       if (then) await act(flow.id, then);
       refresh();
     } catch (e) {
       error.textContent = e.message;
     }
   };
-  return el("div", { class: "edit held" },
-    el("p", {}, "This request is held. Edit it, then resume it or kill it."),
-    el("div", {}, method, " ", url),
+  const buttons = held
+    ? [el("button", { id: "save-resume", onclick: () => save("resume") }, "Save and resume"),
+      el("button", { id: "save", onclick: () => save(null) }, "Save")]
+    : [el("button", { id: `save-${side}`, onclick: () => save(null) }, `Save the ${side}`)];
+  return el("div", { class: `edit${held ? " held" : ""}`, "data-side": side },
+    el("p", {}, held ? `This ${side} is held. Edit it, then resume it or kill it.` : `Edit the ${side}.`),
+    el("div", {}, first[0], " ", first[1]),
     el("label", {}, "Headers (Name: value, one a line)", headers),
     el("label", {}, "Body (text)", body),
-    el("div", { class: "actions" },
-      el("button", { id: "save-resume", onclick: () => save("resume") }, "Save and resume"),
-      el("button", { id: "save", onclick: () => save(null) }, "Save")),
+    el("div", { class: "actions" }, ...buttons),
     error);
 }
 
@@ -200,6 +212,14 @@ export async function renderFlow(container, id, onChanged) {
     if (text !== null) await changeFlow(id, { comment: text });
   });
   button("Delete", async () => { await deleteFlow(id); container.hidden = true; }, !flow.live);
+  // A flow that is not live can be edited (then replayed, say).
+  const editors = el("div", { id: "editors" });
+  const edit = el("button", { id: "edit", onclick: () => {
+    if (editors.childElementCount) { editors.replaceChildren(); return; }
+    editors.replaceChildren(...["request", "response"].filter((side) => flow[side]).map((side) => editor(flow, side, refresh)));
+  } }, "Edit");
+  edit.disabled = flow.live || !request;
+  actions.append(edit);
   // Export as a command: shown under the buttons (and copied, where the
   // browser lets the page write the clipboard).
   const command = el("pre", { id: "export-command", class: "command" });
@@ -225,16 +245,18 @@ export async function renderFlow(container, id, onChanged) {
       flow.intercepted ? " — held" : "", flow.comment ? ` — ${flow.comment}` : ""),
     actions,
     command,
+    editors,
   ];
   if (flow.error) parts.push(el("p", { class: "error" }, `error: ${flow.error.msg}`));
   if (request) {
     parts.push(el("h3", {}, "Request"));
-    if (flow.intercepted && !response) parts.push(editor(flow, refresh));
+    if (flow.intercepted && !response) parts.push(editor(flow, "request", refresh));
     parts.push(table([["version", request.http_version], ...request.headers]));
     parts.push(await bodyView(flow, "request", request.body));
   }
   if (response) {
     parts.push(el("h3", {}, "Response"));
+    if (flow.intercepted) parts.push(editor(flow, "response", refresh));
     parts.push(table([["status", `${response.status_code} ${response.reason}`],
       ["version", response.http_version], ...response.headers]));
     parts.push(await bodyView(flow, "response", response.body));
