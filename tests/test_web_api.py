@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from twistproxy.flow import Client, Server
+from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options
+from twistproxy.web._actions import ApiError, edit_message
 from twistproxy.web._guard import Guard
 from twistproxy.web._highlight import CLASSES, Highlight, body_text, language_of
 
@@ -114,3 +117,75 @@ class HighlightTests(SynchronousTestCase):
         """A body is read in its charset (UTF-8 by default), bad bytes replaced."""
         self.assertEqual(body_text(b"caf\xe9", "text/html; charset=latin-1"), "caf\xe9")
         self.assertEqual(body_text(b"caf\xc3\xa9 \xff", "text/html"), "caf\xe9 \ufffd")
+
+
+def _flow(*, live: bool, held: bool, response: bool) -> HTTPFlow:
+    flow = HTTPFlow(Client(), Server(), live=live)
+    flow.request = Request.make("POST", "http://example.com/a", b"body",
+                                {"Content-Type": "text/plain; charset=latin-1"})
+    if response:
+        flow.response = Response.make(200, b"gzipped text", {"Content-Encoding": "gzip"})
+    if held:
+        flow.intercept()
+    return flow
+
+
+class EditTests(SynchronousTestCase):
+    def assertRefused(self, code: int, text: str, *args: object) -> None:
+        with self.assertRaises(ApiError) as raised:
+            edit_message(*args)  # type: ignore[arg-type]
+        self.assertEqual(raised.exception.code, code)
+        self.assertIn(text, raised.exception.body["error"])
+
+    def test_when(self) -> None:
+        """
+        A held request, a held response, either side of a flow that is not
+        live can be edited; a live flow that is not held, a held flow's
+        sent request, a missing response cannot.
+        """
+        edit_message(_flow(live=True, held=True, response=False), "request", {"method": "PUT"})
+        edit_message(_flow(live=True, held=True, response=True), "response", {"reason": "Fine"})
+        edit_message(_flow(live=False, held=False, response=True), "request", {"method": "PUT"})
+        edit_message(_flow(live=False, held=False, response=True), "response", {"reason": "X"})
+        self.assertRefused(409, "only a held flow", _flow(live=True, held=False, response=True),
+                           "response", {})
+        self.assertRefused(409, "the request was sent", _flow(live=True, held=True, response=True),
+                           "request", {})
+        self.assertRefused(409, "no response", _flow(live=False, held=False, response=False),
+                           "response", {})
+        self.assertRefused(400, "expected an object", _flow(live=False, held=False, response=True),
+                           "response", ["x"])
+
+    def test_body_and_length(self) -> None:
+        """
+        The body text is encoded in the charset and with the
+        Content-Encoding; Content-Length follows it.
+        """
+        flow = _flow(live=False, held=False, response=True)
+        edit_message(flow, "request", {"content": "caf\xe9"})
+        assert flow.request is not None and flow.response is not None
+        self.assertEqual(flow.request.raw_content, b"caf\xe9")
+        self.assertEqual(flow.request.headers["Content-Length"], "4")
+        edit_message(flow, "response", {"status_code": 404, "content": "gone"})
+        self.assertEqual(flow.response.status_code, 404)
+        self.assertEqual(flow.response.content, b"gone")
+        self.assertNotEqual(flow.response.raw_content, b"gone")  # gzipped
+        self.assertEqual(flow.response.headers["Content-Length"],
+                         str(len(flow.response.raw_content or b"")))
+
+    def test_whole_or_nothing(self) -> None:
+        """A bad field refuses the whole edit: nothing of it is applied."""
+        flow = _flow(live=False, held=False, response=True)
+        for side, edit, text in (
+            ("response", {"status_code": 99, "reason": "Changed"}, "not a status code"),
+            ("response", {"status_code": "2x"}, "not a status code"),
+            ("response", {"reason": "OK\r\nX: 1", "content": "new"}, "response reason"),
+            ("response", {"headers": [["Bad Name", "v"]], "reason": "Changed"}, "header name"),
+            ("request", {"url": "http://example.com/b", "headers": [["X", "a\nb"]]}, "header"),
+            ("request", {"method": "G T", "url": "http://example.com/b"}, "not a method"),
+        ):
+            self.assertRefused(400, text, flow, side, edit)
+        assert flow.request is not None and flow.response is not None
+        self.assertEqual((flow.response.status_code, flow.response.reason), (200, "OK"))
+        self.assertEqual(flow.response.content, b"gzipped text")
+        self.assertEqual((flow.request.method, flow.request.path), ("POST", "/a"))

@@ -19,7 +19,8 @@ carries :data:`FORMAT_VERSION`, and older lines are upgraded on reading.
 
 :class:`FlowWriter` appends flows (flushing each), :func:`read_flows` streams
 them back; :func:`dump_flows` and :func:`load_flows` are shortcuts
-(:func:`load_flows` also reads HAR files, with :func:`twistproxy.har.from_har`).
+(:func:`load_flows` also reads HAR files, with :func:`read_har` and
+:func:`twistproxy.har.from_har`).
 
 **The command** ``python -m twistproxy.flowfile export-har IN OUT`` and
 ``import-har IN OUT`` converts between flow files and HAR 1.2 files (see
@@ -448,8 +449,10 @@ def dump_flows(flows: Iterable[HTTPFlow], out: IO[bytes]) -> int:
     return count
 
 
-def _read_har(source: IO[bytes]) -> Any:
+def read_har(source: IO[bytes]) -> Any:
     """
+    Read a HAR document for :func:`twistproxy.har.from_har`.
+
     :returns: The HAR document in *source*, parsed.
     :raises FlowFileError: if it is larger than :data:`MAX_HAR_SIZE`, not
         JSON, or nests deeper than :data:`MAX_DEPTH`.
@@ -482,7 +485,7 @@ def load_flows(
     """
     with open(path, "rb") as source:
         if os.fspath(path).lower().endswith(".har"):
-            return list(_har.from_har(_read_har(source), on_error=on_error))
+            return list(_har.from_har(read_har(source), on_error=on_error))
         return list(read_flows(source, on_error=on_error))
 
 
@@ -545,7 +548,7 @@ def _export_as(args: argparse.Namespace) -> int:
 def _import_har(args: argparse.Namespace) -> None:
     source = _open_input(args.input)
     try:
-        flows = list(_har.from_har(_read_har(source)))
+        flows = list(_har.from_har(read_har(source)))
     except FlowFileError as e:
         raise FlowFileError(f"{args.input}: {e}") from e
     finally:

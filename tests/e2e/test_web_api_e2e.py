@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +26,12 @@ from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
+from twistproxy.web import _actions
 from twistproxy.web.service import WebUI
 
 pytestmark = pytest.mark.e2e
+
+DATA = Path(__file__).parent.parent / "data"
 
 
 class Setup:
@@ -39,12 +43,14 @@ class Setup:
             ui, proxy, web, origin, factory)
 
     def call(self, method: str, path: str, body: Any = None, *, token: bool = True,
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request to the UI (blocking: run it in a thread)."""
+             headers: dict[str, str] | None = None,
+             data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One request to the UI (blocking: run it in a thread); *data*: a raw body."""
         conn = http.client.HTTPConnection("127.0.0.1", self.web, timeout=10)
         sent = {"X-Twistproxy-Token": self.ui.guard.token} if token else {}
         sent.update(headers or {})
-        data = None if body is None else json.dumps(body).encode()
+        if body is not None:
+            data = json.dumps(body).encode()
         try:
             conn.request(method, path, body=data, headers=sent)
             response = conn.getresponse()
@@ -397,3 +403,125 @@ async def test_edit_stored_flow(setup: Setup) -> None:
     assert stored.request.raw_content == b"a body"
     _, _, body = await call(setup, "GET", "/api/flows")
     assert json.loads(body)["flows"][0]["method"] == "POST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_duplicate_edit_replay(setup: Setup) -> None:
+    """
+    A duplicate is a new stored flow (new id, not live) beside the
+    original; its request is edited and replayed: the origin gets the
+    edited request and the duplicate records the new response, the
+    original unchanged.
+    """
+    await deferToThread(setup.through_proxy, "GET", "/echo?original")
+    _, _, body = await call(setup, "GET", "/api/flows")
+    [original] = json.loads(body)["flows"]
+    status, _, body = await call(setup, "POST", f"/api/flows/{original['id']}/duplicate")
+    copy = json.loads(body)
+    assert status == 200 and copy["id"] != original["id"] and not copy["live"]
+    assert copy["request"]["url"] == f"http://127.0.0.1:{setup.origin}/echo?original"
+    _, _, body = await call(setup, "GET", "/api/flows")
+    assert [f["id"] for f in json.loads(body)["flows"]] == [original["id"], copy["id"]]
+    status, _, body = await call(setup, "PUT", f"/api/flows/{copy['id']}", {"request": {
+        "url": f"http://127.0.0.1:{setup.origin}/echo?duplicate"}})
+    assert status == 200, body
+    status, _, body = await call(setup, "POST", f"/api/flows/{copy['id']}/replay")
+    assert status == 200, body
+    await setup.ui.replay.when_drained()
+    assert [r.target for r in setup.factory.received] == [b"/echo?original", b"/echo?duplicate"]
+    setup.ui.recorder.flush()
+    replayed = setup.ui.store.load(copy["id"])
+    assert replayed is not None and replayed.is_replay == "request"
+    assert replayed.response is not None
+    assert json.loads(replayed.response.content or b"")["target"] == "/echo?duplicate"
+    kept = setup.ui.store.load(original["id"])
+    assert kept is not None and kept.request is not None and kept.request.path == "/echo?original"
+    status, _, _ = await call(setup, "POST", "/api/flows/nope/duplicate")
+    assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_import(setup: Setup) -> None:
+    """
+    A HAR file and a flow file load into the store and the list; loading
+    one again gives the flows new ids (nothing overwritten); a file with a
+    bad line loads the rest and names it; a file of nothing readable, an
+    empty one, a HAR that is not JSON are 400s with the reason; a file over
+    the limit a 413.
+    """
+    har = (DATA / "browser.har").read_bytes()
+    status, _, body = await call(setup, "POST", "/api/import?name=browser.har", data=har)
+    answer = json.loads(body)
+    assert status == 200 and (answer["loaded"], answer["skipped"]) == (5, 0), body
+    _, _, body = await call(setup, "GET", "/api/flows")
+    listed = json.loads(body)["flows"]
+    assert [f["host"] for f in listed][:2] == ["shop.example.com", "cdn.example.net"]
+    assert [f["id"] for f in listed] == answer["ids"]
+    flows = (DATA / "flows-v1.jsonl").read_bytes()
+    status, _, body = await call(setup, "POST", "/api/import", data=flows)  # no name
+    first = json.loads(body)
+    assert status == 200 and first["loaded"] == len(flows.splitlines()), body
+    ids = [json.loads(line)["id"] for line in flows.splitlines()]
+    assert first["ids"] == ids
+    status, _, body = await call(setup, "POST", "/api/import?name=again.jsonl", data=flows)
+    again = json.loads(body)
+    assert status == 200 and again["loaded"] == len(ids)
+    assert not set(again["ids"]) & set(ids)
+    _, _, body = await call(setup, "GET", "/api/flows")
+    assert json.loads(body)["total"] == 5 + 2 * len(ids)
+    status, _, body = await call(setup, "POST", "/api/import?name=mixed.jsonl",
+                                 data=flows.splitlines(True)[0] + b"{not json\n")
+    mixed = json.loads(body)
+    assert status == 200 and (mixed["loaded"], mixed["skipped"]) == (1, 1)
+    assert mixed["errors"][0].startswith("line 2: not valid JSON")
+    for name, data, reason in (
+        ("x.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00",
+         "x.jsonl: not a flow file twistproxy can read: line 1"),
+        ("x.har", b"{not json", "x.har: not a HAR file: not valid JSON"),
+        ("x.har", b'{"log": {"entries": 3}}', "x.har: log.entries: missing or not a list"),
+        ("empty.har", b"", "empty.har is empty"),
+    ):
+        status, _, body = await call(setup, "POST", f"/api/import?name={name}", data=data)
+        assert status == 400 and json.loads(body)["error"].startswith(reason), body
+    _actions.MAX_IMPORT, limit = 1000, _actions.MAX_IMPORT
+    try:
+        status, _, body = await call(setup, "POST", "/api/import?name=big.har", data=har)
+    finally:
+        _actions.MAX_IMPORT = limit
+    assert status == 413 and "larger than" in json.loads(body)["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_several(setup: Setup) -> None:
+    """
+    Flows picked by id, or all that a filter matches, are replayed one
+    after another (each recorded as a replay); those that cannot be are
+    skipped with their reason; more than the limit is refused.
+    """
+    for path in ("/echo?a", "/echo?b", "/status/404"):
+        await deferToThread(setup.through_proxy, "GET", path)
+    _, _, body = await call(setup, "GET", "/api/flows")
+    a, b, missing = (f["id"] for f in json.loads(body)["flows"])
+    status, _, body = await call(setup, "POST", "/api/replay", {"ids": [a, b, "nope"]})
+    answer = json.loads(body)
+    assert status == 200 and answer == {
+        "queued": 2, "skipped": [{"id": "nope", "reason": "no such flow"}]}, body
+    await setup.ui.replay.when_drained()
+    status, _, body = await call(setup, "POST", "/api/replay?filter=~c%20404",
+                                 {"matching": True})
+    assert status == 200 and json.loads(body)["queued"] == 1, body
+    await setup.ui.replay.when_drained()
+    targets = [r.target for r in setup.factory.received]
+    assert targets == [b"/echo?a", b"/echo?b", b"/status/404",
+                       b"/echo?a", b"/echo?b", b"/status/404"]
+    _, _, body = await call(setup, "GET", "/api/flows")  # (the list flushes the recorder)
+    assert [f["replay"] for f in json.loads(body)["flows"]] == ["request"] * 3
+    status, _, body = await call(setup, "POST", "/api/replay", {"all": True})
+    assert status == 400
+    _actions.MAX_REPLAY, limit = 2, _actions.MAX_REPLAY
+    try:
+        status, _, body = await call(setup, "POST", "/api/replay", {"matching": True})
+    finally:
+        _actions.MAX_REPLAY = limit
+    assert status == 409 and json.loads(body)["error"] == (
+        "3 flows are stored: at most 2 are replayed at once"), body

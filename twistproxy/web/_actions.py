@@ -9,17 +9,38 @@ HTTP status; :mod:`twistproxy.web.api` routes the calls here and answers.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Cooperator
 
 from twistproxy._headers import check_request, check_response
-from twistproxy.errors import InvalidMessage
+from twistproxy.errors import FlowFileError, InvalidMessage
+from twistproxy.flowfile import read_flows, read_har
+from twistproxy.har import from_har
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response
+from twistproxy.web._detail import flow_detail
 from twistproxy.web._highlight import HIGHLIGHT_LIMIT, Highlight, body_text, language_of
 from twistproxy.web.addon import WebRecorder
+from twistproxy.web.store import View
+
+MAX_IMPORT = 64 * 1024 * 1024
+"""The largest flow file or HAR file the UI loads (bytes)."""
+
+IMPORT_CHUNK = 100
+"""Flows of a loaded file stored in one step (one transaction)."""
+
+MAX_REPLAY = 1000
+"""The most flows one call replays (they wait in the replay queue, bodies included)."""
+
+MAX_ERRORS = 10
+"""The problems of a loaded file named in the answer (the rest are counted)."""
+
+_HAR_START = re.compile(rb'\s*\{\s*"log"\s*:')
 
 
 class ApiError(Exception):
@@ -42,10 +63,142 @@ class Actions:
         file) over reactor turns.
     """
 
-    def __init__(self, recorder: WebRecorder, cooperator: Cooperator) -> None:
+    def __init__(self, recorder: WebRecorder, cooperator: Cooperator,
+                 replay: Callable[[HTTPFlow], str | None] | None = None) -> None:
         self._recorder = recorder
         self._store = recorder.store
         self._cooperator = cooperator
+        self._replay = replay
+
+    def _find(self, flow_id: str) -> HTTPFlow | None:
+        live = self._recorder.live.get(flow_id)
+        return live if live is not None else self._store.load(flow_id)
+
+    def _store_flows(self, flows: list[HTTPFlow]) -> list[int]:
+        written = self._store.write(flows)
+        self._recorder.notify(written)
+        return [seq for seq, _, _ in written]
+
+    # -- duplicating ------------------------------------------------------------
+
+    def duplicate(self, flow: HTTPFlow) -> dict[str, Any]:
+        """
+        Store a copy of *flow* with a new id, not live (``flow.copy()``).
+
+        :returns: The copy, as the flow view shows it.
+        """
+        copy = flow.copy()
+        [seq] = self._store_flows([copy])
+        return flow_detail(copy, seq)
+
+    # -- loading a file ---------------------------------------------------------
+
+    def load(self, source: IO[bytes], name: str) -> Deferred[dict[str, Any]]:
+        """
+        Store the flows of a flow file or HAR file (*source*; a HAR when
+        *name* ends in ``.har`` or the data starts ``{"log":``), with new ids
+        for those whose id is taken, :data:`IMPORT_CHUNK` flows a step.
+        Lines (or entries) that cannot be read are skipped and named.
+
+        :returns: ``{"loaded", "ids", "skipped", "errors"}``: how many
+            flows were stored, their ids (the first :data:`MAX_REPLAY`), how
+            many lines or entries were skipped, and the first
+            :data:`MAX_ERRORS` reasons.
+        :raises ApiError: 413 over :data:`MAX_IMPORT` bytes; 400 for an
+            empty file, a HAR file that is not JSON or not HAR, or one in
+            which nothing could be read (with the first reason).
+        """
+        size = source.seek(0, 2)
+        source.seek(0)
+        if size > MAX_IMPORT:
+            raise ApiError(413, f"{name or 'the file'}: larger than "
+                           f"{MAX_IMPORT // 1024 // 1024} MiB")
+        if size == 0:
+            raise ApiError(400, f"{name or 'the file'} is empty")
+        errors: list[FlowFileError] = []
+        is_har = name.lower().endswith(".har") or bool(_HAR_START.match(source.read(4096)))
+        source.seek(0)
+        flows: Iterable[HTTPFlow]
+        if is_har:
+            try:
+                flows = from_har(read_har(source), on_error=errors.append)
+            except FlowFileError as e:
+                raise ApiError(400, f"{name or 'the file'}: {e}") from None
+        else:
+            flows = read_flows(source, on_error=errors.append)
+        loaded: list[str] = []
+        done = self._cooperator.cooperate(self._load_steps(iter(flows), loaded)).whenDone()
+
+        def answer(_: object) -> dict[str, Any]:
+            kind = "HAR file" if is_har else "flow file"
+            if errors and not loaded:
+                raise ApiError(400, f"{name or 'the file'}: not a {kind} twistproxy can read: "
+                               f"{errors[0]}", skipped=len(errors))
+            return {"loaded": len(loaded), "ids": loaded[:MAX_REPLAY], "skipped": len(errors),
+                    "errors": [str(e) for e in errors[:MAX_ERRORS]]}
+
+        return done.addCallback(answer)
+
+    def _load_steps(self, flows: Iterator[HTTPFlow], loaded: list[str]) -> Iterator[None]:
+        store, live = self._store, self._recorder.live
+        seen: set[str] = set()  # the ids this file's flows were stored under
+        while chunk := list(islice(flows, IMPORT_CHUNK)):
+            fresh = []
+            for flow in chunk:
+                if flow.id in live or flow.id in seen or store.seq_of(flow.id) is not None:
+                    flow = flow.copy()  # a new id: its own row, nothing overwritten
+                seen.add(flow.id)
+                flow.resume()  # a file's flow is not held (nor live)
+                fresh.append(flow)
+            self._store_flows(fresh)
+            loaded.extend(f.id for f in fresh)
+            yield None
+
+    # -- replaying several ------------------------------------------------------
+
+    def replay(self, view: View, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Replay the flows ``{"ids": [...]}`` names, or with ``{"matching":
+        true}`` those of *view* (the filter's), through the proxy's client
+        replay (one after another; each new response recorded on its flow).
+        Flows that cannot be replayed (live, held, a body not recorded
+        whole, gone) are skipped with their reason.
+
+        :returns: ``{"queued", "skipped": [{"id", "reason"}, ...]}``.
+        :raises ApiError: 409 without a proxy to replay through, or for
+            more than :data:`MAX_REPLAY` flows; 400 for a body that is
+            neither.
+        """
+        replay = self._replay
+        if replay is None:
+            raise ApiError(409, "replay is not available here")
+        skipped: list[dict[str, str]] = []
+        flows: Iterable[HTTPFlow]
+        if isinstance(body.get("ids"), list):
+            ids = [str(i) for i in body["ids"]]
+            _check_count(len(ids), "flows are selected")
+            found = []
+            for flow_id in ids:
+                flow = self._find(flow_id)
+                if flow is None:
+                    skipped.append({"id": flow_id, "reason": "no such flow"})
+                else:
+                    found.append(flow)
+            flows = found
+        elif body.get("matching") is True:
+            _check_count(len(view), f"flows match {view.expression!r}" if view.expression
+                         else "flows are stored")
+            flows = self._store.flows(list(view.seqs))
+        else:
+            raise ApiError(400, 'expected {"ids": [...]} or {"matching": true}')
+        queued = 0
+        for flow in flows:
+            reason = replay(flow)
+            if reason is None:
+                queued += 1
+            else:
+                skipped.append({"id": flow.id, "reason": reason})
+        return {"queued": queued, "skipped": skipped}
 
     # -- highlighting ---------------------------------------------------------
 
@@ -76,6 +229,11 @@ class Actions:
         return done.addCallback(lambda _: {"language": language, "tokens": highlight.tokens,
                                            "complete": highlight.complete})
 
+
+
+def _check_count(count: int, what: str) -> None:
+    if count > MAX_REPLAY:
+        raise ApiError(409, f"{count} {what}: at most {MAX_REPLAY} are replayed at once")
 
 
 def edit_message(flow: HTTPFlow, side: str, edit: Any) -> None:

@@ -15,7 +15,9 @@ The API (every call needs the token: the cookie the page's URL sets, or an
     GET    /api/flows/ID/export/curl              {"command": ...} (httpie too; raw: a file)
     PUT    /api/flows/ID                          {marked, comment, request|response: {...}}
     DELETE /api/flows/ID
-    POST   /api/flows/ID/resume | kill | replay
+    POST   /api/flows/ID/resume | kill | replay | duplicate
+    POST   /api/replay?filter=F                   {"ids": [...]} or {"matching": true}
+    POST   /api/import?name=N                     a flow file or HAR as the body
     GET    /api/export.har?filter=F, /api/export.jsonl?filter=F
     GET    /api/intercept, PUT /api/intercept     {"filter": F}
     GET    /api/events?filter=F                   server-sent events
@@ -210,7 +212,7 @@ class _Api(Resource):
         # A new filter view is built a chunk of flows at a time, the reactor
         # serving others in between (10 ms of work per turn).
         self._cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
-        self._actions = Actions(recorder, self._cooperator)
+        self._actions = Actions(recorder, self._cooperator, replay)
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
@@ -260,6 +262,14 @@ class _Api(Resource):
                 return _send_json(request, self._delete(flow_id))
             case "POST", ["flows", flow_id, action] if action in ("resume", "kill", "replay"):
                 return _send_json(request, self._act(flow_id, action))
+            case "POST", ["flows", flow_id, "duplicate"]:
+                return _send_json(request, self._actions.duplicate(self._flow(flow_id)))
+            case "POST", ["replay"]:
+                return self._with_view(request, lambda view: _send_json(
+                    request, self._actions.replay(view, _json_body(request))))
+            case "POST", ["import"]:
+                assert request.content is not None
+                return _later(request, self._actions.load(request.content, _arg(request, "name")))
         raise _HTTPError(404, f"no such API call: {method} /api/{'/'.join(path)}")
 
     # -- reading ------------------------------------------------------------
