@@ -37,6 +37,9 @@ export const flowDetail = (id) => call("GET", `/api/flows/${encodeURIComponent(i
 export const changeFlow = (id, change) => call("PUT", `/api/flows/${encodeURIComponent(id)}`, change);
 export const deleteFlow = (id) => call("DELETE", `/api/flows/${encodeURIComponent(id)}`);
 export const act = (id, action) => call("POST", `/api/flows/${encodeURIComponent(id)}/${action}`);
+export const duplicateFlow = (id) => call("POST", `/api/flows/${encodeURIComponent(id)}/duplicate`);
+export const replayFlows = (ids) => call("POST", "/api/replay", { ids });
+export const replayMatching = (filter) => call("POST", `/api/replay${query({ filter })}`, { matching: true });
 export const setIntercept = (filter) => call("PUT", "/api/intercept", { filter });
 export const getIntercept = () => call("GET", "/api/intercept");
 export const exportCommand = (id, format) => call("GET", `/api/flows/${encodeURIComponent(id)}/export/${format}`);
@@ -47,4 +50,14 @@ export async function content(id, side) {
   const response = await fetch(contentUrl(id, side));
   if (!response.ok) throw new ApiError(response.status, { error: await response.text() });
   return new Uint8Array(await response.arrayBuffer());
+}
+
+// Load a flow file or HAR file (a File from an <input type=file>) into the store.
+export async function importFile(file) {
+  const response = await fetch(`/api/import${query({ name: file.name })}`, {
+    method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file,
+  });
+  const data = await response.json();
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
 }

@@ -1,7 +1,7 @@
 // The web UI's page: the filter and intercept boxes, the flow list, the
 // flow view, the push channel and the keyboard.
 
-import { getIntercept, query, setIntercept } from "./api.js";
+import { getIntercept, importFile, query, replayFlows, replayMatching, setIntercept } from "./api.js";
 import { FlowList } from "./list.js";
 import { renderFlow } from "./view.js";
 
@@ -49,6 +49,52 @@ function sortable(list) {
   });
 }
 
+function notice(text, error = false) {
+  const box = $("notice");
+  box.textContent = text;
+  box.classList.toggle("error", error);
+}
+
+function replayed(answer) {
+  const skipped = answer.skipped.length ? `, ${answer.skipped.length} skipped (${answer.skipped[0].reason})` : "";
+  return `replaying ${answer.queued} flows${skipped}`;
+}
+
+// Replay the checked flows, or every flow the filter matches (confirmed);
+// load a flow file or HAR file.
+function actions(list) {
+  const checked = $("replay-checked");
+  list.onChecked = (count) => {
+    checked.textContent = count ? `Replay ${count} checked` : "Replay checked";
+    checked.disabled = count === 0;
+  };
+  checked.addEventListener("click", async () => {
+    try {
+      notice(replayed(await replayFlows(Array.from(list.checked))));
+      list.clearChecked();
+    } catch (error) { notice(error.message, true); }
+  });
+  $("replay-matching").addEventListener("click", async () => {
+    const what = list.filter ? `the ${list.total} flows matching ${list.filter}` : `all ${list.total} flows`;
+    if (!confirm(`Replay ${what}?`)) return;
+    try { notice(replayed(await replayMatching(list.filter))); } catch (error) { notice(error.message, true); }
+  });
+  const input = $("import-file");
+  input.addEventListener("change", async () => {
+    const file = input.files[0];
+    if (!file) return;
+    notice(`loading ${file.name}…`);
+    try {
+      const answer = await importFile(file);
+      const skipped = answer.skipped ? `, ${answer.skipped} skipped (${answer.errors[0]})` : "";
+      notice(`loaded ${answer.loaded} flows from ${file.name}${skipped}`, Boolean(answer.skipped));
+    } catch (error) {
+      notice(error.message, true);
+    }
+    input.value = "";
+  });
+}
+
 function exportLinks(filter) {
   $("export-har").href = `/api/export.har${query({ filter })}`;
   $("export-flows").href = `/api/export.jsonl${query({ filter })}`;
@@ -62,6 +108,7 @@ async function main() {
   });
   window.twistproxy = { list }; // for the browser tests and the curious
   sortable(list);
+  actions(list);
   const filter = $("filter");
   let timer = null;
   filter.addEventListener("input", () => {
@@ -88,6 +135,7 @@ async function main() {
     if (e.key === "ArrowDown" || e.key === "j") { list.select(list.selected + 1); e.preventDefault(); }
     else if (e.key === "ArrowUp" || e.key === "k") { list.select(list.selected - 1); e.preventDefault(); }
     else if (e.key === "Enter") { list.open(); e.preventDefault(); }
+    else if (e.key === " ") { list.toggle(list.selected); e.preventDefault(); }
     else if (e.key === "Escape") { $("view").hidden = true; }
   });
   await list.reset("");

@@ -36,12 +36,14 @@ const COLUMNS = [
 ];
 
 export class FlowList {
-  constructor(viewport, spacer, { onOpen, onCount, onError }) {
+  constructor(viewport, spacer, { onOpen, onCount, onError, onChecked = () => {} }) {
     this.viewport = viewport;
     this.spacer = spacer;
     this.onOpen = onOpen;
     this.onCount = onCount;
     this.onError = onError;
+    this.onChecked = onChecked;
+    this.checked = new Set(); // ids of the flows checked (to replay them together)
     this.filter = "";
     this.sort = "seq"; // a summary field (the API's sort key)
     this.order = "asc";
@@ -55,7 +57,12 @@ export class FlowList {
     viewport.addEventListener("scroll", () => this.schedule());
     viewport.addEventListener("click", (e) => {
       const row = e.target.closest(".row");
-      if (row) this.select(Number(row.dataset.index));
+      if (!row) return;
+      // The check box, or a ctrl/cmd-click, checks the row (a shift-click:
+      // every row from the selected one); a plain click selects it.
+      if (e.target.closest(".c-check") || e.ctrlKey || e.metaKey) this.toggle(Number(row.dataset.index));
+      else if (e.shiftKey && this.selected >= 0) this.checkRange(this.selected, Number(row.dataset.index));
+      else this.select(Number(row.dataset.index));
     });
     viewport.addEventListener("dblclick", (e) => {
       const row = e.target.closest(".row");
@@ -149,6 +156,34 @@ export class FlowList {
 
   selectedFlow() { return this.rows.get(this.selected) || null; }
 
+  // Check or uncheck the row at index.
+  toggle(index) {
+    const flow = this.rows.get(index);
+    if (!flow) return;
+    if (this.checked.has(flow.id)) this.checked.delete(flow.id);
+    else this.checked.add(flow.id);
+    this.checkedChanged();
+  }
+
+  // Check the rows from one index to another (those fetched).
+  checkRange(from, to) {
+    for (let index = Math.min(from, to); index <= Math.max(from, to); index++) {
+      const flow = this.rows.get(index);
+      if (flow) this.checked.add(flow.id);
+    }
+    this.checkedChanged();
+  }
+
+  clearChecked() {
+    this.checked.clear();
+    this.checkedChanged();
+  }
+
+  checkedChanged() {
+    this.onChecked(this.checked.size);
+    this.render();
+  }
+
   schedule() {
     if (this.pending) return;
     this.pending = true;
@@ -177,6 +212,10 @@ export class FlowList {
         element = document.createElement("div");
         element.dataset.index = String(index);
         element.style.top = `${index * ROW_HEIGHT}px`;
+        const check = document.createElement("span");
+        check.className = "c-check";
+        check.setAttribute("role", "checkbox");
+        element.appendChild(check);
         for (const [name] of COLUMNS) {
           const cell = document.createElement("span");
           cell.className = name;
@@ -189,7 +228,11 @@ export class FlowList {
       element.classList.toggle("selected", index === this.selected);
       element.classList.toggle("intercepted", flow.intercepted);
       element.classList.toggle("failed", Boolean(flow.error));
-      COLUMNS.forEach(([, text], i) => { element.children[i].textContent = text(flow); });
+      const checked = this.checked.has(flow.id);
+      element.classList.toggle("checked", checked);
+      element.children[0].textContent = checked ? "☑" : "☐";
+      element.children[0].setAttribute("aria-checked", String(checked));
+      COLUMNS.forEach(([, text], i) => { element.children[i + 1].textContent = text(flow); });
       element.title = flow.error || "";
     }
     this.forget(first, last);

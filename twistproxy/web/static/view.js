@@ -2,7 +2,7 @@
 // WebSocket messages, and what can be done with it. Everything from the
 // flow is put in the page as text (textContent), never as markup.
 
-import { act, changeFlow, content, contentUrl, deleteFlow, exportCommand, flowDetail, highlight } from "./api.js";
+import { act, changeFlow, content, contentUrl, deleteFlow, duplicateFlow, exportCommand, flowDetail, highlight } from "./api.js";
 import { formatSize, formatTime } from "./list.js";
 
 const VIEW_LIMIT = 1024 * 1024; // bodies larger than this are offered as a download
@@ -142,11 +142,16 @@ function editor(flow, side, refresh) {
   const body = el("textarea", { id: `${prefix}-body`, rows: "6" });
   const error = el("div", { class: "error" });
   let bodyLoaded = false;
+  let typed = false;
+  body.addEventListener("input", () => { typed = true; });
   if (message.body.captured && message.body.size && message.body.size <= VIEW_LIMIT) {
     content(flow.id, side).then((bytes) => {
-      body.value = new TextDecoder("utf-8").decode(bytes);
+      if (!typed) body.value = new TextDecoder("utf-8").decode(bytes);
       bodyLoaded = true;
+      body.dataset.loaded = "yes";
     });
+  } else {
+    body.dataset.loaded = "yes";
   }
   const save = async (then) => {
     try {
@@ -212,6 +217,13 @@ export async function renderFlow(container, id, onChanged) {
     if (text !== null) await changeFlow(id, { comment: text });
   });
   button("Delete", async () => { await deleteFlow(id); container.hidden = true; }, !flow.live);
+  actions.append(el("button", { id: "duplicate", onclick: async () => {
+    try {
+      const copy = await duplicateFlow(id);
+      await renderFlow(container, copy.id, onChanged);
+      onChanged();
+    } catch (e) { alert(e.message); }
+  } }, "Duplicate"));
   // A flow that is not live can be edited (then replayed, say).
   const editors = el("div", { id: "editors" });
   const edit = el("button", { id: "edit", onclick: () => {
