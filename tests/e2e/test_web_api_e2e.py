@@ -483,6 +483,9 @@ async def test_import(setup: Setup) -> None:
     ):
         status, _, body = await call(setup, "POST", f"/api/import?name={name}", data=data)
         assert status == 400 and json.loads(body)["error"].startswith(reason), body
+    status, _, body = await call(setup, "POST", "/api/import?name=export.json",
+                                 data=b"\xef\xbb\xbf\n " + har)  # a HAR by its start
+    assert status == 200 and json.loads(body)["loaded"] == 5, body
     _actions.MAX_IMPORT, limit = 1000, _actions.MAX_IMPORT
     try:
         status, _, body = await call(setup, "POST", "/api/import?name=big.har", data=har)

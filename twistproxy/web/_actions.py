@@ -40,7 +40,7 @@ MAX_REPLAY = 1000
 MAX_ERRORS = 10
 """The problems of a loaded file named in the answer (the rest are counted)."""
 
-_HAR_START = re.compile(rb'\s*\{\s*"log"\s*:')
+_HAR_START = re.compile(rb'(?:\xef\xbb\xbf)?\s*\{\s*"log"\s*:')  # a BOM allowed
 
 
 class ApiError(Exception):
@@ -96,7 +96,8 @@ class Actions:
     def load(self, source: IO[bytes], name: str) -> Deferred[dict[str, Any]]:
         """
         Store the flows of a flow file or HAR file (*source*; a HAR when
-        *name* ends in ``.har`` or the data starts ``{"log":``), with new ids
+        *name* ends in ``.har`` or the data starts ``{"log":``, after any
+        BOM and white space), with new ids
         for those whose id is taken, :data:`IMPORT_CHUNK` flows a step.
         Lines (or entries) that cannot be read are skipped and named.
 
