@@ -6,14 +6,20 @@ sockets is tests/e2e/test_web_api_e2e.py.
 
 from __future__ import annotations
 
+import io
+
+from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy.flow import Client, Server
+from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options
-from twistproxy.web._actions import ApiError, edit_message
+from twistproxy.web._actions import Actions, ApiError, edit_message
 from twistproxy.web._guard import Guard
 from twistproxy.web._highlight import CLASSES, Highlight, body_text, language_of
+from twistproxy.web.addon import WebRecorder
+from twistproxy.web.store import FlowStore
 
 
 class GuardTests(SynchronousTestCase):
@@ -189,3 +195,59 @@ class EditTests(SynchronousTestCase):
         self.assertEqual((flow.response.status_code, flow.response.reason), (200, "OK"))
         self.assertEqual(flow.response.content, b"gzipped text")
         self.assertEqual((flow.request.method, flow.request.path), ("POST", "/a"))
+
+
+class LoadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FlowStore()
+        self.addCleanup(self.store.close)
+        recorder = WebRecorder(self.store, clock=self.clock)
+        self.batches: list[int] = []
+        recorder.subscribe(lambda written, reload: self.batches.append(len(written)))
+        # One step a reactor turn, each turn a call of the clock.
+        cooperator = Cooperator(scheduler=lambda step: self.clock.callLater(0, step),
+                                terminationPredicateFactory=lambda: lambda: True)
+        self.actions = Actions(recorder, cooperator)
+
+    def test_in_steps(self) -> None:
+        """
+        A file's flows are stored 100 a step (one transaction and one push
+        each), the answer coming after the last; loaded again, every flow
+        gets a new id (the first load's rows are kept as they were).
+        """
+        flows = [_flow(live=False, held=i == 0, response=True) for i in range(250)]
+        data = io.BytesIO()
+        dump_flows(flows, data)
+        loading = self.actions.load(io.BytesIO(data.getvalue()), "x.jsonl")
+        turns = 0
+        while not loading.called and turns < 10:
+            self.clock.advance(0)
+            turns += 1
+        first = self.successResultOf(loading)
+        self.assertEqual(self.batches, [100, 100, 50])
+        self.assertEqual((first["loaded"], first["skipped"]), (250, 0))
+        self.assertEqual(first["ids"], [f.id for f in flows])
+        loaded = self.store.load(flows[0].id)
+        assert loaded is not None
+        self.assertFalse(loaded.intercepted)  # a file's flow is not held
+        again = self.actions.load(io.BytesIO(data.getvalue()), "again.jsonl")
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        second = self.successResultOf(again)
+        self.assertEqual(second["loaded"], 250)
+        self.assertFalse(set(second["ids"]) & set(first["ids"]))
+        self.assertEqual(len(self.store), 500)
+
+    def test_refused(self) -> None:
+        """Nothing readable, or an empty file: an ApiError naming the file and why."""
+        with self.assertRaises(ApiError) as raised:
+            self.actions.load(io.BytesIO(b""), "empty.jsonl")
+        self.assertEqual(raised.exception.body["error"], "empty.jsonl is empty")
+        loading = self.actions.load(io.BytesIO(b"nothing\n"), "x.jsonl")
+        self.clock.advance(0)
+        error = self.failureResultOf(loading, ApiError).value
+        assert isinstance(error, ApiError)
+        self.assertEqual(error.code, 400)
+        self.assertIn("x.jsonl: not a flow file twistproxy can read: line 1", str(error))

@@ -247,8 +247,10 @@ def _edit_held_response(page: Any, proxy: int, origin: int, shots: Path,
 
 def _replay_several(page: Any, seen: dict[str, Any]) -> None:
     """Check two flows and replay them; then replay all that a filter matches."""
-    for text in ("/echo?first=1", "/echo?second=1"):
-        page.locator("#viewport .row", has_text=text).locator(".c-check").click()
+    page.locator("#viewport .row", has_text="/echo?first=1").locator(".c-check").click()
+    page.wait_for_selector('#replay-checked:has-text("Replay 1 checked")')
+    page.locator("#viewport .row", has_text="/echo?second=1").click()  # selected,
+    page.keyboard.press(" ")  # then checked with Space
     page.wait_for_selector('#replay-checked:has-text("Replay 2 checked")')
     page.click("#replay-checked")
     page.wait_for_selector('#notice:has-text("replaying")')

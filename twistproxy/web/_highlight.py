@@ -9,8 +9,8 @@ The work is bounded: bodies over :data:`HIGHLIGHT_LIMIT` bytes are not
 highlighted, and at most :data:`MAX_TOKENS` tokens are made (the rest of
 the text follows as one plain token).  :meth:`Highlight.steps` lexes a few
 hundred tokens a step, so that a ``Cooperator`` on the reactor can spread
-the work over turns (about 0.5 s of lexing for 256 KiB of HTML or
-JavaScript on a shared 2-core machine).
+the work over turns (0.5 to 0.9 s of lexing for 256 KiB of HTML, CSS or
+JavaScript, measured on a shared 2-core machine).
 """
 
 from __future__ import annotations
