@@ -174,9 +174,11 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     parent: MultiService = top if outer is None else outer
     if outer is not None:
         outer.setServiceParent(top)
-    # What makes flows runs under the save file's closing: it closes once
-    # they all stopped, the connections drained (their flows saved).
-    serving: MultiService = parent if saving is None else _Closing(saving.close)
+    # What makes flows runs under the closing of what records them (the
+    # save file, the web UI's store): they close once the proxy's services
+    # all stopped, the connections drained (their flows saved, stored).
+    closers = [c.close for c in (saving, web) if c is not None]
+    serving: MultiService = _Closing(*closers) if closers else parent
     if serving is not parent:
         serving.setServiceParent(parent)
     timeout = options["shutdown-timeout"]
@@ -216,7 +218,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     factory = factories[0]
     if web is not None:
         web.replay = ClientReplay(factory)
-        web.service().setServiceParent(top)
+        web.service(closes_store=False).setServiceParent(top)  # closed by serving
     if options["client-replay"]:
         ClientReplayService(
             ClientReplay(factory, concurrency=options["replay-concurrency"]),
@@ -349,18 +351,20 @@ def _running(
 
 class _Closing(MultiService):
     """
-    Stops its services, then calls *close* (the --save file): the flows
-    that end while the proxy drains are saved first.  (A MultiService
-    stops its children all at once, so a sibling would close it too soon.)
+    Stops its services, then calls each of *closers* (the --save file's,
+    the web UI's store's): the flows that end while the proxy drains are
+    saved and stored first.  (A MultiService stops its children all at
+    once, so a sibling would close them too soon.)
     """
 
-    def __init__(self, close: Callable[[], object]) -> None:
+    def __init__(self, *closers: Callable[[], object]) -> None:
         super().__init__()
-        self._close = close
+        self._closers = closers
 
     def stopService(self) -> Deferred[None]:
         def close(result: object) -> object:
-            self._close()
+            for closer in self._closers:
+                closer()
             return result
 
         stopped: Deferred[None] = super().stopService()

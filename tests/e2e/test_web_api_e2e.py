@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -18,16 +20,28 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.origin import OriginFactory
-from tests.e2e.test_twistd import needs_curl
+from tests.e2e.test_faults_shutdown_e2e import (
+    EXIT_TIMEOUT,
+    PIECE,
+    PIECES,
+    Trickling,
+    assert_stopped_cleanly,
+    connect,
+    get,
+    until,
+)
+from tests.e2e.test_twistd import needs_curl, start_twistd
 from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
 from twistproxy.web import _actions
 from twistproxy.web.service import WebUI
+from twistproxy.web.store import FlowStore
 
 pytestmark = pytest.mark.e2e
 
@@ -528,3 +542,62 @@ async def test_replay_several(setup: Setup) -> None:
         _actions.MAX_REPLAY = limit
     assert status == 409 and json.loads(body)["error"] == (
         "3 flows are stored: at most 2 are replayed at once"), body
+
+
+@pytest_twisted.async_yield_fixture
+async def trickling() -> AsyncIterator[int]:
+    """An origin trickling its responses (a piece every 0.25 s, 2 s in all); yields its port."""
+    port: Any = reactor.listenTCP(0, Factory.forProtocol(lambda: Trickling(0.25)),
+                                  interface="127.0.0.1")
+    yield port.getHost().port
+    await port.stopListening()
+
+
+def stored_paths(path: Path) -> list[str]:
+    """The paths of the flows in the store file *path*, read-only (it may be in use)."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT json_extract(summary, '$.path') FROM flows").fetchall()
+    except sqlite3.OperationalError:  # not made yet
+        return []
+    finally:
+        db.close()
+    return [p for p, in rows]
+
+
+@pytest_twisted.ensureDeferred
+async def test_flows_ending_in_the_drain_are_stored(tmp_path: Path, trickling: int) -> None:
+    """
+    ``twistd twistproxy --web --web-store PATH``, SIGTERM while a slow
+    response trickles: the flow ends during the drain and is in the store
+    file with its whole response (the store is closed after the drain, not
+    when the UI stops listening).
+    """
+    path = tmp_path / "flows.sqlite3"
+    child, port = await start_twistd(tmp_path, "--web", "--web-port", "0", "--web-store",
+                                     str(path), "--shutdown-timeout", "15")
+    try:
+        slow = await connect(port)
+        get(slow, trickling, "/slow")
+        # The live flow is stored (its request is in); its response, buffered
+        # for the UI's intercept hook, trickles for 2 s.
+        await until(lambda: stored_paths(path) == ["/slow"], "the live flow in the store")
+        assert not slow.data
+        child.transport.signalProcess(signal.SIGTERM)  # type: ignore[union-attr]
+        await until(lambda: slow.reason is not None, "the slow response's end")
+        assert slow.data.endswith(PIECE * PIECES)
+        await until(lambda: child.done, "the proxy's exit", EXIT_TIMEOUT)
+        assert_stopped_cleanly(child.code, child.signal, child.output)
+    finally:
+        await child.stop()
+    store = FlowStore(path)
+    try:
+        [summary] = store.summaries(store.view("").seqs)
+        assert (summary["path"], summary["status"], summary["live"]) == ("/slow", 200, False)
+        flow = store.load(summary["id"])
+        assert flow is not None and flow.response is not None
+        assert flow.response.raw_content == PIECE * PIECES
+    finally:
+        store.close()

@@ -106,9 +106,21 @@ class WebUI:
         site.displayTracebacks = False
         return site
 
-    def service(self) -> Service:
-        """The service listening with :meth:`site` while running."""
-        return _WebService(self)
+    def service(self, *, closes_store: bool = True) -> Service:
+        """
+        The service listening with :meth:`site` while running.
+
+        :param closes_store: Whether stopping it also closes (:meth:`close`) the
+            store.  Pass ``False`` when the proxy's flows may still end after
+            it stops (its drain), and call :meth:`close` once they ended:
+            ``twistd twistproxy --web`` closes the store after the drain.
+        """
+        return _WebService(self, closes_store)
+
+    def close(self) -> None:
+        """Write the flows still pending to the store and close it."""
+        self.recorder.close()
+        self.store.close()
 
 
 def _is_address(host: str) -> bool:
@@ -120,10 +132,14 @@ def _is_address(host: str) -> bool:
 
 
 class _WebService(Service):
-    """Listens for the UI; when stopped, writes what is pending and closes the store."""
+    """
+    Listens for the UI; when stopped, stops listening and (with
+    *closes_store*) writes what is pending and closes the store.
+    """
 
-    def __init__(self, ui: WebUI) -> None:
+    def __init__(self, ui: WebUI, closes_store: bool = True) -> None:
         self._ui = ui
+        self._closes_store = closes_store
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -146,9 +162,8 @@ class _WebService(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self.port = self.port, None
-        ui = self._ui
-        ui.recorder.close()
-        ui.store.close()
+        if self._closes_store:
+            self._ui.close()
         if port is not None:
             return port.stopListening()
         return None
