@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.e2e.origin import OriginFactory
@@ -35,13 +37,14 @@ from tests.e2e.test_faults_shutdown_e2e import (
     until,
 )
 from tests.e2e.test_twistd import needs_curl, start_twistd
+from tests.test_web_store import make_flow
 from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
 from twistproxy.web import _actions
 from twistproxy.web.service import WebUI
-from twistproxy.web.store import FlowStore
+from twistproxy.web.store import FlowStore, summarize
 
 pytestmark = pytest.mark.e2e
 
@@ -601,3 +604,71 @@ async def test_flows_ending_in_the_drain_are_stored(tmp_path: Path, trickling: i
         assert flow.response.raw_content == PIECE * PIECES
     finally:
         store.close()
+
+
+def _open_events(port: int, token: str) -> tuple[socket.socket, bytes]:
+    """Blocking: a push channel whose client reads its head, then nothing (a stalled tab)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                 b"X-Twistproxy-Token: %s\r\n\r\n" % (port, token.encode()))
+    received = b""
+    for _ in range(100):
+        if b": twistproxy\n\n" in received:
+            break
+        received += sock.recv(4096)
+    return sock, received
+
+
+def _read_until(sock: socket.socket, marker: bytes, limit: int) -> bytes:
+    """Blocking: read *sock* until *marker* arrives (or *limit* bytes, or 10 s)."""
+    received = b""
+    deadline = time.monotonic() + 10
+    while marker not in received and len(received) < limit and time.monotonic() < deadline:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        received += piece
+    return received
+
+
+def _buffered(transport: Any) -> int:
+    """The bytes a Twisted TCP transport holds for its peer (not yet in the kernel)."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_stalled_client_bounded(setup: Setup) -> None:
+    """
+    A push-channel client that stops reading while thousands of flows are
+    written: what the UI holds for it stays bounded (batches are dropped
+    while it is behind, not buffered); once it reads again it gets one
+    reload event with the current total.
+    """
+    sock, head = await deferToThread(_open_events, setup.web, setup.ui.guard.token)
+    try:
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+        recorder = setup.ui.recorder
+        [listener] = recorder._listeners
+        transport = listener.__self__._request.transport  # type: ignore[attr-defined]
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        count, most, sent = 0, 0, 0
+        for _ in range(30):
+            flows = [make_flow(f"/stalled/{count + i}/" + "p" * 600) for i in range(100)]
+            count += len(flows)
+            for flow in flows:
+                recorder.touch(flow)
+            recorder.flush()
+            sent += sum(len(json.dumps(summarize(f, 0))) for f in flows)
+            await deferLater(reactor, 0, lambda: None)  # the transport writes what it can
+            most = max(most, _buffered(transport))
+        assert sent > 2 * 2**20  # what the client would have been sent, in summaries
+        assert most < 256 * 1024, most
+        marker = b'{"total":%d,"reload":true}' % count
+        received = await deferToThread(_read_until, sock, marker, 4 * 2**20)
+        assert marker in received
+        assert len(received) < 2**20, len(received)
+    finally:
+        sock.close()

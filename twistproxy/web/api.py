@@ -32,11 +32,13 @@ from importlib.resources import files
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from twistproxy import __version__
 from twistproxy.export import FORMATS, ExportError
@@ -414,32 +416,64 @@ class _Api(Resource):
         return {action: flow_id}
 
 
+@implementer(IPushProducer)
 class _Events:
-    """One push channel: server-sent events of the flows in one view."""
+    """
+    One push channel: server-sent events of the flows in one view.
+
+    It is the request's producer: while the client is behind (the
+    connection's send buffer full: a tab that stopped reading, a slow link),
+    batches are dropped, not buffered, and once the buffer drained one
+    ``reload`` event (the view's total) stands for them all: the page then
+    reloads the rows in sight.  What waits for a slow client is bounded by
+    the transport's buffer and one batch.
+    """
 
     def __init__(self, recorder: WebRecorder, view: View) -> None:
         self._recorder = recorder
         self._view = view
         self._request: Request | None = None
+        self._paused = False  # the client is behind: batches are dropped
+        self._dropped = False  # a batch was dropped: reload once resumed
 
     def start(self, request: Request) -> int:
+        """Answer *request* with the event stream (``NOT_DONE_YET``)."""
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-store")
         self._request = request
         self._view.users += 1
         self._recorder.subscribe(self._written)
+        request.registerProducer(self, True)
         request.write(b": twistproxy\n\n")
         request.notifyFinish().addBoth(self._gone)
         return NOT_DONE_YET
 
+    def pauseProducing(self) -> None:
+        """The client is behind: drop batches until it catches up."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The client caught up: one ``reload`` for the batches dropped meanwhile."""
+        self._paused = False
+        if self._dropped:
+            self._dropped = False
+            self._send({"total": len(self._view), "reload": True})
+
+    def stopProducing(self) -> None:
+        """The connection is going: :meth:`_gone` follows."""
+
     def _gone(self, _: object) -> None:
+        request, self._request = self._request, None
         self._recorder.unsubscribe(self._written)
         self._view.users -= 1
-        self._request = None
+        if request is not None:
+            request.unregisterProducer()
 
     def _written(self, written: Written, reload: bool) -> None:
-        request = self._request
-        if request is None:
+        if self._request is None:
+            return
+        if self._paused:
+            self._dropped = True
             return
         view = self._view
         event: dict[str, Any] = {"total": len(view), "reload": reload or view.reload}
@@ -452,8 +486,13 @@ class _Events:
             if not changes:
                 return
             event["changes"] = changes
-        request.write(b"event: flows\ndata: " + json.dumps(event, separators=(",", ":")).encode()
-                      + b"\n\n")
+        self._send(event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        request = self._request
+        if request is not None:
+            request.write(b"event: flows\ndata: "
+                          + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
 
 
 def _later(request: Request, answer: Deferred[Any]) -> int:
