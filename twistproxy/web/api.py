@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+from array import array
 from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
@@ -227,8 +228,7 @@ class _Api(Resource):
     def _route(self, request: Request, method: str, path: list[str]) -> bytes | int:
         match method, path:
             case "GET", ["flows"]:
-                return self._with_view(request, lambda view: _send_json(
-                    request, self._list(request, view)))
+                return self._with_view(request, lambda view: self._list(request, view))
             case "GET", ["events"]:
                 return self._with_view(request, lambda view: _Events(
                     self._recorder, view).start(request))
@@ -313,7 +313,8 @@ class _Api(Resource):
         self._store.built(view, self._cooperator).addCallback(answer).addErrback(failed)
         return NOT_DONE_YET
 
-    def _list(self, request: Request, view: View) -> dict[str, Any]:
+    def _list(self, request: Request, view: View) -> bytes | int:
+        """A page of *view*, in the order asked for (``NOT_DONE_YET`` while it is sorted)."""
         offset = max(0, _int_arg(request, "offset", 0))
         limit = min(MAX_PAGE, max(0, _int_arg(request, "limit", 100)))
         key = _arg(request, "sort") or "seq"
@@ -321,11 +322,15 @@ class _Api(Resource):
         if order not in ("asc", "desc"):
             raise _HTTPError(400, f"order must be asc or desc, not {order!r}")
         try:
-            seqs = self._store.sorted(view, key, order == "desc")[offset:offset + limit]
+            ordered = self._store.sorted(view, key, order == "desc")
         except ValueError as e:
             raise _HTTPError(400, str(e)) from None
-        return {"total": len(view), "offset": offset, "sort": key, "order": order,
-                "flows": self._store.summaries(seqs)}
+
+        def page(seqs: array[int]) -> dict[str, Any]:
+            return {"total": len(seqs), "offset": offset, "sort": key, "order": order,
+                    "flows": self._store.summaries(seqs[offset:offset + limit])}
+
+        return _later(request, ordered.addCallback(page))
 
     def _matching(self, view: View) -> list[HTTPFlow]:
         return list(self._store.flows(view.seqs))
@@ -495,28 +500,36 @@ class _Events:
                           + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
 
 
-def _later(request: Request, answer: Deferred[Any]) -> int:
-    """Answer *request* with *answer*'s result as JSON once it fires (or its ApiError)."""
+def _later(request: Request, answer: Deferred[Any]) -> bytes | int:
+    """
+    The JSON of *answer*'s result, or of its :class:`ApiError`: at once if
+    it has fired, else written once it does (``NOT_DONE_YET``), unless the
+    client went meanwhile.  Any other failure is logged and answered 500.
+    """
+
+    def body(value: Any) -> bytes:
+        return _send_json(request, value)
+
+    def error(failure: Failure) -> bytes:
+        if isinstance(failure.value, _HTTPError):
+            return _send_json(request, failure.value.body, failure.value.code)
+        _log.failure("--web: {uri} failed", failure, uri=request.uri.decode("latin-1")[:200])
+        return _send_json(request, {"error": "internal error (logged)"}, 500)
+
+    answer.addCallbacks(body, error)
+    if answer.called:
+        now: list[bytes] = []
+        answer.addCallback(now.append)
+        return now[0]
     gone: list[object] = []
     request.notifyFinish().addErrback(gone.append)
 
-    def done(value: Any) -> None:
+    def write(data: bytes) -> None:
         if not gone:
-            request.write(_send_json(request, value))
+            request.write(data)
             request.finish()
 
-    def failed(failure: Failure) -> None:
-        if gone:
-            return
-        error = failure.value
-        if isinstance(error, _HTTPError):
-            request.write(_send_json(request, error.body, error.code))
-        else:
-            _log.failure("--web: {uri} failed", failure, uri=request.uri.decode("latin-1")[:200])
-            request.write(_send_json(request, {"error": "internal error (logged)"}, 500))
-        request.finish()
-
-    answer.addCallbacks(done, failed)
+    answer.addCallback(write)
     return NOT_DONE_YET
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import sqlite3
+from functools import partial
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -43,7 +45,8 @@ class WebUI:
     The web UI of one proxy: its flow store, its addons (add
     :attr:`addons` last to the proxy's) and its service.
 
-    :param reactor: The reactor (listening and the store's batch timer).
+    :param reactor: The reactor (listening, the store's batch timer, its thread
+        pool for sorting).
     :param host: The address to listen on.
     :param port: The port (0: any free one).
     :param store: The SQLite file (``None``: a temporary one).
@@ -55,7 +58,9 @@ class WebUI:
         self.reactor = reactor
         self.host = host
         self.port = port
-        self.store = FlowStore(store)
+        # Sorting reads every row: in the reactor's thread pool, not its thread.
+        self.store = FlowStore(store, in_thread=partial(
+            deferToThreadPool, reactor, reactor.getThreadPool()))
         self.recorder = WebRecorder(self.store, clock=reactor)
         self.intercept = WebIntercept(self.recorder)
         names = frozenset() if _is_loopback(host) or _is_address(host) else {host}
