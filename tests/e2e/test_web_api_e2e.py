@@ -44,7 +44,7 @@ from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
 from twistproxy.web import _actions
 from twistproxy.web.service import WebUI
-from twistproxy.web.store import FlowStore, summarize
+from twistproxy.web.store import FlowStore, View, summarize
 
 pytestmark = pytest.mark.e2e
 
@@ -672,3 +672,34 @@ async def test_events_stalled_client_bounded(setup: Setup) -> None:
         assert len(received) < 2**20, len(received)
     finally:
         sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_building_progress(setup: Setup) -> None:
+    """
+    A new filter view that takes a while to build: the list call answers
+    202 with how many of the stored flows were read, and again until the
+    view is built; then the page of flows.
+    """
+    store = setup.ui.store
+    store.write([make_flow(f"/progress/{i}", status=200 if i % 2 else 404) for i in range(100)])
+    store._chunk = 1
+    step = store.build_step
+
+    def slow_step(view: View) -> bool:
+        time.sleep(0.005)  # 100 steps: at least 0.5 s, past PROGRESS_AFTER
+        return step(view)
+
+    store.build_step = slow_step  # type: ignore[method-assign]
+    answers = []
+    for _ in range(100):
+        status, _, body = await call(setup, "GET", "/api/flows?filter=~c%20200&limit=5")
+        answers.append((status, json.loads(body)))
+        if status != 202:
+            break
+    status, page = answers[-1]
+    assert status == 200 and page["total"] == 50
+    assert [f["path"] for f in page["flows"]][:2] == ["/progress/1", "/progress/3"]
+    building = [body["building"] for status, body in answers if status == 202]
+    assert building and all(b["of"] == 100 and 0 < b["read"] <= 100 for b in building)
+    assert [b["read"] for b in building] == sorted(b["read"] for b in building)

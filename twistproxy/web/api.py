@@ -33,7 +33,7 @@ from importlib.resources import files
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +62,9 @@ STATIC = files("twistproxy.web") / "static"
 
 MAX_PAGE = 1000
 """The most flow summaries one list call returns."""
+
+PROGRESS_AFTER = 0.25
+"""Seconds a list call waits for a new filter view before answering how far it got."""
 
 MAX_BODY = 16 * 1024 * 1024
 """The largest request body the API reads (an edited body, say)."""
@@ -228,7 +231,8 @@ class _Api(Resource):
     def _route(self, request: Request, method: str, path: list[str]) -> bytes | int:
         match method, path:
             case "GET", ["flows"]:
-                return self._with_view(request, lambda view: self._list(request, view))
+                return self._with_view(request, lambda view: self._list(request, view),
+                                       progress=True)
             case "GET", ["events"]:
                 return self._with_view(request, lambda view: _Events(
                     self._recorder, view).start(request))
@@ -276,10 +280,14 @@ class _Api(Resource):
 
     # -- reading ------------------------------------------------------------
 
-    def _with_view(self, request: Request, then: Callable[[View], bytes | int]) -> bytes | int:
+    def _with_view(self, request: Request, then: Callable[[View], bytes | int], *,
+                   progress: bool = False) -> bytes | int:
         """
         ``then(view)`` with the view of the request's filter: now if it is
-        built, else once it is (``NOT_DONE_YET`` until then).
+        built, else once it is (``NOT_DONE_YET`` until then).  With
+        *progress*, a view still building after :data:`PROGRESS_AFTER`
+        seconds is answered ``202`` with how far the build got instead
+        (``{"building": {"read": N, "of": M}}``): the caller asks again.
         """
         self._recorder.flush()  # the view includes what was just seen
         try:
@@ -288,10 +296,25 @@ class _Api(Resource):
             raise _filter_error(e) from None
         if view.complete:
             return then(view)
-        gone: list[object] = []
+        gone: list[object] = []  # the client went, or it was answered
         request.notifyFinish().addErrback(gone.append)
+        timer: IDelayedCall | None = None
+
+        def building() -> None:
+            if gone:
+                return
+            gone.append(None)
+            request.write(_send_json(request, {
+                "building": {"read": view.read, "of": view.of or view.read},
+                "total": 0, "flows": []}, 202))
+            request.finish()
+
+        if progress:
+            timer = self._recorder.clock.callLater(PROGRESS_AFTER, building)
 
         def answer(view: View) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
             if gone:
                 return
             try:
@@ -304,6 +327,8 @@ class _Api(Resource):
                 request.finish()
 
         def failed(failure: Failure) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
             _log.failure("--web: cannot build the view of {expression!r}", failure,
                          expression=view.expression)
             if not gone:

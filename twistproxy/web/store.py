@@ -140,6 +140,9 @@ class View:
         than at its end.
     :ivar scanned: The rows up to this seq were read while building it (past
         it, rows are left to the build, which reads them as they are then).
+    :ivar read: How many rows the build read so far.
+    :ivar of: How many rows there were when the build started (``None``
+        before its first step).
     """
 
     def __init__(self, expression: str, flow_filter: Filter | None) -> None:
@@ -149,6 +152,8 @@ class View:
         self.users = 0  # push channels showing this view
         self.reload = False  # the last write changed it other than at its end
         self.scanned = 0
+        self.read = 0
+        self.of: int | None = None
         self._waiting: list[Deferred[View]] | None = None  # a build under way
         self._sorted: dict[str, _Order] = {}  # by summary field
 
@@ -447,6 +452,8 @@ class FlowStore:
         """
         if view.complete:
             return False
+        if view.of is None:
+            view.of = len(self)
         flow_filter = view.filter
         if flow_filter is None:  # every flow: seqs only, cheap
             limit = self._chunk * 100
@@ -461,6 +468,7 @@ class FlowStore:
             bodies = "~b" in str(flow_filter)  # a body operator needs those kept apart too
             view.seqs.extend(seq for seq, data in rows
                              if flow_filter(self._decode(data, bodies)))
+        view.read += len(rows)
         if len(rows) < limit:
             view.scanned = _ALL
             return False

@@ -103,7 +103,7 @@ function exportLinks(filter) {
 async function main() {
   const list = new FlowList($("viewport"), $("spacer"), {
     onOpen: (id) => renderFlow($("view"), id, () => list.render()).catch((e) => alert(e.message)),
-    onCount: (total) => { $("count").textContent = `${total} flows`; },
+    onCount: (total, building) => { $("count").textContent = building ? `building filter: ${building.read} of ${building.of}` : `${total} flows`; },
     onError: (error) => showError($("filter"), error),
   });
   window.twistproxy = { list }; // for the browser tests and the curious

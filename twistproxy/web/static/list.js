@@ -8,6 +8,7 @@ const PAGE = 200;
 const OVERSCAN = 10;
 const KEEP = 5000; // summaries kept around what is in sight
 const SORTED_RELOAD = 1000; // ms between reloads of a sorted list as flows change
+const BUILDING_POLL = 250; // ms between list calls while a new filter view is built
 
 function pad(n, width = 2) { return String(n).padStart(width, "0"); }
 
@@ -91,6 +92,14 @@ export class FlowList {
       const data = await flowsPage(this.filter, page * PAGE, PAGE, this.sort, this.order);
       if (generation !== this.generation) return;
       this.onError(null);
+      if (data.building) {
+        // A new filter view is being built: show how far, ask again.
+        this.total = 0;
+        this.spacer.style.height = "0px";
+        this.onCount(0, data.building);
+        setTimeout(() => { if (generation === this.generation) this.fetchPage(page); }, BUILDING_POLL);
+        return;
+      }
       this.setTotal(data.total);
       data.flows.forEach((flow, i) => this.rows.set(data.offset + i, flow));
     } catch (error) {
