@@ -496,7 +496,7 @@ class _Events:
         request, self._request = self._request, None
         self._recorder.unsubscribe(self._written)
         self._view.users -= 1
-        if request is not None:
+        if request is not None and request.channel is not None:  # None: the connection is lost
             request.unregisterProducer()
 
     def _written(self, written: Written, reload: bool) -> None:
