@@ -104,19 +104,25 @@ class IAddon(Interface):
         """
         The addon was registered (given to a
         :class:`~twistproxy.lifecycle.AddonManager`, a ``ProxyFactory``, or
-        loaded from an addon file); called once, first. Declare options here
-        with ``loader.add_option(name, typespec, default, help)``
-        (:class:`~twistproxy.addonopts.Loader`). An exception refuses the
-        addon.
+        loaded from an addon file, or loaded again because that file
+        changed); called once, first. Declare options here with
+        ``loader.add_option(name, typespec, default, help)``
+        (:class:`~twistproxy.addonopts.Loader`; an optional ``choices``
+        list, too). The types are mitmproxy's: ``bool``, ``str``, ``int``,
+        ``float``, ``typing.Optional[str]`` (and ``[int]``, ``[float]``),
+        ``typing.Sequence[str]``. An exception refuses the addon.
 
         :param loader: The :class:`~twistproxy.addonopts.Loader`.
         """
 
     def configure(updated: Any) -> object:
         """
-        Options changed: at start with every option's name, then with the
-        names of those changed (``ctx.options`` holds the new values). An
-        exception refuses the change (at start, the proxy does not start).
+        Options changed: at start with every option's name (after
+        ``--set``), then with the names of those that change (an addon file
+        reloaded, or code that sets ``ctx.options.NAME = value``);
+        ``ctx.options`` holds the new values. An exception refuses the
+        change: at start, the proxy does not start (twistd stops with one
+        line); later, the old values are put back.
 
         :param updated: The set of the changed options' names.
         """
@@ -130,18 +136,28 @@ class IAddon(Interface):
 
     def done() -> object:
         """
-        The proxy stopped, after its last flow (its connections drained), or
-        the addon was removed (its addon file reloaded). The addon's last
-        hook; a Deferred or coroutine returned is waited for (within the
-        manager's deadline) before the next addon's ``done``.
+        The proxy stopped, after its last flow: when twistd gets
+        ``SIGTERM`` it drains its connections first (``--shutdown-timeout``),
+        and ``done`` comes after the flows that ended meanwhile. Also when
+        the addon is removed (its addon file reloaded). The addon's last
+        hook. The ``done`` hooks run one after the other; a Deferred or
+        coroutine returned is waited for before the next addon's ``done``,
+        all of them together within the manager's deadline (30 s by
+        default).
         """
 
     def client_connected(client: Any) -> object:
         """
-        A client has connected to the proxy.
+        A client has connected to the proxy. While this hook is being
+        waited for, nothing is read from the client. If it fails (or times
+        out), the failure is logged and the client is served as if the hook
+        were absent: a hook that looks at connections must not be able to
+        take the proxy down for everyone.
 
-        :param client: The client connection record; it may be inspected but
-            there is nothing to change yet.
+        :param client: The client connection record
+            (:class:`~twistproxy.flow.Client`: ``peername``, ``sockname``,
+            ``timestamp_start``); it may be inspected but there is nothing
+            to change yet.
         """
 
     def client_disconnected(client: Any) -> object:
@@ -154,7 +170,12 @@ class IAddon(Interface):
     def server_connected(server: Any) -> object:
         """
         The proxy has connected to an origin server on behalf of a flow,
-        before the request is sent to it.
+        before the request is sent to it. It does not run when a kept-alive
+        connection is reused. For a ``CONNECT`` it runs before the client
+        gets its ``200``, intercepted or not (unless an intercepted one
+        connects lazily: ``--connection-strategy lazy``); the first request
+        inside an intercepted tunnel reuses that connection, so it does not
+        run again for it.
 
         :param server: The flow's server connection record, for inspection.
         """
@@ -169,7 +190,9 @@ class IAddon(Interface):
     def http_connect(flow: Any) -> object:
         """
         A client asked for a tunnel with ``CONNECT host:port``
-        (``flow.request.method == "CONNECT"``, its host and port set).
+        (``flow.request.method == "CONNECT"``, its host and port set); it
+        runs once the request is read, instead of :meth:`requestheaders`
+        and :meth:`request`.
 
         The hook may answer instead of opening the tunnel by setting
         ``flow.response`` (a 403, say); ``flow.passthrough`` says whether the
@@ -178,7 +201,10 @@ class IAddon(Interface):
         intercept the flow. Otherwise the proxy answers
         ``200 Connection established`` and, when it has a certificate store,
         intercepts the TLS inside: the requests in the tunnel then make flows
-        of their own.
+        of their own (``https``, or ``http`` when the client speaks plain
+        HTTP inside; a tunnel carrying anything else is relayed raw). When
+        the tunnel opens, the :meth:`response` hooks see the ``200
+        Connection established``.
 
         :param flow: The CONNECT request's flow.
         """
@@ -201,7 +227,8 @@ class IAddon(Interface):
         """
         The whole request has been read: its body is buffered in
         ``flow.request`` unless it is being streamed, in which case this
-        runs before the body is read, with none of it.
+        runs at once, before the body is read, with none of it
+        (``flow.request.raw_content`` is ``None``).
 
         The hook may change ``flow.request`` in any way; answer the client
         by setting ``flow.response`` (the origin is not contacted and no
@@ -217,8 +244,10 @@ class IAddon(Interface):
 
         The hook may change the status and headers, or set
         ``flow.response.stream = True`` to pass the body to the client as it
-        arrives instead of buffering it for :meth:`response`; it may kill or
-        intercept the flow.
+        arrives instead of buffering it for :meth:`response` (or to a
+        function of ``bytes`` to ``bytes`` that changes each piece on its
+        way); it may kill or intercept the flow. Reading from the origin
+        waits while it runs.
 
         :param flow: The flow being proxied.
         """
@@ -231,7 +260,9 @@ class IAddon(Interface):
         body limit, ``truncated`` past it).
 
         The hook may change a buffered ``flow.response`` in any way before
-        it is sent to the client; it may kill or intercept the flow.
+        it is sent to the client; it may kill or intercept the flow. For a
+        streamed response it runs once the response was sent, for
+        inspection only.
 
         :param flow: The flow being proxied.
         """
@@ -248,8 +279,9 @@ class IAddon(Interface):
     def websocket_start(flow: Any) -> object:
         """
         The origin switched the flow's request to a WebSocket: its ``101``
-        went through ``responseheaders`` and ``response`` and was written
-        to the client, and ``flow.websocket`` is ready for messages.
+        went through ``responseheaders`` and ``response`` (where
+        ``flow.websocket`` is already set, so a hook can tell) and was
+        written to the client, and ``flow.websocket`` is ready for messages.
         Nothing is relayed until the hook is done.
 
         :param flow: The flow (``flow.websocket`` is a
