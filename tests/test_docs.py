@@ -78,11 +78,26 @@ def test_every_public_module_has_a_page(html: Path) -> None:
         assert f'href="{name}.html"' in index, name
 
 
+def test_no_page_shows_an_error(html: Path) -> None:
+    """
+    No page holds an error the build did not count as a warning: docutils'
+    system messages, or furo's box for a ``.. contents::`` directive.
+    """
+    for page in sorted(html.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        assert "system-message" not in text, page
+        assert "Adding a table of contents" not in text, page
+
+
 def test_hooks_come_from_iaddon(html: Path) -> None:
     """
     The hooks page describes every hook of ``IAddon`` with the text of its
-    docstring, so the two cannot drift apart.
+    docstring, so the two cannot drift apart; the API page documents
+    ``IAddon`` itself.
     """
+    api = (html / "api" / "twistproxy.hooks.html").read_text(encoding="utf-8")
+    assert 'id="twistproxy.hooks.IAddon"' in api
+    assert 'id="twistproxy.hooks.IAddon.stream_bodies"' in api
     page = (html / "hooks.html").read_text(encoding="utf-8")
     for name in IAddon.names():
         if name == "stream_bodies":

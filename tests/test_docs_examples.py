@@ -5,7 +5,8 @@ lines are ones twistd accepts.
 - Every Python example of the pages lives in ``docs/examples/`` and is
   shown with ``literalinclude``; each example file is shown by a page and
   run by ``tests/e2e/test_docs_e2e.py``. The one inline Python block left,
-  ``ProxyFactory``'s signature in embedding.rst, is checked against the code.
+  ``ProxyFactory``'s signature in embedding.rst, is checked against the code
+  by ``tests/test_trips.py`` (``EmbeddingDocTests``).
 - Every ``twistd ... twistproxy ...`` line of the pages, the README and the
   examples is parsed by :class:`twistproxy.options.Options`, in a directory
   holding the files it names.
@@ -28,7 +29,6 @@ from twistproxy.flow import Client, Server
 from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options
-from twistproxy.proxy import ProxyFactory
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -92,24 +92,6 @@ def test_every_example_is_shown_and_run() -> None:
         assert f'"{example.name}"' in runner, f"{example.name} is run by no test"
 
 
-def test_factory_signature_is_the_code() -> None:
-    """
-    embedding.rst's ``ProxyFactory(...)`` block names every keyword argument,
-    in order, with its default.
-    """
-    (block,) = code_blocks((DOCS / "embedding.rst").read_text(encoding="utf-8"), "python")
-    documented = re.findall(r"^\s+(\w+)(?:=(.*?))?,\s*#", block, re.MULTILINE)
-    parameters = [p for p in inspect.signature(ProxyFactory).parameters.values()]
-    assert [name for name, _ in documented] == [p.name for p in parameters]
-    namespace = {"ProxyRequest": ProxyFactory.__init__.__globals__["ProxyRequest"],
-                 "REGULAR": ProxyFactory.__init__.__globals__["REGULAR"]}
-    for (name, default), parameter in zip(documented, parameters, strict=True):
-        if parameter.default is inspect.Parameter.empty:
-            assert default == "", name
-        else:
-            assert eval(default, namespace) == parameter.default, name
-
-
 def command_lines() -> list[tuple[str, str]]:
     """
     Every ``twistd`` command line that starts ``twistproxy`` in the pages,
@@ -147,7 +129,8 @@ def test_documented_command_line_parses(
     """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    flow_file(tmp_path / "flows.jsonl")
+    for recording in ("flows.jsonl", "session.jsonl"):
+        flow_file(tmp_path / recording)
     for example in EXAMPLES.glob("*.py"):
         shutil.copy(example, tmp_path / example.name)
     shutil.copy(EXAMPLES / "stamp.py", tmp_path / "myaddons.py")

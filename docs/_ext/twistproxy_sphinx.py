@@ -7,6 +7,11 @@ the code, so that they are not written twice:
     ``py:method`` of ``IAddon`` with its signature and its docstring, in the
     order given. A name ``IAddon`` does not have is an error.
 
+``.. twistproxy-iaddon::``
+    :class:`twistproxy.hooks.IAddon` itself (a zope.interface ``Interface``,
+    which autodoc does not document): its docstring, its attributes, and a
+    reference to each of its hooks.
+
 ``.. twistproxy-options::``
     The options of ``twistd twistproxy`` (:class:`twistproxy.options.Options`)
     as ``std:option`` entries of the program ``twistproxy``, read from the
@@ -78,8 +83,38 @@ class HooksDirective(_Generated):
         return lines
 
 
+class IAddonDirective(_Generated):
+    """``.. twistproxy-iaddon::``: the ``IAddon`` interface, its attributes and its hooks."""
+
+    def generated(self) -> list[str]:
+        from zope.interface.interface import Method
+
+        from twistproxy.hooks import IAddon
+
+        def indented(text: str, by: str) -> list[str]:
+            return [by + line if line else "" for line in inspect.cleandoc(text).splitlines()]
+
+        lines = [".. py:currentmodule:: twistproxy.hooks", "", ".. py:class:: IAddon", ""]
+        lines += indented(IAddon.__doc__ or "", "   ") + [""]
+        hooks = []
+        for name in IAddon.names():
+            attribute = IAddon[name]
+            if isinstance(attribute, Method):
+                hooks.append(f":meth:`{name}`")
+                continue
+            lines += [f"   .. py:attribute:: {name}", ""]
+            lines += indented(attribute.getDoc() or "", "      ") + [""]
+        lines += ["   Its hooks, described in :doc:`/hooks`: " + ", ".join(hooks) + ".", ""]
+        return lines
+
+
 class OptionsDirective(_Generated):
-    """``.. twistproxy-options::``: ``twistd twistproxy``'s options, from its help."""
+    """``.. twistproxy-iaddon::``
+    :class:`twistproxy.hooks.IAddon` itself (a zope.interface ``Interface``,
+    which autodoc does not document): its docstring, its attributes, and a
+    reference to each of its hooks.
+
+``.. twistproxy-options::``: ``twistd twistproxy``'s options, from its help."""
 
     def generated(self) -> list[str]:
         from twistproxy.options import Options
@@ -107,5 +142,6 @@ class OptionsDirective(_Generated):
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the directives."""
     app.add_directive("twistproxy-hooks", HooksDirective)
+    app.add_directive("twistproxy-iaddon", IAddonDirective)
     app.add_directive("twistproxy-options", OptionsDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

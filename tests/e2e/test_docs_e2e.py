@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ from tests.e2e.test_twistd import (
     free_port,
     output_contains,
     run,
+    sleep,
     spawn,
     start_twistd,
     twistd_command,
@@ -85,10 +87,11 @@ async def fetch(*args: str, cwd: Path) -> tuple[dict[str, str], str]:
     """
     code, output = await curl("-D", "-", *args, cwd=cwd)
     assert code == 0, output
-    head, _, body = output.replace("\r\n", "\n").rpartition("\n\n")
-    last = head.split("\nHTTP/")[-1]
+    head, body = "", output
+    while body.startswith("HTTP/"):  # interim and CONNECT heads come first
+        head, _, body = body.partition("\r\n\r\n")
     headers = {}
-    for line in last.splitlines()[1:]:
+    for line in head.split("\r\n")[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return headers, body
@@ -472,3 +475,202 @@ async def test_flow_file_examples(tmp_path: Path, python_on_path: dict[str, str]
     assert printed.splitlines()[1].startswith("http ")  # every flow as HTTPie: 2
     assert len(printed.splitlines()) == 3
     assert (tmp_path / "failures.txt").read_text() == ""  # no 500 among them
+
+
+# -- install.rst: the first requests and the Python clients ----------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_requests_and_clients(
+    tmp_path: Path, origin: Running, pki: Any, start_tls_origin: Any,
+    python_on_path: dict[str, str],
+) -> None:
+    """
+    ``twistd -n twistproxy`` as install.rst starts it, then
+    first_request.sh (curl, HTTP and HTTPS trusting the CA twistd made in
+    ~/.twistproxy), client_requests.py, client_httpx.py and client_urllib.py
+    (run as its comment says). The origins are local; the proxy trusts the
+    HTTPS origin's CA as the system's (SSL_CERT_FILE).
+    """
+    tls_origin = start_tls_origin(pki.good)
+    os.environ["SSL_CERT_FILE"] = str(pki.origin_ca_pem)
+    try:
+        child, port = await start_twistd(tmp_path)
+    finally:
+        del os.environ["SSL_CERT_FILE"]
+    https_url = f"https://localhost:{tls_origin.port}/echo"
+    env = dict(python_on_path, HOME=str(tmp_path))
+
+    def run_here(args: list[str], **extra: str) -> str:
+        import subprocess
+
+        result = subprocess.run(args, cwd=tmp_path, env=dict(env, **extra),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    try:
+        await output_contains(child, str(tmp_path / ".twistproxy"))  # where the CA was made
+        script = localized("first_request.sh", tmp_path, {
+            "8080": str(port),
+            "http://example.com/": f"http://127.0.0.1:{origin.port}/echo",
+            "https://example.com/": https_url,
+        })
+        printed = await deferToThread(run_here, ["sh", str(script)])
+        bodies = [json.loads(line) for line in printed.replace("}{", "}\n{").splitlines()]
+        assert [body["method"] for body in bodies] == ["GET", "GET"]
+        await output_contains(child, f"GET {https_url} -> 200")
+        for name in ("client_requests.py", "client_httpx.py"):
+            program = localized(name, tmp_path,
+                                {"8080": str(port), "https://example.com/": https_url})
+            assert await deferToThread(run_here, [sys.executable, str(program)]) == "200\n"
+        program = localized("client_urllib.py", tmp_path, {"https://example.com/": https_url})
+        ca = str(tmp_path / ".twistproxy" / "twistproxy-ca-cert.pem")
+        printed = await deferToThread(run_here, [sys.executable, str(program)],
+                                      HTTPS_PROXY=f"http://127.0.0.1:{port}", SSL_CERT_FILE=ca)
+        assert printed == "200\n"
+    finally:
+        await child.stop()
+
+
+# -- howto.rst -------------------------------------------------------------
+
+
+def twistd_line(script: str, directory: Path, replacements: Mapping[str, str]) -> list[str]:
+    """
+    The ``twistd`` command of the shell example *script* (localized with
+    *replacements*), run with this interpreter and no pid file.
+    """
+    text = localized(script, directory, replacements).read_text(encoding="utf-8")
+    (line,) = [line for line in text.splitlines() if line.startswith("twistd ")]
+    return [*twistd_command(), "--pidfile=", *shlex.split(line)[1:]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_block_host(tmp_path: Path, origin: Running) -> None:
+    """block_host.py refuses the blocked hosts, over HTTP and CONNECT, and passes the rest."""
+    child, port = await start_twistd(tmp_path, "--addon", str(EXAMPLES / "block_host.py"))
+    try:
+        proxy = f"http://127.0.0.1:{port}"
+        code, output = await curl("-f", "-x", proxy, "http://ads.example.com/", cwd=tmp_path)
+        assert code == 22 and "403" in output, output
+        code, output = await curl("-x", proxy, "https://tracker.example.net/", cwd=tmp_path)
+        assert code != 0 and "403" in output, output
+        _, body = await fetch("-x", proxy, f"http://127.0.0.1:{origin.port}/echo", cwd=tmp_path)
+        assert echoed(body)["method"] == "GET"
+    finally:
+        await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rewrite_response(tmp_path: Path, origin: Running) -> None:
+    """rewrite_response.py adds a field to a JSON answer."""
+    child, port = await start_twistd(tmp_path, "--addon", str(EXAMPLES / "rewrite_response.py"))
+    try:
+        _, body = await fetch("-x", f"http://127.0.0.1:{port}",
+                              f"http://127.0.0.1:{origin.port}/echo", cwd=tmp_path)
+        answer = echoed(body)
+        assert answer["proxied"] is True and answer["method"] == "GET"
+    finally:
+        await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_map_remote(tmp_path: Path, origin: Running) -> None:
+    """map_remote.py sends api.example.com's requests to the staging server."""
+    addon = localized("map_remote.py", tmp_path,
+                      {"staging.example.com": "127.0.0.1", "8000": str(origin.port)})
+    child, port = await start_twistd(tmp_path, "--addon", str(addon))
+    try:
+        _, body = await fetch("-x", f"http://127.0.0.1:{port}", "http://api.example.com/echo",
+                              cwd=tmp_path)
+        assert ["Host", f"127.0.0.1:{origin.port}"] in echoed(body)["headers"]
+    finally:
+        await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_and_replay(tmp_path: Path, origin: Running) -> None:
+    """
+    record.sh's twistd saves the session; replay.sh's answers it again
+    without the origin, and anything else with 404.
+    """
+    url = f"http://127.0.0.1:{origin.port}/echo?recorded"
+    port = free_port()
+    child = await start_program(twistd_line("record.sh", tmp_path, {"8080": str(port)}),
+                                tmp_path, port)
+    try:
+        _, recorded_body = await fetch("-x", f"http://127.0.0.1:{port}", url, cwd=tmp_path)
+    finally:
+        await child.stop()
+    seen = len(origin.factory.received)
+    port = free_port()
+    child = await start_program(twistd_line("replay.sh", tmp_path, {"8080": str(port)}),
+                                tmp_path, port)
+    try:
+        proxy = f"http://127.0.0.1:{port}"
+        _, body = await fetch("-x", proxy, url, cwd=tmp_path)
+        assert body == recorded_body
+        code, output = await curl("-f", "-x", proxy, url + "&new", cwd=tmp_path)
+        assert code == 22 and "404" in output, output
+    finally:
+        await child.stop()
+    assert len(origin.factory.received) == seen  # the origin was not asked again
+
+
+@pytest_twisted.ensureDeferred
+async def test_llm_stream(tmp_path: Path, origin: Running) -> None:
+    """
+    llm_stream.py prints each server-sent event as it passes; the client
+    gets them unchanged and --save keeps the whole exchange.
+    """
+    child, port = await start_twistd(tmp_path, "--addon", str(EXAMPLES / "llm_stream.py"),
+                                     "--save", "llm.jsonl")
+    url = f"http://127.0.0.1:{origin.port}/events/3/20"
+    try:
+        _, body = await fetch("-N", "-x", f"http://127.0.0.1:{port}", url, cwd=tmp_path)
+        assert body == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        await output_contains(child, f"{url}: b'data: 0\\n\\n'")
+        await output_contains(child, f"{url}: 27 bytes, truncated: False")
+    finally:
+        await child.stop()
+    (flow,) = load_flows(str(tmp_path / "llm.jsonl"))
+    assert flow.response is not None and flow.response.content == body.encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_and_proxy(tmp_path: Path, origin: Running) -> None:
+    """web_and_proxy.tac serves its site and proxies, in one application."""
+    site, port = free_port(), free_port()
+    tac = localized("web_and_proxy.tac", tmp_path, {"8000": str(site), "8080": str(port)})
+    child = await start_program([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path, port)
+    try:
+        await accepting(site, child)
+        _, body = await fetch(f"http://127.0.0.1:{site}/", cwd=tmp_path)
+        assert body == "the site\n"
+        _, body = await fetch("-x", f"http://127.0.0.1:{port}",
+                              f"http://127.0.0.1:{origin.port}/echo", cwd=tmp_path)
+        assert echoed(body)["method"] == "GET"
+    finally:
+        await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers(tmp_path: Path, origin: Running) -> None:
+    """workers.sh's twistd proxies on its port and says it is healthy on the metrics port."""
+    port, metrics = free_port(), free_port()
+    args = twistd_line("workers.sh", tmp_path, {"8080": str(port), "9101": str(metrics)})
+    child = await start_program(args, tmp_path, port)
+    try:
+        await accepting(metrics, child)
+        _, body = await fetch("-x", f"http://127.0.0.1:{port}",
+                              f"http://127.0.0.1:{origin.port}/echo", cwd=tmp_path)
+        assert echoed(body)["method"] == "GET"
+        for _ in range(50):  # healthy once the workers listen: bounded wait
+            code, output = await curl("-f", f"http://127.0.0.1:{metrics}/healthz", cwd=tmp_path)
+            if code == 0:
+                break
+            await sleep(0.2)
+        assert code == 0, output
+    finally:
+        await child.stop()
