@@ -11,6 +11,7 @@ child process, with the proxy variables pointing at a closed port on
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -76,6 +77,19 @@ def test_every_public_module_has_a_page(html: Path) -> None:
         assert page.is_file(), name
         assert f'id="module-{name}"' in page.read_text(encoding="utf-8"), name
         assert f'href="{name}.html"' in index, name
+
+
+def test_every_exported_name_is_documented(html: Path) -> None:
+    """
+    Each name a public module lists in ``__all__`` is described on its page,
+    re-exported ones (``twistproxy.hooks.HOOKS``, defined in a private
+    module) included.
+    """
+    for name in public_modules():
+        module = importlib.import_module(name)
+        page = (html / "api" / f"{name}.html").read_text(encoding="utf-8")
+        for exported in getattr(module, "__all__", ()):
+            assert f'id="{name}.{exported}"' in page, f"{name}.{exported}"
 
 
 def test_no_page_shows_an_error(html: Path) -> None:

@@ -12,6 +12,11 @@ the code, so that they are not written twice:
     which autodoc does not document): its docstring, its attributes, and a
     reference to each of its hooks.
 
+``.. twistproxy-data:: MODULE NAME ...``
+    Module-level names of the current module that are defined in *MODULE*
+    (a private one) and re-exported: each a ``py:data`` with the docstring
+    written under its assignment there (autodoc skips imported data).
+
 ``.. twistproxy-options::``
     The options of ``twistd twistproxy`` (:class:`twistproxy.options.Options`)
     as ``std:option`` entries of the program ``twistproxy``, read from the
@@ -108,6 +113,27 @@ class IAddonDirective(_Generated):
         return lines
 
 
+class DataDirective(_Generated):
+    """``.. twistproxy-data:: MODULE NAME ...``: re-exported constants, their docstrings."""
+
+    required_arguments = 1
+    final_argument_whitespace = True
+
+    def generated(self) -> list[str]:
+        from sphinx.pycode import ModuleAnalyzer
+
+        module, *names = self.arguments[0].split()
+        docs = ModuleAnalyzer.for_module(module).find_attr_docs()
+        lines = []
+        for name in names:
+            doc = docs.get(("", name))
+            if doc is None:
+                raise self.error(f"{module}.{name} has no docstring")
+            lines += [f".. py:data:: {name}", ""]
+            lines += ["   " + line if line else "" for line in doc] + [""]
+        return lines
+
+
 class OptionsDirective(_Generated):
     """``.. twistproxy-iaddon::``
     :class:`twistproxy.hooks.IAddon` itself (a zope.interface ``Interface``,
@@ -142,6 +168,7 @@ class OptionsDirective(_Generated):
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the directives."""
     app.add_directive("twistproxy-hooks", HooksDirective)
+    app.add_directive("twistproxy-data", DataDirective)
     app.add_directive("twistproxy-iaddon", IAddonDirective)
     app.add_directive("twistproxy-options", OptionsDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
