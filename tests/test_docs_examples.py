@@ -78,18 +78,21 @@ def test_python_examples_are_files() -> None:
 
 def test_every_example_is_shown_and_run() -> None:
     """
-    Each file of docs/examples is included by a page and named by the
-    end-to-end test that runs it.
+    Each file of docs/examples is included by a page and named (in quotes)
+    by a test that runs it: tests/e2e/test_docs_e2e.py, or the one whose
+    configuration it is (haproxy.cfg: tests/e2e/test_scaleout_e2e.py).
     """
     included = {
         Path(name).name
         for page in pages()
         for name in re.findall(r"\.\. literalinclude:: (\S+)", page.read_text(encoding="utf-8"))
     }
-    runner = (REPO / "tests" / "e2e" / "test_docs_e2e.py").read_text(encoding="utf-8")
+    runners = "".join(
+        path.read_text(encoding="utf-8") for path in sorted((REPO / "tests").rglob("test_*.py"))
+    )
     for example in sorted(EXAMPLES.iterdir()):
         assert example.name in included, f"{example.name} is shown by no page"
-        assert f'"{example.name}"' in runner, f"{example.name} is run by no test"
+        assert f'"{example.name}"' in runners, f"{example.name} is run by no test"
 
 
 def command_lines() -> list[tuple[str, str]]:

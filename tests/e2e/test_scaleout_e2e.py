@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,30 +72,22 @@ class Tag(Addon):
 addons = [Tag()]
 """
 
-HAPROXY_CONFIG = """\
-global
-    maxconn 1000
+HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "docs" / "examples" / "haproxy.cfg"
+"""The configuration docs/deployment.rst shows; :func:`haproxy_config` adapts it."""
 
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 10s
-    timeout server 10s
-    retries 3
-    option redispatch
 
-frontend proxy
-    bind 127.0.0.1:{front}
-    default_backend twistproxy
-
-backend twistproxy
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /healthz
-    http-check expect status 200
-    default-server inter 200ms fall 1 rise 2 send-proxy
-{servers}
-"""
+def haproxy_config(front: int, servers: list[str]) -> str:
+    """
+    docs/examples/haproxy.cfg with the frontend on 127.0.0.1:*front* and
+    *servers* (whole ``server`` lines) in place of its three.
+    """
+    text = HAPROXY_CONFIG.read_text(encoding="utf-8")
+    text, binds = re.subn(r"(?m)^    bind 127\.0\.0\.1:8080$", f"    bind 127.0.0.1:{front}", text)
+    lines = text.splitlines()
+    documented = [i for i, line in enumerate(lines) if line.startswith("    server ")]
+    assert binds == 1 and len(documented) == 3, text
+    lines[documented[0]:documented[-1] + 1] = servers
+    return "\n".join(lines) + "\n"
 
 
 IP = shutil.which("ip")
@@ -299,10 +292,10 @@ async def test_scale_out_behind_haproxy(tmp_path: Path, placement: Placement,
         await gatherResults([Deferred.fromCoroutine(until_healthy(i)) for i in instances])
 
         front = free_port()
-        servers = "\n".join(f"    server {i.name} {i.address}:{i.port} check port {i.metrics}"
-                            for i in instances)
+        servers = [f"    server {i.name} {i.address}:{i.port} check port {i.metrics}"
+                   for i in instances]
         config = tmp_path / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(front=front, servers=servers))
+        config.write_text(haproxy_config(front, servers))
         haproxy = spawn([HAPROXY, "-db", "-f", str(config)], tmp_path)
         url = f"http://{placement.origin}:{origin_port}/bytes/1024"
         for _ in range(50):  # HAProxy listening and its servers up (bounded)
