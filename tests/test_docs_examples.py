@@ -3,7 +3,8 @@ The documentation's examples are files that tests run, and its command
 lines are ones twistd accepts.
 
 - Every Python example of the pages lives in ``docs/examples/`` and is
-  shown with ``literalinclude``; each example file is shown by a page and
+  shown with ``literalinclude`` (the README's are verbatim copies, checked);
+  each example file is shown by a page and
   run by ``tests/e2e/test_docs_e2e.py``. The one inline Python block left,
   ``ProxyFactory``'s signature in embedding.rst, is checked against the code
   by ``tests/test_trips.py`` (``EmbeddingDocTests``).
@@ -76,9 +77,29 @@ def test_python_examples_are_files() -> None:
             assert blocks == [], page.name
 
 
+def readme_examples() -> list[str]:
+    """The examples the README shows: each of its Python blocks is one, verbatim."""
+    shown = []
+    files = {path.read_text(encoding="utf-8").strip(): path.name
+             for path in EXAMPLES.glob("*.py")}
+    for block in code_blocks((REPO / "README.rst").read_text(encoding="utf-8"), "python"):
+        assert block.strip() in files, f"README.rst: a Python block that is no example:\n{block}"
+        shown.append(files[block.strip()])
+    return shown
+
+
+def test_readme_python_is_examples() -> None:
+    """
+    README.rst cannot include files (PyPI and GitHub show it as it is), so
+    each of its Python blocks is a copy of an example file, checked here.
+    """
+    assert readme_examples()
+
+
 def test_every_example_is_shown_and_run() -> None:
     """
-    Each file of docs/examples is included by a page and named (in quotes)
+    Each file of docs/examples is included by a page (or copied into the
+    README) and named (in quotes)
     by a test that runs it: tests/e2e/test_docs_e2e.py, or the one whose
     configuration it is (haproxy.cfg: tests/e2e/test_scaleout_e2e.py).
     """
@@ -86,7 +107,7 @@ def test_every_example_is_shown_and_run() -> None:
         Path(name).name
         for page in pages()
         for name in re.findall(r"\.\. literalinclude:: (\S+)", page.read_text(encoding="utf-8"))
-    }
+    } | set(readme_examples())
     runners = "".join(
         path.read_text(encoding="utf-8") for path in sorted((REPO / "tests").rglob("test_*.py"))
     )

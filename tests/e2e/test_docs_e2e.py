@@ -674,3 +674,22 @@ async def test_workers(tmp_path: Path, origin: Running) -> None:
         assert code == 0, output
     finally:
         await child.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_myaddons(tmp_path: Path, origin: Running) -> None:
+    """
+    The README's myaddons.py: ads.example.com answered 403 without contact,
+    every request held (Slow) and every response stamped.
+    """
+    child, port = await start_twistd(tmp_path, "--addon", str(EXAMPLES / "myaddons.py"))
+    try:
+        proxy = f"http://127.0.0.1:{port}"
+        code, output = await curl("-f", "-x", proxy, "http://ads.example.com/", cwd=tmp_path)
+        assert code == 22 and "403" in output, output
+        headers, body = await fetch("-x", proxy, f"http://127.0.0.1:{origin.port}/echo",
+                                    cwd=tmp_path)
+        assert headers["x-proxied-by"] == "twistproxy"
+        assert echoed(body)["method"] == "GET"
+    finally:
+        await child.stop()
