@@ -11,7 +11,7 @@ from unittest import skipIf
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy._encoding import available, decode, encode
+from twistproxy._encoding import DecodedTooLarge, available, decode, encode
 
 HAVE_BROTLI = importlib.util.find_spec("brotli") is not None
 HAVE_ZSTANDARD = importlib.util.find_spec("zstandard") is not None
@@ -195,3 +195,61 @@ class ZstdTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, decode, b"not zstd at all", "zstd")
         self.assertRaises(ValueError, decode, encode(BODY, "zstd")[:-4], "zstd")
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    :func:`decode` with a limit: a body decoding to more raises
+    :exc:`DecodedTooLarge` without ever being made whole; one within it
+    decodes as without a limit.
+    """
+
+    BOMB = b"\0" * (8 * 1024 * 1024)  # 8 MiB of zeros: a few KiB in any coding
+    LIMIT = 1024 * 1024
+
+    def check(self, coding: str) -> None:
+        bomb = encode(self.BOMB, coding)
+        self.assertLess(len(bomb), 64 * 1024)
+        with self.assertRaises(DecodedTooLarge):
+            decode(bomb, coding, limit=self.LIMIT)
+        exact = encode(b"x" * self.LIMIT, coding)
+        self.assertEqual(decode(exact, coding, limit=self.LIMIT), b"x" * self.LIMIT)
+        with self.assertRaises(DecodedTooLarge):
+            decode(exact, coding, limit=self.LIMIT - 1)
+        self.assertEqual(decode(bomb, coding), self.BOMB)
+
+    def test_gzip(self) -> None:
+        self.check("gzip")
+
+    def test_gzip_members(self) -> None:
+        """Every member of a multi-member gzip body counts."""
+        body = gzip.compress(b"a" * 1000) + gzip.compress(b"b" * 1000)
+        self.assertEqual(decode(body, "gzip", limit=2000), b"a" * 1000 + b"b" * 1000)
+        with self.assertRaises(DecodedTooLarge):
+            decode(body, "gzip", limit=1999)
+
+    def test_deflate(self) -> None:
+        self.check("deflate")
+        raw = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = raw.compress(self.BOMB) + raw.flush()
+        with self.assertRaises(DecodedTooLarge):
+            decode(body, "deflate", limit=self.LIMIT)
+
+    @skipIf(not HAVE_BROTLI, "brotli is not installed")
+    def test_br(self) -> None:
+        self.check("br")
+
+    @skipIf(not HAVE_ZSTANDARD, "zstandard is not installed")
+    def test_zstd(self) -> None:
+        self.check("zstd")
+
+    def test_each_step_is_bounded(self) -> None:
+        """In a chain of codings, the limit holds for every step."""
+        self.check("gzip, deflate")
+
+    def test_truncated_is_invalid_not_too_large(self) -> None:
+        """A cut body within the limit is a plain ValueError."""
+        body = gzip.compress(b"a" * 1000)[:-12]
+        with self.assertRaises(ValueError) as caught:
+            decode(body, "gzip", limit=10_000)
+        self.assertNotIsInstance(caught.exception, DecodedTooLarge)

@@ -137,15 +137,19 @@ class MessageBody:
         if self.raw_content is not None and b"content-length" in self.headers:
             self.headers[b"Content-Length"] = str(len(self.raw_content))
 
-    def get_content(self, strict: bool = True) -> bytes | None:
+    def get_content(self, strict: bool = True, limit: int | None = None) -> bytes | None:
         """
         The body with its Content-Encoding undone.
 
         :param strict: Raise if the body does not decode; otherwise return
             the raw body in that case.
+        :param limit: The most bytes the decoded body may have (a small
+            compressed body can decode to gigabytes): past it, the body is
+            not decoded (not even in part) and counts as not decoding.
         :returns: The decoded body, or ``None`` if the body was not captured.
         :raises ValueError: if *strict* and the coding is unknown or the body
-            is corrupt.
+            is corrupt (:exc:`~twistproxy._encoding.DecodedTooLarge` past
+            *limit*).
         """
         raw = self.raw_content
         if raw is None:
@@ -155,9 +159,14 @@ class MessageBody:
             return raw
         cached = self._decoded
         if cached is not None and cached[0] is raw and cached[1] == encoding:
-            return cached[2]
+            if limit is None or len(cached[2]) <= limit:
+                return cached[2]
+            if strict:
+                raise _encoding.DecodedTooLarge(
+                    f"the body decodes to more than {limit:,} bytes")
+            return raw
         try:
-            decoded = _encoding.decode(raw, encoding)
+            decoded = _encoding.decode(raw, encoding, limit)
         except ValueError:
             if strict:
                 raise

@@ -6,6 +6,7 @@ clients (``http.client``, to the UI and through the proxy) in threads.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import signal
@@ -43,6 +44,7 @@ from twistproxy.proxy import ProxyFactory
 from twistproxy.replay import ClientReplay
 from twistproxy.service import ProxyService
 from twistproxy.web import _actions
+from twistproxy.web.api import DECODE_LIMIT
 from twistproxy.web.service import WebUI
 from twistproxy.web.store import FlowStore, View, summarize
 
@@ -184,6 +186,27 @@ async def test_list_filter_detail_content(setup: Setup) -> None:
     assert b"gzip" not in body[:2] and len(body) > 0
     status, _, body = await call(setup, "GET", "/api/flows/nope")
     assert status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_decompression_bomb(setup: Setup) -> None:
+    """
+    A body that decodes to more than the API's DECODE_LIMIT (9 MiB of HTML
+    zeros in 9 KiB of gzip) is served as it was sent (``X-Decoded: no``)
+    and not highlighted, without being decoded.
+    """
+    bomb = gzip.compress(b"\0" * (DECODE_LIMIT + 1024 * 1024))
+    status, _ = await deferToThread(setup.through_proxy, "PUT", "/echo?bomb", {
+        "Content-Encoding": "gzip", "Content-Type": "text/html"}, bomb)
+    assert status == 200
+    _, _, body = await call(setup, "GET", "/api/flows")
+    [flow] = json.loads(body)["flows"]
+    status, headers, body = await call(setup, "GET", f"/api/flows/{flow['id']}/request/content")
+    assert status == 200 and headers["X-Decoded"] == "no"
+    assert body == bomb
+    status, _, body = await call(setup, "GET", f"/api/flows/{flow['id']}/request/highlight")
+    assert status == 200 and json.loads(body)["language"] is None
+    assert json.loads(body)["reason"].startswith("larger than")
 
 
 @needs_curl

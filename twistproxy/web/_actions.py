@@ -17,6 +17,7 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Cooperator
 
+from twistproxy._encoding import DecodedTooLarge
 from twistproxy._headers import check_request, check_response
 from twistproxy.errors import FlowFileError, InvalidMessage
 from twistproxy.flowfile import read_flows, read_har
@@ -219,10 +220,13 @@ class Actions:
         if language is None:
             return succeed({"language": None, "reason": f"{content_type or 'no type'}: "
                          "not highlighted"})
-        content = message.get_content(strict=False)
-        if content is None:
+        try:  # decoding no more than can be highlighted
+            content = message.get_content(limit=HIGHLIGHT_LIMIT)
+        except DecodedTooLarge:
+            content = None
+        except ValueError:  # shown as it was sent
             content = message.raw_content
-        if len(content) > HIGHLIGHT_LIMIT:
+        if content is None or len(content) > HIGHLIGHT_LIMIT:
             return succeed({"language": None, "reason": f"larger than {HIGHLIGHT_LIMIT // 1024} "
                          "KiB: shown as plain text"})
         highlight = Highlight(body_text(content, content_type), language)

@@ -69,6 +69,13 @@ PROGRESS_AFTER = 0.25
 MAX_BODY = 16 * 1024 * 1024
 """The largest request body the API reads (an edited body, say)."""
 
+DECODE_LIMIT = 8 * 1024 * 1024
+"""
+The most bytes a body is decoded to (``Content-Encoding``) for the flow view,
+its download and highlighting: a small compressed body can decode to
+gigabytes; past it the body is served as it was sent (``X-Decoded: no``).
+"""
+
 _SECURITY_HEADERS = [
     (b"Content-Security-Policy",
      b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
@@ -373,8 +380,10 @@ class _Api(Resource):
         message = flow.request if side == "request" else flow.response
         if message is None or message.raw_content is None:
             raise _HTTPError(404, f"the flow has no recorded {side} body")
-        content = message.get_content(strict=False)
-        request.setHeader(b"X-Decoded", b"yes" if content is not None else b"no")
+        content = message.get_content(strict=False, limit=DECODE_LIMIT)
+        decoded = content is not message.raw_content or not message.headers.get(
+            b"content-encoding")
+        request.setHeader(b"X-Decoded", b"yes" if decoded else b"no")
         if content is None:
             content = message.raw_content
         if _arg(request, "download"):

@@ -49,7 +49,10 @@ export const contentUrl = (id, side) => `/api/flows/${encodeURIComponent(id)}/${
 export async function content(id, side) {
   const response = await fetch(contentUrl(id, side));
   if (!response.ok) throw new ApiError(response.status, { error: await response.text() });
-  return new Uint8Array(await response.arrayBuffer());
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  // "no": a Content-Encoding that did not undo (invalid, or decoding to too much).
+  bytes.decoded = response.headers.get("X-Decoded") !== "no";
+  return bytes;
 }
 
 // Load a flow file or HAR file (a File from an <input type=file>) into the store.

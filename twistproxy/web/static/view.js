@@ -6,6 +6,7 @@ import { act, changeFlow, content, contentUrl, deleteFlow, duplicateFlow, export
 import { formatSize, formatTime } from "./list.js";
 
 const VIEW_LIMIT = 1024 * 1024; // bodies larger than this are offered as a download
+const DECODE_LIMIT = 8 * 1024 * 1024; // the API decodes no more than this (api.py DECODE_LIMIT)
 const HEX_LIMIT = 64 * 1024;
 
 function el(tag, attributes = {}, ...children) {
@@ -69,7 +70,10 @@ async function bodyView(flow, side, body) {
     return box;
   }
   const type = kind(body.content_type);
-  const info = `${formatSize(bytes.length)}${body.content_encoding ? ` decoded from ${body.content_encoding}` : ""}${body.truncated ? ", truncated" : ""} `;
+  const coding = !body.content_encoding ? ""
+    : bytes.decoded ? ` decoded from ${body.content_encoding}`
+    : ` as sent: ${body.content_encoding} did not decode (invalid, or over ${formatSize(DECODE_LIMIT)} decoded)`;
+  const info = `${formatSize(bytes.length)}${coding}${body.truncated ? ", truncated" : ""} `;
   box.append(el("p", {}, info, download));
   if (type === "image") {
     const url = URL.createObjectURL(new Blob([bytes], { type: body.content_type.split(";")[0] }));
