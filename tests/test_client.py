@@ -4,6 +4,7 @@ Tests for :mod:`twistproxy.client`.
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import (
@@ -14,6 +15,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
@@ -25,7 +27,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.e2e.pki import OriginTLS, make_ca, make_leaf
+from tests.fakes import connect_tls, write_temp_file
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
+from twistproxy._tls import UpstreamTLS
 from twistproxy._tunnel import Relay
 from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, ProxyClientFactory
 from twistproxy.errors import (
@@ -1263,3 +1268,74 @@ class AdoptTests(SynchronousTestCase):
         relay.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.pool.adopt(KEY, relay))
         self.assertEqual(self.pool.idle_count(), 0)
+
+
+class ServerTLSTests(SynchronousTestCase):
+    """
+    Tests for the TLS facts a `ProxyClient` records on its `Server` record
+    when the handshake completes (``IHandshakeListener``), over a real TLS
+    connection in memory.
+    """
+
+    def setUp(self) -> None:
+        ca = make_ca("client test CA")
+        self.leaf = make_leaf(ca, ["localhost", "127.0.0.1"])
+        ca_file = write_temp_file(self, ca[0].public_bytes(Encoding.PEM), "ca.pem")
+        self.pool = ConnectionPool(reactor=MemoryReactorClock(),
+                                   endpoint_factory=FakeEndpointFactory(),
+                                   tls=UpstreamTLS(ca_file=ca_file))
+
+    def handshake(self, name: str) -> ProxyClient:
+        """A client on a TLS connection to an origin called *name*, handshake done."""
+        connection = connect_tls(self.pool.tls.creator_for(name), OriginTLS(self.leaf))
+        self.assertTrue(connection.client_app.handshake_done)
+        client = ProxyClient(PoolKey("https", name, 443, name))
+        client.transport = connection.client
+        return client
+
+    def test_recorded_at_handshake(self) -> None:
+        """
+        With its record made first (the usual order), the handshake puts
+        on it: TLS up, the SNI sent, ALPN, the version and the origin's
+        certificate.
+        """
+        self.assertTrue(IHandshakeListener.implementedBy(ProxyClient))
+        client = self.handshake("localhost")
+        server = client.server = Server()
+        client.handshakeCompleted()
+        self.assertTrue(server.tls_established)
+        self.assertEqual((server.sni, server.alpn), ("localhost", b"http/1.1"))
+        self.assertIn(server.tls_version, ("TLSv1.2", "TLSv1.3"))
+        certificate = server.certificate
+        assert certificate is not None
+        self.assertEqual(certificate.subject, "CN=localhost")
+        self.assertEqual(certificate.issuer, "CN=client test CA")
+        self.assertEqual(certificate.dns_names, ("localhost",))
+        self.assertEqual(certificate.ip_addresses, ("127.0.0.1",))
+        self.assertEqual(int(certificate.serial, 16), self.leaf.certificate.serial_number)
+
+    def test_recorded_when_record_made_after(self) -> None:
+        """
+        A handshake over before the connection has its record leaves the
+        facts for the record the pool makes (``_record``); an IP address
+        gets no SNI.
+        """
+        client = self.handshake("127.0.0.1")
+        client.handshakeCompleted()
+        self.assertIsNone(client.server)
+        self.pool._record(client)
+        server = client.server
+        assert server is not None
+        self.assertTrue(server.tls_established)
+        self.assertIsNone(server.sni)
+        assert server.certificate is not None
+        self.assertEqual(server.certificate.subject, "CN=localhost")
+
+    def test_nothing_without_tls(self) -> None:
+        """A connection without TLS keeps a record without TLS facts."""
+        client = ProxyClient(KEY)
+        client.makeConnection(StringTransport())
+        self.pool._record(client)
+        assert client.server is not None
+        self.assertFalse(client.server.tls_established)
+        self.assertIsNone(client.server.certificate)

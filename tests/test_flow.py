@@ -4,16 +4,20 @@ Tests for :mod:`twistproxy.flow`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.e2e.pki import make_ca, make_leaf
 from twistproxy.flow import (
     FLOW_STATE_VERSION,
+    Certificate,
     Client,
     Error,
     Flow,
@@ -38,6 +42,70 @@ def make_flow(live: bool = True, clock: Clock | None = None) -> Flow:
         tls_version="TLSv1.3",
     )
     return Flow(client, server, live=live, now=clock.seconds)
+
+
+_CA = make_ca("flow test CA")
+_LEAF = make_leaf(_CA, ["localhost", "www.example", "127.0.0.1", "::1"]).certificate
+
+
+class CertificateTests(SynchronousTestCase):
+    """
+    Tests for `Certificate`: the facts read from an X.509 certificate, and
+    its state in a `Server` record.
+    """
+
+    def test_from_x509(self) -> None:
+        """
+        Subject and issuer as RFC 4514 strings, the DNS and IP names of the
+        SAN apart and in order, the validity in epoch seconds, the serial in
+        hex and the SHA-256 fingerprint of the DER bytes.
+        """
+        facts = Certificate.from_x509(_LEAF)
+        self.assertEqual(facts.subject, "CN=localhost")
+        self.assertEqual(facts.issuer, "CN=flow test CA")
+        self.assertEqual(facts.dns_names, ("localhost", "www.example"))
+        self.assertEqual(facts.ip_addresses, ("127.0.0.1", "::1"))
+        self.assertEqual(facts.not_before, _LEAF.not_valid_before_utc.timestamp())
+        self.assertEqual(facts.not_after, _LEAF.not_valid_after_utc.timestamp())
+        self.assertLess(facts.not_before, facts.not_after)
+        self.assertEqual(int(facts.serial, 16), _LEAF.serial_number)
+        self.assertEqual(facts.serial, facts.serial.lower())
+        der = _LEAF.public_bytes(Encoding.DER)
+        self.assertEqual(facts.sha256, hashlib.sha256(der).hexdigest())
+
+    def test_without_alternative_names(self) -> None:
+        """A certificate without a SAN extension (a CA's) has no names."""
+        facts = Certificate.from_x509(_CA[0])
+        self.assertEqual((facts.dns_names, facts.ip_addresses), ((), ()))
+        self.assertEqual(facts.subject, facts.issuer)
+
+    def test_server_state_through_json(self) -> None:
+        """
+        A `Server` record's certificate becomes a dict in its state and
+        comes back equal (name lists as tuples) after a trip through JSON.
+        """
+        server = Server(tls_established=True, certificate=Certificate.from_x509(_LEAF))
+        state = server.get_state()
+        self.assertEqual(state["certificate"]["dns_names"], ["localhost", "www.example"])
+        restored = Server.from_state(json.loads(json.dumps(state)))
+        self.assertEqual(restored.certificate, server.certificate)
+        self.assertEqual(restored.get_state(), state)
+        self.assertIsNone(Server.from_state(Server().get_state()).certificate)
+
+    def test_server_state_needs_certificate_key(self) -> None:
+        """
+        The certificate is a key of a server's state, ``None`` without one;
+        a certificate with an unknown key is refused, naming it.
+        """
+        state = Server().get_state()
+        self.assertIsNone(state["certificate"])
+        del state["certificate"]
+        self.assertRaises(ValueError, Server.from_state, state)
+        state = Server(certificate=Certificate.from_x509(_LEAF)).get_state()
+        state["certificate"]["extra"] = 1
+        with self.assertRaises(ValueError) as caught:
+            Server.from_state(state)
+        self.assertIn("extra", str(caught.exception))
 
 
 class ErrorTests(SynchronousTestCase):

@@ -19,9 +19,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.e2e.pki import make_ca, make_leaf
 from twistproxy import flowfile
 from twistproxy.errors import FlowFileError
-from twistproxy.flow import FLOW_STATE_VERSION, Client, Error, Server
+from twistproxy.flow import FLOW_STATE_VERSION, Certificate, Client, Error, Server
 from twistproxy.flowfile import (
     FORMAT_VERSION,
     FlowWriter,
@@ -35,6 +36,11 @@ from twistproxy.http import HTTPFlow, Request, Response
 DATA = os.path.join(os.path.dirname(__file__), "data")
 ALL_BYTES = bytes(range(256))
 VALUE_BYTES = bytes(b for b in ALL_BYTES if b not in b"\r\n\x00")
+
+
+CERTIFICATE = Certificate.from_x509(
+    make_leaf(make_ca("flowfile test CA"), ["example.com", "93.184.216.34"]).certificate
+)
 
 
 def make_flow(**request_overrides: Any) -> HTTPFlow:
@@ -60,6 +66,7 @@ def make_flow(**request_overrides: Any) -> HTTPFlow:
             sni="example.com",
             alpn=b"h\xff",
             tls_version="TLSv1.3",
+            certificate=CERTIFICATE,
         ),
         now=clock.seconds,
     )
@@ -250,6 +257,11 @@ class FlowWriterTests(SynchronousTestCase):
         self.assertEqual(base64.b64decode(record["request"]["content"]), ALL_BYTES)
         self.assertEqual(record["server_conn"]["alpn"], "h\xff")
         self.assertEqual(record["server_conn"]["peername"], ["93.184.216.34", 443])
+        certificate = record["server_conn"]["certificate"]
+        self.assertEqual(certificate["subject"], "CN=example.com")
+        self.assertEqual(certificate["dns_names"], ["example.com"])
+        self.assertEqual(certificate["ip_addresses"], ["93.184.216.34"])
+        self.assertEqual(certificate["sha256"], CERTIFICATE.sha256)
         self.assertEqual(record["version"], FORMAT_VERSION)
         self.assertNotIn("version", record["request"])
         self.assertEqual(record["metadata"]["tags"], ["a", "b"])
@@ -520,7 +532,44 @@ class ReadFlowsTests(SynchronousTestCase):
         ``FLOW_STATE_VERSION`` changes, bump ``FORMAT_VERSION``, add an
         upgrade to ``_UPGRADES`` and update this pair.
         """
-        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (5, 5))
+        self.assertEqual((FORMAT_VERSION, FLOW_STATE_VERSION), (6, 6))
+
+    def test_certificate_round_trip(self) -> None:
+        """
+        The server's certificate is kept by a file: written and read back,
+        it is equal, and a flow without one reads back without one.
+        """
+        [restored] = read_flows(io.BytesIO(encode(make_flow())))
+        self.assertEqual(restored.server_conn.certificate, CERTIFICATE)
+        bare = HTTPFlow(Client(), Server(), now=lambda: 5.0)
+        [restored] = read_flows(io.BytesIO(encode(bare)))
+        self.assertIsNone(restored.server_conn.certificate)
+
+    def test_certificate_checked(self) -> None:
+        """
+        A certificate with a field of the wrong type is refused, naming it.
+        """
+        record = json.loads(encode(make_flow()))
+        record["server_conn"]["certificate"]["dns_names"] = "example.com"
+        with self.assertRaises(ValueError) as caught:
+            list(read_flows(io.BytesIO(line_of(record))))
+        self.assertIn("server_conn.certificate.dns_names", str(caught.exception))
+
+    def test_v5_sample_loads(self) -> None:
+        """
+        The committed version 5 sample (written before certificates were
+        kept) loads: its TLS facts as written, no certificate.
+        """
+        [flow] = load_flows(os.path.join(DATA, "flows-v5.jsonl"))
+        self.assertEqual(flow.id, "5b2e7c1a-0d4f-4a6b-9e21-3c8f0a7d6e55")
+        server = flow.server_conn
+        self.assertTrue(server.tls_established)
+        self.assertEqual((server.sni, server.alpn, server.tls_version),
+                         ("shop.example.com", b"http/1.1", "TLSv1.3"))
+        self.assertIsNone(server.certificate)
+        assert flow.response is not None
+        self.assertEqual(flow.response.content, b"<p>cart</p>\n")
+        self.assertEqual(flow.comment, "written by format version 5")
 
     def test_v1_sample_loads(self) -> None:
         """
@@ -538,6 +587,7 @@ class ReadFlowsTests(SynchronousTestCase):
         self.assertEqual(gzip.decompress(first.response.raw_content or b""), first.response.content)
         self.assertEqual(first.server_conn.alpn, b"http/1.1")
         self.assertEqual(first.mode, "regular")  # version 5 added the mode
+        self.assertIsNone(first.server_conn.certificate)  # version 6 the certificate
         self.assertEqual((first.marked, first.comment), (":star:", "first flow"))
         self.assertEqual(first.metadata, {"tags": ["sample", "v1"], "score": 0.5})
         self.assertEqual(first.response.timestamp_end, 1718183702.35)

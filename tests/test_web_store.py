@@ -5,6 +5,7 @@ filter views kept current, batched writes on a clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.e2e.pki import make_ca, make_leaf
 from twistproxy.filters import FilterError, parse
-from twistproxy.flow import Client, Server
+from twistproxy.flow import Certificate, Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.web.addon import WebIntercept, WebRecorder
 from twistproxy.web.store import FlowStore, View
@@ -333,6 +335,39 @@ def test_store_file_first_schema(tmp_path: Path) -> None:
         assert again.body(flow.id, "response") == b"x" * 100
         tables = {row[0] for row in again._db.execute("SELECT name FROM sqlite_master")}
         assert "bodies" not in tables
+    finally:
+        again.close()
+
+
+def test_store_keeps_certificate_and_reads_older_rows(tmp_path: Path) -> None:
+    """
+    A flow's server certificate is kept by the store; a --web-store row
+    written before rows named their format (format 5: no version, no
+    certificate) still loads, without one.
+    """
+    path = tmp_path / "flows.sqlite3"
+    store = FlowStore(path)
+    leaf = make_leaf(make_ca("store test CA"), ["example.com"]).certificate
+    flow = make_flow("/tls")
+    flow.server_conn.tls_established = True
+    flow.server_conn.certificate = Certificate.from_x509(leaf)
+    old = make_flow("/old")
+    store.write([flow, old])
+    [state] = store._db.execute("SELECT state FROM flows WHERE id = ?", (old.id,)).fetchone()
+    record = json.loads(state)
+    assert record.pop("version") == 6
+    del record["server_conn"]["certificate"]
+    store._db.execute("UPDATE flows SET state = ? WHERE id = ?",
+                      (json.dumps(record), old.id))
+    store.close()
+    again = FlowStore(path)
+    try:
+        loaded = again.load(flow.id)
+        assert loaded is not None
+        assert loaded.server_conn.certificate == flow.server_conn.certificate
+        older = again.load(old.id)
+        assert older is not None and older.request is not None
+        assert older.request.path == "/old" and older.server_conn.certificate is None
     finally:
         again.close()
 

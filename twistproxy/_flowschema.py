@@ -189,6 +189,18 @@ _CONNECTION = {
     "alpn": _Optional(_Latin1()),
     "tls_version": _Optional(_STR),
 }
+_CERTIFICATE = _Record(
+    {
+        "subject": _STR,
+        "issuer": _STR,
+        "dns_names": _List(_STR),
+        "ip_addresses": _List(_STR),
+        "not_before": _NUMBER,
+        "not_after": _NUMBER,
+        "serial": _STR,
+        "sha256": _STR,
+    }
+)
 _MESSAGE = {
     "http_version": _STR,
     "headers": _List(_Pair(_Latin1(), _Latin1())),
@@ -204,7 +216,9 @@ FLOW = _Record(
         "id": _STR,
         "error": _Optional(_Record({"msg": _STR, "timestamp": _NUMBER})),
         "client_conn": _Record({**_CONNECTION, "proxy_mode": _STR}),
-        "server_conn": _Record({**_CONNECTION, "address": _ADDRESS}),
+        "server_conn": _Record(
+            {**_CONNECTION, "address": _ADDRESS, "certificate": _Optional(_CERTIFICATE)}
+        ),
         "intercepted": _BOOL,
         "marked": _STR,
         "is_replay": _Optional(_STR),

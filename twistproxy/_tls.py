@@ -36,8 +36,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twistproxy.flow import Certificate
+
 if TYPE_CHECKING:
     from twistproxy.certs import CertificateStore, IssuedCertificate
+    from twistproxy.flow import Server
 
 _log = Logger()
 
@@ -283,6 +286,23 @@ class UpstreamTLS:
                 verify_hostname(connection, name)
         except VerificationError:
             connection.get_app_data().failVerification(Failure())
+
+
+def record_server_tls(server: Server, connection: SSL.Connection) -> None:
+    """
+    Record the facts of the TLS *connection*, whose handshake with a server
+    just completed, on its connection record *server*: that TLS is up, the
+    SNI name sent (none for an IP address), the negotiated ALPN protocol
+    and TLS version, and the server's certificate
+    (:class:`~twistproxy.flow.Certificate`).
+    """
+    sni = connection.get_servername()
+    server.tls_established = True
+    server.sni = sni.decode("ascii", "replace") if sni else None
+    server.alpn = connection.get_alpn_proto_negotiated() or None
+    server.tls_version = connection.get_protocol_version_name()
+    presented = connection.get_peer_certificate(as_cryptography=True)
+    server.certificate = Certificate.from_x509(presented) if presented is not None else None
 
 
 _VERIFY_REASONS = {

@@ -43,6 +43,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -296,12 +297,13 @@ class _Once(Factory):
         return self._protocol
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _Handshake(Protocol):
     """
     One ``CONNECT`` through the upstream proxy: sends it, reads the answer's
     head, then hands the connection to the protocol the tunnel is for and
-    passes everything on to it (a half-close too, where it takes one).
+    passes everything on to it (a half-close too, where it takes one, and
+    the end of a TLS handshake started on the tunnel, where it listens).
     """
 
     transport: Any = None
@@ -432,6 +434,17 @@ class _Handshake(Protocol):
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+    def handshakeCompleted(self) -> None:
+        """
+        ``IHandshakeListener``: TLS on this connection is up.  Inside the
+        open tunnel it is the origin's (``startTLS`` on the tunnel), and the
+        tunnel's protocol is told; before, it was the ``https`` upstream
+        proxy's own, which the tunnel's protocol does not see.
+        """
+        inner = self._inner
+        if inner is not None and IHandshakeListener.providedBy(inner):
+            inner.handshakeCompleted()
 
     # -- the end ----------------------------------------------------------------
 

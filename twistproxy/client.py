@@ -29,16 +29,22 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ITLSTransport
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITLSTransport,
+)
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twistproxy._events import IResponseReceiver
 from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
 from twistproxy._headers import connection_tokens
 from twistproxy._timer import Deadline
-from twistproxy._tls import UpstreamTLS, describe_tls_failure
+from twistproxy._tls import UpstreamTLS, describe_tls_failure, record_server_tls
 from twistproxy._twisted_compat import send_eagerly
 from twistproxy.errors import (
     UpstreamConnectionLost,
@@ -110,9 +116,15 @@ class _SkipBody(Exception):
     """
 
 
+@implementer(IHandshakeListener)
 class ProxyClient(Protocol):
     """
     One HTTP/1.1 connection to an origin server.
+
+    Over TLS it is an ``IHandshakeListener``: when the handshake completes,
+    its facts and the server's certificate go on :attr:`server`
+    (:func:`~twistproxy._tls.record_server_tls`), or on the record made
+    later when there is none yet.
 
     :ivar key: The pool key this connection belongs to.
     :ivar father: The receiver of the exchange in progress, ``None`` between
@@ -134,6 +146,7 @@ class ProxyClient(Protocol):
         request: the connection left its pool, reading is paused, and
         :attr:`switched_data` holds the bytes that followed the ``101``
         head; it is the next protocol's (:meth:`take_switched`).
+    :ivar tls_done: The TLS handshake on the connection completed.
     """
 
     father: IResponseReceiver | None = None
@@ -157,6 +170,7 @@ class ProxyClient(Protocol):
     upgraded = False
     switched_data = b""
     lost = False
+    tls_done = False
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
@@ -388,6 +402,25 @@ class ProxyClient(Protocol):
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
             setTcpNoDelay(True)
+
+    def handshakeCompleted(self) -> None:
+        """
+        ``IHandshakeListener``: TLS with the server (the origin, or an
+        ``https`` upstream proxy) is up; record its facts on :attr:`server`
+        if the connection has its record yet (:meth:`record_tls`).
+        """
+        self.tls_done = True
+        self.record_tls()
+
+    def record_tls(self) -> None:
+        """
+        Once the TLS handshake completed and the connection has its record,
+        put the handshake's facts on the record (its SNI, ALPN, version and
+        the server's certificate); otherwise do nothing.
+        """
+        server = self.server
+        if self.tls_done and server is not None:
+            record_server_tls(server, self.transport.getHandle())
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -638,6 +671,7 @@ class ConnectionPool:
             sockname=host_and_port(transport.getHost()),
             timestamp_start=self.clock.seconds(),
         )
+        client.record_tls()  # in case the handshake was over before the record was made
         return client
 
     def disconnected(self, client: ProxyClient) -> None:

@@ -16,17 +16,20 @@ import copy as _copy
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 from twisted.internet import defer
 
-FLOW_STATE_VERSION: int = 5
+if TYPE_CHECKING:
+    from cryptography import x509
+
+FLOW_STATE_VERSION: int = 6
 """
 Version of the dict returned by :meth:`Flow.get_state`, bumped on every
 change of its shape (2: messages' ``body_size`` and ``trailers``; 3: an HTTP flow's
 ``"websocket"``; 4: an HTTP flow's ``"interim"``; 5: the client connection's
-``"proxy_mode"``).
+``"proxy_mode"``; 6: the server connection's ``"certificate"``).
 """
 
 
@@ -267,18 +270,153 @@ class Client(Connection):
     _state_keys: ClassVar[tuple[str, ...]] = (*_CONNECTION_KEYS, "proxy_mode")
 
 
+_CERTIFICATE_KEYS = (
+    "subject",
+    "issuer",
+    "dns_names",
+    "ip_addresses",
+    "not_before",
+    "not_after",
+    "serial",
+    "sha256",
+)
+
+
+@attrs.frozen(kw_only=True)
+class Certificate:
+    """
+    What a server's certificate says, as the proxy recorded it at the TLS
+    handshake: plain data, kept in flow files.
+
+    :ivar subject: The subject name, as an RFC 4514 string
+        (``"CN=example.com,O=Example"``).
+    :ivar issuer: The issuer name, as an RFC 4514 string.
+    :ivar dns_names: The DNS names of the subject alternative names, in
+        their order.
+    :ivar ip_addresses: The IP addresses of the subject alternative names,
+        as strings (``"127.0.0.1"``, ``"::1"``), in their order.
+    :ivar not_before: The start of the validity period, in seconds since
+        the epoch.
+    :ivar not_after: The end of the validity period, in seconds since the
+        epoch.
+    :ivar serial: The serial number, in lowercase hexadecimal (a string: it
+        may have up to 20 bytes, more than a JSON number holds exactly).
+    :ivar sha256: The SHA-256 fingerprint of the certificate's DER
+        encoding, in lowercase hexadecimal.
+    """
+
+    subject: str
+    issuer: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    not_before: float
+    not_after: float
+    serial: str
+    sha256: str
+
+    @classmethod
+    def from_x509(cls, certificate: x509.Certificate) -> Self:
+        """
+        Read the facts of *certificate*.
+
+        :param certificate: A ``cryptography`` certificate (pyOpenSSL's
+            ``get_peer_certificate(as_cryptography=True)`` gives one).
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        try:
+            sans = certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value
+        except x509.ExtensionNotFound:
+            dns_names: tuple[str, ...] = ()
+            ip_addresses: tuple[str, ...] = ()
+        else:
+            dns_names = tuple(sans.get_values_for_type(x509.DNSName))
+            ip_addresses = tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+        return cls(
+            subject=certificate.subject.rfc4514_string(),
+            issuer=certificate.issuer.rfc4514_string(),
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            not_before=certificate.not_valid_before_utc.timestamp(),
+            not_after=certificate.not_valid_after_utc.timestamp(),
+            serial=format(certificate.serial_number, "x"),
+            sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+        )
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This record as plain data; the name lists become lists.
+        """
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "dns_names": list(self.dns_names),
+            "ip_addresses": list(self.ip_addresses),
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "serial": self.serial,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Self:
+        """
+        Build a record from a dict made by :meth:`get_state`.
+
+        :raises ValueError: if *state* has unknown or missing keys.
+        """
+        _check_keys(state, _CERTIFICATE_KEYS, "certificate")
+        return cls(**{**state, "dns_names": tuple(state["dns_names"]),
+                      "ip_addresses": tuple(state["ip_addresses"])})
+
+
 @attrs.define(kw_only=True, eq=False)
 class Server(Connection):
     """
     The connection from the proxy to the origin (or upstream proxy).
 
+    The TLS fields (:attr:`tls_established`, :attr:`sni`, :attr:`alpn`,
+    :attr:`tls_version` and :attr:`certificate`) are set when the proxy's
+    TLS handshake on the connection completes: with the origin, or with an
+    ``https`` upstream proxy for the plain ``http`` requests that go to it.
+
     :ivar address: The ``(host, port)`` the proxy connects to.
+    :ivar certificate: The certificate the server presented, once the TLS
+        handshake completed; ``None`` without TLS (and in flows recorded
+        before twistproxy kept it).
     """
 
     address: tuple[str, int] | None = None
+    certificate: Certificate | None = None
 
-    _state_keys: ClassVar[tuple[str, ...]] = (*_CONNECTION_KEYS, "address")
+    _state_keys: ClassVar[tuple[str, ...]] = (*_CONNECTION_KEYS, "address", "certificate")
     _address_keys: ClassVar[tuple[str, ...]] = ("peername", "sockname", "address")
+
+    def get_state(self) -> dict[str, Any]:
+        """
+        :returns: This record as plain data; addresses become lists, the
+            certificate a dict (or ``None``).
+        """
+        state = super().get_state()
+        if self.certificate is not None:
+            state["certificate"] = self.certificate.get_state()
+        return state
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """
+        Replace this record's fields with those of *state*.
+
+        :param state: A dict from :meth:`get_state`; addresses may be lists.
+        :raises ValueError: if *state*, or its certificate, has unknown or
+            missing keys.
+        """
+        certificate = state.get("certificate")
+        if certificate is not None:
+            state = {**state, "certificate": Certificate.from_state(certificate)}
+        super().set_state(state)
 
 
 class Flow:

@@ -66,7 +66,7 @@ from twistproxy.filters import parse as _parse_filter
 from twistproxy.flow import FLOW_STATE_VERSION, Flow
 from twistproxy.http import HTTPFlow
 
-FORMAT_VERSION: int = 5
+FORMAT_VERSION: int = 6
 """
 The version of a flow file line, written as its ``"version"`` key.
 
@@ -76,11 +76,11 @@ written as JSON.  It is not the flow state version itself: a line holds the
 state without the state's own ``"version"`` key, and a line of the current
 format holds a state of the current ``FLOW_STATE_VERSION``.  So a bump of
 ``FLOW_STATE_VERSION`` comes with a bump of this number and an entry in
-:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 5 today:
+:data:`_UPGRADES` (a test pins the pair to make sure).  Both are 6 today:
 version 2 added messages' ``body_size`` and ``trailers``, version 3 an
 HTTP flow's ``"websocket"`` (its messages and close), version 4 its
 ``"interim"`` responses, version 5 the client connection's
-``"proxy_mode"``.
+``"proxy_mode"``, version 6 the server connection's ``"certificate"``.
 """
 
 def _upgrade_1(record: dict[str, Any]) -> dict[str, Any]:
@@ -119,17 +119,53 @@ def _upgrade_4(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _upgrade_5(record: dict[str, Any]) -> dict[str, Any]:
+    """
+    Version 5 to 6: version 5 kept no certificate; every server connection
+    gets ``"certificate": null``.
+    """
+    server = record.get("server_conn")
+    if isinstance(server, dict):
+        server.setdefault("certificate", None)
+    return record
+
+
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _upgrade_1,
     2: _upgrade_2,
     3: _upgrade_3,
     4: _upgrade_4,
+    5: _upgrade_5,
 }
 """
 The upgrade chain: ``_UPGRADES[n]`` turns a line record of format version
 ``n`` (without its ``"version"`` key) into one of version ``n + 1``.
 Reading applies them in turn until a record reaches :data:`FORMAT_VERSION`.
 """
+
+
+def upgrade_record(record: dict[str, Any], version: int) -> dict[str, Any]:
+    """
+    Bring a flow record of an older format up to :data:`FORMAT_VERSION`,
+    through each upgrade of the chain in turn: a flow file line, or a row
+    of the web UI's flow store.
+
+    :param record: The record, without its ``"version"`` key; it may be
+        changed in place.
+    :param version: The format *record* was written in, at most
+        :data:`FORMAT_VERSION`.
+    :returns: The record in the current format (not checked yet: that is
+        the schema's job, :data:`twistproxy._flowschema.FLOW`).
+    :raises ValueError: if *version* is not one this twistproxy knows.
+    """
+    while version < FORMAT_VERSION:
+        upgrade = _UPGRADES.get(version)
+        if upgrade is None:
+            raise _Invalid("version", f"flow format version {version} is unknown")
+        record = upgrade(record)
+        version += 1
+    return record
+
 
 MAX_LINE_SIZE: int = 128 * 1024 * 1024
 """
@@ -222,13 +258,7 @@ def _decode_line(line: bytes, now: Callable[[], float]) -> HTTPFlow:
             f"flow format version {version} is newer than this twistproxy understands "
             f"({FORMAT_VERSION}); upgrade twistproxy"
         )
-    while version < FORMAT_VERSION:
-        upgrade = _UPGRADES.get(version)
-        if upgrade is None:
-            raise _Invalid("version", f"flow format version {version} is unknown")
-        record = upgrade(record)
-        version += 1
-    state = FLOW.decode(record, "")
+    state = FLOW.decode(upgrade_record(record, version), "")
     state["version"] = FLOW_STATE_VERSION
     state["live"] = False  # older twistproxy wrote the flag of the writing process
     flow = HTTPFlow.from_state(state, now=now)

@@ -112,14 +112,20 @@ def make_pki(directory: Path) -> PKI:
     )
 
 
+def _select_http11(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """An origin's ALPN choice: ``http/1.1`` when offered, else none."""
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class OriginTLS:
-    """Server TLS for a test origin presenting *cert*."""
+    """Server TLS for a test origin presenting *cert* (ALPN: ``http/1.1``, if offered)."""
 
     def __init__(self, cert: OriginCert) -> None:
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.use_certificate(cert.certificate)
         context.use_privatekey(cert.key)
+        context.set_alpn_select_callback(_select_http11)
         self.context = context
 
     def serverConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:

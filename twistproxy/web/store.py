@@ -4,7 +4,9 @@ The web UI's flow store: every flow in SQLite, so that the proxy's memory
 stays flat however many flows it has seen.
 
 A flow is one row: its summary (what the flow list shows, as JSON) and its
-state (a flow file record, :mod:`twistproxy._flowschema`).  Bodies longer
+state (a flow file record, :mod:`twistproxy._flowschema`, with its format
+version: a ``--web-store`` file kept from an older twistproxy is upgraded
+as a flow file is, row by row when read).  Bodies longer
 than ``inline_limit`` are kept out of the state, in a table of their own,
 and read only when asked for.  Rows are numbered in the order flows were
 first written (``seq``); the UI pages through *views*: the sorted seqs of
@@ -37,6 +39,7 @@ from twisted.python.failure import Failure
 from twistproxy._flowschema import FLOW
 from twistproxy.filters import Filter, parse
 from twistproxy.flow import FLOW_STATE_VERSION
+from twistproxy.flowfile import FORMAT_VERSION, upgrade_record
 from twistproxy.http import HTTPFlow
 
 INLINE_LIMIT = 64 * 1024
@@ -80,6 +83,8 @@ INSERT OR REPLACE INTO blobs (seq, side, data)
     SELECT flows.seq, bodies.side, bodies.data FROM bodies JOIN flows ON flows.id = bodies.flow;
 DROP TABLE bodies;
 """
+
+_FIRST_FORMAT = 5  # the flow file format of rows that do not name theirs
 
 SIDES = ("request", "response")
 
@@ -314,6 +319,7 @@ class FlowStore:
                     bodies[side] = content
                     message["content"] = None
         record = FLOW.encode(state)
+        record["version"] = FORMAT_VERSION
         record["external"] = sorted(bodies)
         return json.dumps(record, separators=(",", ":")).encode("ascii"), bodies
 
@@ -353,7 +359,10 @@ class FlowStore:
     def _decode(self, data: bytes, bodies: bool) -> HTTPFlow:
         record = json.loads(data)
         external = record.pop("external")
-        state = FLOW.decode(record, "")
+        # Rows of a --web-store file written before rows kept their version
+        # are format 5 (the store came with it); older rows are upgraded.
+        version = record.pop("version", _FIRST_FORMAT)
+        state = FLOW.decode(upgrade_record(record, version), "")
         state["version"] = FLOW_STATE_VERSION
         for side in external:
             message = state[side]
