@@ -152,7 +152,7 @@ async def test_https_intercepted_through_upstream(
     A client's CONNECT is intercepted by the front proxy, whose connection
     to the origin goes through a CONNECT to the upstream (which passes the
     tunnel through): the client sees the front's certificate, the origin
-    is verified, the flows are the front's.
+    is verified, the flows are the front's, with the origin's TLS facts.
     """
     origin = start_tls_origin(pki.good)
     upstream_ends, front_ends = Ends(), Ends()
@@ -170,6 +170,10 @@ async def test_https_intercepted_through_upstream(
     https = [f for f in front_ends.flows if f.request and f.request.scheme == "https"]
     assert len(https) == 2
     assert https[0].server_conn.address == ("127.0.0.1", upstream.port)
+    for flow in https:  # TLS started on the tunnel (startTLS under the CONNECT's protocol)
+        server = flow.server_conn
+        assert server.tls_established and server.sni == "localhost"
+        assert server.certificate is not None and server.certificate.subject == "CN=localhost"
 
 
 @needs_curl

@@ -33,6 +33,7 @@ def _headers(headers: Headers | None) -> list[list[str]] | None:
 
 def _connection(conn: Connection) -> dict[str, Any]:
     address = getattr(conn, "address", None)
+    certificate = getattr(conn, "certificate", None)  # a server's, once its TLS is up
     return {
         "peername": list(conn.peername) if conn.peername else None,
         "sockname": list(conn.sockname) if conn.sockname else None,
@@ -43,6 +44,7 @@ def _connection(conn: Connection) -> dict[str, Any]:
         "sni": conn.sni,
         "alpn": None if conn.alpn is None else _text(conn.alpn),
         "tls_version": conn.tls_version,
+        "certificate": None if certificate is None else certificate.get_state(),
         "error": conn.error,
     }
 

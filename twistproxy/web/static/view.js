@@ -184,19 +184,32 @@ function editor(flow, side, refresh) {
     error);
 }
 
-function connection(name, conn) {
+function certificateRows(cert) {
+  if (!cert) return [];
+  const date = (seconds) => new Date(seconds * 1000).toISOString();
   return [
-    el("h3", {}, name),
-    table([
-      ["address", conn.address ? conn.address.join(":") : null],
-      ["peer", conn.peername ? conn.peername.join(":") : null],
-      ["local", conn.sockname ? conn.sockname.join(":") : null],
-      ["TLS", conn.tls ? `${conn.tls_version || "yes"}` : "no"],
-      ["SNI", conn.sni], ["ALPN", conn.alpn],
-      ["connected", conn.timestamp_start ? formatTime(conn.timestamp_start) : null],
-      ["error", conn.error],
-    ]),
+    ["certificate subject", cert.subject],
+    ["issuer", cert.issuer],
+    ["names", [...cert.dns_names, ...cert.ip_addresses].join(", ")],
+    ["valid", `${date(cert.not_before)} to ${date(cert.not_after)}`],
+    ["serial", cert.serial],
+    ["SHA-256", cert.sha256],
   ];
+}
+
+function connection(name, conn, id) {
+  const facts = table([
+    ["address", conn.address ? conn.address.join(":") : null],
+    ["peer", conn.peername ? conn.peername.join(":") : null],
+    ["local", conn.sockname ? conn.sockname.join(":") : null],
+    ["TLS", conn.tls ? `${conn.tls_version || "yes"}` : "no"],
+    ["SNI", conn.sni], ["ALPN", conn.alpn],
+    ...certificateRows(conn.certificate),
+    ["connected", conn.timestamp_start ? formatTime(conn.timestamp_start) : null],
+    ["error", conn.error],
+  ]);
+  facts.id = id;
+  return [el("h3", {}, name), facts];
 }
 
 export async function renderFlow(container, id, onChanged) {
@@ -293,8 +306,8 @@ export async function renderFlow(container, id, onChanged) {
     ["response", response ? ms(response.timestamp_start, response.timestamp_end) : null],
     ["total", request && response ? ms(request.timestamp_start, response.timestamp_end) : null],
   ]));
-  parts.push(...connection("Client connection", flow.client_conn));
-  parts.push(...connection("Server connection", flow.server_conn));
+  parts.push(...connection("Client connection", flow.client_conn, "client-conn"));
+  parts.push(...connection("Server connection", flow.server_conn, "server-conn"));
   container.replaceChildren(...parts);
   container.hidden = false;
   container.dataset.id = id;
