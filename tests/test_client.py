@@ -494,6 +494,20 @@ class ProxyClientTests(SynchronousTestCase):
         self.assert_failed(UpstreamProtocolError)
         self.assertEqual(self.receiver.kinds, ["failed"])
 
+    def test_status_outside_http_fails(self) -> None:
+        """
+        A status below 100 (llhttp reads ``000``: it would be relayed as an
+        interim ``0``) or above 599 fails the exchange with
+        `UpstreamProtocolError`, whatever follows.
+        """
+        for head in (b"HTTP/1.1 000 Continue\r\n\r\n", b"HTTP/1.1 099 Odd\r\n\r\n",
+                     b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n"):
+            self.setUp()
+            self.send()
+            self.client.dataReceived(head + OK_HI)
+            self.assert_failed(UpstreamProtocolError)
+            self.assertEqual(self.receiver.kinds, ["failed"], head)
+
     def test_garbage_fails(self) -> None:
         """
         Bytes that are not an HTTP response fail the exchange with

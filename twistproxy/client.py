@@ -320,6 +320,11 @@ class ProxyClient(Protocol):
         parser = self._parser
         status = parser.get_status_code()
         fields, self._fields = self._fields, []
+        if not 100 <= status <= 599:  # RFC 9110 section 15: outside it, invalid
+            raise UpstreamProtocolError(
+                f"the server answered with status {status:03d}, which HTTP does not have "
+                "(100-599)"
+            )
         if status < 200:
             if status == 101:
                 if not self._upgrade:
