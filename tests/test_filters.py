@@ -361,9 +361,9 @@ class BodyTests(SynchronousTestCase):
         calls: list[str] = []
         original = _encoding.decode
 
-        def decode(data: bytes, encoding: str) -> bytes:
+        def decode(data: bytes, encoding: str, limit: int | None = None) -> bytes:
             calls.append(encoding)
-            return original(data, encoding)
+            return original(data, encoding, limit)
 
         self.patch(_encoding, "decode", decode)
 
