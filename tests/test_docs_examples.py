@@ -11,6 +11,9 @@ lines are ones twistd accepts.
 - Every ``twistd ... twistproxy ...`` line of the pages, the README and the
   examples is parsed by :class:`twistproxy.options.Options`, in a directory
   holding the files it names.
+- README.rst renders without a docutils warning (PyPI shows it as the
+  long description), and its development command is the one ``.ci/run``
+  runs and ``docs/install.rst`` shows.
 
 docs/web.rst belongs to the web UI's work and is left out of the first check.
 """
@@ -18,11 +21,15 @@ docs/web.rst belongs to the web UI's work and is left out of the first check.
 from __future__ import annotations
 
 import inspect
+import io
 import re
 import shlex
 import shutil
 from pathlib import Path
 
+import docutils.core
+import docutils.utils
+import docutils.writers.null
 import pytest
 from twisted.python import usage
 
@@ -94,6 +101,53 @@ def test_readme_python_is_examples() -> None:
     each of its Python blocks is a copy of an example file, checked here.
     """
     assert readme_examples()
+
+
+def rst_problems(text: str) -> str:
+    """
+    What docutils reports, at warning level or above, when it reads *text*
+    as reStructuredText (PyPI's long description): empty when nothing.
+    """
+    report = io.StringIO()
+    try:
+        docutils.core.publish_string(
+            text, writer=docutils.writers.null.Writer(),
+            settings_overrides={"halt_level": 2, "report_level": 2, "warning_stream": report},
+        )
+    except docutils.utils.SystemMessage as e:
+        return f"{report.getvalue()}{e}"
+    return report.getvalue()
+
+
+def test_readme_renders() -> None:
+    """
+    README.rst is reStructuredText docutils reads without a warning, so
+    PyPI and GitHub show it as written.
+    """
+    assert rst_problems((REPO / "README.rst").read_text(encoding="utf-8")) == ""
+
+
+def test_malformed_rst_is_reported() -> None:
+    """
+    The README check fails on what would spoil the page: a title underline
+    too short, a link to a target that does not exist, an unknown directive.
+    """
+    assert "Title underline too short" in rst_problems("Setting up\n=====\n\ntext\n")
+    assert "Unknown target name" in rst_problems("See `Options`_.\n")
+    assert "Unknown directive type" in rst_problems(".. literalinclude:: x.py\n")
+    assert rst_problems("Title\n=====\n\nSee `Title`_.\n") == ""
+
+
+def test_development_command_in_step() -> None:
+    """
+    ``.ci/run`` runs exactly the development command of README.rst's
+    "Setting up", and docs/install.rst shows the same one.
+    """
+    run = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    command = [line for line in run.splitlines() if line.strip() and not line.startswith("#")][-1]
+    assert "python -m pytest" in command, command
+    assert command in code_blocks((REPO / "README.rst").read_text(encoding="utf-8"), "sh")
+    assert command in code_blocks((DOCS / "install.rst").read_text(encoding="utf-8"), "sh")
 
 
 def test_every_example_is_shown_and_run() -> None:
