@@ -22,7 +22,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -31,10 +30,10 @@ from tests.e2e.test_faults_shutdown_e2e import (
     EXIT_TIMEOUT,
     PIECE,
     PIECES,
-    Trickling,
     assert_stopped_cleanly,
     connect,
     get,
+    trickling,  # noqa: F401 -- a fixture
     until,
 )
 from tests.e2e.test_twistd import needs_curl, start_twistd
@@ -570,15 +569,6 @@ async def test_replay_several(setup: Setup) -> None:
         "3 flows are stored: at most 2 are replayed at once"), body
 
 
-@pytest_twisted.async_yield_fixture
-async def trickling() -> AsyncIterator[int]:
-    """An origin trickling its responses (a piece every 0.25 s, 2 s in all); yields its port."""
-    port: Any = reactor.listenTCP(0, Factory.forProtocol(lambda: Trickling(0.25)),
-                                  interface="127.0.0.1")
-    yield port.getHost().port
-    await port.stopListening()
-
-
 def stored_paths(path: Path) -> list[str]:
     """The paths of the flows in the store file *path*, read-only (it may be in use)."""
     if not path.exists():
@@ -594,7 +584,7 @@ def stored_paths(path: Path) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_flows_ending_in_the_drain_are_stored(tmp_path: Path, trickling: int) -> None:
+async def test_flows_ending_in_the_drain_are_stored(tmp_path: Path, trickling: int) -> None:  # noqa: F811
     """
     ``twistd twistproxy --web --web-store PATH``, SIGTERM while a slow
     response trickles: the flow ends during the drain and is in the store
