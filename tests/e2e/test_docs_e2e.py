@@ -31,14 +31,13 @@ from twisted.internet.threads import deferToThread
 from tests.e2e.conftest import Running
 from tests.e2e.test_twistd import (
     CURL,
-    Child,
     accepting,
     curl,
     free_port,
     output_contains,
     run,
     sleep,
-    spawn,
+    spawn_listening,
     start_twistd,
     twistd_command,
 )
@@ -67,17 +66,6 @@ def localized(name: str, directory: Path, replacements: Mapping[str, str]) -> Pa
     copy = directory / name
     copy.write_text(text, encoding="utf-8")
     return copy
-
-
-async def start_program(args: list[str], cwd: Path, port: int) -> Child:
-    """Start *args* in *cwd* and wait until it accepts connections on *port*."""
-    child = spawn(args, cwd)
-    try:
-        await accepting(port, child)
-    except BaseException:
-        await child.stop()
-        raise
-    return child
 
 
 async def fetch(*args: str, cwd: Path) -> tuple[dict[str, str], str]:
@@ -239,7 +227,7 @@ async def test_slow_proxy(tmp_path: Path, origin: Running) -> None:
     """slow_proxy.py's request class adds a header each way and logs the flow."""
     port = free_port()
     program = localized("slow_proxy.py", tmp_path, {"8080": str(port)})
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         url = f"http://127.0.0.1:{origin.port}/echo"
         headers, body = await fetch("-x", f"http://127.0.0.1:{port}", url, cwd=tmp_path)
@@ -261,7 +249,7 @@ async def test_https_proxy(tmp_path: Path, pki: Any, start_tls_origin: Any) -> N
     program = localized("https_proxy.py", tmp_path, {"8080": str(port)})
     os.environ["SSL_CERT_FILE"] = str(pki.origin_ca_pem)
     try:
-        child = await start_program([sys.executable, str(program)], tmp_path, port)
+        child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     finally:
         del os.environ["SSL_CERT_FILE"]
     try:
@@ -280,7 +268,7 @@ async def test_one_server(tmp_path: Path, origin: Running) -> None:
     """one_server.py sends every request to one server, whatever its host."""
     port = free_port()
     program = localized("one_server.py", tmp_path, {"8080": str(port), "8000": str(origin.port)})
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         _, body = await fetch("-x", f"http://127.0.0.1:{port}", "http://example.com/echo",
                               cwd=tmp_path)
@@ -294,7 +282,8 @@ async def test_proxy_tac(tmp_path: Path, origin: Running) -> None:
     """proxy.tac runs under ``twistd -ny`` and proxies."""
     port = free_port()
     tac = localized("proxy.tac", tmp_path, {"8080": str(port)})
-    child = await start_program([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path, port)
+    child = await spawn_listening([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path,
+                                  port)
     try:
         url = f"http://127.0.0.1:{origin.port}/echo"
         _, body = await fetch("-x", f"http://127.0.0.1:{port}", url, cwd=tmp_path)
@@ -309,7 +298,7 @@ async def test_listen(tmp_path: Path, origin: Running) -> None:
     """listen.py listens without a service and says where."""
     port = free_port()
     program = localized("listen.py", tmp_path, {"8080": str(port)})
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         await output_contains(child, f"listening on {port}")
         _, body = await fetch("-x", f"http://127.0.0.1:{port}",
@@ -325,7 +314,7 @@ async def test_listeners(tmp_path: Path, origin: Running) -> None:
     regular, reverse = free_port(), free_port()
     program = localized("listeners.py", tmp_path,
                         {"8080": str(regular), "8081": str(reverse), "5000": str(origin.port)})
-    child = await start_program([sys.executable, str(program)], tmp_path, regular)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, regular)
     try:
         await accepting(reverse, child)
         _, body = await fetch("-x", f"http://127.0.0.1:{regular}",
@@ -343,7 +332,7 @@ async def test_shared_addons(tmp_path: Path, origin: Running) -> None:
     first, second = free_port(), free_port()
     (tmp_path / "stamp.py").write_bytes((EXAMPLES / "stamp.py").read_bytes())
     tac = localized("shared_addons.tac", tmp_path, {"8080": str(first), "8081": str(second)})
-    child = await start_program([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path,
+    child = await spawn_listening([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path,
                                 first)
     try:
         await accepting(second, child)
@@ -364,7 +353,7 @@ async def test_rewrites_addons(tmp_path: Path, origin: Running) -> None:
     port = free_port()
     program = localized("rewrites_addons.py", tmp_path, {"8080": str(port)})
     (tmp_path / "js").mkdir()
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         proxy = f"http://127.0.0.1:{port}"
         code, output = await curl("-x", proxy, "http://ads.example/", cwd=tmp_path)
@@ -384,7 +373,7 @@ async def test_save_flows(tmp_path: Path, origin: Running) -> None:
     port = free_port()
     program = localized("save_flows.py", tmp_path,
                         {"8080": str(port), "~d example.com": "~d 127.0.0.1"})
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         proxy = f"http://127.0.0.1:{port}"
         await fetch("-x", proxy, f"http://127.0.0.1:{origin.port}/echo?saved", cwd=tmp_path)
@@ -418,7 +407,7 @@ async def test_server_replay(tmp_path: Path) -> None:
         dump_flows([recorded("http://example.com/hello?_=1", "recorded\n", Accept="*/*")], out)
     port = free_port()
     program = localized("server_replay.py", tmp_path, {"8080": str(port)})
-    child = await start_program([sys.executable, str(program)], tmp_path, port)
+    child = await spawn_listening([sys.executable, str(program)], tmp_path, port)
     try:
         proxy = f"http://127.0.0.1:{port}"
         _, body = await fetch("-x", proxy, "http://example.com/hello?_=2", cwd=tmp_path)
@@ -597,7 +586,7 @@ async def test_record_and_replay(tmp_path: Path, origin: Running) -> None:
     """
     url = f"http://127.0.0.1:{origin.port}/echo?recorded"
     port = free_port()
-    child = await start_program(twistd_line("record.sh", tmp_path, {"8080": str(port)}),
+    child = await spawn_listening(twistd_line("record.sh", tmp_path, {"8080": str(port)}),
                                 tmp_path, port)
     try:
         _, recorded_body = await fetch("-x", f"http://127.0.0.1:{port}", url, cwd=tmp_path)
@@ -605,7 +594,7 @@ async def test_record_and_replay(tmp_path: Path, origin: Running) -> None:
         await child.stop()
     seen = len(origin.factory.received)
     port = free_port()
-    child = await start_program(twistd_line("replay.sh", tmp_path, {"8080": str(port)}),
+    child = await spawn_listening(twistd_line("replay.sh", tmp_path, {"8080": str(port)}),
                                 tmp_path, port)
     try:
         proxy = f"http://127.0.0.1:{port}"
@@ -643,7 +632,8 @@ async def test_web_and_proxy(tmp_path: Path, origin: Running) -> None:
     """web_and_proxy.tac serves its site and proxies, in one application."""
     site, port = free_port(), free_port()
     tac = localized("web_and_proxy.tac", tmp_path, {"8000": str(site), "8080": str(port)})
-    child = await start_program([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path, port)
+    child = await spawn_listening([*twistd_command(), "--pidfile=", "-ny", str(tac)], tmp_path,
+                                  port)
     try:
         await accepting(site, child)
         _, body = await fetch(f"http://127.0.0.1:{site}/", cwd=tmp_path)
@@ -660,7 +650,7 @@ async def test_workers(tmp_path: Path, origin: Running) -> None:
     """workers.sh's twistd proxies on its port and says it is healthy on the metrics port."""
     port, metrics = free_port(), free_port()
     args = twistd_line("workers.sh", tmp_path, {"8080": str(port), "9101": str(metrics)})
-    child = await start_program(args, tmp_path, port)
+    child = await spawn_listening(args, tmp_path, port)
     try:
         await accepting(metrics, child)
         _, body = await fetch("-x", f"http://127.0.0.1:{port}",
