@@ -808,7 +808,7 @@ class ProxyPy(Proxy):
     # frame is relayed either way (bench/ws_echo.py times out after 10 s).
     no_websockets = "answers an absolute-form upgrade 101, then relays no message"
     processes = True  # a main process and its acceptor process
-    no_workers = "its --num-acceptors N is not run here"
+    workers = True  # --num-acceptors N: N acceptor processes, each with its own event loop
 
     def __init__(self, origin_ca: Path, install: bool) -> None:
         self.origin_ca = origin_ca
@@ -853,7 +853,7 @@ class ProxyPy(Proxy):
         (self.ca_dir / "certs").mkdir(parents=True, exist_ok=True)
         argv = [str(self.proxy), "--hostname", "127.0.0.1", "--port", str(port),
                 "--threadless", "--local-executor", "1",
-                "--num-acceptors", "1", "--num-workers", "1",
+                "--num-acceptors", str(workers or 1), "--num-workers", "1",
                 "--log-level", "WARNING", "--timeout", "60",
                 "--ca-cert-file", str(self.ca_pem()),
                 "--ca-key-file", str(self.ca_dir / "ca-key.pem"),
@@ -1535,9 +1535,9 @@ class Bench:
         if key == "w" and proxy.no_websockets:
             return proxy.no_websockets
         if key.endswith("-workers"):
-            if proxy.name != "twistproxy":
+            if not proxy.workers:
                 return proxy.no_workers
-            if not workers_ok:
+            if proxy.name == "twistproxy" and not workers_ok:
                 return "no --workers in `twistd twistproxy --help`"
         return None
 

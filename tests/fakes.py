@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -149,7 +150,7 @@ class TLSConnection:
     """
 
     client: TLSMemoryBIOProtocol
-    server: TLSMemoryBIOProtocol
+    server: Any  # a TLSMemoryBIOProtocol, or what server_tls made
     client_app: Recorder
     server_app: Recorder
     pump: Any
@@ -157,8 +158,9 @@ class TLSConnection:
 
 def connect_tls(
     client_creator: Any,
-    server_creator: Any,
+    server_creator: Any = None,
     *,
+    server_tls: Callable[[Recorder], Any] | None = None,
     client_greeting: bytes = b"",
     clock: Clock | None = None,
 ) -> TLSConnection:
@@ -168,15 +170,21 @@ def connect_tls(
     takes them) over in-memory transports, and pump until the handshake and
     whatever follows it are done: a real handshake, no sockets.
 
+    :param server_tls: Instead of *server_creator*: makes the server's TLS
+        layer around the server's application protocol (a
+        :class:`~twistproxy._memorytls.ServerTLS`, say).
     :param client_greeting: Bytes the client's application writes as soon
         as it is connected, before the handshake.
     """
     clock = clock if clock is not None else Clock()
     client_app, server_app = Recorder(client_greeting), Recorder()
     client_factory = TLSMemoryBIOFactory(client_creator, True, Factory(), clock=clock)
-    server_factory = TLSMemoryBIOFactory(server_creator, False, Factory(), clock=clock)
     client = client_factory.protocol(client_factory, client_app)
-    server = server_factory.protocol(server_factory, server_app)
+    if server_tls is None:
+        server_factory = TLSMemoryBIOFactory(server_creator, False, Factory(), clock=clock)
+        server = server_factory.protocol(server_factory, server_app)
+    else:
+        server = server_tls(server_app)
     _, _, pump = iosim.connectedServerAndClient(lambda: server, lambda: client, clock=clock)
     return TLSConnection(client, server, client_app, server_app, pump)
 

@@ -7,6 +7,7 @@ and unverified TLS towards origins.
 from __future__ import annotations
 
 import shutil
+import ssl
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,8 +27,9 @@ from zope.interface import implementer
 
 from tests.e2e.pki import OriginCert, make_ca, make_leaf
 from tests.fakes import TLSConnection, connect_tls
+from twistproxy._memorytls import ServerTLS
 from twistproxy._tls import (
-    InterceptingServerTLS,
+    GivenCertificate,
     ServerContexts,
     UpstreamTLS,
     describe_tls_failure,
@@ -228,31 +230,35 @@ class ServerContextsTests(SynchronousTestCase):
 
 class InterceptingServerTLSTests(SynchronousTestCase):
     """
-    Tests for :class:`InterceptingServerTLS`: real handshakes in memory with
-    a client that trusts only the proxy's CA.
+    Tests for the intercepting server side, :class:`ServerContexts`' contexts
+    under a :class:`~twistproxy._memorytls.ServerTLS`: real handshakes in
+    memory with a client that trusts only the proxy's CA.
     """
 
     def setUp(self) -> None:
         self.ca_file = _write_pem(self, _PROXY_CA.certificate)
         self.contexts = ServerContexts(CertificateStore(_PROXY_CA, now=_Clock()))
-        self.server = InterceptingServerTLS(self.contexts, "default.example")
+
+    def _server(self, inner: Any) -> ServerTLS:
+        return ServerTLS(self.contexts.context_for("default.example"), inner)
 
     def _handshake(self, server_name: str | None, alpn: list[bytes] | None = None
                    ) -> TLSConnection:
         client = _TrustingClientTLS(self.ca_file, server_name, alpn)
-        connection = connect_tls(client, self.server)
+        connection = connect_tls(client, server_tls=self._server)
         self.assertTrue(connection.client_app.handshake_done, connection.client_app.reason)
+        self.assertTrue(connection.server_app.handshake_done)
         return connection
 
     def test_certificate_for_sni_name(self) -> None:
         """
         A client sending SNI completes the handshake, trusting only the CA,
         and is shown a certificate naming the SNI host (subject and SAN), not
-        the default host.
+        the default host; the server side knows the name.
         """
         connection = self._handshake("sni.example")
         self.assertEqual(_names(_peer_certificate(connection)), (["sni.example"], ["sni.example"]))
-        self.assertEqual(connection.server.getHandle().get_servername(), b"sni.example")
+        self.assertEqual(connection.server.server_name, "sni.example")
 
     def test_certificate_for_default_host_without_sni(self) -> None:
         """
@@ -263,6 +269,26 @@ class InterceptingServerTLSTests(SynchronousTestCase):
         self.assertEqual(
             _names(_peer_certificate(connection)), (["default.example"], ["default.example"])
         )
+        self.assertIsNone(connection.server.server_name)
+
+    def test_given_certificate(self) -> None:
+        """
+        A name matching a ``--certs`` pattern is shown the user's own
+        certificate, chain included, not a minted one.
+        """
+        own = make_leaf(_ORIGIN_CA, ["own.example"])
+        path = _temporary_directory(self) / "own.pem"
+        path.write_bytes(
+            own.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+            + own.certificate.public_bytes(serialization.Encoding.PEM)
+            + _ORIGIN_CA[0].public_bytes(serialization.Encoding.PEM))
+        self.contexts = ServerContexts(self.contexts.store,
+                                       given=[GivenCertificate("own.example", str(path))])
+        client = _TrustingClientTLS(_write_pem(self, _ORIGIN_CA[0]), "own.example")
+        connection = connect_tls(client, server_tls=self._server)
+        self.assertTrue(connection.client_app.handshake_done, connection.client_app.reason)
+        self.assertEqual(_peer_certificate(connection), own.certificate)
 
     def test_bytes_flow_after_handshake(self) -> None:
         """
@@ -280,7 +306,7 @@ class InterceptingServerTLSTests(SynchronousTestCase):
         """A client offering ``h2`` and ``http/1.1`` gets ``http/1.1``."""
         connection = self._handshake("sni.example", [b"h2", b"http/1.1"])
         self.assertEqual(connection.client.negotiatedProtocol, b"http/1.1")
-        self.assertEqual(connection.server.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(connection.server.alpn(), b"http/1.1")
 
     def test_no_alpn_when_only_h2_offered(self) -> None:
         """
@@ -289,7 +315,17 @@ class InterceptingServerTLSTests(SynchronousTestCase):
         """
         connection = self._handshake("sni.example", [b"h2"])
         self.assertIsNone(connection.client.negotiatedProtocol)
-        self.assertIsNone(connection.server.negotiatedProtocol)
+        self.assertIsNone(connection.server.alpn())
+
+    def test_tls12_and_up(self) -> None:
+        """TLS 1.3 when the client has it; a client capped below 1.2 is refused."""
+        self.assertEqual(self._handshake("sni.example").server.tls_version(), "TLSv1.3")
+        client = _TrustingClientTLS(self.ca_file, "old.example")
+        client.context.set_max_proto_version(SSL.TLS1_1_VERSION)
+        connection = connect_tls(client, server_tls=self._server)
+        self.assertFalse(connection.server_app.handshake_done)
+        assert connection.server_app.reason is not None
+        self.assertTrue(connection.server_app.reason.check(ssl.SSLError))
 
     def test_sni_context_cached(self) -> None:
         """

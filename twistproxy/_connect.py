@@ -26,18 +26,18 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IHandshakeListener, IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IHandshakeListener, IProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
 from twistproxy._drain import OpenChannels
+from twistproxy._memorytls import ServerTLS
 from twistproxy._sniff import Carried, sniff
 from twistproxy._target import Tunnel
-from twistproxy._tls import InterceptingServerTLS, ServerContexts
+from twistproxy._tls import ServerContexts
 from twistproxy._tunnel import Relay, RelayFactory
 from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
@@ -500,13 +500,10 @@ class Interception:
         # for a reverse proxy (whose origin the client does not know) the
         # address it connected to.
         name = channel.getHost().host if tunnel.reverse else tunnel.host
-        creator = InterceptingServerTLS(self.contexts, name)
-        tls_factory = TLSMemoryBIOFactory(
-            creator, False, cast(IProtocolFactory, self), clock=self.reactor)
-        # Not the factory's BufferingTLSTransport, which holds every write
-        # for the reactor's next turn (a callLater(0)) to join small ones:
-        # a channel writes a response's head and body at once already.
-        return TLSMemoryBIOProtocol(tls_factory, inner)
+        # The standard library's TLS, not Twisted's TLSMemoryBIOProtocol
+        # over pyOpenSSL: 0.91 of the instructions per request of (e)
+        # (bench/ANALYSIS.md).
+        return ServerTLS(self.contexts.context_for(name), inner)
 
     def tunnel_channel(
         self, channel: Proxy, tunnel: Tunnel, origin: Relay | None = None

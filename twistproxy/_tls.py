@@ -2,12 +2,12 @@
 """
 TLS on both sides of an intercepted connection.
 
-Towards the client, :class:`InterceptingServerTLS` presents a certificate
-minted by the :class:`~twistproxy.certs.CertificateStore` for the name the
-client asks for in its ClientHello (SNI), or for the CONNECT host when it
-sends none.  Twisted has no server-side SNI hook, so the servername callback
-is pyOpenSSL's, installed on every context; each host gets one immutable
-``SSL.Context`` (pyOpenSSL warns when a context changes after use).
+Towards the client, :class:`ServerContexts` hands out the standard
+library's ``ssl.SSLContext`` that presents a certificate minted by the
+:class:`~twistproxy.certs.CertificateStore` for the name the client asks for
+in its ClientHello (SNI), or for the CONNECT host when it sends none; the
+connection itself is a :class:`~twistproxy._memorytls.ServerTLS`.  Each
+host gets one context, switched to by the SNI callback every context has.
 
 Towards origins, :class:`UpstreamTLS` makes the client connection creators:
 verified (service-identity) against the system's trust store or a CA file
@@ -17,6 +17,10 @@ the user names, or unverified with ``--insecure``; SNI and ALPN
 
 from __future__ import annotations
 
+import os
+import re
+import ssl
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -30,12 +34,12 @@ from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twistproxy._memorytls import note_server_name
 from twistproxy.flow import Certificate
 
 if TYPE_CHECKING:
@@ -46,9 +50,6 @@ _log = Logger()
 
 ALPN_HTTP11 = b"http/1.1"
 """The only application protocol offered until HTTP/2 exists here."""
-
-_SERVER_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
-
 
 class GivenCertificate:
     """
@@ -79,13 +80,9 @@ class GivenCertificate:
             raise ValueError(f"{path}: not a PEM key and certificate ({e})") from None
         context = _server_context()
         try:
-            context.use_certificate(certificates[0])
-            context.use_privatekey(key)  # type: ignore[arg-type]
-            context.check_privatekey()
-        except SSL.Error:
+            _load_chain(context, key, certificates)
+        except ssl.SSLError:
             raise ValueError(f"{path}: the key is not the certificate's") from None
-        for extra in certificates[1:]:
-            context.add_extra_chain_cert(extra)
         self.context = context
 
     def matches(self, hostname: str) -> bool:
@@ -93,24 +90,55 @@ class GivenCertificate:
         return fnmatchcase(hostname.lower(), self.pattern)
 
 
-def _server_context() -> SSL.Context:
+def _server_context() -> ssl.SSLContext:
     """A server context with the options every intercepting context has."""
-    context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(_SERVER_OPTIONS)
-    context.set_alpn_select_callback(_select_alpn)
-    # Session resumption towards clients: IDs scoped to this process.
-    context.set_session_id(b"twistproxy")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    # http/1.1 when the client offers it, else no ALPN at all.
+    context.set_alpn_protocols([ALPN_HTTP11.decode("ascii")])
     return context
+
+
+def _load_chain(context: ssl.SSLContext, key: Any, certificates: Sequence[Any]) -> None:
+    """
+    Give *context* the private *key* and *certificates* (the leaf first,
+    then its chain; ``cryptography`` objects).  The standard library reads
+    them only from a file: an anonymous memory file where the system has
+    them (Linux), else a private temporary file, removed at once.
+
+    :raises ssl.SSLError: if the key is not the leaf's.
+    """
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    pem += b"".join(certificate.public_bytes(Encoding.PEM) for certificate in certificates)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("twistproxy-certificate", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.NamedTemporaryFile(prefix="twistproxy-") as file:  # mode 0600
+        file.write(pem)
+        file.flush()
+        context.load_cert_chain(file.name)
 
 
 class ServerContexts:
     """
-    One ``SSL.Context`` per host name, each presenting that host's minted
+    One ``ssl.SSLContext`` per host name, each presenting that host's minted
     certificate (or a *given* one: the first whose pattern matches).  A
     context is rebuilt when the store hands out a new certificate for the
     name (renewed near expiry, or evicted and minted again), so the store's
-    cache is the one that decides.
+    cache is the one that decides.  Every context switches a connection to
+    the context of the name the client asks for (SNI).
 
     :ivar built: How many contexts were built (a cache-miss counter).
     """
@@ -124,10 +152,10 @@ class ServerContexts:
         self.built = 0
         self.given = tuple(given)
         for own in self.given:
-            own.context.set_tlsext_servername_callback(self._servername)
-        self._contexts: OrderedDict[str, tuple[IssuedCertificate, SSL.Context]] = OrderedDict()
+            own.context.sni_callback = self._servername
+        self._contexts: OrderedDict[str, tuple[IssuedCertificate, ssl.SSLContext]] = OrderedDict()
 
-    def context_for(self, hostname: str) -> SSL.Context:
+    def context_for(self, hostname: str) -> ssl.SSLContext:
         """The context presenting *hostname*'s certificate."""
         for own in self.given:
             if own.matches(hostname):
@@ -139,11 +167,8 @@ class ServerContexts:
             self._contexts.move_to_end(key)
             return cached[1]
         context = _server_context()
-        context.use_certificate(issued.certificate)
-        context.use_privatekey(issued.key)
-        for certificate in issued.chain:
-            context.add_extra_chain_cert(certificate)
-        context.set_tlsext_servername_callback(self._servername)
+        _load_chain(context, issued.key, (issued.certificate, *issued.chain))
+        context.sni_callback = self._servername
         self.built += 1
         self._contexts[key] = (issued, context)
         self._contexts.move_to_end(key)
@@ -151,51 +176,17 @@ class ServerContexts:
             self._contexts.popitem(last=False)
         return context
 
-    def _servername(self, connection: SSL.Connection) -> None:
-        """pyOpenSSL's SNI callback: switch to the named host's context."""
-        name = connection.get_servername()
+    def _servername(self, tls: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        """The standard library's SNI callback: switch to the named host's context."""
+        note_server_name(tls, name)
         if not name:
             return
         try:
-            hostname = name.decode("ascii")
-        except UnicodeDecodeError:
-            return  # keep the CONNECT host's certificate
-        try:
-            context = self.context_for(hostname)
+            tls.context = self.context_for(name)
         except Exception:
-            # OpenSSL's callback cannot raise usefully: keep the CONNECT
-            # host's certificate, and say why in the log.
-            _log.failure("no certificate for SNI name {name}", name=hostname)
-            return
-        connection.set_context(context)
-
-
-def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
-    """Choose ``http/1.1`` when the client offers it, else no ALPN at all."""
-    if ALPN_HTTP11 in offered:
-        return ALPN_HTTP11
-    return SSL.NO_OVERLAPPING_PROTOCOLS
-
-
-@implementer(IOpenSSLServerConnectionCreator)
-class InterceptingServerTLS:
-    """
-    The server side of an intercepted tunnel.
-
-    :param contexts: Where the per-host contexts come from.
-    :param default_host: The CONNECT host: its certificate is presented when
-        the client sends no SNI.
-    """
-
-    def __init__(self, contexts: ServerContexts, default_host: str) -> None:
-        self.contexts = contexts
-        self.default_host = default_host
-
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """Make the connection; the SNI callback may switch its context."""
-        connection = SSL.Connection(self.contexts.context_for(self.default_host), None)
-        connection.set_app_data(tlsProtocol)
-        return connection
+            # The callback cannot raise usefully: keep the CONNECT host's
+            # certificate, and say why in the log.
+            _log.failure("no certificate for SNI name {name}", name=name)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -336,6 +327,9 @@ def describe_tls_failure(
     if code:
         why = _VERIFY_REASONS.get(code, f"verification error {code}")
         return f"certificate refused: {why}"
+    if isinstance(reason.value, ssl.SSLError):  # the standard library's: "[SSL: X] text (_ssl.c:N)"
+        text = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(reason.value))
+        return text or reason.getErrorMessage()
     args = getattr(reason.value, "args", ())
     details = args[0] if args else None
     if isinstance(details, list):

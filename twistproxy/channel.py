@@ -17,9 +17,9 @@ complete.
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -151,12 +151,11 @@ class Proxy(ChannelCompat):
         client = self.client_conn
         if not self._tls_recorded:
             self._tls_recorded = True
-            handle = self.transport.getHandle()
-            sni = handle.get_servername()
+            tls = self.transport  # a ServerTLS
             client.tls_established = True
-            client.sni = sni.decode("ascii", "replace") if sni else None
-            client.alpn = handle.get_alpn_proto_negotiated() or None
-            client.tls_version = handle.get_protocol_version_name()
+            client.sni = tls.server_name
+            client.alpn = tls.alpn()
+            client.tls_version = tls.tls_version()
         return client.sni or tunnel.host
 
     def server_name(self, host: str) -> str:
@@ -581,7 +580,7 @@ class Proxy(ChannelCompat):
         origin, self._origin = self._origin, None
         if origin is not None and not origin.lost:
             origin.transport.loseConnection()  # the client left before a request
-        if self.tunnel is not None and not self._tls_recorded and reason.check(SSL.Error):
+        if self.tunnel is not None and not self._tls_recorded and reason.check(ssl.SSLError):
             peer = self.client_conn.peername
             _log.info(
                 "TLS with client {client} for {host} failed: {why} "
