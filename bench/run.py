@@ -125,9 +125,15 @@ def _p99(key: str) -> Figure:
     return Figure(key, "p99 latency", "ms", "lower", 2)
 
 
+# The proxy's CPU time (user and system, all its processes) per request: what
+# the proxy spends on a request whatever the machine's speed that minute.
+_CPU_US = Figure("cpu_us", "proxy CPU per request", "µs", "lower", 0)
+
+
 SCENARIOS: dict[str, Scenario] = {s.key: s for s in [
-    Scenario("a", "a. HTTP keep-alive, 1 KiB, 50 conns", (_rps("rps"), _p99("p99"))),
-    Scenario("b", "b. HTTP `Connection: close`, 1 KiB, 50 conns", (_rps("rps"), _p99("p99"))),
+    Scenario("a", "a. HTTP keep-alive, 1 KiB, 50 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("b", "b. HTTP `Connection: close`, 1 KiB, 50 conns",
+             (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("c", "c. 512 MiB download", (
         Figure("mbps", "throughput", "MB/s", "higher", 0),
         Figure("peak", "proxy peak RSS", "MiB", "lower", 1),
@@ -136,20 +142,20 @@ SCENARIOS: dict[str, Scenario] = {s.key: s for s in [
         Figure("growth", "proxy RSS growth", "MiB", "lower", 1),
     )),
     Scenario("e", "e. HTTPS intercepted, keep-alive, 1 KiB, 50 conns",
-             (_rps("rps"), _p99("p99"))),
+             (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("f", "f. HTTPS intercepted, `Connection: close` (handshakes/s)", (
         Figure("rps", "TLS handshakes/s", "req/s", "higher"), _p99("p99"),
-        Figure("per_cpu", "handshakes per proxy CPU-second", "1/CPU-s", "higher"))),
+        Figure("per_cpu", "handshakes per proxy CPU-second", "1/CPU-s", "higher"), _CPU_US)),
     Scenario("g", "g. (a) with 1,000 idle keep-alive conns held open", (
         _rps("rps"),
-        Figure("rss", "proxy RSS (max)", "MiB", "lower", 1),
+        Figure("rss", "proxy RSS (max)", "MiB", "lower", 1), _CPU_US,
     )),
     Scenario("w", "w. WebSocket echo, 100-byte messages, 10 conns", (
         Figure("msgs", "echoed messages/s", "msg/s", "higher"), _p99("p99"))),
-    Scenario("a-addon", "(a) with one trivial addon", (_rps("rps"), _p99("p99"))),
-    Scenario("e-addon", "(e) with one trivial addon", (_rps("rps"), _p99("p99"))),
-    Scenario("a-workers", "(a) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"))),
-    Scenario("e-workers", "(e) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"))),
+    Scenario("a-addon", "(a) with one trivial addon", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("e-addon", "(e) with one trivial addon", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("a-workers", "(a) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("e-workers", "(e) with `--workers 2`, unpinned", (_rps("rps"), _p99("p99"), _CPU_US)),
 ]}
 
 
@@ -1263,6 +1269,8 @@ class Bench:
         cell.runs.setdefault("rss", []).append(rss["max"])
         cell.runs.setdefault("per_cpu", []).append(
             figures["rps"] / (cpu / 100) if cpu > 0 else float("nan"))
+        cell.runs.setdefault("cpu_us", []).append(
+            cpu / 100 * 1e6 / figures["rps"] if figures["rps"] else float("nan"))
         detail = {"round": round_, **figures, "cpu%": cpu, "load_core%": load,
                   "proxy_core%": proxy_core, "other%": other, "rss_max": rss["max"]}
         if idle_peers:

@@ -228,6 +228,31 @@ class ServerContextsTests(SynchronousTestCase):
         self.assertEqual(contexts.built, 4)
 
 
+def _memory_handshake(
+    client: ssl.SSLContext, contexts: ServerContexts, session: ssl.SSLSession | None
+) -> ssl.SSLObject:
+    """
+    A standard-library client's handshake, in memory, with the intercepting
+    side for ``sni.example`` (started on ``default.example``'s context), and
+    one application record after it (which carries TLS 1.3's tickets).
+    """
+    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    server = contexts.context_for("default.example").wrap_bio(
+        server_in, server_out, server_side=True)
+    tls = client.wrap_bio(client_in, client_out, server_hostname="sni.example", session=session)
+    for _ in range(4):
+        for side, out, peer in ((tls, client_out, server_in), (server, server_out, client_in)):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            peer.write(out.read())
+    server.write(b"x")
+    client_in.write(server_out.read())
+    assert tls.read(1) == b"x"
+    return tls
+
+
 class InterceptingServerTLSTests(SynchronousTestCase):
     """
     Tests for the intercepting server side, :class:`ServerContexts`' contexts
@@ -326,6 +351,19 @@ class InterceptingServerTLSTests(SynchronousTestCase):
         self.assertFalse(connection.server_app.handshake_done)
         assert connection.server_app.reason is not None
         self.assertTrue(connection.server_app.reason.check(ssl.SSLError))
+
+    def test_sessions_resumed(self) -> None:
+        """
+        A client coming back with its session (TLS 1.2 and 1.3) resumes it,
+        although the SNI callback switched contexts.
+        """
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_verify_locations(self.ca_file)
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            client.maximum_version = version
+            first = _memory_handshake(client, self.contexts, None)
+            again = _memory_handshake(client, self.contexts, first.session)
+            self.assertEqual((first.session_reused, again.session_reused), (False, True))
 
     def test_sni_context_cached(self) -> None:
         """
