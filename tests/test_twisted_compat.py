@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from twisted.internet import tcp
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.reflect import namedAny
@@ -19,7 +20,12 @@ from twisted.web import http
 
 import twisted
 from twistproxy import _twisted_compat
-from twistproxy._twisted_compat import PRIVATE_NAMES, send_eagerly, take_buffered
+from twistproxy._twisted_compat import (
+    PRIVATE_NAMES,
+    dispatch_directly,
+    send_eagerly,
+    take_buffered,
+)
 
 PACKAGE = Path(_twisted_compat.__file__).parent
 
@@ -42,8 +48,10 @@ class PrivateNamesTests(SynchronousTestCase):
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
         connection = tcp.Connection(ours, None)
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
         instances = {http.HTTPChannel: channel, http._ChunkedTransferDecoder: decoder,
-                     tcp.Connection: connection}
+                     tcp.Connection: connection, EPollReactor: reactor}
         missing = []
         for owner, name in PRIVATE_NAMES:
             target = namedAny(owner)
@@ -165,3 +173,74 @@ class SendEagerlyTests(SynchronousTestCase):
         transport = StringTransport()
         send_eagerly(transport)
         self.assertNotIn("write", vars(transport))
+
+
+class _Reader:
+    """A readable end of a socket pair for a reactor: records reads, or fails."""
+
+    def __init__(self, sock: socket.socket, fail: bool = False) -> None:
+        self.sock, self.fail = sock, fail
+        self.read: list[bytes] = []
+        self.lost: list[object] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        if self.fail:
+            raise RuntimeError("broken reader")
+        self.read.append(self.sock.recv(100))
+
+    def connectionLost(self, reason: object) -> None:
+        self.lost.append(reason)
+
+    def logPrefix(self) -> str:
+        return "_Reader"
+
+
+class DispatchDirectlyTests(SynchronousTestCase):
+    """
+    :func:`dispatch_directly`: an epoll reactor's ready connections are
+    handed to its event handler without the legacy log context.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.assertTrue(dispatch_directly(self.reactor))
+
+    def _pair(self) -> tuple[socket.socket, socket.socket]:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        return ours, theirs
+
+    def test_ready_connection_reads(self) -> None:
+        """A readable connection is read in the next iteration; an idle one is not."""
+        ours, theirs = self._pair()
+        idle, _ = self._pair()
+        reader, other = _Reader(ours), _Reader(idle)
+        self.reactor.addReader(reader)
+        self.reactor.addReader(other)
+        theirs.send(b"ping")
+        self.reactor.doIteration(0)
+        self.assertEqual((reader.read, other.read), ([b"ping"], []))
+        self.reactor.removeAll()
+
+    def test_failing_read_is_logged_and_disconnects(self) -> None:
+        """What a read raises is logged, and the connection is lost, as before."""
+        ours, theirs = self._pair()
+        reader = _Reader(ours, fail=True)
+        self.reactor.addReader(reader)
+        theirs.send(b"ping")
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(reader.lost), 1)
+        self.assertNotIn(reader, self.reactor.getReaders())
+
+    def test_other_reactors_left_alone(self) -> None:
+        """A reactor that is not epoll's keeps its own dispatch."""
+        other = MemoryReactor()
+        self.assertFalse(dispatch_directly(other))
+        self.assertNotIn("doIteration", vars(other))

@@ -24,6 +24,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from twistproxy._drain import LAST_WORD
 from twistproxy._health import Health, RunningService, status_site
+from twistproxy._twisted_compat import dispatch_directly
 from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.reverse import ReverseRewrite
@@ -76,6 +77,7 @@ def makeService(options: Options) -> IService:
         return supervisor_service(_supervisor_options(arguments), reactor)
     from twisted.internet import reactor
 
+    dispatch_directly(reactor)  # twistd's process is the proxy's own
     return make_service(options, reactor)
 
 
