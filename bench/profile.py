@@ -56,13 +56,14 @@ def _twistd(port: int, extra_twistd: tuple[str, ...] = ()) -> list[str]:
     return [*argv[:at], *extra_twistd, *argv[at:]]
 
 
-def _lua(https: bool, http_port: int, https_port: int) -> Path:
-    """The wrk script for (a) (absolute-form requests) or (e) (through the shim)."""
+def _lua(https: bool, http_port: int, https_port: int, close: bool = False) -> Path:
+    """The wrk script for (a) (absolute-form requests) or (e) (through the shim);
+    *close*: ``Connection: close``, (b) or (f)."""
     if https:
         return bench.write_lua("profile-e", path=f"/{bench.SMALL}",
-                               host=f"127.0.0.1:{https_port}", close=False)
+                               host=f"127.0.0.1:{https_port}", close=close)
     return bench.write_lua("profile-a", path=f"http://127.0.0.1:{http_port}/{bench.SMALL}",
-                           host=f"127.0.0.1:{http_port}", close=False)
+                           host=f"127.0.0.1:{http_port}", close=close)
 
 
 def _url(https: bool, proxy_port: int, shim_port: int) -> str:
@@ -90,7 +91,8 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
 
 def profile(args: argparse.Namespace, http_port: int, https_port: int) -> None:
     proxy_port, shim_port = bench.free_ports(2)
-    stats_file = OUT / ("e.pstats" if args.https else "a.pstats")
+    stats_file = OUT / (("f" if args.close else "e") + ".pstats" if args.https
+                        else ("b" if args.close else "a") + ".pstats")
     stats_file.unlink(missing_ok=True)
     argv = bench.pinned(bench.PROXY_CORE, _twistd(proxy_port, (
         f"--profile={stats_file}", "--profiler=cprofile", "--savestats")))
@@ -98,7 +100,7 @@ def profile(args: argparse.Namespace, http_port: int, https_port: int) -> None:
     bench.wait_listening(proxy_port, child)
     shim = _shim(shim_port, proxy_port, https_port) if args.https else None
     try:
-        lua = _lua(args.https, http_port, https_port)
+        lua = _lua(args.https, http_port, https_port, args.close)
         url = _url(args.https, proxy_port, shim_port)
         bench.wrk(url, lua, 2, 50)
         result = bench.wrk(url, lua, args.seconds, 50)
@@ -226,7 +228,7 @@ def _compare_pair(
             if args.https:
                 shims.append(_shim(shim_port, port, https_port))
             ports[label] = (port, shim_port)
-        lua = _lua(args.https, http_port, https_port)
+        lua = _lua(args.https, http_port, https_port, args.close)
         for label in sides:
             bench.wrk(_url(args.https, *ports[label]), lua, 2, 50)
         figures: dict[str, list[tuple[float, float, float]]] = {label: [] for label in sides}
@@ -264,6 +266,8 @@ def _compare_pair(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--https", action="store_true", help="scenario (e) instead of (a)")
+    parser.add_argument("--close", action="store_true",
+                        help="Connection: close: scenario (b), or (f) with --https")
     parser.add_argument("--compare", metavar="REV", default=None,
                         help="compare CPU per request with this git revision")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
