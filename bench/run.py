@@ -60,6 +60,7 @@ ANALYSIS = BENCH / "ANALYSIS.md"  # written by hand; copied into RESULTS.md
 PROXY_CORE = "0"
 LOAD_CORE = "1"
 SMALL = "1k.bin"
+MEDIUM = "64k.bin"
 BIG = "512m.bin"
 BIG_SIZE = 512 * 1024 * 1024
 
@@ -132,6 +133,8 @@ _CPU_US = Figure("cpu_us", "proxy CPU per request", "µs", "lower", 0)
 
 SCENARIOS: dict[str, Scenario] = {s.key: s for s in [
     Scenario("a", "a. HTTP keep-alive, 1 KiB, 50 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("a64", "a′. HTTP keep-alive, 64 KiB, 50 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("a10", "(a) with 10 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("b", "b. HTTP `Connection: close`, 1 KiB, 50 conns",
              (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("c", "c. 512 MiB download", (
@@ -168,10 +171,14 @@ class WrkSetup:
     addon: bool = False
     workers: int | None = None  # twistproxy's --workers, unpinned
     idle: bool = False  # (g): idle keep-alive connections held during each run
+    path: str = SMALL  # what each request fetches
+    connections: int | None = None  # wrk connections, if not the settings'
 
 
 WRK_SCENARIOS: dict[str, WrkSetup] = {
     "a": WrkSetup(https=False, close=False),
+    "a64": WrkSetup(https=False, close=False, path=MEDIUM),
+    "a10": WrkSetup(https=False, close=False, connections=10),
     "b": WrkSetup(https=False, close=True),
     "e": WrkSetup(https=True, close=False),
     "f": WrkSetup(https=True, close=True),
@@ -676,6 +683,9 @@ def start_origin(http_port: int, https_port: int, cert: Path, key: Path) -> Chil
     small = www / SMALL
     if not small.exists() or small.stat().st_size != 1024:
         small.write_bytes(bytes(range(256)) * 4)
+    medium = www / MEDIUM
+    if not medium.exists() or medium.stat().st_size != 65536:
+        medium.write_bytes(bytes(range(256)) * 256)
     big = www / BIG
     if not big.exists() or big.stat().st_size != BIG_SIZE:
         with open(big, "wb") as f:
@@ -1211,7 +1221,7 @@ class Bench:
             lane.cell.notes.append(watch.memory_note())
         if setup.https:
             target = f"127.0.0.1:{https_port}"
-            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"/{SMALL}", host=target,
+            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"/{setup.path}", host=target,
                                  close=setup.close)
             shim_port = self.ports[f"shim-{proxy.name}"]
             lane.shim = Child(pinned(LOAD_CORE, [
@@ -1223,10 +1233,10 @@ class Bench:
             lane.url = f"https://127.0.0.1:{shim_port}"
         else:
             target = f"127.0.0.1:{http_port}"
-            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"http://{target}/{SMALL}",
+            lane.lua = write_lua(f"{key}-{proxy.name}", path=f"http://{target}/{setup.path}",
                                  host=target, close=setup.close)
             lane.url = f"http://127.0.0.1:{port}"
-        wrk(lane.url, lane.lua, s.warmup, s.connections)  # warm-up, discarded
+        wrk(lane.url, lane.lua, s.warmup, setup.connections or s.connections)  # warm-up
 
     def _measured_run(self, lane: Lane, setup: WrkSetup, round_: int,
                       idle_peers: list[ProcWatch]) -> None:
@@ -1239,7 +1249,8 @@ class Bench:
             peers0 = sum(w.cpu() for w in idle_peers)
             by_pid, t0, cores = watch.cpu_by_pid(), time.monotonic(), _cpu_times()
             with sampling(watch) as rss:
-                figures: dict[str, Any] = wrk(lane.url, lua, s.duration, s.connections)
+                figures: dict[str, Any] = wrk(lane.url, lua, s.duration,
+                                              setup.connections or s.connections)
             load = core_busy(cores, LOAD_CORE)
             proxy_core = core_busy(cores, PROXY_CORE)
             elapsed = time.monotonic() - t0
