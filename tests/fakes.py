@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoin
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -142,14 +142,15 @@ class TLSConnection:
     Two TLS endpoints joined in memory by :func:`connect_tls`.
 
     :ivar client: The client's TLS layer (``getHandle()`` is its
-        ``SSL.Connection``).
+        ``SSL.Connection``, or its ``ssl.SSLObject`` for what *client_tls*
+        made).
     :ivar server: The server's TLS layer.
     :ivar client_app: The protocol above the client's TLS.
     :ivar server_app: The protocol above the server's TLS.
     :ivar pump: Moves bytes between the two; ``pump.flush()`` until quiet.
     """
 
-    client: TLSMemoryBIOProtocol
+    client: Any  # a TLSMemoryBIOProtocol, or what client_tls made
     server: Any  # a TLSMemoryBIOProtocol, or what server_tls made
     client_app: Recorder
     server_app: Recorder
@@ -157,10 +158,11 @@ class TLSConnection:
 
 
 def connect_tls(
-    client_creator: Any,
+    client_creator: Any = None,
     server_creator: Any = None,
     *,
     server_tls: Callable[[Recorder], Any] | None = None,
+    client_tls: Callable[[Recorder], Any] | None = None,
     client_greeting: bytes = b"",
     clock: Clock | None = None,
 ) -> TLSConnection:
@@ -173,13 +175,19 @@ def connect_tls(
     :param server_tls: Instead of *server_creator*: makes the server's TLS
         layer around the server's application protocol (a
         :class:`~twistproxy._memorytls.ServerTLS`, say).
+    :param client_tls: Instead of *client_creator*: makes the client's TLS
+        layer around the client's application protocol (a
+        :class:`~twistproxy._memorytls.ClientTLS`, say).
     :param client_greeting: Bytes the client's application writes as soon
         as it is connected, before the handshake.
     """
     clock = clock if clock is not None else Clock()
     client_app, server_app = Recorder(client_greeting), Recorder()
-    client_factory = TLSMemoryBIOFactory(client_creator, True, Factory(), clock=clock)
-    client = client_factory.protocol(client_factory, client_app)
+    if client_tls is None:
+        client_factory = TLSMemoryBIOFactory(client_creator, True, Factory(), clock=clock)
+        client = client_factory.protocol(client_factory, client_app)
+    else:
+        client = client_tls(client_app)
     if server_tls is None:
         server_factory = TLSMemoryBIOFactory(server_creator, False, Factory(), clock=clock)
         server = server_factory.protocol(server_factory, server_app)

@@ -19,7 +19,6 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IStreamClientEndpoint,
-    ITLSTransport,
 )
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -30,6 +29,7 @@ from zope.interface.verify import verifyObject
 from tests.e2e.pki import OriginTLS, make_ca, make_leaf
 from tests.fakes import connect_tls, write_temp_file
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
+from twistproxy._memorytls import ClientTLS
 from twistproxy._tls import UpstreamTLS
 from twistproxy._tunnel import Relay
 from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, ProxyClientFactory
@@ -751,6 +751,25 @@ class ConnectionPoolTests(SynchronousTestCase):
         self.assertIsNone(server.timestamp_end)
         self.assertEqual(self.pool.idle_count(), 0)
 
+    def test_connect_https(self) -> None:
+        """
+        For ``https`` the connection's protocol sits on a ``ClientTLS`` with
+        the key's server name, which sends its ClientHello as soon as the
+        TCP connection is made; the record has the TCP connection's
+        addresses, and no TLS facts before the handshake.
+        """
+        client = self.connect(PoolKey("https", "example.com", 443, "sni.example"))
+        self.assertIsInstance(client, ProxyClient)
+        tls = client.transport
+        self.assertIsInstance(tls, ClientTLS)
+        self.assertIs(tls.inner, client)
+        self.assertEqual(tls.getHandle().server_hostname, "sni.example")
+        self.assertEqual(tls.transport.value()[:1], b"\x16")  # a handshake record
+        server = client.server
+        assert server is not None
+        self.assertEqual(server.peername, ("203.0.113.5", 80))
+        self.assertFalse(server.tls_established)
+
     def test_connect_refused(self) -> None:
         """
         A refused connection fails with `UpstreamConnectFailed`.
@@ -1164,24 +1183,6 @@ class ConnectionPoolTests(SynchronousTestCase):
         self.assertEqual(self.disconnected, [])
 
 
-@implementer(ITLSTransport)
-class _TLSCapableTransport(StringTransport):
-    """
-    A ``StringTransport`` that can start TLS (``ITLSTransport``), recording
-    the connection creator it was given.
-
-    :ivar started: The creators ``startTLS`` was called with.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(hostAddress=LOCAL, peerAddress=PEER)
-        self.started: list[object] = []
-
-    def startTLS(self, creator: object, normal: bool = True) -> None:  # noqa: N802
-        """Record the creator."""
-        self.started.append(creator)
-
-
 class AdoptTests(SynchronousTestCase):
     """
     Tests for `ConnectionPool.adopt`: a connection a ``CONNECT`` opened is
@@ -1251,22 +1252,57 @@ class AdoptTests(SynchronousTestCase):
         relay.readConnectionLost()
         self.assertTrue(relay.transport.disconnecting)
 
-    def test_https_starts_tls_with_server_name(self) -> None:
-        """For ``https``, TLS starts on the connection with the key's server name."""
-        transport = _TLSCapableTransport()
+    def test_https_puts_tls_under_the_client(self) -> None:
+        """
+        For ``https``, a ``ClientTLS`` with the key's server name goes between
+        the connection and the new protocol, and sends its ClientHello at
+        once; the connection is idle in the pool for the key.
+        """
+        relay = self.relay()
         key = PoolKey("https", "example.com", 443, "sni.example")
-        client = self.pool.adopt(key, self.relay(transport))
-        self.assertIsNotNone(client)
-        [creator] = transport.started
-        self.assertEqual(creator._server_name, "sni.example")  # type: ignore[attr-defined]
+        client = self.pool.adopt(key, relay)
+        assert client is not None
+        self.assertIsInstance(client.transport, ClientTLS)
+        self.assertIs(client.transport.transport, relay.transport)
+        self.assertEqual(client.transport.getHandle().server_hostname, "sni.example")
+        self.assertEqual(transport_of(relay).value()[:1], b"\x16")  # a handshake record
         self.assertEqual(self.pool.idle_count(key), 1)
 
-    def test_https_without_tls_closed(self) -> None:
-        """A transport that cannot start TLS is closed, not kept for ``https``."""
-        relay = self.relay()
-        self.assertIsNone(self.pool.adopt(PoolKey("https", "example.com", 443), relay))
-        self.assertTrue(relay.transport.disconnecting)
-        self.assertEqual(self.pool.idle_count(), 0)
+    def test_https_handshake_recorded(self) -> None:
+        """
+        The handshake of an adopted ``https`` connection (with a real origin,
+        in memory) completes and its facts go on the CONNECT's record; the
+        exchange then goes through TLS.
+        """
+        ca = make_ca("adopt test CA")
+        ca_file = write_temp_file(self, ca[0].public_bytes(Encoding.PEM), "ca.pem")
+        self.pool.tls = UpstreamTLS(ca_file=ca_file)
+        relays: list[Relay] = []
+
+        def relay_for(app: object) -> Relay:
+            relays.append(Relay())
+            return relays[-1]
+
+        connection = connect_tls(
+            server_creator=OriginTLS(make_leaf(ca, ["localhost"])), client_tls=relay_for
+        )
+        [relay] = relays
+        relay.server = Server(address=("localhost", 443), timestamp_start=1.0)
+        key = PoolKey("https", "localhost", 443, "localhost")
+        client = self.pool.adopt(key, relay)
+        assert client is not None
+        connection.pump.flush()
+        self.assertTrue(client.tls_done)
+        self.assertTrue(relay.server.tls_established)
+        self.assertEqual(relay.server.sni, "localhost")
+        self.assertIs(self.pool.take_idle(key), client)
+        receiver = RecordingReceiver()
+        client.send(receiver, [REQUEST], method=b"GET")
+        connection.pump.flush()
+        self.assertEqual(connection.server_app.data(), REQUEST)
+        connection.server_app.transport.write(OK_HI)
+        connection.pump.flush()
+        self.assertEqual(receiver.kinds, ["started", "data", "ended"])
 
     def test_origin_spoke_first_closed(self) -> None:
         """A connection on which the origin sent bytes nobody asked for is closed."""
@@ -1301,7 +1337,10 @@ class ServerTLSTests(SynchronousTestCase):
 
     def handshake(self, name: str) -> ProxyClient:
         """A client on a TLS connection to an origin called *name*, handshake done."""
-        connection = connect_tls(self.pool.tls.creator_for(name), OriginTLS(self.leaf))
+        connection = connect_tls(
+            server_creator=OriginTLS(self.leaf),
+            client_tls=lambda app: self.pool.tls.client(name, app),
+        )
         self.assertTrue(connection.client_app.handshake_done)
         client = ProxyClient(PoolKey("https", name, 443, name))
         client.transport = connection.client

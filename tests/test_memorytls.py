@@ -1,7 +1,8 @@
 """
 Tests for :mod:`twistproxy._memorytls`: :class:`ServerTLS` as the transport
 of the protocol above it, with real handshakes in memory against a
-pyOpenSSL client (Twisted's TLS), as a browser would make them.
+pyOpenSSL client (Twisted's TLS), as a browser would make them; and
+:class:`ClientTLS` against a :class:`ServerTLS` in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import ssl
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.internet.error import ConnectionDone
@@ -19,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.fakes import Recorder, TLSConnection, connect_tls
-from twistproxy._memorytls import ServerTLS
+from twistproxy._memorytls import ClientTLS, ServerTLS
 from twistproxy._tls import ServerContexts
 from twistproxy.certs import CertificateAuthority, CertificateStore
 
@@ -172,3 +175,133 @@ class ServerTLSTests(SynchronousTestCase):
         self.assertEqual(c.server.getTcpNoDelay, c.server.transport.getTcpNoDelay)
         with self.assertRaises(AttributeError):
             c.server.no_such_thing  # noqa: B018
+
+
+def _client_context(*, trusting: bool = True) -> ssl.SSLContext:
+    """A verifying client context trusting the test CA (or nothing)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if trusting:
+        context.load_verify_locations(cadata=_CA.certificate.public_bytes(Encoding.PEM).decode())
+    return context
+
+
+_CLIENT_CONTEXT = _client_context()
+
+
+class _Closer(Recorder):
+    """Writes a line and closes as soon as it is connected: before the handshake."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"bye before the handshake\r\n")
+        self.transport.loseConnection()
+
+
+class ClientTLSTests(SynchronousTestCase):
+    """:class:`ClientTLS` between a server's TLS (a :class:`ServerTLS`) and the protocol above."""
+
+    def _connect(
+        self, name: str = "example.com", context: ssl.SSLContext = _CLIENT_CONTEXT,
+        inner: Any = None, **kwargs: Any,
+    ) -> TLSConnection:
+        def client_tls(app: Recorder) -> ClientTLS:
+            return ClientTLS(context, name, inner if inner is not None else app)
+
+        return connect_tls(client_tls=client_tls, server_tls=_server, **kwargs)
+
+    def test_handshake_then_both_ways(self) -> None:
+        """
+        The client speaks first: the handshake completes without a write
+        from the protocol above, which hears of it; the server got the SNI
+        name; the version, the handle and the server's certificate are
+        known; bytes flow both ways.
+        """
+        c = self._connect()
+        self.assertTrue(c.client_app.handshake_done)
+        self.assertTrue(c.client.handshake_done)
+        self.assertEqual(c.server.server_name, "example.com")
+        self.assertEqual(c.client.tls_version(), "TLSv1.3")
+        self.assertIsNone(c.client.alpn())  # none offered
+        self.assertIsInstance(c.client.getHandle(), ssl.SSLObject)
+        self.assertIs(c.client.inner, c.client_app)
+        certificate = x509.load_der_x509_certificate(c.client.getPeerCertificate())
+        self.assertEqual(certificate.issuer, _CA.certificate.subject)
+        c.client_app.transport.write(b"ping")
+        c.pump.flush()
+        c.server_app.transport.writeSequence([b"po", b"ng"])
+        c.pump.flush()
+        self.assertEqual((c.server_app.data(), c.client_app.data()), (b"ping", b"pong"))
+
+    def test_no_sni_for_an_ip_address(self) -> None:
+        """For an IP address no SNI is sent."""
+        context = _client_context()
+        context.check_hostname = False  # the minted certificate names no address here
+        c = self._connect("127.0.0.1", context)
+        self.assertTrue(c.client_app.handshake_done)
+        self.assertIsNone(c.server.server_name)
+
+    def test_early_writes_wait_for_the_handshake(self) -> None:
+        """What the protocol above writes before the handshake ends is sent after it."""
+        c = self._connect(client_greeting=b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(c.server_app.data(), b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_refused_certificate_is_the_reason(self) -> None:
+        """
+        A certificate the context does not trust fails the handshake: the
+        protocol above never hears of a handshake, what it wrote is never
+        sent, its connection ends with the ``ssl.SSLCertVerificationError``,
+        and the server is told why with an alert.
+        """
+        c = self._connect(context=_client_context(trusting=False),
+                          client_greeting=b"GET /secret HTTP/1.1\r\n\r\n")
+        self.assertFalse(c.client_app.handshake_done)
+        assert c.client_app.reason is not None and c.server_app.reason is not None
+        self.assertTrue(c.client_app.reason.check(ssl.SSLCertVerificationError))
+        self.assertEqual(c.client_app.reason.value.verify_code, 19)  # self-signed CA in the chain
+        self.assertEqual(c.server_app.data(), b"")
+        self.assertTrue(c.server_app.reason.check(ssl.SSLError), c.server_app.reason)
+        self.assertIn("unknown ca", str(c.server_app.reason.value).lower())
+
+    def test_lose_connection_sends_close_notify(self) -> None:
+        """
+        ``loseConnection`` after a write: the server reads the bytes, then a
+        clean TLS close; what is written after is dropped.
+        """
+        c = self._connect()
+        c.client_app.transport.write(b"last words")
+        c.client_app.transport.loseConnection()
+        c.client_app.transport.write(b"dropped")
+        c.pump.flush()
+        self.assertEqual(c.server_app.data(), b"last words")
+        assert c.client_app.reason is not None and c.server_app.reason is not None
+        self.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
+        self.assertTrue(c.server_app.reason.check(ConnectionDone), c.server_app.reason)
+
+    def test_lose_connection_before_the_handshake(self) -> None:
+        """
+        A write and ``loseConnection`` before the handshake: the handshake
+        runs, the bytes are sent after it, then the connection closes cleanly.
+        """
+        closer = _Closer()
+        c = self._connect(inner=closer)
+        self.assertTrue(closer.handshake_done)
+        self.assertEqual(c.server_app.data(), b"bye before the handshake\r\n")
+        assert closer.reason is not None and c.server_app.reason is not None
+        self.assertTrue(closer.reason.check(ConnectionDone), closer.reason)
+        self.assertTrue(c.server_app.reason.check(ConnectionDone), c.server_app.reason)
+
+    def test_server_close_notify_closes(self) -> None:
+        """The server's ``close_notify`` closes the connection, cleanly."""
+        c = self._connect()
+        c.server_app.transport.write(b"the end")
+        c.server_app.transport.loseConnection()
+        c.pump.flush()
+        self.assertEqual(c.client_app.data(), b"the end")
+        assert c.client_app.reason is not None
+        self.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
+
+    def test_abort_connection(self) -> None:
+        """``abortConnection`` closes at once, without ``close_notify``."""
+        c = self._connect()
+        c.client_app.transport.abortConnection()
+        self.assertTrue(c.client.transport.disconnecting)
+        self.assertTrue(c.client.disconnecting)

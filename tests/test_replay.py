@@ -15,6 +15,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
+from twistproxy._memorytls import ClientTLS
 from twistproxy.flow import Client, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request, Response
@@ -170,7 +171,8 @@ class ClientReplayTests(SynchronousTestCase):
         ClientReplay(self.factory).start_replay([flow])
         self.assertEqual(self.endpoints.requested, [("https", "secure.example", 8443)])
         [(protocol, _)] = self.endpoints.connections
-        self.assertEqual(type(protocol).__name__, "BufferingTLSTransport")
+        self.assertIsInstance(protocol, ClientTLS)
+        self.assertEqual(protocol.getHandle().server_hostname, "secure.example")
 
 
 class _Refusing:

@@ -17,11 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -378,7 +378,8 @@ class InterceptingServerTLSTests(SynchronousTestCase):
 class UpstreamTLSTests(SynchronousTestCase):
     """
     Tests for :class:`UpstreamTLS` and :func:`describe_tls_failure`: a
-    client made by ``creator_for`` against in-memory origins.
+    :class:`~twistproxy._memorytls.ClientTLS` made by ``UpstreamTLS.client``
+    against in-memory origins (pyOpenSSL servers, as Twisted's TLS runs them).
     """
 
     def setUp(self) -> None:
@@ -394,37 +395,55 @@ class UpstreamTLSTests(SynchronousTestCase):
     ) -> TLSConnection:
         upstream = upstream if upstream is not None else self.upstream
         self.origin = _OriginTLS(leaf)
-        return connect_tls(upstream.creator_for(name), self.origin, client_greeting=greeting)
+        return connect_tls(
+            server_creator=self.origin, client_tls=lambda app: upstream.client(name, app),
+            client_greeting=greeting,
+        )
 
     def _refusal(self, connection: TLSConnection, name: str) -> str:
         """
-        How the client side's failure is described to the user, given the
-        ``SSL.Connection`` the client's protocol saw as it ended (as
-        ``ProxyClient.connectionLost`` does).
+        How the client side's failure is described to the user (as
+        ``ProxyClient.connectionLost`` does), once it is checked to be the
+        standard library's ``ssl.SSLError`` and the handshake not done.
         """
+        self.assertFalse(connection.client_app.handshake_done)
         reason = connection.client_app.reason
-        self.assertIsNotNone(reason)
         assert reason is not None
-        handle = connection.client_app.handle
-        self.assertIsNotNone(handle)
-        return describe_tls_failure(reason, handle, name, self.upstream)
+        self.assertTrue(reason.check(ssl.SSLError), reason)
+        return describe_tls_failure(reason, name)
+
+    def _verify_code(self, connection: TLSConnection) -> int:
+        """OpenSSL's X.509 verification error that ended *connection*."""
+        reason = connection.client_app.reason
+        assert reason is not None
+        self.assertTrue(reason.check(ssl.SSLCertVerificationError), reason)
+        return int(reason.value.verify_code)
 
     def test_verified_origin(self) -> None:
         """
         An origin whose certificate comes from a CA in ``ca_file`` and names
         the host is accepted: the handshake completes, the connection stays
-        open, SNI names the host and ``http/1.1`` is offered and chosen.
+        open, SNI names the host and ``http/1.1`` is offered and chosen, and
+        bytes flow both ways.
         """
         connection = self._connect(_GOOD, "localhost")
         self.assertTrue(connection.client_app.handshake_done)
         self.assertIsNone(connection.client_app.reason)
         self.assertEqual(connection.server.getHandle().get_servername(), b"localhost")
         self.assertEqual(self.origin.offered, [[b"http/1.1"]])
-        self.assertEqual(connection.client.negotiatedProtocol, b"http/1.1")
-        self.assertEqual(self.upstream.verify_error(connection.client.getHandle()), 0)
+        self.assertEqual(connection.client.alpn(), b"http/1.1")
+        self.assertEqual(connection.client.tls_version(), "TLSv1.3")
+        self.assertIsInstance(connection.client.getHandle(), ssl.SSLObject)
+        self.assertEqual(
+            x509.load_der_x509_certificate(connection.client.getPeerCertificate()),
+            _GOOD.certificate,
+        )
         connection.client_app.transport.write(b"ping")
         connection.pump.flush()
+        connection.server_app.transport.write(b"pong")
+        connection.pump.flush()
         self.assertEqual(connection.server_app.data(), b"ping")
+        self.assertEqual(connection.client_app.data(), b"pong")
 
     def test_verified_ip_origin_without_sni(self) -> None:
         """
@@ -436,15 +455,38 @@ class UpstreamTLSTests(SynchronousTestCase):
         self.assertIsNone(connection.client_app.reason)
         self.assertIsNone(connection.server.getHandle().get_servername())
 
-    def test_wrong_name_refused(self) -> None:
-        """
-        A trusted certificate for another name ends the client's connection
-        with ``VerificationError``, described as not valid for the name.
-        """
-        connection = self._connect(_WRONG_HOST, "localhost")
+    def test_tls12_only_origin(self) -> None:
+        """An origin that speaks no more than TLS 1.2 is still reached."""
+        self.origin = _OriginTLS(_GOOD)
+        self.origin.context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        connection = connect_tls(
+            server_creator=self.origin,
+            client_tls=lambda app: self.upstream.client("localhost", app),
+        )
+        self.assertTrue(connection.client_app.handshake_done)
+        self.assertEqual(connection.client.tls_version(), "TLSv1.2")
+
+    def test_tls11_origin_refused(self) -> None:
+        """An origin that speaks no more than TLS 1.1 is refused (1.2 at least)."""
+        self.origin = _OriginTLS(_GOOD)
+        self.origin.context.set_min_proto_version(SSL.TLS1_VERSION)
+        self.origin.context.set_max_proto_version(SSL.TLS1_1_VERSION)
+        connection = connect_tls(
+            server_creator=self.origin,
+            client_tls=lambda app: self.upstream.client("localhost", app),
+        )
+        self.assertFalse(connection.client_app.handshake_done)
         reason = connection.client_app.reason
         assert reason is not None
-        self.assertTrue(reason.check(VerificationError), reason)
+        self.assertTrue(reason.check(ssl.SSLError), reason)
+
+    def test_wrong_name_refused(self) -> None:
+        """
+        A trusted certificate for another name fails the handshake (OpenSSL
+        checks the name), described as not valid for the name.
+        """
+        connection = self._connect(_WRONG_HOST, "localhost")
+        self.assertEqual(self._verify_code(connection), 62)  # X509_V_ERR_HOSTNAME_MISMATCH
         self.assertEqual(
             self._refusal(connection, "localhost"), "the certificate is not valid for localhost"
         )
@@ -474,9 +516,7 @@ class UpstreamTLSTests(SynchronousTestCase):
         to is refused too.
         """
         connection = self._connect(_GOOD, "10.0.0.1")
-        reason = connection.client_app.reason
-        assert reason is not None
-        self.assertTrue(reason.check(VerificationError), reason)
+        self.assertEqual(self._verify_code(connection), 64)  # X509_V_ERR_IP_ADDRESS_MISMATCH
         self.assertIn("not valid for 10.0.0.1", self._refusal(connection, "10.0.0.1"))
 
     def test_unknown_issuer_refused(self) -> None:
@@ -485,7 +525,6 @@ class UpstreamTLSTests(SynchronousTestCase):
         the failure is described as an unknown issuer.
         """
         connection = self._connect(_UNKNOWN_CA, "localhost")
-        self.assertFalse(connection.client_app.handshake_done)
         self.assertIn("unknown issuer", self._refusal(connection, "localhost"))
 
     def test_expired_refused(self) -> None:
@@ -493,11 +532,37 @@ class UpstreamTLSTests(SynchronousTestCase):
         An expired certificate fails the handshake, described as expired.
         """
         connection = self._connect(_EXPIRED, "localhost")
-        self.assertFalse(connection.client_app.handshake_done)
+        self.assertEqual(self._verify_code(connection), 10)  # X509_V_ERR_CERT_HAS_EXPIRED
         self.assertEqual(
-            self.upstream.verify_error(connection.client_app.handle), 10
-        )  # X509_V_ERR_CERT_HAS_EXPIRED
-        self.assertIn("expired", self._refusal(connection, "localhost"))
+            self._refusal(connection, "localhost"),
+            "certificate refused: the certificate has expired",
+        )
+
+    def test_self_signed_refused(self) -> None:
+        """A self-signed certificate fails the handshake, described as self-signed."""
+        connection = self._connect(OriginCert(*make_ca("localhost")), "localhost")
+        self.assertEqual(self._verify_code(connection), 18)  # DEPTH_ZERO_SELF_SIGNED_CERT
+        self.assertEqual(
+            self._refusal(connection, "localhost"),
+            "certificate refused: the certificate is self-signed",
+        )
+
+    def test_other_verification_errors_use_openssls_words(self) -> None:
+        """A verification error without words of ours is described in OpenSSL's."""
+        error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        error.verify_code = 24  # X509_V_ERR_INVALID_CA
+        error.verify_message = "invalid CA certificate"
+        self.assertEqual(
+            describe_tls_failure(Failure(error), "localhost"),
+            "certificate refused: invalid CA certificate",
+        )
+
+    def test_other_tls_errors_without_openssl_decoration(self) -> None:
+        """Another ``ssl.SSLError`` is described by its text, without ``[SSL: X]`` or ``_ssl.c``."""
+        error = ssl.SSLError(1, "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol "
+                                "version (_ssl.c:1000)")
+        self.assertEqual(describe_tls_failure(Failure(error), "localhost"),
+                         "tlsv1 alert protocol version")
 
     def test_insecure_accepts_anything(self) -> None:
         """

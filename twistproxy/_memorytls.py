@@ -1,24 +1,28 @@
 # -*- test-case-name: tests.test_memorytls -*-
 """
-TLS towards the client of an intercepted tunnel, on the standard library's
-``ssl.MemoryBIO``.
+TLS on the standard library's ``ssl.MemoryBIO``, on both sides of the proxy.
 
-:class:`ServerTLS` sits between the tunnel's TCP transport and the channel
-that reads the requests inside it, as Twisted's ``TLSMemoryBIOProtocol``
-would, but drives an ``ssl.SSLObject`` instead of a pyOpenSSL connection:
-the record layer's loops run in C, a read that finds no whole record ends
-on a length check instead of a Python exception, and writes go down at
-once (no ``callLater(0)``).  Measured in ``bench/ANALYSIS.md``.
+:class:`ServerTLS` sits between an intercepted tunnel's TCP transport and
+the channel that reads the requests inside it; :class:`ClientTLS` between a
+TCP connection to an origin (or an ``https`` upstream proxy) and the
+:class:`~twistproxy.client.ProxyClient` that speaks HTTP on it.  Both do
+what Twisted's ``TLSMemoryBIOProtocol`` would, but drive an
+``ssl.SSLObject`` instead of a pyOpenSSL connection: the record layer's
+loops run in C, a read that finds no whole record ends on a length check
+instead of a Python exception, and writes go down at once (no
+``callLater(0)``).  Measured in ``bench/ANALYSIS.md``.
 
-What the channel sees is a transport: ``write``, ``writeSequence``,
+What the protocol above sees is a transport: ``write``, ``writeSequence``,
 ``loseConnection`` (after a ``close_notify``), ``abortConnection``,
 ``getPeer``/``getHost``, producer registration and pausing (passed on to
 the TCP transport, whose buffer is the only one: ciphertext is written as
-soon as it is made), and, once the handshake is done, the client's SNI
-name, the ALPN protocol and the TLS version (:attr:`ServerTLS.server_name`,
-:meth:`ServerTLS.alpn`, :meth:`ServerTLS.tls_version`).  An
-``IHandshakeListener`` channel hears when the handshake completes; a TLS
-error ends the connection with the ``ssl.SSLError`` as the reason.
+soon as it is made), and, once the handshake is done, the ALPN protocol and
+the TLS version (:meth:`ServerTLS.alpn`, :meth:`ServerTLS.tls_version`);
+on the server side the client's SNI name (:attr:`ServerTLS.server_name`).
+What it writes before the handshake is done waits until it is.  An
+``IHandshakeListener`` protocol hears when the handshake completes; a TLS
+error (a refused certificate: ``ssl.SSLCertVerificationError``) ends the
+connection with the ``ssl.SSLError`` as the reason.
 """
 
 from __future__ import annotations
@@ -44,33 +48,26 @@ _READ = 65536
 
 
 @implementer(ITransport, ISSLTransport, IConsumer, IPushProducer)
-class ServerTLS(Protocol):
+class _MemoryTLS(Protocol):
     """
-    The server side of TLS with an intercepted client, around *inner*.
+    What both sides share: one ``ssl.SSLObject`` over two ``ssl.MemoryBIO``
+    between a TCP transport (below) and *inner* (above).  A subclass makes
+    :attr:`_tls` and starts the handshake.
 
-    :param context: The ``ssl.SSLContext`` to start the handshake with (its
-        ``sni_callback`` may switch the connection to another one, and
-        should call :func:`note_server_name` so that the name is known
-        here, as :class:`~twistproxy._tls.ServerContexts`' does).
-    :param inner: The protocol that reads and writes the plaintext.
-    :ivar server_name: The name the client asked for (SNI), once the
-        handshake has read it, or ``None``.
     :ivar handshake_done: Whether the handshake has completed.
     """
 
-    server_name: str | None = None
     handshake_done = False
     disconnecting = False
     disconnected = False
     _reason: Failure | None = None  # why TLS failed, for connectionLost
     _producer: Any = None
+    _tls: ssl.SSLObject
 
-    def __init__(self, context: ssl.SSLContext, inner: IProtocol) -> None:
+    def __init__(self, inner: IProtocol) -> None:
         self._inner = inner
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._tls.twistproxy_tls = ref(self)  # type: ignore[attr-defined]  # for the SNI callback
         self._early: list[bytes] = []  # plaintext written before the handshake completed
 
     # -- the TCP side -------------------------------------------------------
@@ -80,7 +77,7 @@ class ServerTLS(Protocol):
         self._inner.makeConnection(self)
 
     def dataReceived(self, data: bytes) -> None:
-        """Ciphertext from the client: decrypt it and pass the plaintext up."""
+        """Ciphertext from the peer: decrypt it and pass the plaintext up."""
         if self._reason is not None:  # TLS failed: the connection is closing
             return
         self._incoming.write(data)
@@ -99,7 +96,7 @@ class ServerTLS(Protocol):
             except ssl.SSLError as e:
                 self._fail(e)
                 return
-            if not plain:  # the client's close_notify
+            if not plain:  # the peer's close_notify
                 self._flush()
                 self.loseConnection()
                 return
@@ -189,7 +186,7 @@ class ServerTLS(Protocol):
     def _shutdown(self) -> None:
         try:
             self._tls.unwrap()
-        except ssl.SSLError:  # the client's close_notify is not here yet (or TLS broke)
+        except ssl.SSLError:  # the peer's close_notify is not here yet (or TLS broke)
             pass
         self._flush()
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -200,7 +197,7 @@ class ServerTLS(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def getPeer(self) -> Any:
-        """The client's address."""
+        """The peer's address."""
         return self.transport.getPeer()  # type: ignore[union-attr]
 
     def getHost(self) -> Any:
@@ -210,10 +207,6 @@ class ServerTLS(Protocol):
     def getHandle(self) -> ssl.SSLObject:
         """The ``ssl.SSLObject`` of this connection."""
         return self._tls
-
-    def getPeerCertificate(self) -> None:
-        """``ISSLTransport``: clients present no certificate here."""
-        return None
 
     def alpn(self) -> bytes | None:
         """The application protocol agreed on with ALPN, or ``None``."""
@@ -250,16 +243,81 @@ class ServerTLS(Protocol):
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def pauseProducing(self) -> None:
-        """Stop reading from the client."""
+        """Stop reading from the peer."""
         self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
-        """Read from the client again."""
+        """Read from the peer again."""
         self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
         """Stop for good: close the connection."""
         self.loseConnection()
+
+
+class ServerTLS(_MemoryTLS):
+    """
+    The server side of TLS with an intercepted client, around *inner*.
+
+    :param context: The ``ssl.SSLContext`` to start the handshake with (its
+        ``sni_callback`` may switch the connection to another one, and
+        should call :func:`note_server_name` so that the name is known
+        here, as :class:`~twistproxy._tls.ServerContexts`' does).
+    :param inner: The protocol that reads and writes the plaintext.
+    :ivar server_name: The name the client asked for (SNI), once the
+        handshake has read it, or ``None``.
+    """
+
+    server_name: str | None = None
+
+    def __init__(self, context: ssl.SSLContext, inner: IProtocol) -> None:
+        super().__init__(inner)
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._tls.twistproxy_tls = ref(self)  # type: ignore[attr-defined]  # for the SNI callback
+
+    def getPeerCertificate(self) -> None:
+        """``ISSLTransport``: clients present no certificate here."""
+        return None
+
+
+class ClientTLS(_MemoryTLS):
+    """
+    The client side of TLS with a server (an origin, an ``https`` upstream
+    proxy), around *inner*: the handshake starts as soon as the TCP
+    connection is made (the client speaks first).
+
+    :param context: A client ``ssl.SSLContext``; whether and how the
+        server's certificate and name are verified is its business
+        (:class:`~twistproxy._tls.UpstreamTLS`).
+    :param server_hostname: The server's name, sent as SNI (not for an IP
+        address: the standard library sends none then) and, where the
+        context checks names, the name or address the certificate must be
+        valid for.
+    :param inner: The protocol that reads and writes the plaintext.
+    """
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str, inner: IProtocol) -> None:
+        super().__init__(inner)
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
+
+    def connectionMade(self) -> None:
+        """Start the inner protocol (its writes wait) and send the ClientHello."""
+        self._inner.makeConnection(self)
+        # Closed from makeConnection: the handshake runs only to send what
+        # was written first (see loseConnection).
+        if not self.disconnected and (self._early or not self.disconnecting):
+            self._handshake()
+
+    @property
+    def inner(self) -> IProtocol:
+        """The protocol above."""
+        return self._inner
+
+    def getPeerCertificate(self) -> bytes | None:
+        """``ISSLTransport``: the server's certificate (DER), once the handshake is done."""
+        return self._tls.getpeercert(binary_form=True)
 
 
 def note_server_name(tls: ssl.SSLObject, name: str | None) -> None:

@@ -9,10 +9,12 @@ in its ClientHello (SNI), or for the CONNECT host when it sends none; the
 connection itself is a :class:`~twistproxy._memorytls.ServerTLS`.  Each
 host gets one context, switched to by the SNI callback every context has.
 
-Towards origins, :class:`UpstreamTLS` makes the client connection creators:
-verified (service-identity) against the system's trust store or a CA file
-the user names, or unverified with ``--insecure``; SNI and ALPN
-``http/1.1`` either way.
+Towards origins, :class:`UpstreamTLS` holds the standard library's client
+context and puts a :class:`~twistproxy._memorytls.ClientTLS` on each
+connection: verified (the chain, and the name or IP address, by OpenSSL
+during the handshake) against the system's trust store or a CA file the
+user names, or unverified with ``--insecure``; SNI and ALPN ``http/1.1``
+either way.
 """
 
 from __future__ import annotations
@@ -26,20 +28,16 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
-from OpenSSL import SSL
-from service_identity import VerificationError
-from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-)
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistproxy._memorytls import note_server_name
+from twistproxy._memorytls import ClientTLS, note_server_name
 from twistproxy.flow import Certificate
 
 if TYPE_CHECKING:
@@ -189,97 +187,101 @@ class ServerContexts:
             _log.failure("no certificate for SNI name {name}", name=name)
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class _Creator:
-    """A client connection creator: SNI (for names) on a shared context."""
-
-    def __init__(self, upstream: UpstreamTLS, server_name: str) -> None:
-        self._upstream = upstream
-        self._server_name = server_name
-
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self._upstream.context, None)
-        connection.set_app_data(tlsProtocol)
-        if not _is_ip(self._server_name):
-            connection.set_tlsext_host_name(self._server_name.encode("idna"))
-        self._upstream.names[connection] = self._server_name
-        connection.set_connect_state()
-        return connection
-
-
-def _is_ip(name: str) -> bool:
-    return isIPAddress(name) or isIPv6Address(name)
-
-
 class UpstreamTLS:
     """
-    TLS towards origins: one client context, with SNI and ALPN ``http/1.1``
-    per connection; the chain verified against the system's trust store (or
-    *ca_file*), and the name checked with service-identity once the
-    handshake is done, unless *insecure*.
+    TLS towards origins (and an ``https`` upstream proxy): one standard
+    library client context, TLS 1.2 or later, ALPN ``http/1.1``, and SNI
+    per connection (none for an IP address).  Unless *insecure*, OpenSSL
+    verifies the chain against the system's trust store (or *ca_file*)
+    and checks during the handshake that the certificate is valid for the
+    name or IP address connected to, so that nothing is sent to a server
+    that fails either check.
 
     :param ca_file: A PEM file of CA certificates to trust instead of the
         system's store.
     :param insecure: Verify nothing (the certificate chain, nor the name).
     :raises ValueError: if *ca_file* cannot be read.
-    :ivar context: The shared ``SSL.Context``.
+    :ivar context: The shared ``ssl.SSLContext``.
     """
 
     def __init__(self, *, ca_file: str | None = None, insecure: bool = False) -> None:
         self.insecure = insecure
         self.ca_file = ca_file
-        self.names: WeakKeyDictionary[SSL.Connection, str] = WeakKeyDictionary()
-        self._errors: WeakKeyDictionary[SSL.Connection, int] = WeakKeyDictionary()
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_min_proto_version(SSL.TLS1_2_VERSION)
-        context.set_alpn_protos([ALPN_HTTP11])
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols([ALPN_HTTP11.decode("ascii")])
         if insecure:
-            context.set_verify(SSL.VERIFY_NONE)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif ca_file is None:
+            context.set_default_verify_paths()
         else:
-            context.set_verify(SSL.VERIFY_PEER, self._verify)
-            context.set_info_callback(self._check_name)
-            if ca_file is None:
-                context.set_default_verify_paths()
-            else:
-                if not Path(ca_file).is_file():
-                    raise ValueError(f"{ca_file}: no such file")
-                try:
-                    context.load_verify_locations(ca_file)
-                except SSL.Error as e:
-                    raise ValueError(f"{ca_file}: no PEM certificate could be read") from e
+            if not Path(ca_file).is_file():
+                raise ValueError(f"{ca_file}: no such file")
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except ssl.SSLError as e:
+                raise ValueError(f"{ca_file}: no PEM certificate could be read") from e
         self.context = context
 
-    def creator_for(self, server_name: str) -> Any:
-        """The connection creator for an origin called *server_name*."""
-        return _Creator(self, server_name)
+    def client(self, server_name: str, inner: IProtocol) -> ClientTLS:
+        """TLS with a server called *server_name* (SNI, verified name), around *inner*."""
+        return ClientTLS(self.context, server_name, inner)
 
-    def verify_error(self, connection: Any) -> int:
-        """The X.509 verification error OpenSSL reported for *connection*, or 0."""
-        return self._errors.get(connection, 0)
-
-    def _verify(
-        self, connection: SSL.Connection, certificate: Any, error: int, depth: int, ok: int
-    ) -> bool:
-        if not ok and connection not in self._errors:
-            self._errors[connection] = error
-        return bool(ok)
-
-    def _check_name(self, connection: SSL.Connection, where: int, ret: int) -> None:
-        if not where & SSL.SSL_CB_HANDSHAKE_DONE:
-            return
-        name = self.names.get(connection)
-        if name is None:
-            return
-        try:
-            if _is_ip(name):
-                verify_ip_address(connection, name)
-            else:
-                verify_hostname(connection, name)
-        except VerificationError:
-            connection.get_app_data().failVerification(Failure())
+    def wrap(self, endpoint: IStreamClientEndpoint, server_name: str) -> IStreamClientEndpoint:
+        """
+        *endpoint* with TLS with *server_name* on each connection it makes:
+        the protocols it connects sit on a :class:`~twistproxy._memorytls.ClientTLS`,
+        and its Deferred fires with the protocol (as ``wrapClientTLS``'s does).
+        """
+        return _TLSEndpoint(self, server_name, endpoint)
 
 
-def record_server_tls(server: Server, connection: SSL.Connection) -> None:
+@implementer(IStreamClientEndpoint)
+class _TLSEndpoint:
+    """An endpoint whose connections carry TLS (:meth:`UpstreamTLS.wrap`)."""
+
+    def __init__(
+        self, upstream: UpstreamTLS, server_name: str, endpoint: IStreamClientEndpoint
+    ) -> None:
+        self._upstream = upstream
+        self._server_name = server_name
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
+        """Connect, with TLS between the connection and *protocolFactory*'s protocol."""
+        factory = _TLSFactory(self._upstream, self._server_name, protocolFactory)
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        d.addCallback(_inner)
+        return d
+
+
+def _inner(tls: ClientTLS) -> IProtocol:
+    """The protocol above *tls*."""
+    return tls.inner
+
+
+class _TLSFactory(Factory):
+    """Builds *factory*'s protocol, under a :class:`~twistproxy._memorytls.ClientTLS`."""
+
+    noisy = False
+
+    def __init__(
+        self, upstream: UpstreamTLS, server_name: str, factory: IProtocolFactory
+    ) -> None:
+        self._upstream = upstream
+        self._server_name = server_name
+        self._factory = factory
+
+    def buildProtocol(self, addr: Any) -> ClientTLS | None:
+        """The wrapped factory's protocol under TLS (``None`` if it declines)."""
+        inner = self._factory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self._upstream.client(self._server_name, inner)
+
+
+def record_server_tls(server: Server, connection: ssl.SSLObject) -> None:
     """
     Record the facts of the TLS *connection*, whose handshake with a server
     just completed, on its connection record *server*: that TLS is up, the
@@ -287,13 +289,22 @@ def record_server_tls(server: Server, connection: SSL.Connection) -> None:
     and TLS version, and the server's certificate
     (:class:`~twistproxy.flow.Certificate`).
     """
-    sni = connection.get_servername()
+    from cryptography.x509 import load_der_x509_certificate
+
+    name = connection.server_hostname
     server.tls_established = True
-    server.sni = sni.decode("ascii", "replace") if sni else None
-    server.alpn = connection.get_alpn_proto_negotiated() or None
-    server.tls_version = connection.get_protocol_version_name()
-    presented = connection.get_peer_certificate(as_cryptography=True)
-    server.certificate = Certificate.from_x509(presented) if presented is not None else None
+    server.sni = name if name and not _is_ip(name) else None
+    alpn = connection.selected_alpn_protocol()
+    server.alpn = alpn.encode("ascii") if alpn else None
+    server.tls_version = connection.version()
+    presented = connection.getpeercert(binary_form=True)
+    server.certificate = (
+        Certificate.from_x509(load_der_x509_certificate(presented)) if presented else None
+    )
+
+
+def _is_ip(name: str) -> bool:
+    return isIPAddress(name) or isIPv6Address(name)
 
 
 _VERIFY_REASONS = {
@@ -306,34 +317,30 @@ _VERIFY_REASONS = {
     21: "unknown issuer (cannot verify the first certificate)",
     26: "the certificate is not meant for a TLS server",
 }
+"""What OpenSSL's X.509 verification error codes (``verify_code``) mean to a user."""
+
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
-def describe_tls_failure(
-    reason: Failure, handle: Any, server_name: str | None, upstream: UpstreamTLS | None = None
-) -> str:
+def describe_tls_failure(reason: Failure, server_name: str | None) -> str:
     """
-    Say why TLS with an origin failed, in words a user can act on: the
+    Say why TLS with a server failed, in words a user can act on: the
     certificate's verification error (expired, unknown issuer, ...), a name
     the certificate does not cover, or OpenSSL's own reason.
 
-    :param reason: The failure that ended the connection.
-    :param handle: The ``SSL.Connection``, if there was one.
+    :param reason: The failure that ended the connection (an
+        ``ssl.SSLError``, an ``ssl.SSLCertVerificationError`` for a
+        refused certificate).
     :param server_name: The name the certificate was checked against.
-    :param upstream: The settings the connection was made with.
     """
-    if reason.check(VerificationError):
-        return f"the certificate is not valid for {server_name}"
-    code = upstream.verify_error(handle) if upstream is not None and handle is not None else 0
-    if code:
-        why = _VERIFY_REASONS.get(code, f"verification error {code}")
+    error = reason.value
+    if isinstance(error, ssl.SSLCertVerificationError):
+        code = error.verify_code
+        if code in _NAME_MISMATCH:
+            return f"the certificate is not valid for {server_name}"
+        why = _VERIFY_REASONS.get(code) or error.verify_message or f"verification error {code}"
         return f"certificate refused: {why}"
-    if isinstance(reason.value, ssl.SSLError):  # the standard library's: "[SSL: X] text (_ssl.c:N)"
-        text = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(reason.value))
+    if isinstance(error, ssl.SSLError):  # "[SSL: X] text (_ssl.c:N)"
+        text = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(error))
         return text or reason.getErrorMessage()
-    args = getattr(reason.value, "args", ())
-    details = args[0] if args else None
-    if isinstance(details, list):
-        texts = [item[2] for item in details if isinstance(item, tuple) and len(item) == 3]
-        if texts:
-            return "; ".join(texts)
     return reason.getErrorMessage()

@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
 import attrs
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
@@ -214,10 +212,10 @@ class UpstreamPool(ConnectionPool):
         proxy = self.proxy
         endpoint: Any = self._direct("tcp", proxy.host, proxy.port)
         if proxy.scheme == "https":
-            endpoint = wrapClientTLS(self.tls.creator_for(proxy.host), endpoint)
+            endpoint = self.tls.wrap(endpoint, proxy.host)
         return TunnelEndpoint(
             _Named(endpoint, proxy), proxy, host, port,
-            clock=self.clock, timeout=self._connect_timeout, tls=self.tls,
+            clock=self.clock, timeout=self._connect_timeout,
         )
 
 
@@ -255,14 +253,11 @@ class TunnelEndpoint:
     :class:`~twistproxy.errors.UpstreamTimeout` when none comes in
     *timeout* seconds, and as the connection to the proxy failed
     otherwise; cancelling it closes the connection.
-
-    :param tls: The TLS settings the proxy is verified with (``https``),
-        to say why its TLS failed.
     """
 
     def __init__(
         self, endpoint: IStreamClientEndpoint, proxy: UpstreamProxy, host: str, port: int,
-        *, clock: IReactorTime, timeout: float, tls: Any = None,
+        *, clock: IReactorTime, timeout: float,
     ) -> None:
         self._endpoint = endpoint
         self._proxy = proxy
@@ -270,14 +265,13 @@ class TunnelEndpoint:
         self._port = port
         self._clock = clock
         self._timeout = timeout
-        self._tls = tls
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:  # noqa: N803
         """``IStreamClientEndpoint``: the tunnel's protocol, once the proxy said yes."""
         proxy = self._proxy
         handshake = _Handshake(
             protocolFactory, proxy, self._host, self._port,
-            clock=self._clock, timeout=self._timeout, tls=self._tls,
+            clock=self._clock, timeout=self._timeout,
         )
         handshake.connecting = d = self._endpoint.connect(_Once(handshake))
         d.addCallbacks(handshake.reached, handshake.not_reached)
@@ -314,7 +308,7 @@ class _Handshake(Protocol):
 
     def __init__(
         self, factory: IProtocolFactory, proxy: UpstreamProxy, host: str, port: int,
-        *, clock: IReactorTime, timeout: float, tls: Any,
+        *, clock: IReactorTime, timeout: float,
     ) -> None:
         self._factory = factory
         self._proxy = proxy
@@ -322,7 +316,6 @@ class _Handshake(Protocol):
         self._request = connect_request(host, port, proxy.fields)
         self._clock = clock
         self._timeout = timeout
-        self._tls = tls
         self._answer = b""
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
 
@@ -473,9 +466,8 @@ class _Handshake(Protocol):
             return
         self._over = True
         error: TwistProxyError
-        if reason.check(SSL.Error, VerificationError):
-            handle = getattr(self.transport, "getHandle", lambda: None)()
-            why = describe_tls_failure(reason, handle, self._proxy.host, self._tls)
+        if reason.check(ssl.SSLError):
+            why = describe_tls_failure(reason, self._proxy.host)
             error = UpstreamTLSFailed(f"TLS with upstream proxy {self._proxy} failed: {why}")
         else:
             error = UpstreamConnectionLost(

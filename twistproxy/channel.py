@@ -586,7 +586,7 @@ class Proxy(ChannelCompat):
                 "TLS with client {client} for {host} failed: {why} "
                 "(does the client trust the twistproxy CA?)",
                 client=f"{peer[0]}:{peer[1]}" if peer else "?", host=self.tunnel.host,
-                why=describe_tls_failure(reason, None, None),
+                why=describe_tls_failure(reason, None),
             )
         self._closed()
 

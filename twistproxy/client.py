@@ -13,27 +13,24 @@ the connection comes first.  Idle keep-alive connections wait in a
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from typing import Protocol as TypingProtocol
 
 import httptools
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IReactorTime,
     IStreamClientEndpoint,
-    ITLSTransport,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -43,6 +40,7 @@ from zope.interface import implementer
 from twistproxy._events import IResponseReceiver
 from twistproxy._framing import NO_BODY, NO_BODY_STATUSES, UNTIL_CLOSE, response_framing
 from twistproxy._headers import connection_tokens
+from twistproxy._memorytls import ClientTLS
 from twistproxy._timer import Deadline
 from twistproxy._tls import UpstreamTLS, describe_tls_failure, record_server_tls
 from twistproxy._twisted_compat import send_eagerly
@@ -402,8 +400,9 @@ class ProxyClient(Protocol):
         father.response_ended()
 
     def connectionMade(self) -> None:
-        """Send small requests at once and without delay."""
-        send_eagerly(self.transport)
+        """Send small requests at once and without delay (under TLS too)."""
+        transport = self.transport
+        send_eagerly(transport.transport if isinstance(transport, ClientTLS) else transport)
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
             setTcpNoDelay(True)
@@ -446,11 +445,9 @@ class ProxyClient(Protocol):
                 self._fail(
                     Failure(UpstreamConnectionLost("the server closed the connection mid-response"))
                 )
-            elif reason.check(SSL.Error, VerificationError):
-                handle = getattr(self.transport, "getHandle", lambda: None)()
+            elif reason.check(ssl.SSLError):
                 name = self.key.server_name or self.key.host
-                tls = self._pool.tls if self._pool is not None else None
-                why = describe_tls_failure(reason, handle, name, tls)
+                why = describe_tls_failure(reason, name)
                 self._fail(Failure(UpstreamTLSFailed(f"TLS with {name} failed: {why}")))
             else:
                 self._fail(upstream_error(reason))
@@ -631,8 +628,7 @@ class ConnectionPool:
         """
         endpoint = self.endpoint_for(key)
         if key.scheme == "https":
-            creator = self.tls.creator_for(key.server_name or key.host)
-            endpoint = wrapClientTLS(creator, endpoint)
+            endpoint = self.tls.wrap(endpoint, key.server_name or key.host)
         d: Deferred[ProxyClient] = endpoint.connect(  # type: ignore[assignment]
             ProxyClientFactory(self, key)
         )
@@ -643,26 +639,29 @@ class ConnectionPool:
         """
         Keep a connection opened elsewhere (a ``CONNECT``'s to its target,
         whose ``server_connected`` hook ran then) as an idle connection for
-        *key*, with its record; for ``https`` TLS starts on it with *key*'s
-        server name, verified as on a connection of the pool's own.
+        *key*, with its record; for ``https`` a
+        :class:`~twistproxy._memorytls.ClientTLS` with *key*'s server name
+        goes between the connection and the new protocol, verified as on a
+        connection of the pool's own.
 
         :returns: The connection's protocol, or ``None`` when it could not be
-            kept (closed already; the origin sent bytes nobody asked for; TLS
-            cannot start on its transport) and was closed.
+            kept (closed already; the origin sent bytes nobody asked for)
+            and was closed.
         """
         transport = relay.transport
         if relay.lost:
             return None
-        if relay.early or (key.scheme == "https" and not ITLSTransport.providedBy(transport)):
+        if relay.early:
             transport.loseConnection()
             return None
         client = ProxyClientFactory(self, key).buildProtocol(None)
         client.server = relay.server
         client.reused = True  # it waited: as stale as a kept-alive connection
-        relay.give_to(client)
-        client.makeConnection(transport)
+        protocol: Any = client
         if key.scheme == "https":
-            transport.startTLS(self.tls.creator_for(key.server_name or key.host))
+            protocol = self.tls.client(key.server_name or key.host, client)
+        relay.give_to(protocol)
+        protocol.makeConnection(transport)
         self.release(client)
         return client
 
