@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.fakes import Recorder
 from twistproxy._tunnel import Relay, RelayFactory
 
 
@@ -127,23 +126,6 @@ class RelayTests(SynchronousTestCase):
         self.a.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(other.lost), 1)
         self.assertEqual(self.closed, [])
-
-    def test_handshake_passed_to_given(self) -> None:
-        """
-        A side is an ``IHandshakeListener``: TLS started on its transport
-        (``startTLS`` wraps the transport's protocol, this side) tells the
-        protocol it was given to that the handshake completed; before it
-        is given, nobody is told.
-        """
-        self.assertTrue(IHandshakeListener.providedBy(self.a))
-        self.a.handshakeCompleted()
-        recorder = Recorder()
-        self.a.give_to(recorder)
-        self.assertFalse(recorder.handshake_done)
-        self.a.handshakeCompleted()
-        self.assertTrue(recorder.handshake_done)
-        self.a.give_to(_Recording())  # not a listener: nothing to tell
-        self.a.handshakeCompleted()
 
     def test_given_on_again(self) -> None:
         """

@@ -7,7 +7,6 @@ fake transport and clock.
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -211,20 +210,6 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(self.recorder.data(), b"hello")
         self.handshake.connectionLost(Failure(ConnectionError("end")))
         self.assertIsNotNone(self.recorder.reason)
-
-
-    def test_handshake_passed_on_once_open(self) -> None:
-        """
-        The end of a TLS handshake on the connection (``startTLS`` on the
-        tunnel: the origin's) reaches the tunnel's protocol once the tunnel
-        is open; before (an ``https`` proxy's own TLS) it does not.
-        """
-        self.assertTrue(IHandshakeListener.providedBy(self.handshake))
-        self.handshake.handshakeCompleted()
-        self.assertFalse(self.recorder.handshake_done)
-        self.handshake.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
-        self.handshake.handshakeCompleted()
-        self.assertTrue(self.recorder.handshake_done)
 
 
 class UnreachableTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,14 +23,10 @@ from zope.interface import implementer
 from twistproxy.flow import Server
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
+@implementer(IHalfCloseableProtocol)
 class Relay(Protocol):
     """
     One side of a tunnel.
-
-    A side given to another protocol (:meth:`give_to`) passes TLS started
-    on its transport on too: ``startTLS`` tells the transport's protocol,
-    this one, when the handshake completed (``IHandshakeListener``).
 
     :ivar peer: The other side, once joined.
     :ivar relayed: Bytes received on this side and handed to the peer.
@@ -49,7 +45,6 @@ class Relay(Protocol):
     _read_done = False
     _write_done = False
     _paused = False  # reading stopped until the join: bytes nobody takes yet
-    _given: IProtocol | None = None  # the protocol the connection was given to
 
     def __init__(self, on_close: Any = None) -> None:
         self.relayed = 0
@@ -97,7 +92,6 @@ class Relay(Protocol):
         connection an origin switched to a WebSocket).
         """
         assert self.peer is None, "a joined relay carries its tunnel"
-        self._given = protocol
         self.dataReceived = lambda data: protocol.dataReceived(data)  # type: ignore[method-assign]
         self.connectionLost = (  # type: ignore[method-assign]
             lambda reason=connectionDone: protocol.connectionLost(reason)
@@ -107,15 +101,6 @@ class Relay(Protocol):
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
-
-    def handshakeCompleted(self) -> None:
-        """
-        ``IHandshakeListener``: TLS started on this side's transport is up;
-        the protocol the connection was given to is told, if it listens.
-        """
-        given = self._given
-        if given is not None and IHandshakeListener.providedBy(given):
-            given.handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:
         """Hand *data* to the peer (kept until the peer is joined)."""

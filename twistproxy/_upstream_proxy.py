@@ -41,7 +41,6 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
-    IHandshakeListener,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
@@ -291,13 +290,15 @@ class _Once(Factory):
         return self._protocol
 
 
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
+@implementer(IHalfCloseableProtocol)
 class _Handshake(Protocol):
     """
     One ``CONNECT`` through the upstream proxy: sends it, reads the answer's
     head, then hands the connection to the protocol the tunnel is for and
-    passes everything on to it (a half-close too, where it takes one, and
-    the end of a TLS handshake started on the tunnel, where it listens).
+    passes everything on to it (a half-close too, where it takes one).  TLS
+    with the origin sits above it, in the tunnel's protocol
+    (:class:`~twistproxy._memorytls.ClientTLS`); TLS with an ``https``
+    upstream proxy below it.
     """
 
     transport: Any = None
@@ -331,17 +332,6 @@ class _Handshake(Protocol):
         if not self._over:
             self._over = True
             self.result.errback(reason)
-
-    def makeConnection(self, transport: Any) -> None:
-        """
-        Send the ``CONNECT`` on the new connection.  Called again only when
-        TLS starts on the tunnel (``startTLS`` wraps this protocol): the
-        protocol it was handed to goes on reading through this one.
-        """
-        if self.transport is None:
-            super().makeConnection(transport)
-        else:
-            self.transport = transport
 
     def connectionMade(self) -> None:
         """Ask for the tunnel, and give the proxy *timeout* seconds to answer."""
@@ -427,17 +417,6 @@ class _Handshake(Protocol):
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
-
-    def handshakeCompleted(self) -> None:
-        """
-        ``IHandshakeListener``: TLS on this connection is up.  Inside the
-        open tunnel it is the origin's (``startTLS`` on the tunnel), and the
-        tunnel's protocol is told; before, it was the ``https`` upstream
-        proxy's own, which the tunnel's protocol does not see.
-        """
-        inner = self._inner
-        if inner is not None and IHandshakeListener.providedBy(inner):
-            inner.handshakeCompleted()
 
     # -- the end ----------------------------------------------------------------
 
