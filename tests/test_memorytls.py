@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
@@ -298,6 +298,20 @@ class ClientTLSTests(SynchronousTestCase):
         self.assertEqual(c.client_app.data(), b"the end")
         assert c.client_app.reason is not None
         self.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
+
+    def test_close_without_close_notify_is_connection_lost(self) -> None:
+        """
+        A server that closes the TCP connection without a ``close_notify``
+        may have cut its data short: the protocol above sees
+        ``ConnectionLost``, not a clean close.
+        """
+        c = self._connect()
+        c.server_app.transport.write(b"cut sh")
+        c.server.transport.loseConnection()  # under ServerTLS: no close_notify
+        c.pump.flush()
+        self.assertEqual(c.client_app.data(), b"cut sh")
+        assert c.client_app.reason is not None
+        self.assertTrue(c.client_app.reason.check(ConnectionLost), c.client_app.reason)
 
     def test_abort_connection(self) -> None:
         """``abortConnection`` closes at once, without ``close_notify``."""

@@ -466,6 +466,24 @@ class UpstreamTLSTests(SynchronousTestCase):
         self.assertTrue(connection.client_app.handshake_done)
         self.assertEqual(connection.client.tls_version(), "TLSv1.2")
 
+    def test_origin_with_older_tls12_ciphers(self) -> None:
+        """
+        An origin offering only a TLS 1.2 suite that Python's default list
+        leaves out (CBC with a SHA-1 MAC) is reached: the context has
+        OpenSSL's default list.
+        """
+        self.origin = _OriginTLS(_GOOD)
+        self.origin.context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        self.origin.context.set_cipher_list(b"ECDHE-ECDSA-AES128-SHA")
+        connection = connect_tls(
+            server_creator=self.origin,
+            client_tls=lambda app: self.upstream.client("localhost", app),
+        )
+        self.assertTrue(connection.client_app.handshake_done, connection.client_app.reason)
+        cipher = connection.client.getHandle().cipher()
+        assert cipher is not None
+        self.assertEqual(cipher[0], "ECDHE-ECDSA-AES128-SHA")
+
     def test_tls11_origin_refused(self) -> None:
         """An origin that speaks no more than TLS 1.1 is refused (1.2 at least)."""
         self.origin = _OriginTLS(_GOOD)

@@ -31,6 +31,7 @@ import ssl
 from typing import Any
 from weakref import ref
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHandshakeListener,
@@ -309,6 +310,19 @@ class ClientTLS(_MemoryTLS):
         # was written first (see loseConnection).
         if not self.disconnected and (self._early or not self.disconnecting):
             self._handshake()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The TCP connection is gone: so is the inner protocol's.  A server
+        that closed it without TLS's ``close_notify`` (and not in answer to
+        this side's) may have had what it sent cut short, a body delimited
+        by the close say: the reason is then ``ConnectionLost``, not
+        ``ConnectionDone``, as with Twisted's TLS.
+        """
+        if not self.disconnecting and reason.check(ConnectionDone):
+            reason = Failure(ConnectionLost("the server closed the connection without TLS's "
+                                            "close_notify"))
+        super().connectionLost(reason)
 
     @property
     def inner(self) -> IProtocol:
