@@ -61,6 +61,24 @@ class _Greeter(Recorder):
         self.transport.write(b"hello before the handshake\r\n")
 
 
+def _close_after_last_words(case: SynchronousTestCase, c: TLSConnection, closer: str) -> None:
+    """
+    *closer*'s side (``"server"`` or ``"client"``) writes, closes, and
+    writes again: the other side reads only the first bytes, and both see
+    a clean close.
+    """
+    writer, reader = ((c.server_app, c.client_app) if closer == "server"
+                      else (c.client_app, c.server_app))
+    writer.transport.write(b"last words")
+    writer.transport.loseConnection()
+    writer.transport.write(b"dropped")
+    c.pump.flush()
+    case.assertEqual(reader.data(), b"last words")
+    assert c.client_app.reason is not None and c.server_app.reason is not None
+    case.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
+    case.assertTrue(c.server_app.reason.check(ConnectionDone), c.server_app.reason)
+
+
 class ServerTLSTests(SynchronousTestCase):
     """:class:`ServerTLS` between a client's TLS and the protocol above it."""
 
@@ -98,15 +116,7 @@ class ServerTLSTests(SynchronousTestCase):
         ``loseConnection`` after a write: the client reads the bytes, then a
         clean TLS close (a ``close_notify``, not a truncation).
         """
-        c = self._connect()
-        c.server_app.transport.write(b"last words")
-        c.server_app.transport.loseConnection()
-        c.server_app.transport.write(b"dropped")
-        c.pump.flush()
-        self.assertEqual(c.client_app.data(), b"last words")
-        assert c.client_app.reason is not None and c.server_app.reason is not None
-        self.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
-        self.assertTrue(c.server_app.reason.check(ConnectionDone), c.server_app.reason)
+        _close_after_last_words(self, self._connect(), closer="server")
 
     def test_client_close_notify_closes(self) -> None:
         """The client's ``close_notify`` closes the connection, cleanly."""
@@ -266,15 +276,7 @@ class ClientTLSTests(SynchronousTestCase):
         ``loseConnection`` after a write: the server reads the bytes, then a
         clean TLS close; what is written after is dropped.
         """
-        c = self._connect()
-        c.client_app.transport.write(b"last words")
-        c.client_app.transport.loseConnection()
-        c.client_app.transport.write(b"dropped")
-        c.pump.flush()
-        self.assertEqual(c.server_app.data(), b"last words")
-        assert c.client_app.reason is not None and c.server_app.reason is not None
-        self.assertTrue(c.client_app.reason.check(ConnectionDone), c.client_app.reason)
-        self.assertTrue(c.server_app.reason.check(ConnectionDone), c.server_app.reason)
+        _close_after_last_words(self, self._connect(), closer="client")
 
     def test_lose_connection_before_the_handshake(self) -> None:
         """
