@@ -102,8 +102,8 @@ def profile(args: argparse.Namespace, http_port: int, https_port: int) -> None:
     try:
         lua = _lua(args.https, http_port, https_port, args.close)
         url = _url(args.https, proxy_port, shim_port)
-        bench.wrk(url, lua, 2, 50)
-        result = bench.wrk(url, lua, args.seconds, 50)
+        bench.wrk(url, lua, 2, args.connections)
+        result = bench.wrk(url, lua, args.seconds, args.connections)
         print(f"under cProfile: {result['rps']:,.0f} req/s")
     finally:
         if shim is not None:
@@ -230,13 +230,14 @@ def _compare_pair(
             ports[label] = (port, shim_port)
         lua = _lua(args.https, http_port, https_port, args.close)
         for label in sides:
-            bench.wrk(_url(args.https, *ports[label]), lua, 2, 50)
+            bench.wrk(_url(args.https, *ports[label]), lua, 2, args.connections)
         figures: dict[str, list[tuple[float, float, float]]] = {label: [] for label in sides}
         for round_ in range(args.rounds):
             for label in sides if round_ % 2 == 0 else reversed(list(sides)):
                 pid = children[label].pid
                 cpu0, sys0 = _cpu_seconds(pid)
-                result = bench.wrk(_url(args.https, *ports[label]), lua, args.seconds, 50)
+                result = bench.wrk(_url(args.https, *ports[label]), lua, args.seconds,
+                                   args.connections)
                 cpu1, sys1 = _cpu_seconds(pid)
                 n = result["requests"]
                 figures[label].append(((cpu1 - cpu0) / n * 1e6, (sys1 - sys0) / n * 1e6,
@@ -275,9 +276,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=1,
                         help="pairs of fresh processes (--compare): the median of their ratios")
     parser.add_argument("--top", type=int, default=40, help="functions shown (profile)")
+    parser.add_argument("--connections", type=int, default=50,
+                        help="wrk connections (default: 50, as bench/run.py)")
     args = parser.parse_args()
-    if not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 20 or not 1 <= args.pairs <= 10:
-        parser.error("--seconds must be 1-60, --rounds 1-20 and --pairs 1-10")
+    if (not 1 <= args.seconds <= 60 or not 1 <= args.rounds <= 20 or not 1 <= args.pairs <= 10
+            or not 1 <= args.connections <= 1000):
+        parser.error("--seconds must be 1-60, --rounds 1-20, --pairs 1-10 "
+                     "and --connections 1-1000")
     bench.ensure_tools(install=False)
     OUT.mkdir(parents=True, exist_ok=True)
     ca, cert, key = bench.make_origin_pki(bench.OUT / "pki")
