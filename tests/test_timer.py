@@ -56,6 +56,23 @@ class DeadlineTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(self.expired, ["first"])
 
+    def test_shorter_restart_arms_a_new_call(self) -> None:
+        """
+        Brought forward, the armed call is cancelled and a new one armed,
+        not reset: the reactor's reset of a call to a sooner time searches
+        its whole heap of timers.
+        """
+        self.deadline.start(60)
+        [first] = self.clock.getDelayedCalls()
+        self.deadline.start(5)
+        [second] = self.clock.getDelayedCalls()
+        self.assertTrue(first.cancelled)
+        self.assertIsNot(second, first)
+        self.assertEqual(second.getTime(), 5)
+        self.clock.advance(60)
+        self.assertEqual(self.expired, ["first"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_stop(self) -> None:
         """Stopped, it does not expire; its call runs out and is not armed again."""
         self.deadline.start(10)

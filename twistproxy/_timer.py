@@ -51,7 +51,12 @@ class Deadline:
             self._call = self._clock.callLater(seconds, self._check)
             self._armed = at
         elif self._armed > at:
-            self._call.reset(seconds)  # sooner than the armed call: bring it forward
+            # Sooner than the armed call: arm a new one.  Not reset(): a
+            # reactor finds the call to bring forward by a linear search of
+            # its heap (one scan of every timer of every connection), where
+            # a cancel is counted and a new call pushed in log time.
+            self._call.cancel()
+            self._call = self._clock.callLater(seconds, self._check)
             self._armed = at
 
     def stop(self) -> None:
