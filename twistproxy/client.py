@@ -541,7 +541,13 @@ class ConnectionPool:
     :param reactor: Schedules the idle timeouts.
     :param endpoint_factory: Makes the endpoint for a new connection.
     :param max_idle_per_host: At most this many idle connections are kept per
-        key; a connection released beyond that is closed.
+        key; a connection released beyond that is closed.  The default is
+        as many as a busy proxy has in flight at once: a keep-alive load on
+        more connections than the cap would have every connection past it
+        closed when its exchange ends and another opened for the next
+        request (the reactor hands a batch of responses over before the
+        clients' next requests arrive, so most are idle at the same moment).
+        *idle_timeout* trims them after a burst.
     :param idle_timeout: Seconds an idle connection is kept before it is
         closed.
     :param tls: Makes the TLS settings for ``https`` origins; by default
@@ -566,7 +572,7 @@ class ConnectionPool:
         *,
         reactor: IReactorTime,
         endpoint_factory: EndpointFactory,
-        max_idle_per_host: int = 100,
+        max_idle_per_host: int = 1000,
         idle_timeout: float = 30.0,
         tls: UpstreamTLS | None = None,
         max_response_header_size: int = 64 * 1024,

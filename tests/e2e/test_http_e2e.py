@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 
 from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.origin import OriginFactory, pattern_bytes
@@ -319,6 +323,52 @@ async def test_upstream_connections_are_reused(origin: Running, proxy: Running) 
         echoed(await raw(proxy.port, get(origin)))
     assert origin.factory.connections == 1
     assert proxy.factory.pool.idle_count(PoolKey("http", "127.0.0.1", origin.port)) == 1
+
+
+class _KeepAliveClient(Protocol):
+    """A keep-alive client asking one request at a time for an /echo report."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.answered: Deferred[bytes] | None = None
+
+    def ask(self, request: bytes) -> Deferred[bytes]:
+        """Send *request*; fires with the whole response."""
+        self.received = b""
+        self.answered = Deferred()
+        self.transport.write(request)  # type: ignore[union-attr]
+        return self.answered
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.endswith(b"}") and self.answered is not None:
+            answered, self.answered = self.answered, None
+            answered.callback(self.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_keep_alive_clients_keep_their_upstream_connections(
+        origin: Running, proxy: Running) -> None:
+    """
+    120 keep-alive clients asking in lockstep (every answer in before the
+    next round) go on over the upstream connections their first round
+    opened: all 120 are idle at once between rounds, and none is closed
+    and reopened (a pool capped at 100 idle connections closed 20 a round).
+    """
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.port)
+    clients = [await connectProtocol(endpoint, _KeepAliveClient()) for _ in range(120)]
+    try:
+        for round_ in range(4):
+            answers = await gatherResults([
+                client.ask(get(origin, f"/echo?round={round_}&client={i}", close=False))
+                for i, client in enumerate(clients)])
+            assert [echoed(a)["target"] for a in answers] == [
+                f"/echo?round={round_}&client={i}" for i in range(120)]
+    finally:
+        for client in clients:
+            client.transport.loseConnection()  # type: ignore[union-attr]
+    assert origin.factory.connections == 120
+    assert proxy.factory.pool.idle_count(PoolKey("http", "127.0.0.1", origin.port)) == 120
 
 
 @pytest_twisted.ensureDeferred
