@@ -135,6 +135,7 @@ SCENARIOS: dict[str, Scenario] = {s.key: s for s in [
     Scenario("a", "a. HTTP keep-alive, 1 KiB, 50 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("a64", "a′. HTTP keep-alive, 64 KiB, 50 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("a10", "(a) with 10 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
+    Scenario("a200", "(a) with 200 conns", (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("b", "b. HTTP `Connection: close`, 1 KiB, 50 conns",
              (_rps("rps"), _p99("p99"), _CPU_US)),
     Scenario("c", "c. 512 MiB download", (
@@ -179,6 +180,7 @@ WRK_SCENARIOS: dict[str, WrkSetup] = {
     "a": WrkSetup(https=False, close=False),
     "a64": WrkSetup(https=False, close=False, path=MEDIUM),
     "a10": WrkSetup(https=False, close=False, connections=10),
+    "a200": WrkSetup(https=False, close=False, connections=200),
     "b": WrkSetup(https=False, close=True),
     "e": WrkSetup(https=True, close=False),
     "f": WrkSetup(https=True, close=True),
