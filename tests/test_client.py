@@ -1224,6 +1224,27 @@ class AdoptTests(SynchronousTestCase):
         self.assertEqual(receiver.kinds, ["started", "data", "ended"])
         self.assertEqual(receiver.body, b"hi")
 
+    def test_adopted_cap(self) -> None:
+        """
+        Adopted connections are kept while their key has fewer than
+        ``max_idle_adopted`` idle ones (a tunnel per request must not fill
+        the pool up to ``max_idle_per_host``); the pool's own connections
+        still go up to ``max_idle_per_host``.
+        """
+        self.pool.max_idle_per_host, self.pool.max_idle_adopted = 5, 2
+        relays = [self.relay() for _ in range(3)]
+        adopted = [self.pool.adopt(KEY, relay) for relay in relays]
+        self.assertEqual(self.pool.idle_count(KEY), 2)
+        self.assertEqual([transport_of(c).disconnected for c in adopted if c is not None],
+                         [False, False, True])
+        # Used and given back, an adopted connection is still capped at 2.
+        client = self.pool.take_idle(KEY)
+        assert client is not None and client.adopted
+        self.pool.adopt(KEY, self.relay())
+        self.pool.release(client)
+        self.assertEqual(self.pool.idle_count(KEY), 2)
+        self.assertTrue(transport_of(client).disconnected)
+
     def test_counts_as_reused(self) -> None:
         """
         The adopted connection waited idle, as a kept-alive one does: it

@@ -145,6 +145,8 @@ class ProxyClient(Protocol):
         :attr:`switched_data` holds the bytes that followed the ``101``
         head; it is the next protocol's (:meth:`take_switched`).
     :ivar tls_done: The TLS handshake on the connection completed.
+    :ivar adopted: The pool adopted it from a ``CONNECT`` (opened for the
+        tunnel, not because the pool had none idle).
     """
 
     father: IResponseReceiver | None = None
@@ -169,6 +171,7 @@ class ProxyClient(Protocol):
     switched_data = b""
     lost = False
     tls_done = False
+    adopted = False
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
@@ -548,6 +551,12 @@ class ConnectionPool:
         request (the reactor hands a batch of responses over before the
         clients' next requests arrive, so most are idle at the same moment).
         *idle_timeout* trims them after a burst.
+    :param max_idle_adopted: The cap for a connection the pool adopted from
+        a ``CONNECT`` (:meth:`adopt`): each intercepted tunnel opens one for
+        itself, so a tunnel per request (a client that closes its
+        connections) would otherwise add an idle connection per request
+        until the cap, when none of them is needed for more than the
+        tunnel's own requests.
     :param idle_timeout: Seconds an idle connection is kept before it is
         closed.
     :param tls: Makes the TLS settings for ``https`` origins; by default
@@ -573,6 +582,7 @@ class ConnectionPool:
         reactor: IReactorTime,
         endpoint_factory: EndpointFactory,
         max_idle_per_host: int = 1000,
+        max_idle_adopted: int = 100,
         idle_timeout: float = 30.0,
         tls: UpstreamTLS | None = None,
         max_response_header_size: int = 64 * 1024,
@@ -582,6 +592,7 @@ class ConnectionPool:
         self.max_response_header_size = max_response_header_size
         self.endpoint_factory = endpoint_factory
         self.max_idle_per_host = max_idle_per_host
+        self.max_idle_adopted = max_idle_adopted
         self.idle_timeout = idle_timeout
         self._idle: dict[PoolKey, list[ProxyClient]] = {}
         self._pooled: set[ProxyClient] = set()
@@ -663,6 +674,7 @@ class ConnectionPool:
         client = ProxyClientFactory(self, key).buildProtocol(None)
         client.server = relay.server
         client.reused = True  # it waited: as stale as a kept-alive connection
+        client.adopted = True
         protocol: Any = client
         if key.scheme == "https":
             protocol = self.tls.client(key.server_name or key.host, client)
@@ -695,10 +707,12 @@ class ConnectionPool:
     def release(self, client: ProxyClient) -> None:
         """
         Take back a connection whose exchange ended; it is kept idle, or
-        closed when the key already has :attr:`max_idle_per_host` idle ones.
+        closed when the key already has :attr:`max_idle_per_host` idle ones
+        (:attr:`max_idle_adopted` for an adopted connection).
         """
         idle = self._idle.setdefault(client.key, [])
-        if len(idle) >= self.max_idle_per_host or client in self._pooled:
+        cap = self.max_idle_adopted if client.adopted else self.max_idle_per_host
+        if len(idle) >= cap or client in self._pooled:
             client.abandon()
             return
         idle.append(client)

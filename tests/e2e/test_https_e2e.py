@@ -130,6 +130,28 @@ async def test_certificates_cached_and_shared(pki: Any, start_tls_origin: Any,
     assert contexts.built == 1
 
 
+@needs_curl
+@pytest_twisted.ensureDeferred
+async def test_a_tunnel_per_request_does_not_fill_the_pool(
+        pki: Any, start_tls_origin: Any, start_https_proxy: Any) -> None:
+    """
+    Each tunnel opens its own connection to the origin, which the pool then
+    keeps: with one tunnel per request, the idle ones stop at the pool's
+    ``max_idle_adopted``, not at its much larger ``max_idle_per_host``.
+    """
+    origin = start_tls_origin(pki.good)
+    proxy = await start_https_proxy()
+    pool = proxy.factory.pool
+    pool.max_idle_adopted = 2
+    for _ in range(5):
+        out, err, code = await _curl_https(proxy, f"https://127.0.0.1:{origin.port}/echo",
+                                           pki.proxy_ca_pem)
+        assert code == 0, err
+        assert json.loads(out)["target"] == "/echo"
+    assert pool.idle_count() == 2
+    assert pool.max_idle_per_host > 5
+
+
 def _as_deferred(coroutine: Any) -> Any:
     from twisted.internet.defer import Deferred
 
