@@ -33,8 +33,10 @@ from twistproxy._tls import (
     ServerContexts,
     UpstreamTLS,
     describe_tls_failure,
+    record_server_tls,
 )
 from twistproxy.certs import CertificateAuthority, CertificateStore
+from twistproxy.flow import Certificate, Server
 
 # OpenSSL checks validity against the real clock, so the certificates the
 # handshakes see are made around the real current time.
@@ -616,3 +618,62 @@ class UpstreamTLSTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             UpstreamTLS(ca_file=str(path))
         self.assertIn(str(path), str(caught.exception))
+
+
+class _Handshaken:
+    """What `record_server_tls` reads of an ``ssl.SSLObject`` after a handshake."""
+
+    server_hostname = "origin.example"
+
+    def __init__(self, der: bytes) -> None:
+        self._der = der
+
+    def selected_alpn_protocol(self) -> str:
+        return "http/1.1"
+
+    def version(self) -> str:
+        return "TLSv1.3"
+
+    def getpeercert(self, binary_form: bool = False) -> bytes:
+        assert binary_form
+        return self._der
+
+
+class RecordServerTLSTests(SynchronousTestCase):
+    """
+    `record_server_tls` puts the handshake's facts and the server's
+    certificate on the connection record; a certificate already read is
+    not read again.
+    """
+
+    def test_facts_and_certificate(self) -> None:
+        """The record names the SNI, ALPN, version and the certificate's facts."""
+        leaf = make_leaf(make_ca("record CA"), ["origin.example", "127.0.0.1"])
+        der = leaf.certificate.public_bytes(serialization.Encoding.DER)
+        server = Server(address=("origin.example", 443))
+        record_server_tls(server, _Handshaken(der))  # type: ignore[arg-type]
+        self.assertTrue(server.tls_established)
+        self.assertEqual((server.sni, server.alpn, server.tls_version),
+                         ("origin.example", b"http/1.1", "TLSv1.3"))
+        self.assertEqual(server.certificate, Certificate.from_x509(leaf.certificate))
+        assert server.certificate is not None
+        self.assertEqual(server.certificate.dns_names, ("origin.example",))
+        self.assertEqual(server.certificate.ip_addresses, ("127.0.0.1",))
+
+    def test_same_certificate_read_once(self) -> None:
+        """
+        Two connections presenting the same certificate share one record of
+        it (it is frozen); another certificate gets its own.
+        """
+        ca = make_ca("record CA")
+        first, other = make_leaf(ca, ["a.example"]), make_leaf(ca, ["b.example"])
+        records = []
+        for leaf in (first, first, other):
+            server = Server(address=("a.example", 443))
+            record_server_tls(server, _Handshaken(  # type: ignore[arg-type]
+                leaf.certificate.public_bytes(serialization.Encoding.DER)))
+            records.append(server.certificate)
+        self.assertIs(records[0], records[1])
+        self.assertIsNot(records[0], records[2])
+        assert records[2] is not None
+        self.assertEqual(records[2].dns_names, ("b.example",))

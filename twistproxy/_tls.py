@@ -19,6 +19,7 @@ either way.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import ssl
@@ -293,8 +294,6 @@ def record_server_tls(server: Server, connection: ssl.SSLObject) -> None:
     and TLS version, and the server's certificate
     (:class:`~twistproxy.flow.Certificate`).
     """
-    from cryptography.x509 import load_der_x509_certificate
-
     name = connection.server_hostname
     server.tls_established = True
     server.sni = name if name and not _is_ip(name) else None
@@ -302,9 +301,19 @@ def record_server_tls(server: Server, connection: ssl.SSLObject) -> None:
     server.alpn = alpn.encode("ascii") if alpn else None
     server.tls_version = connection.version()
     presented = connection.getpeercert(binary_form=True)
-    server.certificate = (
-        Certificate.from_x509(load_der_x509_certificate(presented)) if presented else None
-    )
+    server.certificate = _certificate(presented) if presented else None
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate(der: bytes) -> Certificate:
+    """
+    The record of the certificate *der* (DER): an origin presents the same
+    one on every connection, and reading it again costs a parse, two names
+    and a hash per connection.
+    """
+    from cryptography.x509 import load_der_x509_certificate
+
+    return Certificate.from_x509(load_der_x509_certificate(der))
 
 
 def _is_ip(name: str) -> bool:

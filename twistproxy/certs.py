@@ -17,6 +17,7 @@ it runs inside OpenSSL's server-name callback, which cannot wait.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -415,9 +416,12 @@ class CertificateStore:
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def _normalise(hostname: str) -> tuple[str, x509.GeneralName]:
     """
-    The cache key and the subject alternative name for *hostname*.
+    The cache key and the subject alternative name for *hostname*; a
+    tunnel asks for its host's certificate up to three times (the CONNECT,
+    the SNI, the context), so the answers are kept.
 
     :raises ValueError: if *hostname* is empty or cannot be IDNA-encoded.
     """
