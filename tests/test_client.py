@@ -1232,11 +1232,12 @@ class AdoptTests(SynchronousTestCase):
         still go up to ``max_idle_per_host``.
         """
         self.pool.max_idle_per_host, self.pool.max_idle_adopted = 5, 2
-        relays = [self.relay() for _ in range(3)]
-        adopted = [self.pool.adopt(KEY, relay) for relay in relays]
+        transports = [StringTransport(hostAddress=LOCAL, peerAddress=PEER) for _ in range(3)]
+        adopted = [self.pool.adopt(KEY, self.relay(t)) for t in transports]
         self.assertEqual(self.pool.idle_count(KEY), 2)
-        self.assertEqual([transport_of(c).disconnected for c in adopted if c is not None],
-                         [False, False, True])
+        # The third is closed as it comes (no TLS, no protocol built for it).
+        self.assertIsNone(adopted[2])
+        self.assertEqual([t.disconnecting for t in transports], [False, False, True])
         # Used and given back, an adopted connection is still capped at 2.
         client = self.pool.take_idle(KEY)
         assert client is not None and client.adopted

@@ -662,13 +662,18 @@ class ConnectionPool:
         connection of the pool's own.
 
         :returns: The connection's protocol, or ``None`` when it could not be
-            kept (closed already; the origin sent bytes nobody asked for)
+            kept (closed already; the origin sent bytes nobody asked for;
+            :attr:`max_idle_adopted` idle connections for *key* already)
             and was closed.
         """
         transport = relay.transport
         if relay.lost:
             return None
-        if relay.early:
+        if relay.early or len(self._idle.get(key, ())) >= min(
+                self.max_idle_adopted, self.max_idle_per_host):
+            # Enough idle already (:attr:`max_idle_adopted`): the tunnel's
+            # requests take one of those, and this one is closed before TLS
+            # starts on it.
             transport.loseConnection()
             return None
         client = ProxyClientFactory(self, key).buildProtocol(None)
