@@ -46,11 +46,12 @@ import run as bench  # noqa: E402  (bench/run.py: the harness's origin, wrk and 
 OUT = bench.OUT / "profile"
 
 
-def _twistd(port: int, extra_twistd: tuple[str, ...] = ()) -> list[str]:
+def _twistd(port: int, extra_twistd: tuple[str, ...] = (), addon: bool = False) -> list[str]:
+    """twistd's argv as bench/run.py runs it; *addon*: with the trivial addon."""
     proxy = bench.TwistProxy(bench.OUT / "pki" / "origin-ca.pem")
     if proxy.unavailable:
         raise SystemExit(f"twistproxy: {proxy.unavailable}")
-    argv = proxy.argv(port, addon=False, workers=None)
+    argv = proxy.argv(port, addon=addon, workers=None)
     # twistd's own options go before the subcommand.
     at = argv.index("twistproxy")
     return [*argv[:at], *extra_twistd, *argv[at:]]
@@ -95,7 +96,7 @@ def profile(args: argparse.Namespace, http_port: int, https_port: int) -> None:
                         else ("b" if args.close else "a") + ".pstats")
     stats_file.unlink(missing_ok=True)
     argv = bench.pinned(bench.PROXY_CORE, _twistd(proxy_port, (
-        f"--profile={stats_file}", "--profiler=cprofile", "--savestats")))
+        f"--profile={stats_file}", "--profiler=cprofile", "--savestats"), args.addon))
     child = bench.Child(argv, bench.LOGS / "profile-twistd.log")
     bench.wait_listening(proxy_port, child)
     shim = _shim(shim_port, proxy_port, https_port) if args.https else None
@@ -221,7 +222,7 @@ def _compare_pair(
         for label, path in sides.items():
             port, shim_port = bench.free_ports(2)
             env = dict(os.environ, PYTHONPATH=path)
-            argv = bench.pinned(bench.PROXY_CORE, _twistd(port))
+            argv = bench.pinned(bench.PROXY_CORE, _twistd(port, addon=args.addon))
             child = bench.Child(argv, bench.LOGS / f"profile-{len(children)}.log", env=env)
             bench.wait_listening(port, child)
             children[label] = child
@@ -269,6 +270,8 @@ def main() -> int:
     parser.add_argument("--https", action="store_true", help="scenario (e) instead of (a)")
     parser.add_argument("--close", action="store_true",
                         help="Connection: close: scenario (b), or (f) with --https")
+    parser.add_argument("--addon", action="store_true",
+                        help="with the trivial addon (bench/addons/twistproxy_stamp.py)")
     parser.add_argument("--compare", metavar="REV", default=None,
                         help="compare CPU per request with this git revision")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
