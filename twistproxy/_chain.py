@@ -195,7 +195,9 @@ class PendingChain:
                 # client connection: abandon whatever it started.
                 _abandon(returned)
                 return
-            if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
+            # Most hooks return None: no need to ask whether that is awaitable.
+            waits = returned is not None and inspect.isawaitable(returned)
+            if waits or getattr(subject, "intercepted", False):
                 self._called(index, returned)
                 return
         self.result.callback(None)

@@ -256,15 +256,16 @@ class Headers(MutableMapping[str, str]):
 
         :raises ValueError: if the name or a value is not a valid header.
         """
-        new = [_field(name, value) for value in values]
         bname = _to_bytes(name)
+        new = [_field(bname, value) for value in values]
         if not new:
             _field(bname, b"")
         lname = bname.lower()
+        size = len(lname)
         fields = self._fields
         for i, (n, _) in enumerate(fields):
-            if n.lower() == lname:
-                rest = [f for f in fields[i + 1 :] if f[0].lower() != lname]
+            if len(n) == size and n.lower() == lname:
+                rest = [f for f in fields[i + 1 :] if len(f[0]) != size or f[0].lower() != lname]
                 self._fields = fields[:i] + [(n, v) for _, v in new] + rest
                 return
         fields.extend(new)

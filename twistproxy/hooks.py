@@ -629,7 +629,9 @@ class HookChain:
                 returned = call(subject)
             except Exception:
                 return fail(hook_failed(hook, description, subject, Failure()))
-            if inspect.isawaitable(returned) or getattr(subject, "intercepted", False):
+            # Most hooks return None: no need to ask whether that is awaitable.
+            waits = returned is not None and inspect.isawaitable(returned)
+            if waits or getattr(subject, "intercepted", False):
                 pending = PendingChain(
                     hook,
                     subject,
