@@ -1,5 +1,6 @@
 """
-Tests for :mod:`twistproxy.client`.
+Tests for :mod:`twistproxy.client` and :mod:`twistproxy.pool`: a connection
+to an origin, and the pool it returns to.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
 from twistproxy._memorytls import ClientTLS
 from twistproxy._tls import UpstreamTLS
 from twistproxy._tunnel import Relay
-from twistproxy.client import ConnectionPool, PoolKey, ProxyClient, ProxyClientFactory
+from twistproxy.client import PoolKey, ProxyClient, ProxyClientFactory
 from twistproxy.errors import (
     TwistProxyError,
     UpstreamConnectFailed,
@@ -42,6 +43,7 @@ from twistproxy.errors import (
     UpstreamTimeout,
 )
 from twistproxy.flow import Server
+from twistproxy.pool import ConnectionPool
 
 KEY = PoolKey("http", "example.com", 80)
 OTHER_KEY = PoolKey("http", "example.org", 80)

@@ -24,7 +24,7 @@ from twistproxy._upstream_proxy import (
     connect_request,
     make_pool,
 )
-from twistproxy.client import ConnectionPool, PoolKey
+from twistproxy.client import PoolKey
 from twistproxy.errors import (
     UpstreamConnectFailed,
     UpstreamConnectionLost,
@@ -34,6 +34,7 @@ from twistproxy.errors import (
 )
 from twistproxy.http import Request
 from twistproxy.modes import REGULAR, parse_mode
+from twistproxy.pool import ConnectionPool
 
 PROXY = UpstreamProxy("http", "proxy.test", 3128, basic_authorization("u:p"))
 

@@ -3,7 +3,7 @@
 The one path a request takes upstream, live or replayed:
 :class:`UpstreamExchange`.
 
-It takes a connection from a :class:`~twistproxy.client.ConnectionPool` (an
+It takes a connection from a :class:`~twistproxy.pool.ConnectionPool` (an
 idle one, or a new one that does not lead back to the proxy and has had its
 ``server_connected`` hook), hands the request to it, keeps the origin's
 silence in bounds and applies the one retry rule
@@ -25,9 +25,10 @@ from zope.interface import implementer
 
 from twistproxy._events import IResponseReceiver
 from twistproxy._request import may_retry
-from twistproxy.client import ConnectionPool, PoolKey, ProxyClient
+from twistproxy.client import PoolKey, ProxyClient
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
 from twistproxy.flow import Server
+from twistproxy.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress

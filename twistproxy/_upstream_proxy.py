@@ -4,7 +4,7 @@ Upstream mode (``upstream:http[s]://HOST[:PORT]``): a regular proxy whose
 connections all go through another proxy.
 
 A listener in upstream mode has an :class:`UpstreamPool`, a
-:class:`~twistproxy.client.ConnectionPool` whose connections lead through
+:class:`~twistproxy.pool.ConnectionPool` whose connections lead through
 the :class:`UpstreamProxy`, so that the rest of the proxy (the exchange,
 ``CONNECT`` tunnels, interception, replay) works as in regular mode:
 
@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from twistproxy._target import authority_for
 from twistproxy._tls import describe_tls_failure
-from twistproxy.client import ConnectionPool, EndpointFactory, PoolKey
+from twistproxy.client import PoolKey
 from twistproxy.errors import (
     TwistProxyError,
     UpstreamConnectionLost,
@@ -62,6 +62,7 @@ from twistproxy.errors import (
     UpstreamTLSFailed,
     upstream_error,
 )
+from twistproxy.pool import ConnectionPool, EndpointFactory
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?: ([\t\x20-\x7e]*))?\r?\n", re.I)
 _MAX_ANSWER = 64 * 1024  # bytes of a CONNECT's answer head
@@ -164,7 +165,7 @@ class UpstreamPool(ConnectionPool):
         (``hostname_endpoints`` in production).
     :param connect_timeout: Seconds the upstream proxy may take to answer a
         ``CONNECT`` (then 504).
-    :param kwargs: The rest of :class:`~twistproxy.client.ConnectionPool`'s
+    :param kwargs: The rest of :class:`~twistproxy.pool.ConnectionPool`'s
         parameters; *tls* verifies the origins and an ``https`` proxy.
     """
 

@@ -46,12 +46,7 @@ from twistproxy._upstream import UpstreamExchange
 from twistproxy._upstream_proxy import make_pool
 from twistproxy._websocket import switch_websocket
 from twistproxy.channel import Busy, Proxy
-from twistproxy.client import (
-    ConnectionPool,
-    EndpointFactory,
-    ProxyClient,
-    hostname_endpoints,
-)
+from twistproxy.client import ProxyClient
 from twistproxy.errors import (
     AddonError,
     BadRequestTarget,
@@ -67,6 +62,7 @@ from twistproxy.http import HTTPFlow, Response
 from twistproxy.lifecycle import AddonManager
 from twistproxy.limits import Limits
 from twistproxy.modes import REGULAR, Mode, entry_for
+from twistproxy.pool import ConnectionPool, EndpointFactory, hostname_endpoints
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
