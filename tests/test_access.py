@@ -27,8 +27,8 @@ from twistproxy.addons.access import (
     parse_host_pattern,
     parse_user,
 )
+from twistproxy.connection import Client, Server
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flow import Client, Server
 from twistproxy.headers import Headers
 from twistproxy.hooks import HookChain, validate_addon
 from twistproxy.http import HTTPFlow, Request

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy.addons.certpage import CertPage
 from twistproxy.certs import CertificateAuthority
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

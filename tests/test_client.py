@@ -34,6 +34,7 @@ from twistproxy._memorytls import ClientTLS
 from twistproxy._tls import UpstreamTLS
 from twistproxy._tunnel import Relay
 from twistproxy.client import PoolKey, ProxyClient, ProxyClientFactory
+from twistproxy.connection import Server
 from twistproxy.errors import (
     TwistProxyError,
     UpstreamConnectFailed,
@@ -42,7 +43,6 @@ from twistproxy.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from twistproxy.flow import Server
 from twistproxy.pool import ConnectionPool
 
 KEY = PoolKey("http", "example.com", 80)

@@ -33,7 +33,7 @@ import docutils.writers.null
 import pytest
 from twisted.python import usage
 
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options

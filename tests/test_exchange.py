@@ -19,6 +19,7 @@ from twistproxy._exchange import _TABLE, HIGH_WATER, Exchange
 from twistproxy._framing import CHUNKED, NO_BODY, UNTIL_CLOSE
 from twistproxy._request import new_flow
 from twistproxy._target import Tunnel
+from twistproxy.connection import Client
 from twistproxy.errors import (
     BadRequestTarget,
     HookFailed,
@@ -29,7 +30,7 @@ from twistproxy.errors import (
     UpstreamConnectionLost,
     UpstreamTimeout,
 )
-from twistproxy.flow import Client, Error
+from twistproxy.flow import Error
 from twistproxy.http import HTTPFlow, Response
 
 A = Action

@@ -15,8 +15,9 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_flowfile import temp_dir
+from twistproxy.connection import Client, Server
 from twistproxy.export import ExportError, to_curl, to_httpie, to_raw
-from twistproxy.flow import Client, Flow, Server
+from twistproxy.flow import Flow
 from twistproxy.flowfile import dump_flows, main
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response

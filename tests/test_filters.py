@@ -11,8 +11,9 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy import _encoding
+from twistproxy.connection import Client, Server
 from twistproxy.filters import Filter, FilterError, parse
-from twistproxy.flow import Client, Error, Flow, Server
+from twistproxy.flow import Error, Flow
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response
 

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from twisted.trial.unittest import SynchronousTestCase
 from wsproto.frame_protocol import Opcode
 
+from twistproxy.connection import Client, Server
 from twistproxy.filters import FilterError, parse
-from twistproxy.flow import Client, Error, Flow, Server
+from twistproxy.flow import Error, Flow
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.websocket import WebSocketData, WebSocketMessage

@@ -15,15 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e.pki import make_ca, make_leaf
-from twistproxy.flow import (
-    FLOW_STATE_VERSION,
-    Certificate,
-    Client,
-    Error,
-    Flow,
-    FlowNotKillable,
-    Server,
-)
+from twistproxy.connection import Certificate, Client, Server
+from twistproxy.flow import FLOW_STATE_VERSION, Error, Flow, FlowNotKillable
 
 
 def make_flow(live: bool = True, clock: Clock | None = None) -> Flow:

@@ -21,8 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e.pki import make_ca, make_leaf
 from twistproxy import flowfile
+from twistproxy.connection import Certificate, Client, Server
 from twistproxy.errors import FlowFileError
-from twistproxy.flow import FLOW_STATE_VERSION, Certificate, Client, Error, Server
+from twistproxy.flow import FLOW_STATE_VERSION, Error
 from twistproxy.flowfile import (
     FORMAT_VERSION,
     FlowWriter,

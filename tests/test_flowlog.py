@@ -9,7 +9,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy.addons.flowlog import FlowLog, format_flow
-from twistproxy.flow import Client, Error, Server
+from twistproxy.connection import Client, Server
+from twistproxy.flow import Error
 from twistproxy.http import HTTPFlow, Request, Response
 
 

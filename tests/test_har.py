@@ -22,8 +22,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_flowfile import ALL_BYTES, DATA, encode, failed_flow, make_flow, temp_dir
 from twistproxy import flowfile, har
 from twistproxy._headers import check_request, check_response
+from twistproxy.connection import Client, Server
 from twistproxy.errors import FlowFileError
-from twistproxy.flow import Client, Error, Server
+from twistproxy.flow import Error
 from twistproxy.flowfile import dump_flows, load_flows, main, read_flows
 from twistproxy.har import from_har, to_har
 from twistproxy.headers import Headers

@@ -13,8 +13,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_har import check_har, minimal_entry
+from twistproxy.connection import Client, Server
 from twistproxy.errors import FlowFileError
-from twistproxy.flow import Client, Server
 from twistproxy.har import from_har, to_har
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response

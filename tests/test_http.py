@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_body import gzip_response
-from twistproxy.flow import FLOW_STATE_VERSION, Client, Error, Server
+from twistproxy.connection import Client, Server
+from twistproxy.flow import FLOW_STATE_VERSION, Error
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request, Response
 

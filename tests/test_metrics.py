@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twistproxy._health import Health, RunningService
+from twistproxy.connection import Client, Server
 from twistproxy.errors import (
     HookFailed,
     HookTimeout,
@@ -24,7 +25,7 @@ from twistproxy.errors import (
     UpstreamTimeout,
     UpstreamTLSFailed,
 )
-from twistproxy.flow import Client, Error, Server
+from twistproxy.flow import Error
 from twistproxy.hooks import HookChain
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.metrics import Metrics, error_kind

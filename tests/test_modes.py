@@ -17,7 +17,7 @@ from twistproxy._target import Tunnel
 from twistproxy._tls import GivenCertificate
 from twistproxy.addons.reverse import ReverseRewrite
 from twistproxy.certs import CertificateAuthority
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.modes import REGULAR, Mode, entry_for, parse_mode
 

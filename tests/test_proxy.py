@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
 from twistproxy.client import PoolKey
+from twistproxy.connection import Client, Server
 from twistproxy.errors import AddonError, HookTimeout
-from twistproxy.flow import Client, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow
 from twistproxy.proxy import ProxyFactory, ProxyRequest

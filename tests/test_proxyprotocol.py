@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
-from twistproxy.flow import Client
+from twistproxy.connection import Client
 from twistproxy.hooks import Addon
 from twistproxy.limits import Limits, with_backlog
 from twistproxy.proxy import ProxyFactory

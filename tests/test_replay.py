@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.fakes import FakeEndpointFactory
 from twistproxy._memorytls import ClientTLS
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.proxy import ProxyFactory

@@ -26,8 +26,8 @@ from twistproxy.addons.rewrites import (
     unescape,
 )
 from twistproxy.addons.stickycookie import StickyCookie, parse_set_cookie
+from twistproxy.connection import Client, Server
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flow import Client, Server
 from twistproxy.hooks import HookChain, validate_addon
 from twistproxy.http import HTTPFlow, Request, Response
 

@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_flowfile import failed_flow, make_flow, temp_dir
 from tests.test_flowfile_faults import RawFile
 from twistproxy.addons.save import SaveFlows
+from twistproxy.connection import Client, Server
 from twistproxy.errors import FlowFileError
-from twistproxy.flow import Client, Server
 from twistproxy.flowfile import FlowWriter, load_flows, read_flows
 from twistproxy.http import HTTPFlow, Request, Response
 

@@ -28,7 +28,7 @@ from twistproxy.addons.certpage import CertPage
 from twistproxy.addons.flowlog import FlowLog
 from twistproxy.addons.save import SaveFlows
 from twistproxy.certs import CA_CERT_DER, CA_CERT_PEM, CA_FILE, CertificateAuthority
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import dump_flows, load_flows
 from twistproxy.har import to_har
 from twistproxy.http import HTTPFlow, Request, Response

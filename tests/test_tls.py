@@ -36,7 +36,7 @@ from twistproxy._tls import (
     record_server_tls,
 )
 from twistproxy.certs import CertificateAuthority, CertificateStore
-from twistproxy.flow import Certificate, Server
+from twistproxy.connection import Certificate, Server
 
 # OpenSSL checks validity against the real clock, so the certificates the
 # handshakes see are made around the real current time.

@@ -20,8 +20,8 @@ from tests.test_client import KEY, OK_HI, REQUEST, FakeEndpointFactory, Recordin
 from twistproxy._request import may_retry
 from twistproxy._upstream import UpstreamExchange
 from twistproxy.client import PoolKey, ProxyClient
+from twistproxy.connection import Server
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
-from twistproxy.flow import Server
 from twistproxy.pool import ConnectionPool, hostname_endpoints
 
 POST = b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx"

@@ -11,7 +11,7 @@ import io
 from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options

@@ -15,8 +15,8 @@ from twisted.internet.task import Clock, Cooperator
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e.pki import make_ca, make_leaf
+from twistproxy.connection import Certificate, Client, Server
 from twistproxy.filters import FilterError, parse
-from twistproxy.flow import Certificate, Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.web.addon import WebIntercept, WebRecorder
 from twistproxy.web.store import FlowStore, View

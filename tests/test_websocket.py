@@ -23,8 +23,8 @@ from twistproxy._framing import NO_BODY
 from twistproxy._headers import request_head, response_fields, websocket_upgrade
 from twistproxy._websocket import WebSocketRelay, extensions
 from twistproxy.client import PoolKey, ProxyClient
+from twistproxy.connection import Client, Server
 from twistproxy.errors import HookTimeout, UpstreamProtocolError
-from twistproxy.flow import Client, Server
 from twistproxy.hooks import HookChain
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.websocket import WebSocketData, WebSocketMessage, inject

@@ -43,8 +43,8 @@ from twistproxy._twisted_compat import take_buffered
 from twistproxy._upstream import IUpstreamReceiver, checked
 from twistproxy.channel import Proxy
 from twistproxy.client import host_and_port
+from twistproxy.connection import Server
 from twistproxy.errors import UpstreamConnectionLost, describe, upstream_error
-from twistproxy.flow import Server
 
 _log = Logger()
 _CLOSED_EARLY = "the server closed before the tunnel opened"

@@ -18,7 +18,7 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
-from twistproxy.flow import Server
+from twistproxy.connection import Server
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -105,7 +105,7 @@ class Event(_Identity):
     HOOK_FAILED = auto()
     #: The upstream side is open and takes the request (for a CONNECT: the
     #: tunnel can open); the argument is the connection's
-    #: :class:`~twistproxy.flow.Server` record, if there is one.
+    #: :class:`~twistproxy.connection.Server` record, if there is one.
     UPSTREAM_READY = auto()
     #: The upstream side failed (connecting, TLS, a loop, the
     #: ``server_connected`` hook, the origin's silence, the connection lost

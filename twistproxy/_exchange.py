@@ -36,8 +36,9 @@ from twistproxy._events import (
 from twistproxy._framing import NO_BODY
 from twistproxy._headers import check_messages, check_shape, websocket_upgrade
 from twistproxy._response import ResponseSide
+from twistproxy.connection import Server
 from twistproxy.errors import InvalidMessage, describe
-from twistproxy.flow import Error, Server
+from twistproxy.flow import Error
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Response
 

@@ -23,8 +23,9 @@ from twistproxy._flowerror import Invalid as _Invalid
 from twistproxy._flowerror import describe_value as _describe_value
 from twistproxy._flowerror import join_path as _join
 from twistproxy._headers import check_messages as _check_messages
+from twistproxy.connection import Client, Server
 from twistproxy.errors import FlowFileError, InvalidMessage
-from twistproxy.flow import Client, Error, Server
+from twistproxy.flow import Error
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Message, Request, Response
 from twistproxy.websocket import WebSocketData, WebSocketMessage

@@ -34,8 +34,8 @@ from twistproxy._events import Action, Event
 from twistproxy._request import new_flow
 from twistproxy._target import authority_for
 from twistproxy.channel import Proxy
+from twistproxy.connection import Server
 from twistproxy.errors import BadRequestTarget, LoopDetected
-from twistproxy.flow import Server
 from twistproxy.http import HTTPFlow
 
 

@@ -22,8 +22,8 @@ from twistproxy._target import (
     parse_absolute_form,
     parse_authority,
 )
+from twistproxy.connection import Client, Server
 from twistproxy.errors import BadRequestTarget, LoopDetected
-from twistproxy.flow import Client, Server
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Request
 

@@ -39,11 +39,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistproxy._memorytls import ClientTLS, note_server_name
-from twistproxy.flow import Certificate
+from twistproxy.connection import Certificate
 
 if TYPE_CHECKING:
     from twistproxy.certs import CertificateStore, IssuedCertificate
-    from twistproxy.flow import Server
+    from twistproxy.connection import Server
 
 _log = Logger()
 
@@ -292,7 +292,7 @@ def record_server_tls(server: Server, connection: ssl.SSLObject) -> None:
     just completed, on its connection record *server*: that TLS is up, the
     SNI name sent (none for an IP address), the negotiated ALPN protocol
     and TLS version, and the server's certificate
-    (:class:`~twistproxy.flow.Certificate`).
+    (:class:`~twistproxy.connection.Certificate`).
     """
     name = connection.server_hostname
     server.tls_established = True

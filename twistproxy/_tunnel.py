@@ -20,7 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twistproxy.flow import Server
+from twistproxy.connection import Server
 
 
 @implementer(IHalfCloseableProtocol)

@@ -26,8 +26,8 @@ from zope.interface import implementer
 from twistproxy._events import IResponseReceiver
 from twistproxy._request import may_retry
 from twistproxy.client import PoolKey, ProxyClient
+from twistproxy.connection import Server
 from twistproxy.errors import LoopDetected, UpstreamConnectionLost, UpstreamTimeout
-from twistproxy.flow import Server
 from twistproxy.pool import ConnectionPool
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from twistproxy._tls import describe_tls_failure
 from twistproxy._tunnel import Relay
 from twistproxy._twisted_compat import ChannelCompat, send_eagerly
 from twistproxy.client import PoolKey, host_and_port
+from twistproxy.connection import Client
 from twistproxy.errors import BadFraming, RequestBodyTimeout, describe, error_response
-from twistproxy.flow import Client
 
 _log = Logger()
 

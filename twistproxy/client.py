@@ -33,13 +33,13 @@ from twistproxy._memorytls import ClientTLS
 from twistproxy._timer import Deadline
 from twistproxy._tls import describe_tls_failure, record_server_tls
 from twistproxy._twisted_compat import send_eagerly
+from twistproxy.connection import Server
 from twistproxy.errors import (
     UpstreamConnectionLost,
     UpstreamProtocolError,
     UpstreamTLSFailed,
     upstream_error,
 )
-from twistproxy.flow import Server
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress

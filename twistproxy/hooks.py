@@ -155,7 +155,7 @@ class IAddon(Interface):
         take the proxy down for everyone.
 
         :param client: The client connection record
-            (:class:`~twistproxy.flow.Client`: ``peername``, ``sockname``,
+            (:class:`~twistproxy.connection.Client`: ``peername``, ``sockname``,
             ``timestamp_start``); it may be inspected but there is nothing
             to change yet.
         """

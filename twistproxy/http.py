@@ -24,8 +24,10 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Self
 
 from twistproxy._body import MessageBody
+from twistproxy._state import check_keys
 from twistproxy._target import DEFAULT_PORTS, authority_text, parse_url, split_authority
-from twistproxy.flow import Client, Flow, Server, _check_keys
+from twistproxy.connection import Client, Server
+from twistproxy.flow import Flow
 from twistproxy.headers import Headers, _make_headers, _to_str
 from twistproxy.websocket import WebSocketData
 
@@ -424,7 +426,7 @@ class Request(Message):
         :raises ValueError: if *state* has unknown or missing keys or bad
             headers or body.
         """
-        _check_keys(state, self._state_keys, "request")
+        check_keys(state, self._state_keys, "request")
         self._set_message_state(state)
         self._host = state["host"]
         self._port = state["port"]
@@ -547,7 +549,7 @@ class Response(Message):
         :raises ValueError: if *state* has unknown or missing keys or bad
             headers or body.
         """
-        _check_keys(state, self._state_keys, "response")
+        check_keys(state, self._state_keys, "response")
         self._set_message_state(state)
         self.status_code = state["status_code"]
         self.reason = _to_str(state["reason"])

@@ -30,8 +30,8 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from twistproxy._tls import UpstreamTLS
 from twistproxy.client import PoolKey, ProxyClient, ProxyClientFactory, host_and_port
+from twistproxy.connection import Server
 from twistproxy.errors import upstream_error
-from twistproxy.flow import Server
 
 if TYPE_CHECKING:
     from twistproxy._tunnel import Relay

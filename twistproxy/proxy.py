@@ -47,6 +47,7 @@ from twistproxy._upstream_proxy import make_pool
 from twistproxy._websocket import switch_websocket
 from twistproxy.channel import Busy, Proxy
 from twistproxy.client import ProxyClient
+from twistproxy.connection import Server
 from twistproxy.errors import (
     AddonError,
     BadRequestTarget,
@@ -56,7 +57,6 @@ from twistproxy.errors import (
     error_response,
     error_status,
 )
-from twistproxy.flow import Server
 from twistproxy.hooks import HookChain
 from twistproxy.http import HTTPFlow, Response
 from twistproxy.lifecycle import AddonManager

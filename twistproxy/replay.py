@@ -32,7 +32,8 @@ from twistproxy import _headers
 from twistproxy._framing import forwarded_request, request_framing
 from twistproxy._headers import check_request
 from twistproxy._upstream import UpstreamExchange
-from twistproxy.flow import Error, Server
+from twistproxy.connection import Server
+from twistproxy.flow import Error
 from twistproxy.headers import Headers
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Response

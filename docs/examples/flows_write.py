@@ -1,4 +1,4 @@
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import FlowWriter, dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 

@@ -41,7 +41,7 @@ from tests.e2e.test_twistd import (
     start_twistd,
     twistd_command,
 )
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import dump_flows, load_flows
 from twistproxy.http import HTTPFlow, Request, Response
 

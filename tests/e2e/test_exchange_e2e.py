@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.e2e.conftest import Running, parse_responses, raw
-from twistproxy.flow import Server
+from twistproxy.connection import Server
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request
 from twistproxy.limits import Limits
@@ -243,6 +243,6 @@ def _flow_state(origin: Running, path: str) -> dict[str, Any]:
 
 
 def _client() -> Any:
-    from twistproxy.flow import Client
+    from twistproxy.connection import Client
 
     return Client(peername=("127.0.0.1", 1))

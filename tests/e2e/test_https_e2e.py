@@ -468,7 +468,7 @@ async def test_client_replay_of_https_flow(pki: Any, start_tls_origin: Any,
     ``localhost``, goes to that IP with the name ``localhost``.
     """
     from twistproxy.client import PoolKey
-    from twistproxy.flow import Client, Server
+    from twistproxy.connection import Client, Server
     from twistproxy.http import Request
     from twistproxy.replay import ClientReplay
 

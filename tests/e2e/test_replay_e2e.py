@@ -19,7 +19,7 @@ from tests.e2e.conftest import needs_curl
 from tests.e2e.origin import OriginFactory
 from tests.e2e.test_twistd import curl, start_twistd, twistd_command
 from tests.e2e.test_twistd import spawn as spawn_child
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import FlowWriter, load_flows
 from twistproxy.http import HTTPFlow, Request
 

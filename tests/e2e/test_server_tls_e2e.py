@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.e2e.conftest import curl, needs_curl, parse_responses, raw
 from tests.e2e.test_hooks_e2e import Ends
-from twistproxy.flow import Server
+from twistproxy.connection import Server
 from twistproxy.flowfile import dump_flows, read_flows
 from twistproxy.web.service import WebUI
 

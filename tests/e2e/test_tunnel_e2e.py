@@ -32,7 +32,7 @@ from zope.interface import implementer
 from tests.e2e.conftest import Running, curl, needs_curl, parse_responses, raw
 from tests.e2e.test_failures_e2e import _Failing
 from tests.e2e.test_hooks_e2e import Ends
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.limits import Limits

@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from tests.e2e.origin import OriginFactory
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.flowfile import dump_flows
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.options import Options

@@ -31,7 +31,7 @@ from tests.e2e.test_twistd import (
 )
 from tests.e2e.test_twistd import curl as twistd_curl
 from twistproxy.addons.access import ProxyAuth
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.http import HTTPFlow, Request
 from twistproxy.modes import parse_mode
 from twistproxy.proxy import ProxyFactory

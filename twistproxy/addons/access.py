@@ -27,9 +27,10 @@ from weakref import WeakKeyDictionary
 from twisted.logger import Logger
 
 from twistproxy._target import authority_text, join_host_port
+from twistproxy.connection import Client
 from twistproxy.filters import Filter, FilterError
 from twistproxy.filters import parse as parse_filter
-from twistproxy.flow import Client, Flow
+from twistproxy.flow import Flow
 from twistproxy.hooks import Addon
 from twistproxy.http import HTTPFlow, Request, Response
 

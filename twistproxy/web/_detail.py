@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from twistproxy.flow import Connection
+from twistproxy.connection import Connection
 from twistproxy.headers import Headers
 from twistproxy.http import HTTPFlow, Message
 
