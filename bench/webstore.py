@@ -29,7 +29,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, Cooperator
 
-from twistproxy.flow import Client, Server
+from twistproxy.connection import Client, Server
 from twistproxy.http import HTTPFlow, Request, Response
 from twistproxy.web.addon import WebRecorder
 from twistproxy.web.store import FlowStore
