@@ -195,9 +195,7 @@ class PendingChain:
                 # client connection: abandon whatever it started.
                 _abandon(returned)
                 return
-            # Most hooks return None: no need to ask whether that is awaitable.
-            waits = returned is not None and inspect.isawaitable(returned)
-            if waits or getattr(subject, "intercepted", False):
+            if must_wait(returned, subject):
                 self._called(index, returned)
                 return
         self.result.callback(None)
@@ -301,6 +299,17 @@ def settled(subject: Any, hook: str) -> bool:
     if hook != "error" and getattr(subject, "killed", False):
         return True
     return hook in _ANSWERING_HOOKS and getattr(subject, "response", None) is not None
+
+
+def must_wait(returned: object, subject: Any) -> bool:
+    """
+    Whether the chain waits after a hook call: it returned a Deferred, a
+    coroutine or another awaitable, or left *subject* intercepted.
+    """
+    # Most hooks return None: no need to ask whether that is awaitable.
+    if returned is not None and inspect.isawaitable(returned):
+        return True
+    return getattr(subject, "intercepted", False)
 
 
 def _hook_timed_out(

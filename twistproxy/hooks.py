@@ -20,7 +20,6 @@ documented here and run by :class:`twistproxy.lifecycle.AddonManager`.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -38,7 +37,7 @@ from twistproxy._addoncheck import (
     validate_addon,
 )
 from twistproxy._addoncheck import addon_name as _addon_name
-from twistproxy._chain import HookCall, PendingChain, hook_failed, settled
+from twistproxy._chain import HookCall, PendingChain, hook_failed, must_wait, settled
 
 __all__ = [
     "FLOW_HOOKS",
@@ -629,9 +628,7 @@ class HookChain:
                 returned = call(subject)
             except Exception:
                 return fail(hook_failed(hook, description, subject, Failure()))
-            # Most hooks return None: no need to ask whether that is awaitable.
-            waits = returned is not None and inspect.isawaitable(returned)
-            if waits or getattr(subject, "intercepted", False):
+            if must_wait(returned, subject):
                 pending = PendingChain(
                     hook,
                     subject,
