@@ -1,14 +1,15 @@
 # -*- test-case-name: tests.test_flow -*-
 """
-What the models' records share: their ids (:func:`new_id`) and the check of
-a state dict's keys (:func:`check_keys`).
+What the models' records share: their ids (:func:`new_id`, made when first
+asked for by :class:`LazyId`) and the check of a state dict's keys
+(:func:`check_keys`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 _random = b""  # random bytes for ids, taken from the front
 _ID_BATCH = 16 * 256
@@ -38,6 +39,32 @@ def new_id() -> str:
     b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class LazyId:
+    """
+    A record's ``id`` attribute: a unique id (a UUID4 string, from
+    :func:`new_id`), made when first asked for and kept in the record's
+    ``_id`` (``None`` until then); setting it keeps the id given (a record
+    read from a state dict).  Most records' ids are never read.
+    """
+
+    @overload
+    def __get__(self, record: None, owner: type) -> LazyId: ...
+
+    @overload
+    def __get__(self, record: object, owner: type | None = None) -> str: ...
+
+    def __get__(self, record: Any, owner: type | None = None) -> Any:
+        if record is None:
+            return self
+        made = record._id
+        if made is None:
+            made = record._id = new_id()
+        return made
+
+    def __set__(self, record: Any, value: str) -> None:
+        record._id = value
 
 
 def check_keys(state: Mapping[str, Any], known: Iterable[str], what: str) -> None:

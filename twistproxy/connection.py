@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 
-from twistproxy._state import check_keys, new_id
+from twistproxy._state import LazyId, check_keys
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -84,17 +84,7 @@ class Connection:
     _state_keys: ClassVar[tuple[str, ...]] = _CONNECTION_KEYS
     _address_keys: ClassVar[tuple[str, ...]] = ("peername", "sockname")
 
-    @property
-    def id(self) -> str:
-        """A unique id (a UUID4 string), made when first asked for."""
-        made = self._id
-        if made is None:
-            made = self._id = new_id()
-        return made
-
-    @id.setter
-    def id(self, value: str) -> None:
-        self._id = value
+    id = LazyId()
 
     def get_state(self) -> dict[str, Any]:
         """

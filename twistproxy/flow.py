@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 import attrs
 from twisted.internet import defer
 
-from twistproxy._state import check_keys, new_id
+from twistproxy._state import LazyId, check_keys, new_id
 from twistproxy.connection import Client, Server
 
 FLOW_STATE_VERSION: int = 6
@@ -193,17 +193,7 @@ class Flow:
         self._backup: dict[str, Any] | None = None
         self._resume_waiters: list[defer.Deferred[None]] = []
 
-    @property
-    def id(self) -> str:
-        """A unique id (a UUID4 string), made the first time it is asked for."""
-        ident = self._id
-        if ident is None:
-            ident = self._id = new_id()
-        return ident
-
-    @id.setter
-    def id(self, value: str) -> None:
-        self._id = value
+    id = LazyId()
 
     @property
     def mode(self) -> str:
